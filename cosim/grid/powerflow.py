@@ -1,0 +1,236 @@
+"""AC power flow of one round's dispatch on the pandapower net.
+
+Fast path: pandapower builds its internal model (Ybus, Yf, Yt, bus types) once; each
+round solves Newton-Raphson on that cached model with scipy's sparse LU, from the last
+solution (warm start). The result agrees with ``pandapower.runpp`` to 1e-9 pu (checked in
+tests/test_powerflow.py). If Newton-Raphson does not converge, the round falls back to a
+full ``pandapower.runpp``; if that fails too, the round is recorded as not converged.
+
+Injections follow the load convention: ``p_kw`` and ``q_kvar`` per bus are positive when
+the bus consumes. kW inside cosim, MW only at the pandapower boundary.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandapower as pp
+import scipy.sparse as sp
+from scipy.sparse.linalg import splu
+
+#: Newton-Raphson mismatch tolerance [pu power].
+NR_TOL = 1e-9
+NR_MAX_IT = 20
+
+
+@dataclass(frozen=True)
+class GridState:
+    """One power flow's outcome, arrays aligned with `PowerFlow.buses`, `.lines`, `.trafos`."""
+
+    converged: bool
+    method: str
+    """``newton`` (fast path), ``runpp`` (fallback) or ``failed``."""
+    vm_pu: np.ndarray
+    va_rad: np.ndarray
+    line_loading_pct: np.ndarray
+    trafo_loading_pct: np.ndarray
+    slack_p_kw: float
+    """Power the slack (external grid or grid-forming unit) supplies [kW]."""
+    losses_kw: float
+    V: np.ndarray | None = None
+    """Internal complex voltages (fast path only), for sensitivities."""
+
+
+def _dS_dV(Ybus: sp.csr_matrix, V: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Partial derivatives of bus power injections w.r.t. voltage magnitude and angle."""
+    Ibus = Ybus @ V
+    diagV = sp.diags(V)
+    diagI = sp.diags(Ibus)
+    diagVnorm = sp.diags(V / np.abs(V))
+    dS_dVm = diagV @ (Ybus @ diagVnorm).conj() + diagI.conj() @ diagVnorm
+    dS_dVa = 1j * diagV @ (diagI - Ybus @ diagV).conj()
+    return dS_dVm.tocsr(), dS_dVa.tocsr()
+
+
+class PowerFlow:
+    """A pandapower net prepared for repeated power flows with changing bus injections.
+
+    Parameters
+    ----------
+    net : the configured net (grid-connected or islanded). Its loads and generators are
+        ignored: each call supplies the injections of every bus.
+    """
+
+    def __init__(self, net: pp.pandapowerNet):
+        self.net = net = copy.deepcopy(net)
+        net.load.drop(net.load.index, inplace=True)
+        net.sgen.drop(net.sgen.index, inplace=True)
+        self.buses = net.bus.index.to_numpy()
+        self.lines = net.line.index.to_numpy()
+        self.trafos = net.trafo.index.to_numpy()
+        # one injection load per bus; runpp (fallback and tests) sets its p and q
+        for b in self.buses:
+            pp.create_load(net, int(b), p_mw=0.0, q_mvar=0.0, name=f"cosim injection {b}")
+        self._load_at_bus = net.load.index.to_numpy()
+        self._runpp()
+        internal = net._ppc["internal"]
+        self.baseMVA = float(internal["baseMVA"])
+        self.Ybus = internal["Ybus"].tocsr()
+        self.Yf = internal["Yf"].tocsr()
+        self.Yt = internal["Yt"].tocsr()
+        self.ref = np.asarray(internal["ref"], int)
+        self.pv = np.asarray(internal["pv"], int)
+        self.pq = np.asarray(internal["pq"], int)
+        self.pvpq = np.r_[self.pv, self.pq]
+        self.n_internal = self.Ybus.shape[0]
+        lookup = net._pd2ppc_lookups["bus"][self.buses]
+        self.in_service = lookup < self.n_internal
+        self.bus_internal = np.where(self.in_service, lookup, 0)
+        self.V0 = internal["V"].copy()
+        self._V = self.V0.copy()
+        self._branch_maps(internal)
+
+    def _runpp(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pp.runpp(self.net, numba=False, init="dc" if not hasattr(self, "V0") else "auto")
+
+    def _branch_maps(self, internal: dict) -> None:
+        """Rows of Yf/Yt for each line and trafo, and the base currents to turn pu into %."""
+        net = self.net
+        branch_is = np.asarray(internal["branch_is"], bool)
+        ppci_row = np.cumsum(branch_is) - 1
+        ranges = net._pd2ppc_lookups["branch"]
+        vn_kv = net.bus.vn_kv
+        self._line_rows = self._trafo_rows = np.zeros(0, int)
+        self._line_scale = np.zeros((0, 2))
+        self._trafo_scale = np.zeros((0, 2))
+        if "line" in ranges and len(self.lines):
+            start, end = ranges["line"]
+            rows = np.arange(start, end)
+            active = branch_is[rows]
+            self._line_active = active
+            self._line_rows = np.where(active, ppci_row[rows], 0)
+            line = net.line.loc[self.lines]
+            i_max_ka = line.max_i_ka.to_numpy(float) * line.df.to_numpy(float) * line.parallel.to_numpy(float)
+            base_f = self.baseMVA / (np.sqrt(3) * vn_kv.loc[line.from_bus].to_numpy(float))
+            base_t = self.baseMVA / (np.sqrt(3) * vn_kv.loc[line.to_bus].to_numpy(float))
+            self._line_scale = np.c_[base_f / i_max_ka, base_t / i_max_ka] * 100.0
+        if "trafo" in ranges and len(self.trafos):
+            start, end = ranges["trafo"]
+            rows = np.arange(start, end)
+            active = branch_is[rows]
+            self._trafo_active = active
+            self._trafo_rows = np.where(active, ppci_row[rows], 0)
+            tr = net.trafo.loc[self.trafos]
+            sn = tr.sn_mva.to_numpy(float) * tr.parallel.to_numpy(float)
+            hv = tr.vn_hv_kv.to_numpy(float) / vn_kv.loc[tr.hv_bus].to_numpy(float)
+            lv = tr.vn_lv_kv.to_numpy(float) / vn_kv.loc[tr.lv_bus].to_numpy(float)
+            self._trafo_scale = np.c_[hv * self.baseMVA / sn, lv * self.baseMVA / sn] * 100.0
+
+    # -- the fast path ------------------------------------------------------------------
+    def _sbus(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> np.ndarray:
+        """Internal complex injections [pu] (generator convention) from per-bus loads [kW]."""
+        s = np.zeros(self.n_internal, complex)
+        np.add.at(
+            s,
+            self.bus_internal[self.in_service],
+            -(p_kw[self.in_service] + 1j * q_kvar[self.in_service]) / (1000.0 * self.baseMVA),
+        )
+        return s
+
+    def jacobian(self, V: np.ndarray) -> sp.csc_matrix:
+        dS_dVm, dS_dVa = _dS_dV(self.Ybus, V)
+        pvpq, pq = self.pvpq, self.pq
+        J11 = dS_dVa[pvpq][:, pvpq].real
+        J12 = dS_dVm[pvpq][:, pq].real
+        J21 = dS_dVa[pq][:, pvpq].imag
+        J22 = dS_dVm[pq][:, pq].imag
+        return sp.bmat([[J11, J12], [J21, J22]], format="csc")
+
+    def _newton(self, Sbus: np.ndarray, V0: np.ndarray) -> tuple[bool, np.ndarray]:
+        V = V0.copy()
+        Vm, Va = np.abs(V), np.angle(V)
+        pvpq, pq = self.pvpq, self.pq
+        npvpq = len(pvpq)
+        for _ in range(NR_MAX_IT + 1):
+            mis = V * np.conj(self.Ybus @ V) - Sbus
+            F = np.r_[mis[pvpq].real, mis[pq].imag]
+            if not np.all(np.isfinite(F)):
+                return False, V
+            if np.max(np.abs(F), initial=0.0) < NR_TOL:
+                return True, V
+            try:
+                dx = splu(self.jacobian(V)).solve(-F)
+            except RuntimeError:
+                return False, V
+            Va[pvpq] += dx[:npvpq]
+            Vm[pq] += dx[npvpq:]
+            V = Vm * np.exp(1j * Va)
+        return False, V
+
+    def run(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> GridState:
+        """Power flow for per-bus net load `p_kw` [kW] and `q_kvar` [kvar] (aligned with `buses`)."""
+        p_kw = np.asarray(p_kw, float)
+        q_kvar = np.asarray(q_kvar, float)
+        Sbus = self._sbus(p_kw, q_kvar)
+        ok, V = self._newton(Sbus, self._V)
+        if not ok:  # cold start before giving up on the fast path
+            ok, V = self._newton(Sbus, self.V0)
+        if ok:
+            self._V = V
+            return self._state_from_V(V, p_kw)
+        return self.run_pandapower(p_kw, q_kvar)
+
+    def _state_from_V(self, V: np.ndarray, p_kw: np.ndarray) -> GridState:
+        vm = np.where(self.in_service, np.abs(V[self.bus_internal]), np.nan)
+        va = np.where(self.in_service, np.angle(V[self.bus_internal]), np.nan)
+        If = np.abs(self.Yf @ V)
+        It = np.abs(self.Yt @ V)
+        line = np.maximum(If[self._line_rows] * self._line_scale[:, 0], It[self._line_rows] * self._line_scale[:, 1])
+        trafo = np.maximum(
+            If[self._trafo_rows] * self._trafo_scale[:, 0], It[self._trafo_rows] * self._trafo_scale[:, 1]
+        )
+        if len(line):
+            line = np.where(self._line_active, line, 0.0)
+        if len(trafo):
+            trafo = np.where(self._trafo_active, trafo, 0.0)
+        S = V * np.conj(self.Ybus @ V)
+        # the slack's own output is the net injection at its bus plus the load there
+        at_ref = self.in_service & np.isin(self.bus_internal, self.ref)
+        slack_kw = float(S[self.ref].real.sum() * self.baseMVA * 1000.0 + p_kw[at_ref].sum())
+        # slack supplies the net load of in-service buses plus the losses
+        losses_kw = slack_kw - float(p_kw[self.in_service].sum())
+        return GridState(True, "newton", vm, va, line, trafo, slack_kw, losses_kw, V)
+
+    # -- the fallback -------------------------------------------------------------------
+    def run_pandapower(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> GridState:
+        """A full pandapower.runpp of the same injections."""
+        net = self.net
+        net.load.loc[self._load_at_bus, "p_mw"] = np.asarray(p_kw, float) / 1000.0
+        net.load.loc[self._load_at_bus, "q_mvar"] = np.asarray(q_kvar, float) / 1000.0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pp.runpp(net, numba=False, max_iteration=30)
+        except Exception:
+            nan = np.full(len(self.buses), np.nan)
+            return GridState(
+                False, "failed", nan, nan, np.full(len(self.lines), np.nan), np.full(len(self.trafos), np.nan),
+                float("nan"), float("nan"),
+            )
+        slack = float(net.res_ext_grid.p_mw.sum() * 1000.0)
+        return GridState(
+            True,
+            "runpp",
+            net.res_bus.vm_pu.loc[self.buses].to_numpy(float),
+            np.deg2rad(net.res_bus.va_degree.loc[self.buses].to_numpy(float)),
+            net.res_line.loading_percent.loc[self.lines].to_numpy(float) if len(self.lines) else np.zeros(0),
+            net.res_trafo.loading_percent.loc[self.trafos].to_numpy(float) if len(self.trafos) else np.zeros(0),
+            slack,
+            slack - float(np.nansum(np.asarray(p_kw, float)[self.in_service])),
+            net._ppc["internal"]["V"].copy() if net._ppc is not None else None,
+        )

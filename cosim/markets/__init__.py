@@ -1,0 +1,41 @@
+"""Market mechanisms, looked up by name.
+
+Each mechanism is a class constructed once per run with the list of participants (its
+Pyomo model is built then) and called every round with ``clear(orders, ctx, cuts,
+charges)``, returning a `ClearingResult`.
+"""
+
+from cosim.markets.base import (
+    TRADE_COLUMNS,
+    Charges,
+    ClearingResult,
+    MarketContext,
+    NetworkCuts,
+    OrderArrays,
+)
+from cosim.markets.uniform import NoP2P, UniformDoubleAuction
+
+#: Registry: mechanism name -> class.
+MECHANISMS = {
+    UniformDoubleAuction.name: UniformDoubleAuction,
+    NoP2P.name: NoP2P,
+}
+
+
+def get_mechanism(name: str):
+    try:
+        return MECHANISMS[name]
+    except KeyError:
+        raise KeyError(f"unknown mechanism {name!r}; expected one of {sorted(MECHANISMS)}") from None
+
+
+__all__ = [
+    "MECHANISMS",
+    "TRADE_COLUMNS",
+    "Charges",
+    "ClearingResult",
+    "MarketContext",
+    "NetworkCuts",
+    "OrderArrays",
+    "get_mechanism",
+]

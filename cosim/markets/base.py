@@ -1,0 +1,160 @@
+"""What every mechanism takes and returns.
+
+A mechanism clears one round's order book against the outside option (the grid, or in
+an islanded feeder the grid-forming unit) under the network's linear limits and charges.
+It never sees pandapower: the network reaches it only as `NetworkCuts` (linear
+constraints on each participant's net injection) and `Charges` (per-kWh network charges).
+
+Quantities are per round [kWh]; prices [currency/kWh].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: Columns of the bilateral trade table every mechanism returns.
+TRADE_COLUMNS = [
+    "seller",
+    "buyer",
+    "energy_kwh",
+    "price_per_kwh",
+    "seller_price_per_kwh",
+    "network_charge_per_kwh",
+]
+#: Numerical tolerance on quantities [kWh].
+QTY_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class MarketContext:
+    """Round-independent market settings plus the outside option's limits this round."""
+
+    retail_price_per_kwh: float
+    feed_in_price_per_kwh: float
+    k: float = 0.5
+    outside_party: str = "grid"
+    """Name of the outside counterparty: ``grid``, or ``grid_forming`` when islanded."""
+    import_cap_kwh: float = np.inf
+    """Most energy the outside party can sell this round [kWh]."""
+    export_cap_kwh: float = np.inf
+    """Most energy the outside party can buy this round [kWh]."""
+    voll_per_kwh: float = 10.0
+    """Value of lost load: cost of shedding [currency/kWh]."""
+    curtail_cost_per_kwh: float | None = None
+    """Cost of curtailing a kWh; default: the feed-in tariff plus a small premium."""
+    p2p: bool = True
+    """False for the no-P2P baseline: everyone trades only with the outside party."""
+
+    @property
+    def curtail_cost(self) -> float:
+        if self.curtail_cost_per_kwh is not None:
+            return self.curtail_cost_per_kwh
+        return self.feed_in_price_per_kwh + 0.01
+
+
+@dataclass(frozen=True)
+class NetworkCuts:
+    """Linear network limits on the participants' net injections.
+
+    Each row k reads ``sum_n coef[k, n] * injection_kwh[n] <= rhs[k]``, where a
+    participant's injection is what it sells minus what it buys (P2P and outside).
+    """
+
+    coef: np.ndarray
+    """[cuts x participants], per kWh injected."""
+    rhs: np.ndarray
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def empty(cls, n: int) -> NetworkCuts:
+        return cls(np.zeros((0, n)), np.zeros(0), ())
+
+    def __len__(self) -> int:
+        return len(self.rhs)
+
+    def extend(self, other: NetworkCuts) -> NetworkCuts:
+        return NetworkCuts(
+            np.vstack([self.coef, other.coef]), np.concatenate([self.rhs, other.rhs]), self.labels + other.labels
+        )
+
+
+@dataclass(frozen=True)
+class Charges:
+    """Network charges per kWh of P2P trade, split into a buyer and a seller part.
+
+    A trade from seller i to buyer j carries ``sell[i] + buy[j]`` per kWh, paid to the
+    party ``dso``. Parts may be negative (a trade that relieves the network earns a credit).
+    """
+
+    buy: np.ndarray
+    sell: np.ndarray
+
+    @classmethod
+    def none(cls, n: int) -> Charges:
+        return cls(np.zeros(n), np.zeros(n))
+
+
+@dataclass
+class ClearingResult:
+    """One round's clearing, per participant (arrays aligned with the participants)."""
+
+    status: str
+    """``ok`` or the solver's reason for failing."""
+    bought_kwh: np.ndarray
+    sold_kwh: np.ndarray
+    import_kwh: np.ndarray
+    export_kwh: np.ndarray
+    curtailed_kwh: np.ndarray
+    shed_kwh: np.ndarray
+    buy_price_per_kwh: np.ndarray
+    """Energy price each buyer pays per P2P kWh, before network charges."""
+    sell_price_per_kwh: np.ndarray
+    """Energy price each seller receives per P2P kWh, before network charges."""
+    charges: Charges
+    price_per_kwh: float
+    """The round's clearing price; NaN when nothing cleared or prices differ by trader."""
+    trades: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRADE_COLUMNS))
+    welfare: float = float("nan")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def injection_kwh(self) -> np.ndarray:
+        """Net injection of each participant: sold minus bought, P2P and outside [kWh]."""
+        return self.sold_kwh + self.export_kwh - self.bought_kwh - self.import_kwh
+
+    @property
+    def cleared_kwh(self) -> float:
+        return float(self.bought_kwh.sum())
+
+
+@dataclass(frozen=True)
+class OrderArrays:
+    """An order book laid out on a fixed list of participants."""
+
+    demand_kwh: np.ndarray
+    supply_kwh: np.ndarray
+    bid_per_kwh: np.ndarray
+    ask_per_kwh: np.ndarray
+
+    @classmethod
+    def from_book(cls, book: pd.DataFrame, participants: list[str], default_price: float = 0.0) -> OrderArrays:
+        """Place each order at its participant; participants without an order get zeros."""
+        n = len(participants)
+        pos = pd.Series(np.arange(n), index=participants)
+        demand, supply = np.zeros(n), np.zeros(n)
+        bid, ask = np.full(n, default_price), np.full(n, default_price)
+        buys = book[book.side == "buy"]
+        sells = book[book.side == "sell"]
+        ib = pos.loc[buys.id].to_numpy()
+        isl = pos.loc[sells.id].to_numpy()
+        np.add.at(demand, ib, buys.quantity_kwh.to_numpy(float))
+        np.add.at(supply, isl, sells.quantity_kwh.to_numpy(float))
+        bid[ib] = buys.price_per_kwh.to_numpy(float)
+        ask[isl] = sells.price_per_kwh.to_numpy(float)
+        return cls(demand, supply, bid, ask)

@@ -1,0 +1,260 @@
+"""Network files: a source (SimBench, pandapower, or an inline feeder) plus changes.
+
+A network file in `networks/` names where the pandapower net comes from and what to
+change about it. Every load of the resulting net is a prosumer. Nets are cached as
+pandapower JSON under the cache folder, so SimBench's CSVs are parsed only once; nothing
+is ever downloaded (SimBench ships its grids and profiles inside the package).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import pandapower as pp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cosim.errors import InputError
+
+REPO_NETWORKS = Path(__file__).resolve().parent.parent / "networks"
+
+
+def cache_dir() -> Path:
+    """Folder for parsed SimBench nets and profiles ($COSIM_CACHE or ~/.cache/cosim)."""
+    path = Path(os.environ.get("COSIM_CACHE", Path.home() / ".cache" / "cosim"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class InlineFeeder(BaseModel):
+    """A hand-made radial feeder: a transformer and feeders of lines, a load at each bus."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    trafo_std_type: str = "0.25 MVA 20/0.4 kV"
+    line_std_type: str = "NAYY 4x150 SE"
+    feeders_km: list[list[Annotated[float, Field(gt=0.0)]]]
+    """Per feeder, the lengths of its consecutive line sections [km]; one load at each bus."""
+    load_p_kw: Annotated[float, Field(gt=0.0)] = 4.0
+    """Reference power the household load profiles are scaled by [kW]."""
+
+
+class ProfileChoice(BaseModel):
+    """Which SimBench profiles a non-SimBench network's loads and PV use."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    simbench_code: str = "1-LV-rural3--0-sw"
+    """SimBench grid whose shipped 15-min profiles are used."""
+    load: list[str] = ["H0-A", "H0-B", "H0-C", "H0-G", "H0-L"]
+    """Load profiles assigned to the loads in turn."""
+    pv: list[str] = ["PV1", "PV3", "PV4", "PV7"]
+    """PV profiles; each prosumer draws one with the scenario seed."""
+
+
+class NetworkSpec(BaseModel):
+    """A network file: source plus changes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    description: str = ""
+    source: Literal["simbench", "pandapower", "inline"]
+    code: str | None = None
+    """SimBench code (simbench) or a function of pandapower.networks (pandapower)."""
+    keep_sgens: bool = False
+    """Keep the net's own generators; by default the scenario's PV fleet replaces them."""
+    ext_grid_vm_pu: Annotated[float, Field(gt=0.8, lt=1.2)] | None = None
+    """Set-point of the external grid [pu]; default: the net's own."""
+    profiles: ProfileChoice = ProfileChoice()
+    inline: InlineFeeder | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> NetworkSpec:
+        if self.source in ("simbench", "pandapower") and not self.code:
+            raise ValueError(f"expected field 'code' with source '{self.source}', found none")
+        if self.source == "inline" and self.inline is None:
+            raise ValueError("expected field 'inline' with source 'inline', found none")
+        return self
+
+
+def find_network_file(name: str, scenario_path: str | Path | None = None) -> Path | None:
+    """Resolve a scenario's `network` field to a file, or None."""
+    candidates = [Path(name)]
+    if scenario_path is not None:
+        base = Path(scenario_path).resolve().parent
+        candidates += [base / name, base.parent / "networks" / f"{name}.yaml"]
+    candidates += [Path("networks") / f"{name}.yaml", REPO_NETWORKS / f"{name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def load_network_spec(path: str | Path) -> NetworkSpec:
+    from cosim.scenario import format_validation_error, read_yaml
+
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        spec = NetworkSpec.model_validate(data)
+    except ValidationError as err:
+        raise InputError(path, format_validation_error(err)) from None
+    problems = []
+    if spec.source == "simbench":
+        import simbench as sb
+
+        if spec.code not in sb.collect_all_simbench_codes():
+            problems.append(f"code: expected a SimBench grid code such as '1-LV-rural3--0-sw', found {spec.code!r}")
+    elif spec.source == "pandapower":
+        import pandapower.networks as pn
+
+        if not callable(getattr(pn, spec.code, None)):
+            problems.append(f"code: expected a function of pandapower.networks, found {spec.code!r}")
+    if problems:
+        raise InputError(path, problems)
+    return spec
+
+
+def _simbench_net(code: str) -> pp.pandapowerNet:
+    """A SimBench net, parsed once and cached as pandapower JSON (profiles excluded)."""
+    cached = cache_dir() / f"{code}.json"
+    if cached.exists():
+        return pp.from_json(str(cached))
+    import simbench as sb
+
+    net = sb.get_simbench_net(code)
+    net.profiles = {}
+    pp.to_json(net, str(cached))
+    return pp.from_json(str(cached))
+
+
+def _inline_net(spec: InlineFeeder) -> pp.pandapowerNet:
+    net = pp.create_empty_network(name="inline feeder")
+    hv = pp.create_bus(net, 20.0, name="MV")
+    lv = pp.create_bus(net, 0.4, name="LV busbar")
+    pp.create_ext_grid(net, hv, vm_pu=1.0, name="MV grid")
+    pp.create_transformer(net, hv, lv, std_type=spec.trafo_std_type, name="trafo")
+    for f, sections in enumerate(spec.feeders_km):
+        prev = lv
+        for s, length in enumerate(sections):
+            bus = pp.create_bus(net, 0.4, name=f"F{f + 1} bus {s + 1}")
+            pp.create_line(net, prev, bus, length, spec.line_std_type, name=f"F{f + 1} line {s + 1}")
+            pp.create_load(net, bus, p_mw=spec.load_p_kw / 1000, q_mvar=0.0, name=f"F{f + 1} load {s + 1}")
+            prev = bus
+    return net
+
+
+def build_net(spec: NetworkSpec) -> pp.pandapowerNet:
+    """The pandapower net a network file describes, before any scenario settings."""
+    if spec.source == "simbench":
+        net = _simbench_net(spec.code)
+    elif spec.source == "pandapower":
+        import pandapower.networks as pn
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = getattr(pn, spec.code)()
+    else:
+        net = _inline_net(spec.inline)
+    if not spec.keep_sgens and len(net.sgen):
+        net.sgen.drop(net.sgen.index, inplace=True)
+    if spec.ext_grid_vm_pu is not None:
+        net.ext_grid["vm_pu"] = spec.ext_grid_vm_pu
+    # loads and sgens are injections the loop sets; keep no stale values or storage
+    for table in ("storage", "gen"):
+        if len(net[table]):
+            net[table].drop(net[table].index, inplace=True)
+    net.load = net.load[net.load.in_service.astype(bool)]
+    if "profile" not in net.load.columns:
+        net.load["profile"] = None
+    for col in ("min_p_mw", "max_p_mw", "min_q_mvar", "max_q_mvar"):
+        for table in ("load", "sgen"):
+            if col in net[table].columns:
+                net[table][col] = net[table][col].astype(float)
+    return net
+
+
+def set_islanded(net: pp.pandapowerNet, grid_forming_bus: int) -> None:
+    """Open the transformers and make the grid-forming unit at `grid_forming_bus` the slack."""
+    net.trafo["in_service"] = False
+    net.ext_grid.drop(net.ext_grid.index, inplace=True)
+    pp.create_ext_grid(net, grid_forming_bus, vm_pu=1.0, name="grid-forming unit")
+
+
+def lv_busbar(net: pp.pandapowerNet) -> int:
+    """The LV bus of the (first) MV/LV transformer."""
+    return int(net.trafo.lv_bus.iloc[0])
+
+
+def schematic_coordinates(net: pp.pandapowerNet) -> pd.DataFrame:
+    """Feeder schematic: x = distance from the transformer along the lines [km], y = leaf order.
+
+    Works for any net whose lines form a tree or a lightly meshed grid (breadth-first
+    spanning tree from the external grid's bus).
+    """
+    import networkx as nx
+    import pandapower.topology as top
+
+    graph = top.create_nxgraph(net, include_out_of_service=True, respect_switches=False)
+    root = int(net.ext_grid.bus.iloc[0])
+    tree = nx.bfs_tree(graph, root)
+    dist = {root: 0.0}
+    for u, v in nx.bfs_edges(graph, root):
+        data = graph.get_edge_data(u, v)
+        lengths = [d.get("weight", 0.0) for d in data.values()] if data else [0.0]
+        dist[v] = dist[u] + float(min(lengths))
+    y: dict[int, float] = {}
+    counter = [0]
+
+    def place(node: int) -> float:
+        children = list(tree.successors(node))
+        if not children:
+            y[node] = float(counter[0])
+            counter[0] += 1
+        else:
+            y[node] = float(np.mean([place(c) for c in children]))
+        return y[node]
+
+    import sys
+
+    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
+    place(root)
+    coords = pd.DataFrame(index=net.bus.index)
+    coords["x"] = [dist.get(b, np.nan) for b in net.bus.index]
+    coords["y"] = [y.get(b, np.nan) for b in net.bus.index]
+    return coords
+
+
+def grid_tables(net: pp.pandapowerNet) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The bus and branch tables the report draws the network map from."""
+    coords = schematic_coordinates(net)
+    buses = pd.DataFrame(
+        {
+            "bus": net.bus.index.astype(int),
+            "name": net.bus.name.astype(str).values,
+            "x": coords.x.values,
+            "y": coords.y.values,
+            "vn_kv": net.bus.vn_kv.astype(float).values,
+        }
+    )
+    lines = pd.DataFrame(
+        {
+            "branch": net.line.index.astype(int),
+            "kind": "line",
+            "from_bus": net.line.from_bus.astype(int).values,
+            "to_bus": net.line.to_bus.astype(int).values,
+            "name": net.line.name.astype(str).values,
+        }
+    )
+    trafos = pd.DataFrame(
+        {
+            "branch": net.trafo.index.astype(int),
+            "kind": "trafo",
+            "from_bus": net.trafo.hv_bus.astype(int).values,
+            "to_bus": net.trafo.lv_bus.astype(int).values,
+            "name": net.trafo.name.astype(str).values,
+        }
+    )
+    return buses, pd.concat([lines, trafos], ignore_index=True)

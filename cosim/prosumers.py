@@ -1,0 +1,181 @@
+"""The prosumer fleet and its smart controllers.
+
+Every load of the network is a prosumer. The scenario's shares decide, with its seed,
+who has rooftop PV and who has a battery. Each round a controller runs the battery by a
+self-consumption rule (charge from surplus, discharge into deficit), takes the role of
+buyer, seller or idle from the net position that remains, and submits one order.
+
+Sign convention: net load is positive when a prosumer consumes (pandapower's load
+convention). All powers in kW, energies in kWh, prices in currency/kWh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pandapower as pp
+
+from cosim.networks import NetworkSpec
+from cosim.profiles import profile_tables, slice_profile
+from cosim.scenario import Scenario
+
+#: Columns of an order book, in this order.
+ORDER_COLUMNS = ["id", "bus", "side", "quantity_kwh", "price_per_kwh"]
+#: Net positions smaller than this are idle [kW].
+IDLE_KW = 1e-6
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Static prosumer data (one row per prosumer) and its time series for the run.
+
+    Attributes
+    ----------
+    table : index ``id``; columns ``load``, ``bus``, ``p_ref_kw``, ``profile``, ``pv_kwp``,
+        ``pv_profile``, ``battery_kwh``, ``battery_kw``
+    time : the rounds' start times
+    load_kw, load_kvar, pv_kw : arrays [rounds x prosumers]
+    """
+
+    table: pd.DataFrame
+    time: pd.DatetimeIndex
+    load_kw: np.ndarray
+    load_kvar: np.ndarray
+    pv_kw: np.ndarray
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.table.index)
+
+    @property
+    def n(self) -> int:
+        return len(self.table)
+
+
+def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) -> Fleet:
+    """Assign PV and batteries to the net's loads and cut their profiles to the run."""
+    rng = np.random.default_rng(scenario.seed)
+    code = spec.code if spec.source == "simbench" else spec.profiles.simbench_code
+    tables = profile_tables(code)
+    loads = net.load.sort_index()
+    n = len(loads)
+    profiles = loads["profile"].astype(object).tolist()
+    default_cycle = [p for p in spec.profiles.load if p in tables["load_p"].columns]
+    for i, prof in enumerate(profiles):
+        if not isinstance(prof, str) or prof not in tables["load_p"].columns:
+            profiles[i] = default_cycle[i % len(default_cycle)]
+    pv_choices = [p for p in spec.profiles.pv if p in tables["pv"].columns] or list(tables["pv"].columns)
+    has_pv = _pick(rng, n, scenario.prosumers.pv_share)
+    has_battery = _pick(rng, n, scenario.prosumers.battery_share)
+    p_ref_kw = loads.p_mw.astype(float).to_numpy() * 1000.0
+    if spec.source == "inline":
+        p_ref_kw = np.full(n, spec.inline.load_p_kw)
+    table = pd.DataFrame(
+        {
+            "load": loads.index.astype(int),
+            "bus": loads.bus.astype(int).to_numpy(),
+            "p_ref_kw": p_ref_kw,
+            "profile": profiles,
+            "pv_kwp": np.where(has_pv, scenario.prosumers.pv_kwp, 0.0),
+            "pv_profile": rng.choice(pv_choices, size=n),
+            "battery_kwh": np.where(has_battery, scenario.prosumers.battery_kwh, 0.0),
+            "battery_kw": np.where(has_battery, scenario.prosumers.battery_kw, 0.0),
+        },
+        index=pd.Index([f"P{i:03d}" for i in loads.index], name="id"),
+    )
+    cut = {
+        name: slice_profile(df, scenario.start, scenario.duration, scenario.resolution)
+        for name, df in tables.items()
+    }
+    scale = scenario.prosumers.load_scale
+    load_kw = cut["load_p"][profiles].to_numpy() * p_ref_kw * scale
+    load_kvar = cut["load_q"][profiles].to_numpy() * p_ref_kw * scale
+    pv_kw = cut["pv"][table.pv_profile.tolist()].to_numpy() * table.pv_kwp.to_numpy()
+    return Fleet(table, cut["load_p"].index, load_kw, load_kvar, pv_kw)
+
+
+def _pick(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
+    """Exactly round(share * n) prosumers, chosen at random."""
+    chosen = np.zeros(n, dtype=bool)
+    chosen[rng.permutation(n)[: int(round(share * n))]] = True
+    return chosen
+
+
+@dataclass
+class Batteries:
+    """Home batteries of the fleet, state of charge tracked across rounds."""
+
+    e_kwh: np.ndarray
+    p_kw: np.ndarray
+    efficiency: float
+    soc: np.ndarray
+    """State of charge [0..1]; zero where a prosumer has no battery."""
+
+    @classmethod
+    def from_fleet(cls, fleet: Fleet, scenario: Scenario) -> Batteries:
+        e = fleet.table.battery_kwh.to_numpy(float)
+        soc = np.where(e > 0, scenario.prosumers.battery_initial_soc, 0.0)
+        return cls(e, fleet.table.battery_kw.to_numpy(float), scenario.prosumers.battery_efficiency, soc)
+
+    def self_consume(self, net_kw: np.ndarray, dt_h: float) -> np.ndarray:
+        """Charge from surplus, discharge into deficit; update the state of charge.
+
+        Parameters
+        ----------
+        net_kw : net load before the battery [kW]
+        dt_h : round length [h]
+
+        Returns
+        -------
+        battery power, positive when charging [kW]
+        """
+        eta = self.efficiency
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room_kw = np.where(self.e_kwh > 0, (1.0 - self.soc) * self.e_kwh / (eta * dt_h), 0.0)
+            avail_kw = self.soc * self.e_kwh * eta / dt_h
+        charge = np.minimum(np.minimum(np.maximum(-net_kw, 0.0), self.p_kw), room_kw)
+        discharge = np.minimum(np.minimum(np.maximum(net_kw, 0.0), self.p_kw), avail_kw)
+        e_safe = np.where(self.e_kwh > 0, self.e_kwh, 1.0)
+        delta = (charge * eta - discharge / eta) * dt_h / e_safe
+        self.soc = np.clip(np.where(self.e_kwh > 0, self.soc + delta, 0.0), 0.0, 1.0)
+        return charge - discharge
+
+
+def make_orders(
+    ids: list[str],
+    buses: np.ndarray,
+    net_kw: np.ndarray,
+    dt_h: float,
+    bidding: str,
+    retail_price_per_kwh: float,
+    feed_in_price_per_kwh: float,
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    """One order per prosumer with a non-zero net position (idle prosumers submit none).
+
+    truthful: buyers bid the retail tariff, sellers ask the feed-in tariff.
+    zero-intelligence: a uniform random price between the two (Gode and Sunder, 1993).
+
+    >>> rng = np.random.default_rng(0)
+    >>> book = make_orders(["a", "b", "c"], np.array([1, 2, 3]), np.array([2.0, -4.0, 0.0]),
+    ...                    0.25, "truthful", 0.3, 0.08, rng)
+    >>> book[["id", "side", "quantity_kwh", "price_per_kwh"]].values.tolist()
+    [['a', 'buy', 0.5, 0.3], ['b', 'sell', 1.0, 0.08]]
+    """
+    side = np.where(net_kw > IDLE_KW, "buy", np.where(net_kw < -IDLE_KW, "sell", "idle"))
+    if bidding == "truthful":
+        price = np.where(side == "buy", retail_price_per_kwh, feed_in_price_per_kwh)
+    else:
+        price = rng.uniform(feed_in_price_per_kwh, retail_price_per_kwh, size=len(ids))
+    book = pd.DataFrame(
+        {
+            "id": ids,
+            "bus": buses,
+            "side": side,
+            "quantity_kwh": np.abs(net_kw) * dt_h,
+            "price_per_kwh": price,
+        }
+    )
+    return book[book.side != "idle"].reset_index(drop=True)

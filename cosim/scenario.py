@@ -1,0 +1,296 @@
+"""Scenario files: YAML validated once into frozen pydantic objects.
+
+A scenario says which network, which period, which prosumer fleet, which market and
+which network feedback to simulate. Every field has a unit in its name or docstring and
+a default where a sensible one exists; unknown fields are errors, so a typo is never
+silently ignored.
+
+Example
+-------
+>>> s = Scenario.model_validate({"name": "demo", "network": "feeder"})
+>>> s.resolution, s.market.k, s.feedback.v_max_pu
+(datetime.timedelta(seconds=900), 0.5, 1.1)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+from cosim.errors import InputError
+
+#: SimBench profiles cover the leap year 2016 at 15-min resolution.
+PROFILE_START = dt.datetime(2016, 1, 1)
+PROFILE_END = dt.datetime(2017, 1, 1)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|min|s)\s*$")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "min": 60, "s": 1}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept '7d', '24h', '15min', '30s' (or a timedelta)."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError("expected a duration such as '7d', '24h', '15min'")
+        return dt.timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+    return value
+
+
+def format_duration(value: dt.timedelta) -> str:
+    """Write a timedelta back in the scenario's own notation.
+
+    >>> format_duration(dt.timedelta(days=7)), format_duration(dt.timedelta(minutes=15))
+    ('7d', '15min')
+    """
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "min"):
+        if seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[
+    dt.timedelta, BeforeValidator(_parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Prosumers(_Frozen):
+    """The prosumer fleet. Every load of the network is a prosumer."""
+
+    pv_share: Share = 0.8
+    """Share of prosumers with rooftop PV [0..1]."""
+    pv_kwp: Annotated[float, Field(ge=0.0)] = 8.0
+    """Peak power of each rooftop PV system [kWp]."""
+    battery_share: Share = 0.3
+    """Share of prosumers with a home battery [0..1]."""
+    battery_kwh: Annotated[float, Field(gt=0.0)] = 10.0
+    """Usable battery capacity [kWh]."""
+    battery_kw: Annotated[float, Field(gt=0.0)] = 5.0
+    """Battery charge and discharge power limit [kW]."""
+    battery_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    """One-way charge and discharge efficiency [0..1]."""
+    battery_initial_soc: Share = 0.5
+    """State of charge at the start of the run [0..1]."""
+    load_scale: Annotated[float, Field(gt=0.0)] = 1.0
+    """Multiplier on the SimBench load profiles [-]."""
+
+
+class Market(_Frozen):
+    """The market each round is cleared in."""
+
+    mechanism: str = "uniform"
+    """Clearing mechanism, by registry name (see `cosim.markets.MECHANISMS`)."""
+    k: Share = 0.5
+    """k-pricing: price = low + k (high - low) in the interval of clearing prices [0..1]."""
+    retail_price_per_kwh: Annotated[float, Field(ge=0.0)] = 0.30
+    """Price the outside grid sells at [currency/kWh]."""
+    feed_in_price_per_kwh: Annotated[float, Field(ge=0.0)] = 0.08
+    """Price the outside grid buys at [currency/kWh]."""
+    currency: str = "EUR"
+    bidding: Literal["truthful", "zero-intelligence"] = "truthful"
+    """truthful: buyers bid retail, sellers ask feed-in; zero-intelligence: seeded random price between the two."""
+
+    @model_validator(mode="after")
+    def _tariffs_ordered(self) -> Market:
+        if self.feed_in_price_per_kwh > self.retail_price_per_kwh:
+            raise ValueError(
+                f"expected feed_in_price_per_kwh <= retail_price_per_kwh, found "
+                f"{self.feed_in_price_per_kwh} > {self.retail_price_per_kwh}"
+            )
+        return self
+
+
+class Feedback(_Frozen):
+    """Network feedback: grid limits, charges, and the fixed-point iteration."""
+
+    enabled: bool = True
+    v_min_pu: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.90
+    """Lower edge of the voltage band [pu]."""
+    v_max_pu: Annotated[float, Field(gt=1.0, lt=1.5)] = 1.10
+    """Upper edge of the voltage band [pu]."""
+    max_loading_pct: Annotated[float, Field(gt=0.0)] = 100.0
+    """Loading limit of lines and transformers [%]."""
+    charge_method: Literal["none", "flat", "sensitivity"] = "none"
+    """Network charge on P2P trades: none, flat per kWh, or by loss sensitivity and direction."""
+    charge_rate_per_kwh: Annotated[float, Field(ge=0.0)] = 0.0
+    """flat: charge per kWh traded; sensitivity: price per kWh of network losses a trade causes [currency/kWh]."""
+    max_iterations: Annotated[int, Field(ge=1, le=50)] = 5
+    """Re-clearings per round before curtailment or shedding takes over [-]."""
+    margin_pu: Annotated[float, Field(ge=0.0, le=0.05)] = 0.002
+    """Voltage margin the linearised constraints aim inside the band [pu]."""
+    margin_pct: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
+    """Loading margin the linearised constraints aim below the limit [%]."""
+
+    @model_validator(mode="after")
+    def _charge_has_rate(self) -> Feedback:
+        if self.charge_method != "none" and self.charge_rate_per_kwh <= 0.0:
+            raise ValueError(
+                f"expected charge_rate_per_kwh > 0 with charge_method '{self.charge_method}', "
+                f"found {self.charge_rate_per_kwh}"
+            )
+        return self
+
+
+class Islanded(_Frozen):
+    """The grid-forming unit that is the slack of an islanded feeder."""
+
+    grid_forming_bus: int | None = None
+    """pandapower bus index of the grid-forming battery inverter; default: the transformer's LV bus."""
+    p_kw: Annotated[float, Field(gt=0.0)] = 250.0
+    """Inverter power limit, charging and discharging [kW]."""
+    e_kwh: Annotated[float, Field(gt=0.0)] = 1000.0
+    """Usable storage capacity [kWh]."""
+    initial_soc: Share = 0.5
+    """State of charge at the start of the run [0..1]."""
+    soc_min: Share = 0.05
+    soc_max: Share = 0.95
+    efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    """One-way efficiency [0..1]."""
+    voll_per_kwh: Annotated[float, Field(gt=0.0)] = 10.0
+    """Value of lost load: the cost of energy shed [currency/kWh]."""
+
+    @model_validator(mode="after")
+    def _soc_bounds(self) -> Islanded:
+        if not self.soc_min < self.soc_max:
+            raise ValueError(f"expected soc_min < soc_max, found {self.soc_min} >= {self.soc_max}")
+        if not self.soc_min <= self.initial_soc <= self.soc_max:
+            raise ValueError(
+                f"expected soc_min <= initial_soc <= soc_max, found {self.initial_soc} "
+                f"outside [{self.soc_min}, {self.soc_max}]"
+            )
+        return self
+
+
+class Scenario(_Frozen):
+    """One simulation: network, period, fleet, market, feedback."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    """Run name; the results go to results/<name>/."""
+    description: str = ""
+    network: str
+    """Network file in networks/ (name without .yaml) or a path to one."""
+    mode: Literal["grid-connected", "islanded"] = "grid-connected"
+    start: dt.datetime = dt.datetime(2016, 6, 13)
+    """First round [local time, 2016; SimBench profiles cover 2016]."""
+    duration: Duration = dt.timedelta(days=7)
+    resolution: Duration = dt.timedelta(minutes=15)
+    seed: int = 42
+    prosumers: Prosumers = Prosumers()
+    market: Market = Market()
+    feedback: Feedback = Feedback()
+    islanded: Islanded = Islanded()
+
+    @model_validator(mode="after")
+    def _period(self) -> Scenario:
+        if self.resolution < dt.timedelta(minutes=1) or self.resolution > dt.timedelta(hours=24):
+            raise ValueError(f"expected resolution between 1min and 24h, found {format_duration(self.resolution)}")
+        if self.duration < self.resolution:
+            raise ValueError(
+                f"expected duration >= resolution, found {format_duration(self.duration)} < "
+                f"{format_duration(self.resolution)}"
+            )
+        if self.start < PROFILE_START or self.start + self.duration > PROFILE_END:
+            raise ValueError(
+                f"expected start and start + duration within the SimBench profile year "
+                f"2016-01-01 .. 2017-01-01, found {self.start} + {format_duration(self.duration)}"
+            )
+        return self
+
+    @property
+    def n_rounds(self) -> int:
+        return int(self.duration / self.resolution)
+
+    @property
+    def dt_h(self) -> float:
+        """Round length [h]."""
+        return self.resolution.total_seconds() / 3600.0
+
+    def to_yaml(self) -> str:
+        """The resolved scenario, every default filled in."""
+        data = self.model_dump(mode="json")
+        data["start"] = self.start.isoformat(sep=" ")
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """One line per bad field: where, what was expected, what was found."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown field (typo?), found {e['input']!r}")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required field is missing")
+        elif "found" in msg:
+            lines.append(f"{where}: {msg}")
+        else:
+            found = e.get("input")
+            if isinstance(found, dict):
+                found = "a mapping"
+            lines.append(f"{where}: expected {msg[0].lower()}{msg[1:]}, found {found!r}")
+    return lines
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping or raise InputError naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, ["file not found"]) from None
+    except yaml.YAMLError as err:
+        raise InputError(path, [f"not valid YAML: {err}"]) from None
+    if not isinstance(data, dict):
+        raise InputError(path, [f"expected a YAML mapping of fields, found {type(data).__name__}"])
+    return data
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; all problems are reported at once.
+
+    Also checks what pydantic cannot see alone: that the mechanism is registered and
+    the network file exists and is valid.
+    """
+    from cosim.markets import MECHANISMS
+    from cosim.networks import find_network_file, load_network_spec
+
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as err:
+        raise InputError(path, format_validation_error(err)) from None
+    problems = []
+    if scenario.market.mechanism not in MECHANISMS:
+        problems.append(
+            f"market.mechanism: expected one of {sorted(MECHANISMS)}, found {scenario.market.mechanism!r}"
+        )
+    network_file = find_network_file(scenario.network, path)
+    if network_file is None:
+        problems.append(
+            f"network: expected a file networks/{scenario.network}.yaml or a path to one, "
+            f"found no such file"
+        )
+    if problems:
+        raise InputError(path, problems)
+    load_network_spec(network_file)  # raises its own InputError naming the network file
+    return scenario
