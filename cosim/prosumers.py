@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 
 from cosim.networks import NetworkSpec
 from cosim.profiles import profile_tables, slice_profile

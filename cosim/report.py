@@ -231,17 +231,22 @@ def _read_table(
     required: tuple[str, ...],
     optional: tuple[str, ...],
     problems: list[str],
+    name: str | None = None,
 ) -> pd.DataFrame | None:
-    """Read the needed columns of a parquet file; None and a problem if columns miss."""
+    """Read the needed columns of a parquet file; None and a problem if columns miss.
+
+    ``name`` is how problems refer to the file (default: its file name).
+    """
+    name = name or path.name
     try:
         names = set(pq.read_schema(path).names)
     except Exception as exc:  # unreadable file: one problem line, keep collecting
-        problems.append(f"{path.name}: expected a parquet file, found an unreadable file ({exc})")
+        problems.append(f"{name}: expected a parquet file, found an unreadable file ({exc})")
         return None
     missing = [c for c in required if c not in names]
     if missing:
         problems.append(
-            f"{path.name}: expected columns {', '.join(required)}; missing {', '.join(missing)}"
+            f"{name}: expected columns {', '.join(required)}; missing {', '.join(missing)}"
         )
         return None
     columns = list(required) + [c for c in optional if c in names]
@@ -287,38 +292,38 @@ def _reduce_trades(trades: pd.DataFrame) -> pd.DataFrame:
 
 
 def _load_variant(
-    folder: pathlib.Path, key: str, label: str, with_trades: bool, problems: list[str]
+    folder: pathlib.Path,
+    prefix: str,
+    key: str,
+    label: str,
+    with_trades: bool,
+    problems: list[str],
 ) -> tuple[_Variant, list[str]]:
-    """Read a variant's tables; returns the variant and the files that were missing."""
+    """Read a variant's tables, reduced; returns the variant and its missing files.
+
+    ``prefix`` is the variant's folder as problems name it (``""`` or ``"baseline/"``).
+    Problems with files that exist go to ``problems``.
+    """
     v = _Variant(key=key, label=label)
     missing: list[str] = []
 
-    def present(name: str) -> pathlib.Path | None:
+    def read(name: str, required: tuple[str, ...], optional: tuple[str, ...] = ()):
         path = folder / name
-        if path.is_file():
-            return path
-        missing.append(name)
-        return None
+        if not path.is_file():
+            missing.append(prefix + name)
+            return None
+        return _read_table(path, required, optional, problems, name=prefix + name)
 
-    if path := present("rounds.parquet"):
-        rounds = _read_table(path, ROUNDS_COLUMNS, ROUNDS_OPTIONAL_COLUMNS, problems)
-        v.rounds = None if rounds is None else _prepare_rounds(rounds)
-    if path := present("settlement.parquet"):
-        settlement = _read_table(path, SETTLEMENT_COLUMNS, (), problems)
-        if settlement is not None:
-            v.bills, v.dso_charges = _reduce_settlement(settlement)
-    if path := present("buses.parquet"):
-        buses = _read_table(path, BUSES_COLUMNS, (), problems)
-        if buses is not None:
-            v.worst_vm_pu = _reduce_buses(buses)
-    if path := present("branches.parquet"):
-        branches = _read_table(path, BRANCHES_COLUMNS, (), problems)
-        if branches is not None:
-            v.max_loading_pct = _reduce_branches(branches)
-    if with_trades and (path := present("trades.parquet")):
-        trades = _read_table(path, TRADES_COLUMNS, (), problems)
-        if trades is not None:
-            v.pair_kwh = _reduce_trades(trades)
+    if (rounds := read("rounds.parquet", ROUNDS_COLUMNS, ROUNDS_OPTIONAL_COLUMNS)) is not None:
+        v.rounds = _prepare_rounds(rounds)
+    if (settlement := read("settlement.parquet", SETTLEMENT_COLUMNS)) is not None:
+        v.bills, v.dso_charges = _reduce_settlement(settlement)
+    if (buses := read("buses.parquet", BUSES_COLUMNS)) is not None:
+        v.worst_vm_pu = _reduce_buses(buses)
+    if (branches := read("branches.parquet", BRANCHES_COLUMNS)) is not None:
+        v.max_loading_pct = _reduce_branches(branches)
+    if with_trades and (trades := read("trades.parquet", TRADES_COLUMNS)) is not None:
+        v.pair_kwh = _reduce_trades(trades)
     return v, missing
 
 
@@ -333,6 +338,7 @@ def _time_base(time: pd.Series) -> _TimeBase:
 
 
 def _load_run(run_dir: pathlib.Path) -> _Run:
+    """Read and check the run folder; raise one InputError listing every problem."""
     problems: list[str] = []
     summary_path = run_dir / "summary.json"
     if not run_dir.is_dir():
@@ -360,14 +366,16 @@ def _load_run(run_dir: pathlib.Path) -> _Run:
                 "its comparisons are left out."
             )
             continue
-        v, missing = _load_variant(folder, key, label, with_trades=sub is None, problems=problems)
+        prefix = "" if sub is None else f"{sub}/"
+        v, missing = _load_variant(
+            folder, prefix, key, label, with_trades=sub is None, problems=problems
+        )
         if key == "market" and "rounds.parquet" in missing:
             problems.append("rounds.parquet: expected one row per round, found nothing")
         elif missing:
-            where = "" if sub is None else f"{sub}/"
             notes.append(
-                f"Variant “{label}”: {', '.join(where + m for m in missing)} "
-                "missing; the parts that need it are left out."
+                f"Variant “{label}”: {', '.join(missing)} missing; "
+                "the parts that need it are left out."
             )
         variants[key] = v
 
@@ -620,7 +628,7 @@ def _fig_grid_exchange(run: _Run, path: pathlib.Path) -> str:
         imp = float(np.nansum(v.rounds["grid_import_kwh"]))
         exp = float(np.nansum(v.rounds["grid_export_kwh"]))
         parts.append(f"{v.label}: {imp:,.1f} kWh imported, {exp:,.1f} kWh exported")
-    return f"Exchange with the {g} — " + "; ".join(parts) + "."
+    return f"Energy exchanged with the {g} over the run — " + "; ".join(parts) + "."
 
 
 def _fig_voltage_envelope(run: _Run, path: pathlib.Path) -> str:
@@ -731,10 +739,13 @@ def _fig_loading(run: _Run, path: pathlib.Path) -> str:
     if trafo.size:
         parts.append(f"the transformer at {trafo.max():.1f} %")
     lim = f" against a limit of {limit:g} %" if limit is not None else ""
-    return (
-        f"With feedback the {' and '.join(parts) or 'loadings are not recorded'}{lim}; "
-        "the dashed lines show the same market without network feedback."
+    nf = run.variant("market_no_feedback")
+    tail = (
+        "the dashed lines show the same market without network feedback"
+        if nf is not None
+        else "the market without feedback was not recorded"
     )
+    return f"With feedback the {' and '.join(parts) or 'loadings are not recorded'}{lim}; {tail}."
 
 
 def _fig_curtailment_shedding(run: _Run, path: pathlib.Path) -> str:
@@ -1087,10 +1098,8 @@ def _fig_network_map(run: _Run, path: pathlib.Path) -> str:
     extra = ""
     if m is not None and not m.dropna().empty:
         m = m.dropna()
-        extra = (
-            f"; with feedback the lowest is {m.min():.3f} pu at bus {m.idxmin()} and the "
-            f"highest {m.max():.3f} pu at bus {m.idxmax()}"
-        )
+        far = (m - 1.0).abs().idxmax()
+        extra = f"; with feedback the bus furthest from 1.0 pu is bus {far} at {m[far]:.3f} pu"
     return (
         "Each bus is coloured by its voltage furthest from 1.0 pu over the run (red high, "
         "blue low); buses ringed in black left the band ("
@@ -1390,7 +1399,12 @@ def _facts_html(run: _Run) -> str:
         else:
             counts = bad.value_counts()
             reasons = ", ".join(f"{esc(r)}: {c:,d}" for r, c in counts.head(5).items())
-            items.append(("Round status", f"<b>{len(bad):,d} rounds not ok</b> ({reasons})"))
+            items.append(
+                (
+                    "Round status",
+                    f"<b>{len(bad):,d} {'round' if len(bad) == 1 else 'rounds'} not ok</b> ({reasons})",
+                )
+            )
     timing = s.get("timing") if isinstance(s.get("timing"), dict) else {}
     if timing:
         items.append(
@@ -1434,8 +1448,9 @@ def _how_to_read(run: _Run) -> str:
         "market alone would do to the network. "
         f"<b>No P2P (baseline)</b> has every prosumer trade only with the {grid}.</p>"
         "<p>Bills are positive when a prosumer pays. Voltages are per unit (pu) of the nominal "
-        "voltage; loadings are in % of the rating. Cells shaded red in the table are beyond a "
-        f"limit of the run. {agg} A dash (–) means the value was not recorded.</p>"
+        "voltage; loadings are in % of the rating. Cells shaded red in the table mark a "
+        "limit exceeded, a violation, shed load or failed rounds. "
+        f"{agg} A dash (–) means the value was not recorded.</p>"
     )
 
 

@@ -231,23 +231,36 @@ class Scenario(_Frozen):
         return yaml.safe_dump(data, sort_keys=False)
 
 
+def _expected(msg: str) -> str:
+    """Turn pydantic's wording into 'expected ...'."""
+    msg = msg.removeprefix("Value error, ")
+    for prefix, repl in (
+        ("Input should be ", "expected "),
+        ("String should match pattern ", "expected text matching "),
+        ("Input should ", "expected input to "),
+    ):
+        if msg.startswith(prefix):
+            return repl + msg[len(prefix):]
+    return msg if msg.startswith("expected") else f"expected {msg[0].lower()}{msg[1:]}"
+
+
 def format_validation_error(err: ValidationError) -> list[str]:
     """One line per bad field: where, what was expected, what was found."""
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown field (typo?), found {e['input']!r}")
         elif e["type"] == "missing":
             lines.append(f"{where}: required field is missing")
-        elif "found" in msg:
-            lines.append(f"{where}: {msg}")
         else:
-            found = e.get("input")
-            if isinstance(found, dict):
-                found = "a mapping"
-            lines.append(f"{where}: expected {msg[0].lower()}{msg[1:]}, found {found!r}")
+            msg = _expected(e["msg"])
+            if "found" in msg:
+                lines.append(f"{where}: {msg}")
+            else:
+                found = e.get("input")
+                found = "a mapping" if isinstance(found, dict) else repr(found)
+                lines.append(f"{where}: {msg}, found {found}")
     return lines
 
 
@@ -275,20 +288,21 @@ def load_scenario(path: str | Path) -> Scenario:
 
     path = Path(path)
     data = read_yaml(path)
+    problems = []
+    scenario = None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as err:
-        raise InputError(path, format_validation_error(err)) from None
-    problems = []
-    if scenario.market.mechanism not in MECHANISMS:
+        problems += format_validation_error(err)
+    market = data.get("market") if isinstance(data.get("market"), dict) else {}
+    mechanism = market.get("mechanism", "uniform")
+    if isinstance(mechanism, str) and mechanism not in MECHANISMS:
+        problems.append(f"market.mechanism: expected one of {sorted(MECHANISMS)}, found {mechanism!r}")
+    network = data.get("network")
+    network_file = find_network_file(network, path) if isinstance(network, str) else None
+    if isinstance(network, str) and network_file is None:
         problems.append(
-            f"market.mechanism: expected one of {sorted(MECHANISMS)}, found {scenario.market.mechanism!r}"
-        )
-    network_file = find_network_file(scenario.network, path)
-    if network_file is None:
-        problems.append(
-            f"network: expected a file networks/{scenario.network}.yaml or a path to one, "
-            f"found no such file"
+            f"network: expected a file networks/{network}.yaml or a path to one, found no such file"
         )
     if problems:
         raise InputError(path, problems)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cosim.errors import InputError
-from cosim.report import FIGURES, MAX_POINTS, _time_base, write_report
+from cosim.report import FIGURES, MAX_POINTS, _load_run, _time_base, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE_FIGURES = [n for n in FIGURES if n != "grid_forming"]
@@ -280,7 +280,7 @@ def test_grid_connected_run_with_both_variants(tmp_path):
     assert "0.1877" in text  # mean price
     assert "Mean P2P price [EUR/kWh]" in text
     assert "Lowest bus voltage [pu]" in text
-    assert "1 rounds not ok" in text  # the failed round is reported
+    assert "1 round not ok" in text  # the failed round is reported
     assert "<td class='num bad'>101.2</td>" in text  # line loading beyond the limit
 
 
@@ -338,4 +338,21 @@ def test_missing_rounds_is_an_input_error(tmp_path):
     run = make_run(tmp_path, days=1, variants=())
     (run / "rounds.parquet").unlink()
     with pytest.raises(InputError, match="rounds.parquet"):
+        write_report(run)
+
+
+def test_missing_variant_file_is_a_note_not_an_error(tmp_path):
+    run = make_run(tmp_path, days=1)
+    (run / "baseline" / "settlement.parquet").unlink()
+    loaded = _load_run(run)  # drawing without a baseline is covered above
+    assert any("baseline/settlement.parquet missing" in note for note in loaded.notes)
+    assert loaded.variants["baseline"].bills is None
+    assert loaded.variant("baseline") is not None  # its rounds are still compared
+
+
+def test_bad_variant_columns_name_the_subfolder(tmp_path):
+    run = make_run(tmp_path, days=1)
+    rounds = pd.read_parquet(run / "no_feedback" / "rounds.parquet")
+    rounds.drop(columns=["vm_min_pu"]).to_parquet(run / "no_feedback" / "rounds.parquet")
+    with pytest.raises(InputError, match=r"no_feedback/rounds\.parquet: .*missing vm_min_pu"):
         write_report(run)

@@ -158,3 +158,34 @@ class OrderArrays:
         bid[ib] = buys.price_per_kwh.to_numpy(float)
         ask[isl] = sells.price_per_kwh.to_numpy(float)
         return cls(demand, supply, bid, ask)
+
+
+def outside_trades(r: ClearingResult, participants: list[str], ctx: MarketContext) -> list[tuple]:
+    """Trade rows of each participant with the outside party, at retail and feed-in."""
+    rows = []
+    for i in np.flatnonzero(r.import_kwh > QTY_TOL):
+        p = ctx.retail_price_per_kwh
+        rows.append((ctx.outside_party, participants[i], float(r.import_kwh[i]), p, p, 0.0))
+    for i in np.flatnonzero(r.export_kwh > QTY_TOL):
+        p = ctx.feed_in_price_per_kwh
+        rows.append((participants[i], ctx.outside_party, float(r.export_kwh[i]), p, p, 0.0))
+    return rows
+
+
+def fallback_result(orders: OrderArrays, ctx: MarketContext, charges: Charges, participants: list[str]) -> ClearingResult:
+    """Dispatch of a round whose clearing failed: everyone trades with the outside party.
+
+    Where the outside party's caps bind (islanded), demand is shed and supply curtailed
+    pro rata.
+    """
+    demand, supply = orders.demand_kwh, orders.supply_kwh
+    imp_share = min(1.0, ctx.import_cap_kwh / demand.sum()) if demand.sum() > 0 else 1.0
+    exp_share = min(1.0, ctx.export_cap_kwh / supply.sum()) if supply.sum() > 0 else 1.0
+    n = len(demand)
+    zeros = np.zeros(n)
+    result = ClearingResult(
+        "fallback", zeros, zeros, demand * imp_share, supply * exp_share, supply * (1 - exp_share),
+        demand * (1 - imp_share), np.full(n, np.nan), np.full(n, np.nan), charges, float("nan"),
+    )
+    result.trades = pd.DataFrame(outside_trades(result, participants, ctx), columns=TRADE_COLUMNS)
+    return result

@@ -21,6 +21,7 @@ from cosim.markets.base import (
     MarketContext,
     NetworkCuts,
     OrderArrays,
+    outside_trades,
 )
 from cosim.markets.pool import PoolModel
 
@@ -145,10 +146,7 @@ class UniformDoubleAuction:
             (ids[s], ids[b], q, r.buy_price_per_kwh[b], r.sell_price_per_kwh[s], r.charges.sell[s] + r.charges.buy[b])
             for s, b, q in merit_order_matching(idx, r.bought_kwh, eff_bid, idx, r.sold_kwh, eff_ask)
         ]
-        for i in np.flatnonzero(r.import_kwh > QTY_TOL):
-            rows.append((ctx.outside_party, ids[i], r.import_kwh[i], ctx.retail_price_per_kwh, ctx.retail_price_per_kwh, 0.0))
-        for i in np.flatnonzero(r.export_kwh > QTY_TOL):
-            rows.append((ids[i], ctx.outside_party, r.export_kwh[i], ctx.feed_in_price_per_kwh, ctx.feed_in_price_per_kwh, 0.0))
+        rows += outside_trades(r, self.participants, ctx)
         return pd.DataFrame(rows, columns=TRADE_COLUMNS)
 
 

@@ -1,0 +1,37 @@
+# cosim: two commands on a fresh machine: `make run`, then `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SCENARIO ?= scenarios/rural3-summer-pv.yaml
+
+.PHONY: setup run test scenarios report lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/cosim run $(SCENARIO)
+
+test: setup
+	$(BIN)/python -m pytest
+
+scenarios: setup
+	@for f in scenarios/*.yaml; do echo "== $$f"; $(BIN)/cosim run $$f || exit $$?; done
+
+report: setup
+	@test -n "$(RUN)" || (echo "usage: make report RUN=results/<scenario>" >&2; exit 2)
+	$(BIN)/cosim report $(RUN)
+
+lint: setup
+	$(BIN)/ruff check cosim tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,128 @@
+"""Command line: ``cosim run | clear | ledger verify | ledger show | report | validate``.
+
+Exit status: 0 success, 2 bad input (a message naming the file and field, no traceback,
+nothing written), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cosim.errors import InputError
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cosim.loop import run_scenario
+
+    out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report)
+    summary = json.loads((out / "summary.json").read_text())
+    m, nf = summary["variants"]["market"], summary["variants"]["market_no_feedback"]
+    print(f"results: {out}")
+    print(
+        f"  market with feedback: {m['violation_rounds']} rounds with violations, peak trafo "
+        f"{m['peak_trafo_loading_pct']:.1f} %, vm {m['vm_min_pu']:.3f}-{m['vm_max_pu']:.3f} pu, "
+        f"curtailed {m['curtailed_kwh']:.1f} kWh"
+    )
+    print(
+        f"  market without feedback: {nf['violation_rounds']} rounds with violations, peak trafo "
+        f"{nf['peak_trafo_loading_pct']:.1f} %, vm {nf['vm_min_pu']:.3f}-{nf['vm_max_pu']:.3f} pu"
+    )
+    print(f"  median round {summary['timing']['median_round_ms']:.1f} ms, wall {summary['timing']['wall_s']:.0f} s")
+    if not args.no_report:
+        print(f"report: {out / 'report.html'}")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from cosim.scenario import load_scenario
+
+    for path in args.scenarios:
+        s = load_scenario(path)
+        print(f"{path}: ok ({s.name}, {s.n_rounds} rounds)")
+    return EXIT_OK
+
+
+def _cmd_clear(args: argparse.Namespace) -> int:
+    from cosim.orderbook import clear_csv
+
+    table = clear_csv(args.bids, args.mechanism, k=args.k, retail=args.retail, feed_in=args.feed_in)
+    table.to_csv(sys.stdout, index=False, float_format="%.6g")
+    return EXIT_OK
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from cosim import ledger
+
+    if args.ledger_command == "verify":
+        ok, message = ledger.verify(args.run_dir)
+        print(message)
+        return EXIT_OK if ok else EXIT_FAILURE
+    block = ledger.show(args.run_dir, args.round)
+    print(block)
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cosim.report import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cosim", description="Co-simulate P2P energy trading on LV networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scenario")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--out", help="results folder (default results/<scenario name>)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-report", action="store_true", help="skip drawing the report")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="validate scenario files without running them")
+    val.add_argument("scenarios", nargs="+")
+    val.set_defaults(func=_cmd_validate)
+
+    clear = sub.add_parser("clear", help="clear one order book with no network; trades CSV on stdout")
+    clear.add_argument("bids", help="CSV with columns id,side,quantity_kwh,price_per_kwh")
+    clear.add_argument("--mechanism", default="uniform")
+    clear.add_argument("--k", type=float, default=0.5, help="k-pricing parameter [0..1]")
+    clear.add_argument("--retail", type=float, default=None, help="outside grid's selling price [currency/kWh]")
+    clear.add_argument("--feed-in", type=float, default=None, help="outside grid's buying price [currency/kWh]")
+    clear.set_defaults(func=_cmd_clear)
+
+    led = sub.add_parser("ledger", help="verify or show a run's ledger")
+    led_sub = led.add_subparsers(dest="ledger_command", required=True)
+    verify = led_sub.add_parser("verify", help="exit 0 if the ledger is intact, else 1 and the first bad block")
+    verify.add_argument("run_dir")
+    show = led_sub.add_parser("show", help="print one block")
+    show.add_argument("run_dir")
+    show.add_argument("--round", type=int, default=0)
+    led.set_defaults(func=_cmd_ledger)
+
+    rep = sub.add_parser("report", help="(re)draw the report of a finished run")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"error: {err.format()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; no results were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

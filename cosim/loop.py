@@ -1,0 +1,423 @@
+"""The round loop: the only place that knows the order of the stages.
+
+scenario -> network + fleet + profiles -> for each round: controllers -> orders ->
+clearing -> grid check -> (feedback -> clearing -> grid check)* -> settlement -> ledger ->
+recorder. Each run simulates three variants on the same physics:
+
+- ``market``: the scenario's mechanism with network feedback (the main results);
+- ``market_no_feedback``: the same market without feedback, to show what it would do;
+- ``baseline``: no P2P, every prosumer trades only with the grid (islanded: the
+  grid-forming unit), with feedback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cosim.feedback import (
+    MAX_FORCED_STEPS,
+    Limits,
+    attribute,
+    find_violations,
+    forced_reduction,
+    linearise,
+    network_charges,
+    reduce_orders,
+)
+from cosim.grid.powerflow import GridState, PowerFlow
+from cosim.grid.sensitivities import compute_sensitivities
+from cosim.ledger import LedgerWriter
+from cosim.markets import ClearingResult, MarketContext, NetworkCuts, OrderArrays, get_mechanism
+from cosim.markets.base import fallback_result
+from cosim.networks import (
+    build_net,
+    find_network_file,
+    grid_tables,
+    load_network_spec,
+    lv_busbar,
+    set_islanded,
+)
+from cosim.prosumers import Batteries, Fleet, build_fleet, make_orders
+from cosim.results import Recorder
+from cosim.scenario import Scenario
+from cosim.settlement import settle
+
+#: Network-cut slots in the clearing model.
+MAX_CUTS = 40
+OUTSIDE = {"grid-connected": "grid", "islanded": "grid_forming"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    mechanism: str
+    feedback: bool
+    folder: str
+    """Subfolder of the run directory ('' for the main results)."""
+
+
+def variants_for(scenario: Scenario) -> list[Variant]:
+    return [
+        Variant("market", scenario.market.mechanism, scenario.feedback.enabled, ""),
+        Variant("market_no_feedback", scenario.market.mechanism, False, "no_feedback"),
+        Variant("baseline", "none", scenario.feedback.enabled, "baseline"),
+    ]
+
+
+@dataclass
+class Setup:
+    """Everything built once per run and shared by the variants."""
+
+    scenario: Scenario
+    net: object
+    fleet: Fleet
+    pf: PowerFlow
+    participant_pos: np.ndarray
+    """Position of each prosumer's bus in `pf.buses`."""
+    grid_buses: pd.DataFrame
+    grid_branches: pd.DataFrame
+    gfu_bus: int | None = None
+
+
+def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setup:
+    spec = load_network_spec(find_network_file(scenario.network, scenario_path))
+    net = build_net(spec)
+    fleet = build_fleet(net, spec, scenario)
+    gfu_bus = None
+    if scenario.mode == "islanded":
+        gfu_bus = scenario.islanded.grid_forming_bus
+        if gfu_bus is None:
+            gfu_bus = lv_busbar(net)
+        set_islanded(net, gfu_bus)
+    grid_buses, grid_branches = grid_tables(net)
+    pf = PowerFlow(net)
+    pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
+    participant_pos = pos.loc[fleet.table.bus].to_numpy()
+    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, gfu_bus)
+
+
+@dataclass
+class GridFormingUnit:
+    """The islanded slack: a battery inverter within its kW and kWh limits."""
+
+    p_kw: float
+    e_kwh: float
+    soc: float
+    soc_min: float
+    soc_max: float
+    efficiency: float
+
+    def caps_kwh(self, dt_h: float) -> tuple[float, float]:
+        """(most it can deliver, most it can absorb) this round [kWh]."""
+        deliver = min(self.p_kw * dt_h, max(self.soc - self.soc_min, 0.0) * self.e_kwh * self.efficiency)
+        absorb = min(self.p_kw * dt_h, max(self.soc_max - self.soc, 0.0) * self.e_kwh / self.efficiency)
+        return deliver, absorb
+
+    def step(self, p_kw: float, dt_h: float) -> None:
+        """Apply the slack's output (positive = discharging) for one round."""
+        if p_kw >= 0:
+            self.soc -= p_kw * dt_h / (self.efficiency * self.e_kwh)
+        else:
+            self.soc -= p_kw * dt_h * self.efficiency / self.e_kwh
+        self.soc = float(np.clip(self.soc, 0.0, 1.0))
+
+
+@dataclass
+class RoundOutcome:
+    result: ClearingResult
+    state: GridState
+    p_kw: np.ndarray
+    q_kvar: np.ndarray
+    iterations: int
+    violations: list
+    violations_initial: int
+    status: str
+    attribution: pd.DataFrame | None
+    timings: dict = field(default_factory=dict)
+
+
+class VariantRunner:
+    """Runs one variant round by round."""
+
+    def __init__(self, setup: Setup, variant: Variant):
+        self.setup = setup
+        self.variant = variant
+        sc = setup.scenario
+        self.sc = sc
+        self.dt_h = sc.dt_h
+        self.fleet = setup.fleet
+        self.pf = setup.pf
+        self.mechanism = get_mechanism(variant.mechanism)(self.fleet.ids, max_cuts=MAX_CUTS)
+        self.batteries = Batteries.from_fleet(self.fleet, sc)
+        self.rng = np.random.default_rng(sc.seed + 1)
+        self.gfu = None
+        slack_limit = None
+        if sc.mode == "islanded":
+            isl = sc.islanded
+            self.gfu = GridFormingUnit(isl.p_kw, isl.e_kwh, isl.initial_soc, isl.soc_min, isl.soc_max, isl.efficiency)
+            slack_limit = isl.p_kw
+        self.limits = Limits.from_feedback(sc.feedback, slack_limit)
+        self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
+        self.last_sens = None
+        self.last_state: GridState | None = None
+
+    # -- physics helpers ----------------------------------------------------------------
+    def bus_injections(self, r: ClearingResult, net_kw: np.ndarray, load_kw: np.ndarray,
+                       load_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bus net load [kW] and [kvar] of the dispatch (load convention)."""
+        prosumer_kw = -r.injection_kwh / self.dt_h
+        shed_kw = r.shed_kwh / self.dt_h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            served = np.where(load_kw > 0, np.clip(1.0 - shed_kw / load_kw, 0.0, 1.0), 1.0)
+        n_bus = len(self.pf.buses)
+        p = np.bincount(self.setup.participant_pos, weights=prosumer_kw, minlength=n_bus)
+        q = np.bincount(self.setup.participant_pos, weights=load_kvar * served, minlength=n_bus)
+        return p, q
+
+    def context(self) -> MarketContext:
+        m = self.sc.market
+        ctx = MarketContext(
+            retail_price_per_kwh=m.retail_price_per_kwh,
+            feed_in_price_per_kwh=m.feed_in_price_per_kwh,
+            k=m.k,
+            outside_party=OUTSIDE[self.sc.mode],
+            voll_per_kwh=self.sc.islanded.voll_per_kwh,
+        )
+        if self.gfu is not None:
+            deliver, absorb = self.gfu.caps_kwh(self.dt_h)
+            ctx = dataclasses.replace(ctx, import_cap_kwh=deliver, export_cap_kwh=absorb)
+        return ctx
+
+    # -- one round ----------------------------------------------------------------------
+    def run_round(self, t: int) -> tuple[RoundOutcome, pd.DataFrame, MarketContext]:
+        sc, fleet, dt_h = self.sc, self.fleet, self.dt_h
+        timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0}
+        t0 = time.perf_counter()
+        load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
+        net_kw = load_kw - pv_kw
+        net_kw = net_kw + self.batteries.self_consume(net_kw, dt_h)
+        book = make_orders(
+            fleet.ids, fleet.table.bus.to_numpy(), net_kw, dt_h, sc.market.bidding,
+            sc.market.retail_price_per_kwh, sc.market.feed_in_price_per_kwh, self.rng,
+        )
+        orders = OrderArrays.from_book(book, fleet.ids)
+        ctx = self.context()
+        pos = self.setup.participant_pos
+        charges = network_charges(sc.feedback.charge_method, sc.feedback.charge_rate_per_kwh, self.last_sens, pos)
+        timings["orders"] += time.perf_counter() - t0
+
+        def clear(order_arrays, cuts):
+            t1 = time.perf_counter()
+            r = self.mechanism.clear(order_arrays, ctx, cuts, charges)
+            timings["clear"] += time.perf_counter() - t1
+            return r
+
+        def check(r):
+            t1 = time.perf_counter()
+            p, q = self.bus_injections(r, net_kw, load_kw, load_kvar)
+            s = self.pf.run(p, q)
+            timings["pf"] += time.perf_counter() - t1
+            return p, q, s, find_violations(s, self.limits, self.pf.buses, self.pf.lines, self.pf.trafos)
+
+        def sensitivities(s):
+            t1 = time.perf_counter()
+            sens = compute_sensitivities(self.pf, s) if s.V is not None else None
+            timings["sens"] += time.perf_counter() - t1
+            return sens
+
+        status = "ok"
+        cuts = NetworkCuts.empty(fleet.n)
+        r = clear(orders, cuts)
+        if not r.ok:
+            status = r.status
+            r = fallback_result(orders, ctx, charges, fleet.ids)
+        p, q, state, viol = check(r)
+        n_initial = len(viol)
+        iterations = 1
+        attribution = None
+        sens = None
+        if viol:
+            sens = sensitivities(state)
+            if sens is not None:
+                attribution = attribute(t, 1, viol, sens, self.bus_pos_of, r.trades, dt_h)
+        feedback = self.variant.feedback and status == "ok"
+        while feedback and viol and iterations < sc.feedback.max_iterations and sens is not None:
+            new = linearise(viol, sens, pos, r.injection_kwh, dt_h, sc.feedback)
+            cuts = cuts.extend(new)
+            if len(cuts) > MAX_CUTS:  # keep the newest cuts
+                cuts = NetworkCuts(cuts.coef[-MAX_CUTS:], cuts.rhs[-MAX_CUTS:], cuts.labels[-MAX_CUTS:])
+            r_new = clear(orders, cuts)
+            iterations += 1
+            if not r_new.ok:
+                status = f"iteration {iterations}: {r_new.status}"
+                break
+            r = r_new
+            p, q, state, viol = check(r)
+            sens = sensitivities(state) if viol else None
+        if feedback and viol:  # curtail or shed at the most sensitive buses, then check again
+            forced_c = np.zeros(fleet.n)
+            forced_s = np.zeros(fleet.n)
+            for _ in range(MAX_FORCED_STEPS):
+                if sens is None:
+                    sens = sensitivities(state)
+                    if sens is None:
+                        break
+                c, s_ = forced_reduction(viol, sens, pos, r, dt_h, sc.feedback)
+                forced_c += c
+                forced_s += s_
+                r_new = clear(reduce_orders(orders, forced_c, forced_s), cuts)
+                if not r_new.ok:
+                    status = f"forced curtailment: {r_new.status}"
+                    break
+                r_new.curtailed_kwh = r_new.curtailed_kwh + forced_c
+                r_new.shed_kwh = r_new.shed_kwh + forced_s
+                r = r_new
+                p, q, state, viol = check(r)
+                sens = None
+                if not viol:
+                    break
+        if not state.converged:
+            status = "power flow did not converge" if status == "ok" else status
+        if sc.feedback.charge_method == "sensitivity" and state.converged:
+            self.last_sens = sensitivities(state)
+        if self.gfu is not None and state.converged:
+            self.gfu.step(state.slack_p_kw, dt_h)
+        self.last_state = state
+        outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
+        return outcome, book, ctx
+
+
+def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
+              round_s: float) -> dict:
+    r, s = o.result, o.state
+    row = {
+        "round": t,
+        "time": time_,
+        "iterations": o.iterations,
+        "pf_converged": bool(s.converged),
+        "cleared_kwh": r.cleared_kwh,
+        "price_per_kwh": r.price_per_kwh,
+        "grid_import_kwh": float(r.import_kwh.sum()),
+        "grid_export_kwh": float(r.export_kwh.sum()),
+        "curtailed_kwh": float(r.curtailed_kwh.sum()),
+        "shed_kwh": float(r.shed_kwh.sum()),
+        "losses_kwh": s.losses_kw * dt_h,
+        "vm_min_pu": float(np.nanmin(s.vm_pu)) if s.converged else np.nan,
+        "vm_max_pu": float(np.nanmax(s.vm_pu)) if s.converged else np.nan,
+        "max_line_loading_pct": float(np.nanmax(s.line_loading_pct, initial=0.0)) if s.converged else np.nan,
+        "max_trafo_loading_pct": float(np.nanmax(s.trafo_loading_pct, initial=0.0)) if s.converged else np.nan,
+        "violations": len(o.violations),
+        "violations_initial": o.violations_initial,
+        "violation_kinds": ",".join(sorted({v.kind for v in o.violations})),
+        "network_charges": float(r.charges.buy @ r.bought_kwh + r.charges.sell @ r.sold_kwh),
+        "slack_p_kw": s.slack_p_kw,
+        "status": o.status,
+        "pf_method": s.method,
+        "round_ms": round_s * 1000.0,
+        "orders_ms": o.timings["orders"] * 1000.0,
+        "clear_ms": o.timings["clear"] * 1000.0,
+        "pf_ms": o.timings["pf"] * 1000.0,
+        "sens_ms": o.timings["sens"] * 1000.0,
+    }
+    if gfu is not None:
+        row["gfu_p_kw"] = s.slack_p_kw
+        row["gfu_soc"] = gfu.soc
+    return row
+
+
+def simulate_variant(setup: Setup, variant: Variant, progress: bool = True, ledger: LedgerWriter | None = None) -> Recorder:
+    """Run every round of one variant and return its recorder."""
+    runner = VariantRunner(setup, variant)
+    sc = setup.scenario
+    n = sc.n_rounds
+    rec = Recorder(n, setup.pf.buses, setup.pf.lines, setup.pf.trafos)
+    buses = setup.fleet.table.bus.to_numpy()
+    bar = tqdm(range(n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True)
+    for t in bar:
+        t0 = time.perf_counter()
+        outcome, book, ctx = runner.run_round(t)
+        st = settle(t, setup.fleet.ids, buses, outcome.result, ctx)
+        if ledger is not None:
+            ledger.append(t, setup.fleet.time[t].isoformat(), book, outcome.result.trades, st)
+        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, time.perf_counter() - t0)
+        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st, outcome.attribution)
+    return rec
+
+
+def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,
+                 report: bool = True) -> Path:
+    """Run a scenario file end to end; returns the results folder.
+
+    Results are written to a temporary folder and moved into place only at the end.
+    """
+    from cosim.results import RunFolder, write_json
+    from cosim.scenario import load_scenario
+    from cosim.summary import kpis, timing
+
+    wall0 = time.perf_counter()
+    scenario = load_scenario(scenario_path)
+    out = Path(out) if out is not None else Path("results") / scenario.name
+    setup = prepare(scenario, scenario_path)
+    folder = RunFolder(out)
+    try:
+        tmp = folder.tmp
+        (tmp / "scenario.yaml").write_text(scenario.to_yaml())
+        setup.grid_buses.to_parquet(tmp / "grid_buses.parquet", index=False)
+        setup.grid_branches.to_parquet(tmp / "grid_branches.parquet", index=False)
+        setup.fleet.table.reset_index().to_parquet(tmp / "prosumers.parquet", index=False)
+        load_kwh = float(setup.fleet.load_kw.sum() * scenario.dt_h)
+        pv_kwh = float(setup.fleet.pv_kw.sum() * scenario.dt_h)
+        variants_kpis, ledger_head, main_timing = {}, None, {}
+        bills = {}
+        for variant in variants_for(scenario):
+            ledger = LedgerWriter(tmp / "ledger.jsonl") if variant.folder == "" else None
+            rec = simulate_variant(setup, variant, progress=progress, ledger=ledger)
+            if ledger is not None:
+                ledger.close()
+                ledger_head = ledger.head
+            rec.write(tmp / variant.folder if variant.folder else tmp, with_attribution=variant.folder == "")
+            rounds, st = rec.rounds_table(), rec.settlement_table()
+            variants_kpis[variant.name] = kpis(rounds, st, load_kwh, pv_kwh, OUTSIDE[scenario.mode])
+            prosumer_rows = st[st.party.isin(setup.fleet.ids)]
+            bills[variant.name] = prosumer_rows.groupby("party").bill.sum()
+            if variant.folder == "":
+                main_timing = timing(rounds)
+        main_timing["wall_s"] = time.perf_counter() - wall0
+        summary = {
+            "scenario": scenario.name,
+            "network": scenario.network,
+            "mode": scenario.mode,
+            "start": scenario.start.isoformat(),
+            "end": (scenario.start + scenario.duration).isoformat(),
+            "resolution_min": scenario.resolution.total_seconds() / 60.0,
+            "rounds": scenario.n_rounds,
+            "currency": scenario.market.currency,
+            "mechanism": scenario.market.mechanism,
+            "n_prosumers": setup.fleet.n,
+            "n_buses": len(setup.pf.buses),
+            "v_min_pu": scenario.feedback.v_min_pu,
+            "v_max_pu": scenario.feedback.v_max_pu,
+            "max_loading_pct": scenario.feedback.max_loading_pct,
+            "load_kwh": load_kwh,
+            "pv_kwh": pv_kwh,
+            "variants": variants_kpis,
+            "prosumer_bills": pd.DataFrame(bills).round(6).to_dict(orient="index"),
+            "timing": main_timing,
+            "ledger_head": ledger_head,
+        }
+        write_json(tmp / "summary.json", summary)
+        if report:
+            from cosim.report import write_report
+
+            write_report(tmp)
+        return folder.commit()
+    except BaseException:
+        folder.abandon()
+        raise

@@ -1,0 +1,57 @@
+"""Settlement: who pays whom for one round, per party. Bills of all parties sum to zero.
+
+Parties: every prosumer, the outside party (``grid``; ``grid_forming`` when islanded),
+``dso`` (collects network charges) and ``market_operator`` (keeps the auction's surplus
+or covers its deficit; zero for budget-balanced mechanisms). A bill is positive when the
+party pays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cosim.markets import ClearingResult, MarketContext
+
+SETTLEMENT_COLUMNS = [
+    "round", "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh",
+    "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill",
+]
+#: The market's own parties besides the prosumers and the outside party.
+DSO, MARKET_OPERATOR = "dso", "market_operator"
+
+
+def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext) -> pd.DataFrame:
+    """The round's settlement table (vectorised over prosumers).
+
+    Prosumer n pays ``buy_price[n] bought[n] - sell_price[n] sold[n] + retail imported[n]
+    - feed_in exported[n]`` for energy, plus ``charge_buy[n] bought[n] + charge_sell[n]
+    sold[n]`` in network charges.
+    """
+    buy_p = np.nan_to_num(r.buy_price_per_kwh)
+    sell_p = np.nan_to_num(r.sell_price_per_kwh)
+    p2p_paid = buy_p * r.bought_kwh
+    p2p_received = sell_p * r.sold_kwh
+    energy = p2p_paid - p2p_received + ctx.retail_price_per_kwh * r.import_kwh - ctx.feed_in_price_per_kwh * r.export_kwh
+    charges = r.charges.buy * r.bought_kwh + r.charges.sell * r.sold_kwh
+    n = len(ids)
+    outside_energy = -ctx.retail_price_per_kwh * r.import_kwh.sum() + ctx.feed_in_price_per_kwh * r.export_kwh.sum()
+    operator_energy = -(p2p_paid.sum() - p2p_received.sum())
+    total_charges = charges.sum()
+    table = pd.DataFrame(
+        {
+            "round": np.full(n + 3, round_no, dtype=np.int64),
+            "party": [*ids, ctx.outside_party, DSO, MARKET_OPERATOR],
+            "bus": np.r_[buses, -1, -1, -1].astype(np.int64),
+            "bought_kwh": np.r_[r.bought_kwh, r.export_kwh.sum(), 0.0, 0.0],
+            "sold_kwh": np.r_[r.sold_kwh, r.import_kwh.sum(), 0.0, 0.0],
+            "grid_import_kwh": np.r_[r.import_kwh, 0.0, 0.0, 0.0],
+            "grid_export_kwh": np.r_[r.export_kwh, 0.0, 0.0, 0.0],
+            "curtailed_kwh": np.r_[r.curtailed_kwh, 0.0, 0.0, 0.0],
+            "shed_kwh": np.r_[r.shed_kwh, 0.0, 0.0, 0.0],
+            "energy_cost": np.r_[energy, outside_energy, 0.0, operator_energy],
+            "network_charges": np.r_[charges, 0.0, -total_charges, 0.0],
+        }
+    )
+    table["bill"] = table.energy_cost + table.network_charges
+    return table
