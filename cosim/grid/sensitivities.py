@@ -37,11 +37,11 @@ class Sensitivities:
 
 def _branch_current_sensitivity(Y, rows, V, dV, scale_side):
     """d(loading)/dP for the larger end of each branch, given dV [internal x cols]."""
-    I = Y @ V
+    current = Y @ V
     dI = Y @ dV
-    absI = np.abs(I)
+    absI = np.abs(current)
     with np.errstate(divide="ignore", invalid="ignore"):
-        d = np.where(absI[:, None] > 1e-12, np.real(np.conj(I)[:, None] * dI) / absI[:, None], 0.0)
+        d = np.where(absI[:, None] > 1e-12, np.real(np.conj(current)[:, None] * dI) / absI[:, None], 0.0)
     return absI[rows] * scale_side, d[rows] * scale_side[:, None]
 
 
