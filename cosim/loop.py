@@ -141,6 +141,8 @@ class RoundOutcome:
     status: str
     attribution: pd.DataFrame | None
     timings: dict = field(default_factory=dict)
+    physical: dict = field(default_factory=dict)
+    """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
 
 
 class VariantRunner:
@@ -202,7 +204,8 @@ class VariantRunner:
         t0 = time.perf_counter()
         load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
         net_kw = load_kw - pv_kw
-        net_kw = net_kw + self.batteries.self_consume(net_kw, dt_h)
+        battery_kw = self.batteries.self_consume(net_kw, dt_h)
+        net_kw = net_kw + battery_kw
         book = make_orders(
             fleet.ids, fleet.table.bus.to_numpy(), net_kw, dt_h, sc.market.bidding,
             sc.market.retail_price_per_kwh, sc.market.feed_in_price_per_kwh, self.rng,
@@ -291,6 +294,7 @@ class VariantRunner:
             self.gfu.step(state.slack_p_kw, dt_h)
         self.last_state = state
         outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
+        outcome.physical = {"load_kwh": load_kw * dt_h, "pv_kwh": pv_kw * dt_h, "battery_kwh": battery_kw * dt_h}
         return outcome, book, ctx
 
 
@@ -343,7 +347,7 @@ def simulate_variant(setup: Setup, variant: Variant, progress: bool = True, ledg
     for t in bar:
         t0 = time.perf_counter()
         outcome, book, ctx = runner.run_round(t)
-        st = settle(t, setup.fleet.ids, buses, outcome.result, ctx)
+        st = settle(t, setup.fleet.ids, buses, outcome.result, ctx, outcome.physical)
         if ledger is not None:
             ledger.append(t, setup.fleet.time[t].isoformat(), book, outcome.result.trades, st)
         row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, time.perf_counter() - t0)

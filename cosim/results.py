@@ -19,7 +19,7 @@ import pandas as pd
 
 from cosim.feedback import ATTRIBUTION_COLUMNS
 from cosim.markets import TRADE_COLUMNS
-from cosim.settlement import SETTLEMENT_COLUMNS
+from cosim.settlement import PHYSICAL_COLUMNS, SETTLEMENT_COLUMNS
 
 ROUND_COLUMNS = [
     "round", "time", "iterations", "pf_converged", "cleared_kwh", "price_per_kwh", "grid_import_kwh",
@@ -120,7 +120,8 @@ class Recorder:
         return table
 
     def settlement_table(self) -> pd.DataFrame:
-        return pd.concat(self.settlement, ignore_index=True)[SETTLEMENT_COLUMNS]
+        table = pd.concat(self.settlement, ignore_index=True)
+        return table[SETTLEMENT_COLUMNS + [c for c in PHYSICAL_COLUMNS if c in table.columns]]
 
     def attribution_table(self) -> pd.DataFrame:
         if not self.attribution:

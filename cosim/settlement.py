@@ -17,11 +17,16 @@ SETTLEMENT_COLUMNS = [
     "round", "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh",
     "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill",
 ]
+#: Physical columns of prosumer rows (zero for other parties): consumption, PV
+#: generation, battery charging (negative: discharging) and the resulting net load
+#: ``load - pv + battery + curtailed - shed`` [kWh].
+PHYSICAL_COLUMNS = ["load_kwh", "pv_kwh", "battery_kwh", "net_load_kwh"]
 #: The market's own parties besides the prosumers and the outside party.
 DSO, MARKET_OPERATOR = "dso", "market_operator"
 
 
-def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext) -> pd.DataFrame:
+def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext,
+           physical: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The round's settlement table (vectorised over prosumers).
 
     Prosumer n pays ``buy_price[n] bought[n] - sell_price[n] sold[n] + retail imported[n]
@@ -54,4 +59,9 @@ def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, 
         }
     )
     table["bill"] = table.energy_cost + table.network_charges
+    if physical is not None:
+        for col in ("load_kwh", "pv_kwh", "battery_kwh"):
+            table[col] = np.r_[physical[col], 0.0, 0.0, 0.0]
+        net = physical["load_kwh"] - physical["pv_kwh"] + physical["battery_kwh"] + r.curtailed_kwh - r.shed_kwh
+        table["net_load_kwh"] = np.r_[net, 0.0, 0.0, 0.0]
     return table
