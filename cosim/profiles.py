@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np  # noqa: F401  (used in the docstring example)
 import pandas as pd
 
 from cosim.networks import cache_dir
