@@ -16,8 +16,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pandapower as pp
+import pandas as pd
 import pytest
 
 from cosim import loop
