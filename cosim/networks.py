@@ -189,7 +189,8 @@ def lv_busbar(net: pp.pandapowerNet) -> int:
 
 
 def schematic_coordinates(net: pp.pandapowerNet) -> pd.DataFrame:
-    """Feeder schematic: x = distance from the transformer along the lines [km], y = leaf order.
+    """Feeder schematic: x = distance from the transformer along the lines [km], y = leaf
+    order, spaced so that the drawing is about as tall as the feeder is long.
 
     Works for any net whose lines form a tree or a lightly meshed grid (breadth-first
     spanning tree from the external grid's bus).
@@ -223,7 +224,8 @@ def schematic_coordinates(net: pp.pandapowerNet) -> pd.DataFrame:
     place(root)
     coords = pd.DataFrame(index=net.bus.index)
     coords["x"] = [dist.get(b, np.nan) for b in net.bus.index]
-    coords["y"] = [y.get(b, np.nan) for b in net.bus.index]
+    spacing = max(max(dist.values()), 1e-3) / max(counter[0] - 1, 1)
+    coords["y"] = [y.get(b, np.nan) * spacing for b in net.bus.index]
     return coords
 
 
