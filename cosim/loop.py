@@ -32,7 +32,7 @@ from cosim.feedback import (
     reduce_orders,
 )
 from cosim.grid.powerflow import GridState, PowerFlow
-from cosim.grid.sensitivities import compute_sensitivities
+from cosim.grid.sensitivities import compute_sensitivities, loss_factors
 from cosim.ledger import LedgerWriter
 from cosim.markets import ClearingResult, MarketContext, NetworkCuts, OrderArrays, get_mechanism
 from cosim.markets.base import fallback_result
@@ -167,7 +167,7 @@ class VariantRunner:
             slack_limit = isl.p_kw
         self.limits = Limits.from_feedback(sc.feedback, slack_limit)
         self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
-        self.last_sens = None
+        self.last_loss_factors = None
         self.last_state: GridState | None = None
 
     # -- physics helpers ----------------------------------------------------------------
@@ -213,7 +213,9 @@ class VariantRunner:
         orders = OrderArrays.from_book(book, fleet.ids)
         ctx = self.context()
         pos = self.setup.participant_pos
-        charges = network_charges(sc.feedback.charge_method, sc.feedback.charge_rate_per_kwh, self.last_sens, pos)
+        charges = network_charges(
+            sc.feedback.charge_method, sc.feedback.charge_rate_per_kwh, self.last_loss_factors, pos
+        )
         timings["orders"] += time.perf_counter() - t0
 
         def clear(order_arrays, cuts):
@@ -288,8 +290,10 @@ class VariantRunner:
                     break
         if not state.converged:
             status = "power flow did not converge" if status == "ok" else status
-        if sc.feedback.charge_method == "sensitivity" and state.converged:
-            self.last_sens = sensitivities(state)
+        if sc.feedback.charge_method == "sensitivity" and state.V is not None:
+            t1 = time.perf_counter()
+            self.last_loss_factors = loss_factors(self.pf, state)  # for the next round's charges
+            timings["sens"] += time.perf_counter() - t1
         if self.gfu is not None and state.converged:
             self.gfu.step(state.slack_p_kw, dt_h)
         self.last_state = state

@@ -126,7 +126,7 @@ class PowerFlow:
             self._trafo_active = active
             self._trafo_rows = np.where(active, ppci_row[rows], 0)
             tr = net.trafo.loc[self.trafos]
-            sn = tr.sn_mva.to_numpy(float) * tr.parallel.to_numpy(float)
+            sn = tr.sn_mva.to_numpy(float) * tr.parallel.to_numpy(float) * tr.df.to_numpy(float)
             hv = tr.vn_hv_kv.to_numpy(float) / vn_kv.loc[tr.hv_bus].to_numpy(float)
             lv = tr.vn_lv_kv.to_numpy(float) / vn_kv.loc[tr.lv_bus].to_numpy(float)
             self._trafo_scale = np.c_[hv * self.baseMVA / sn, lv * self.baseMVA / sn] * 100.0

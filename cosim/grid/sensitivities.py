@@ -98,3 +98,33 @@ def compute_sensitivities(pf: PowerFlow, state: GridState) -> Sensitivities:
     dloss = dslack + 1.0
     dloss[~pf.in_service] = 0.0
     return Sensitivities(dvm, dline, dtrafo, dslack, dloss)
+
+
+def loss_factors(pf: PowerFlow, state: GridState) -> np.ndarray:
+    """Marginal loss factors d(losses)/d(injection) per bus [kW/kW], by the adjoint method.
+
+    The slack's power P_ref depends on the state x = (Va_pvpq, Vm_pq); with J dx = dF,
+    ``dP_ref/dF = g^T J^-1`` where g = dP_ref/dx. So one transposed solve
+    ``J^T y = g`` gives the slack sensitivity to every injection at once (instead of one
+    solve per bus), and losses = P_ref + sum of injections gives ``lambda = 1 + y``.
+    Equal to `compute_sensitivities(...).dloss_dp`.
+    """
+    if state.V is None:
+        raise ValueError("loss factors need the internal voltages of a fast-path power flow")
+    from cosim.grid.powerflow import _dS_dV
+
+    V = state.V
+    dS_dVm, dS_dVa = _dS_dV(pf.Ybus, V)
+    g = np.r_[
+        np.asarray(dS_dVa[pf.ref][:, pf.pvpq].real.sum(axis=0)).ravel(),
+        np.asarray(dS_dVm[pf.ref][:, pf.pq].real.sum(axis=0)).ravel(),
+    ]
+    y = splu(pf.jacobian(V).T.tocsc()).solve(g)
+    npvpq = len(pf.pvpq)
+    col_of_internal = np.full(pf.n_internal, -1)
+    col_of_internal[pf.pvpq] = np.arange(npvpq)
+    cols = np.where(pf.in_service, col_of_internal[pf.bus_internal], -1)
+    dslack = np.where(cols >= 0, y[np.maximum(cols, 0)], -1.0)
+    lam = dslack + 1.0
+    lam[~pf.in_service] = 0.0
+    return lam

@@ -1,0 +1,31 @@
+# Shared pytest fixtures. Other fixtures may be added here; keep each group under its own
+# prefix (the `grid_` fixtures below belong to the power-flow, sensitivity and feedback tests).
+"""Shared fixtures of the test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cosim.networks import build_net, load_network_spec
+
+GRID_NETWORKS_DIR = Path(__file__).resolve().parent.parent / "networks"
+
+
+@pytest.fixture(scope="session")
+def grid_feeder_net():
+    """The small inline feeder of networks/feeder.yaml (9 buses). Read-only: deepcopy to change."""
+    return build_net(load_network_spec(GRID_NETWORKS_DIR / "feeder.yaml"))
+
+
+@pytest.fixture(scope="session")
+def grid_rural3_net():
+    """SimBench 1-LV-rural3--0-sw of networks/rural3.yaml (129 buses). Read-only: deepcopy to change."""
+    return build_net(load_network_spec(GRID_NETWORKS_DIR / "rural3.yaml"))
+
+
+@pytest.fixture(scope="session")
+def grid_cigre_lv_net():
+    """pandapower's CIGRE LV net of networks/cigre_lv.yaml (44 buses). Read-only: deepcopy to change."""
+    return build_net(load_network_spec(GRID_NETWORKS_DIR / "cigre_lv.yaml"))
