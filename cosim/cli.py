@@ -122,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no results were written", file=sys.stderr)
         return 130
+    except Exception:  # an internal failure: say so, show where, exit 1
+        import traceback
+
+        traceback.print_exc()
+        print("error: internal failure (the traceback above shows where); please report it", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

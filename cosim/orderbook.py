@@ -38,9 +38,9 @@ def read_orders(path: str | Path) -> pd.DataFrame:
         problems.append(f"row {i + 2}, quantity_kwh: expected >= 0, found {book.quantity_kwh.iloc[i]}")
     for i in np.flatnonzero(~book.side.isin(["buy", "sell"]).to_numpy()):
         problems.append(f"row {i + 2}, side: expected 'buy' or 'sell', found {book.side.iloc[i]!r}")
-    dup = book.duplicated(subset=["id", "side"], keep="first")
+    dup = book.duplicated(subset=["id"], keep="first")
     for i in np.flatnonzero(dup.to_numpy()):
-        problems.append(f"row {i + 2}, id: expected one order per id and side, found {book.id.iloc[i]!r} again")
+        problems.append(f"row {i + 2}, id: expected one order per id, found {book.id.iloc[i]!r} again")
     if problems:
         raise InputError(path, problems)
     return book
@@ -57,31 +57,35 @@ def clear_csv(path: str | Path, mechanism: str, k: float = 0.5, retail: float | 
         raise InputError(path, [f"--mechanism: expected one of {sorted(MECHANISMS)}, found {mechanism!r}"])
     if not 0.0 <= k <= 1.0:
         raise InputError(path, [f"--k: expected a number in [0, 1], found {k}"])
+    if (retail is None) != (feed_in is None):
+        raise InputError(path, ["--retail and --feed-in: expected both (an outside grid) or neither, found one"])
+    if retail is not None and feed_in > retail:
+        raise InputError(path, [f"--feed-in: expected at most --retail {retail}, found {feed_in}"])
     book = read_orders(path)
-    # one participant per (id, side): a prosumer may both buy and sell in a book
-    book = book.assign(participant=book.id + "\x1f" + book.side)
-    participants = book.participant.tolist()
-    arrays = OrderArrays.from_book(book.assign(id=book.participant), participants)
+    if book.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("buyer", "seller") else float) for c in CLEAR_COLUMNS})
+    participants = book.id.tolist()
+    arrays = OrderArrays.from_book(book, participants)
     prices = book.price_per_kwh
-    has_grid = retail is not None and feed_in is not None
+    has_grid = retail is not None
     ctx = MarketContext(
-        retail_price_per_kwh=retail if retail is not None else (float(prices.max()) if len(prices) else 0.0),
-        feed_in_price_per_kwh=feed_in if feed_in is not None else (float(prices.min()) if len(prices) else 0.0),
+        retail_price_per_kwh=retail if has_grid else float(prices.max()),
+        feed_in_price_per_kwh=feed_in if has_grid else float(prices.min()),
         k=k,
         import_cap_kwh=np.inf if has_grid else 0.0,
         export_cap_kwh=np.inf if has_grid else 0.0,
-        voll_per_kwh=0.0,
-        curtail_cost_per_kwh=0.0,
+        # with a grid, what the auction leaves goes to the grid; without, it stays unmatched
+        voll_per_kwh=10.0 * (retail + 1.0) if has_grid else 0.0,
+        curtail_cost_per_kwh=None if has_grid else 0.0,
     )
     result = get_mechanism(mechanism)(participants, max_cuts=1).clear(arrays, ctx)
     if not result.ok:
         raise RuntimeError(f"clearing failed: {result.status}")
     trades = result.trades
-    name = {p: p.split("\x1f")[0] for p in participants}
     out = pd.DataFrame(
         {
-            "buyer": trades.buyer.map(lambda p: name.get(p, p)),
-            "seller": trades.seller.map(lambda p: name.get(p, p)),
+            "buyer": trades.buyer,
+            "seller": trades.seller,
             "quantity_kwh": trades.energy_kwh,
             "price_per_kwh": trades.price_per_kwh,
             "seller_price_per_kwh": trades.seller_price_per_kwh,

@@ -201,6 +201,12 @@ class PoolModel:
         try:
             h.run()
             status = h.getModelStatus()
+            if status != highspy.HighsModelStatus.kOptimal:
+                # the basis kept from the last round can stall HiGHS ("Unknown" after 0
+                # iterations); retry once from scratch before calling the round failed
+                h.clearSolver()
+                h.run()
+                status = h.getModelStatus()
         except Exception as err:  # recorded by the caller, never raised into the loop
             return f"solver error: {err}", {}, float("nan")
         if status != highspy.HighsModelStatus.kOptimal:

@@ -112,8 +112,12 @@ class UniformDoubleAuction:
         eff_bid = orders.bid_per_kwh - charges.buy
         eff_ask = orders.ask_per_kwh + charges.sell
         if x["bought_kwh"].sum() > QTY_TOL:
+            # with an outside seller at retail nobody pays more, with an outside buyer at
+            # feed-in nobody takes less: such bids and asks price as the tariff
+            price_bid = np.minimum(eff_bid, ctx.retail_price_per_kwh) if ctx.import_cap_kwh > QTY_TOL else eff_bid
+            price_ask = np.maximum(eff_ask, ctx.feed_in_price_per_kwh) if ctx.export_cap_kwh > QTY_TOL else eff_ask
             low, high = clearing_price_interval(
-                eff_bid, eff_ask, orders.demand_kwh, orders.supply_kwh, x["bought_kwh"], x["sold_kwh"],
+                price_bid, price_ask, orders.demand_kwh, orders.supply_kwh, x["bought_kwh"], x["sold_kwh"],
                 ctx.feed_in_price_per_kwh, ctx.retail_price_per_kwh,
             )
             price = low + ctx.k * (high - low)
