@@ -34,12 +34,21 @@ from cosim.feedback import (
 from cosim.grid.powerflow import GridState, PowerFlow
 from cosim.grid.sensitivities import compute_sensitivities, loss_factors
 from cosim.ledger import LedgerWriter
-from cosim.markets import ClearingResult, MarketContext, NetworkCuts, OrderArrays, get_mechanism
+from cosim.markets import (
+    ClearingResult,
+    MarketContext,
+    NetworkCuts,
+    OrderArrays,
+    Participants,
+    get_mechanism,
+)
 from cosim.markets.base import fallback_result
 from cosim.networks import (
     build_net,
+    feeder_of_buses,
     find_network_file,
     grid_tables,
+    line_distance_km,
     load_network_spec,
     lv_busbar,
     set_islanded,
@@ -83,6 +92,7 @@ class Setup:
     """Position of each prosumer's bus in `pf.buses`."""
     grid_buses: pd.DataFrame
     grid_branches: pd.DataFrame
+    participants: Participants
     gfu_bus: int | None = None
 
 
@@ -90,6 +100,11 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     spec = load_network_spec(find_network_file(scenario.network, scenario_path))
     net = build_net(spec)
     fleet = build_fleet(net, spec, scenario)
+    bus = fleet.table.bus.to_numpy()
+    participants = Participants(
+        fleet.ids, bus, feeder_of_buses(net).loc[bus].to_numpy(), fleet.table.pv_kwp.to_numpy() > 0,
+        line_distance_km(net, bus),
+    )
     gfu_bus = None
     if scenario.mode == "islanded":
         gfu_bus = scenario.islanded.grid_forming_bus
@@ -100,7 +115,7 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     pf = PowerFlow(net)
     pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
     participant_pos = pos.loc[fleet.table.bus].to_numpy()
-    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, gfu_bus)
+    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus)
 
 
 @dataclass
@@ -156,7 +171,8 @@ class VariantRunner:
         self.dt_h = sc.dt_h
         self.fleet = setup.fleet
         self.pf = setup.pf
-        self.mechanism = get_mechanism(variant.mechanism)(self.fleet.ids, max_cuts=MAX_CUTS)
+        options = sc.market.options if variant.mechanism == sc.market.mechanism else None
+        self.mechanism = get_mechanism(variant.mechanism)(setup.participants, max_cuts=MAX_CUTS, options=options)
         self.batteries = Batteries.from_fleet(self.fleet, sc)
         self.rng = np.random.default_rng(sc.seed + 1)
         self.gfu = None
@@ -312,8 +328,8 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "pf_converged": bool(s.converged),
         "cleared_kwh": r.cleared_kwh,
         "price_per_kwh": r.price_per_kwh,
-        "grid_import_kwh": float(r.import_kwh.sum()),
-        "grid_export_kwh": float(r.export_kwh.sum()),
+        "grid_import_kwh": float(r.import_kwh.sum()) + r.operator_import_kwh,
+        "grid_export_kwh": float(r.export_kwh.sum()) + r.operator_export_kwh,
         "curtailed_kwh": float(r.curtailed_kwh.sum()),
         "shed_kwh": float(r.shed_kwh.sum()),
         "losses_kwh": s.losses_kw * dt_h,

@@ -260,3 +260,42 @@ def grid_tables(net: pp.pandapowerNet) -> tuple[pd.DataFrame, pd.DataFrame]:
         }
     )
     return buses, pd.concat([lines, trafos], ignore_index=True)
+
+
+def _line_graph(net: pp.pandapowerNet):
+    import pandapower.topology as top
+
+    return top.create_nxgraph(net, include_out_of_service=True, respect_switches=False, calc_branch_impedances=False)
+
+
+def feeder_of_buses(net: pp.pandapowerNet) -> pd.Series:
+    """For each bus, the index of the feeder it is on: the subtree hanging off each branch
+    that leaves the transformer's LV busbar (0, 1, ...; -1 for the busbar and above)."""
+    import networkx as nx
+
+    graph = _line_graph(net)
+    root = lv_busbar(net) if len(net.trafo) else int(net.ext_grid.bus.iloc[0])
+    feeder = pd.Series(-1, index=net.bus.index, dtype=int)
+    tree = nx.bfs_tree(graph, root)
+    hv = set(net.trafo.hv_bus.astype(int)) if len(net.trafo) else set()
+    for k, child in enumerate(c for c in tree.successors(root) if c not in hv):
+        feeder.loc[[child, *nx.descendants(tree, child)]] = k
+    return feeder
+
+
+def line_distance_km(net: pp.pandapowerNet, buses: np.ndarray) -> np.ndarray:
+    """[len(buses) x len(buses)] length of the shortest line path between buses [km]."""
+    import networkx as nx
+
+    graph = _line_graph(net)
+    unique = np.unique(buses)
+    pos = {b: i for i, b in enumerate(unique)}
+    dist_u = np.full((len(unique), len(unique)), np.inf)
+    for i, b in enumerate(unique):
+        lengths = nx.single_source_dijkstra_path_length(graph, int(b), weight="weight")
+        for other, d in lengths.items():
+            j = pos.get(other)
+            if j is not None:
+                dist_u[i, j] = d
+    idx = np.array([pos[b] for b in buses])
+    return dist_u[np.ix_(idx, idx)]

@@ -108,6 +108,8 @@ class Market(_Frozen):
     currency: str = "EUR"
     bidding: Literal["truthful", "zero-intelligence"] = "truthful"
     """truthful: buyers bid retail, sellers ask feed-in; zero-intelligence: seeded random price between the two."""
+    options: dict[str, Any] = {}
+    """The mechanism's own settings, checked against its `Options` (see the README)."""
 
     @model_validator(mode="after")
     def _tariffs_ordered(self) -> Market:
@@ -298,6 +300,11 @@ def load_scenario(path: str | Path) -> Scenario:
     mechanism = market.get("mechanism", "uniform")
     if isinstance(mechanism, str) and mechanism not in MECHANISMS:
         problems.append(f"market.mechanism: expected one of {sorted(MECHANISMS)}, found {mechanism!r}")
+    elif isinstance(mechanism, str) and isinstance(market.get("options", {}), dict):
+        try:
+            MECHANISMS[mechanism].Options.model_validate(market.get("options", {}))
+        except ValidationError as err:
+            problems += [f"market.options.{line}" for line in format_validation_error(err)]
     network = data.get("network")
     network_file = find_network_file(network, path) if isinstance(network, str) else None
     if isinstance(network, str) and network_file is None:

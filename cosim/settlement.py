@@ -2,8 +2,10 @@
 
 Parties: every prosumer, the outside party (``grid``; ``grid_forming`` when islanded),
 ``dso`` (collects network charges) and ``market_operator`` (keeps the auction's surplus
-or covers its deficit; zero for budget-balanced mechanisms). A bill is positive when the
-party pays.
+or covers its deficit, zero for budget-balanced mechanisms; as a community manager it
+also trades the community's net position with the outside party). A bill is positive
+when the party pays. For the outside party, bought/sold are what it bought from and sold
+to everyone; for the operator, grid_import/grid_export are its own trades with it.
 """
 
 from __future__ import annotations
@@ -40,18 +42,27 @@ def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, 
     energy = p2p_paid - p2p_received + ctx.retail_price_per_kwh * r.import_kwh - ctx.feed_in_price_per_kwh * r.export_kwh
     charges = r.charges.buy * r.bought_kwh + r.charges.sell * r.sold_kwh
     n = len(ids)
-    outside_energy = -ctx.retail_price_per_kwh * r.import_kwh.sum() + ctx.feed_in_price_per_kwh * r.export_kwh.sum()
-    operator_energy = -(p2p_paid.sum() - p2p_received.sum())
+    op_import, op_export = r.operator_import_kwh, r.operator_export_kwh
+    imported = r.import_kwh.sum() + op_import
+    exported = r.export_kwh.sum() + op_export
+    outside_energy = -ctx.retail_price_per_kwh * imported + ctx.feed_in_price_per_kwh * exported
+    # the operator keeps what buyers pay minus what sellers get, and pays for its own
+    # trades with the outside party (a community manager's net position)
+    operator_energy = (
+        -(p2p_paid.sum() - p2p_received.sum())
+        + ctx.retail_price_per_kwh * op_import
+        - ctx.feed_in_price_per_kwh * op_export
+    )
     total_charges = charges.sum()
     table = pd.DataFrame(
         {
             "round": np.full(n + 3, round_no, dtype=np.int64),
             "party": [*ids, ctx.outside_party, DSO, MARKET_OPERATOR],
             "bus": np.r_[buses, -1, -1, -1].astype(np.int64),
-            "bought_kwh": np.r_[r.bought_kwh, r.export_kwh.sum(), 0.0, 0.0],
-            "sold_kwh": np.r_[r.sold_kwh, r.import_kwh.sum(), 0.0, 0.0],
-            "grid_import_kwh": np.r_[r.import_kwh, 0.0, 0.0, 0.0],
-            "grid_export_kwh": np.r_[r.export_kwh, 0.0, 0.0, 0.0],
+            "bought_kwh": np.r_[r.bought_kwh, exported, 0.0, op_export],
+            "sold_kwh": np.r_[r.sold_kwh, imported, 0.0, op_import],
+            "grid_import_kwh": np.r_[r.import_kwh, 0.0, 0.0, op_import],
+            "grid_export_kwh": np.r_[r.export_kwh, 0.0, 0.0, op_export],
             "curtailed_kwh": np.r_[r.curtailed_kwh, 0.0, 0.0, 0.0],
             "shed_kwh": np.r_[r.shed_kwh, 0.0, 0.0, 0.0],
             "energy_cost": np.r_[energy, outside_energy, 0.0, operator_energy],

@@ -750,7 +750,7 @@ def test_welfare_equals_independent_lp(auction, orders):
     welfare = float(orders.bid_per_kwh @ r.bought_kwh - orders.ask_per_kwh @ r.sold_kwh)
     best = optimal_welfare(orders)
     assert welfare == pytest.approx(best, abs=WELFARE_ABS)
-    assert trade_welfare(r, orders, auction.participants) == pytest.approx(best, abs=WELFARE_ABS)
+    assert trade_welfare(r, orders, auction.ids) == pytest.approx(best, abs=WELFARE_ABS)
     assert r.welfare == pytest.approx(best, abs=WELFARE_ABS)
 
 
@@ -770,7 +770,7 @@ def test_individual_rationality_and_balance(auction, orders, k):
     assert np.all(r.sold_kwh <= orders.supply_kwh + QTY_ABS)
     if buyers.any():
         assert np.isfinite(r.price_per_kwh)
-    check_trade_table(r, auction.participants, orders, ctx)
+    check_trade_table(r, auction.ids, orders, ctx)
 
 
 @HYPOTHESIS
@@ -789,7 +789,7 @@ def test_grid_balances_every_participant(auction, orders, retail, feed_in):
     np.testing.assert_allclose(r.shed_kwh, 0.0, atol=QTY_ABS)
     np.testing.assert_allclose(r.curtailed_kwh, 0.0, atol=QTY_ABS)
     assert r.bought_kwh.sum() == pytest.approx(r.sold_kwh.sum(), abs=QTY_ABS)
-    check_trade_table(r, auction.participants, orders, ctx)
+    check_trade_table(r, auction.ids, orders, ctx)
 
 
 @HYPOTHESIS
@@ -815,7 +815,7 @@ def test_persistent_auction_matches_fresh_one(auction, orders, k, grid):
     """
     ctx = with_grid(0.5, 0.0, k) if grid else no_grid(k)
     got = auction.clear(orders, ctx)
-    want = UniformDoubleAuction(auction.participants, max_cuts=1).clear(orders, ctx)
+    want = UniformDoubleAuction(auction.ids, max_cuts=1).clear(orders, ctx)
     assert got.ok and want.ok
     assert got.welfare == pytest.approx(want.welfare, abs=WELFARE_ABS)
     if got.cleared_kwh > QTY_ABS and want.cleared_kwh > QTY_ABS:

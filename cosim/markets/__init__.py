@@ -10,8 +10,11 @@ from cosim.markets.base import (
     Charges,
     ClearingResult,
     MarketContext,
+    Mechanism,
+    MechanismOptions,
     NetworkCuts,
     OrderArrays,
+    Participants,
 )
 from cosim.markets.uniform import NoP2P, UniformDoubleAuction
 
@@ -30,6 +33,9 @@ def get_mechanism(name: str):
 
 
 __all__ = [
+    "Mechanism",
+    "MechanismOptions",
+    "Participants",
     "MECHANISMS",
     "TRADE_COLUMNS",
     "Charges",

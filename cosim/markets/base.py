@@ -11,9 +11,11 @@ Quantities are per round [kWh]; prices [currency/kWh].
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 #: Columns of the bilateral trade table every mechanism returns.
 TRADE_COLUMNS = [
@@ -26,6 +28,71 @@ TRADE_COLUMNS = [
 ]
 #: Numerical tolerance on quantities [kWh].
 QTY_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class Participants:
+    """Who trades, and where they sit on the network (what a mechanism may know of it).
+
+    Built once per run. Arrays are aligned with `ids`.
+    """
+
+    ids: list[str]
+    bus: np.ndarray
+    """pandapower bus of each participant (-1 when unknown, e.g. ``cosim clear``)."""
+    feeder: np.ndarray
+    """Index of the LV feeder (line leaving the transformer's busbar) each one is on."""
+    has_pv: np.ndarray
+    """True for participants with rooftop PV (green producers)."""
+    distance_km: np.ndarray | None = None
+    """[n x n] length of the line path between participants' buses [km]; None if unknown."""
+
+    @classmethod
+    def plain(cls, ids: list[str]) -> Participants:
+        """Participants with no network information (one feeder, no distances)."""
+        n = len(ids)
+        return cls(list(ids), np.full(n, -1), np.zeros(n, dtype=int), np.zeros(n, dtype=bool), None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class MechanismOptions(BaseModel):
+    """Settings of a mechanism, from the scenario's ``market.options`` (none by default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Mechanism:
+    """Base of every mechanism: built once per run, cleared every round.
+
+    Subclasses set `name`, may declare their own `Options` (a `MechanismOptions`), and
+    implement `clear`. ``self.participants`` (a `Participants`) and ``self.options`` are
+    set here.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[MechanismOptions]] = MechanismOptions
+
+    def __init__(self, participants: Participants | list[str], max_cuts: int = 24,
+                 options: MechanismOptions | dict | None = None):
+        if not isinstance(participants, Participants):
+            participants = Participants.plain(participants)
+        self.participants = participants
+        self.max_cuts = max_cuts
+        if options is None:
+            options = self.Options()
+        elif isinstance(options, dict):
+            options = self.Options.model_validate(options)
+        self.options = options
+
+    @property
+    def ids(self) -> list[str]:
+        return self.participants.ids
+
+    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
+              charges: Charges | None = None) -> ClearingResult:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -118,6 +185,14 @@ class ClearingResult:
     """The round's clearing price; NaN when nothing cleared or prices differ by trader."""
     trades: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRADE_COLUMNS))
     welfare: float = float("nan")
+    operator_import_kwh: float = 0.0
+    """Energy the market operator (e.g. a community manager) buys from the outside party
+    at retail on the participants' behalf [kWh]. Pool balance:
+    ``sum bought + operator_export = sum sold + operator_import``."""
+    operator_export_kwh: float = 0.0
+    """Energy the market operator sells to the outside party at feed-in [kWh]."""
+    info: dict = field(default_factory=dict)
+    """Mechanism-specific figures for the round (e.g. VCG deficit, ADMM iterations)."""
 
     @property
     def ok(self) -> bool:

@@ -19,6 +19,7 @@ from cosim.markets.base import (
     Charges,
     ClearingResult,
     MarketContext,
+    Mechanism,
     NetworkCuts,
     OrderArrays,
     outside_trades,
@@ -86,14 +87,14 @@ def merit_order_matching(
     return trades
 
 
-class UniformDoubleAuction:
+class UniformDoubleAuction(Mechanism):
     """Uniform-price double auction, k-pricing, outside option at retail and feed-in."""
 
     name = "uniform"
 
-    def __init__(self, participants: list[str], max_cuts: int = 24):
-        self.participants = list(participants)
-        self.pool = PoolModel(len(participants), max_cuts)
+    def __init__(self, participants, max_cuts: int = 24, options=None):
+        super().__init__(participants, max_cuts, options)
+        self.pool = PoolModel(len(self.ids), max_cuts)
 
     def clear(
         self,
@@ -102,7 +103,7 @@ class UniformDoubleAuction:
         cuts: NetworkCuts | None = None,
         charges: Charges | None = None,
     ) -> ClearingResult:
-        n = len(self.participants)
+        n = len(self.ids)
         cuts = cuts if cuts is not None else NetworkCuts.empty(n)
         charges = charges if charges is not None else Charges.none(n)
         self.pool.update(orders, ctx, cuts, charges)
@@ -144,13 +145,13 @@ class UniformDoubleAuction:
         self, r: ClearingResult, eff_bid: np.ndarray, eff_ask: np.ndarray, ctx: MarketContext
     ) -> pd.DataFrame:
         """Bilateral P2P trades in merit order, plus each participant's outside trades."""
-        ids = np.asarray(self.participants, dtype=object)
+        ids = np.asarray(self.ids, dtype=object)
         idx = np.arange(len(ids))
         rows = [
             (ids[s], ids[b], q, r.buy_price_per_kwh[b], r.sell_price_per_kwh[s], r.charges.sell[s] + r.charges.buy[b])
             for s, b, q in merit_order_matching(idx, r.bought_kwh, eff_bid, idx, r.sold_kwh, eff_ask)
         ]
-        rows += outside_trades(r, self.participants, ctx)
+        rows += outside_trades(r, self.ids, ctx)
         return pd.DataFrame(rows, columns=TRADE_COLUMNS)
 
 
