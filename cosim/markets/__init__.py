@@ -16,12 +16,22 @@ from cosim.markets.base import (
     OrderArrays,
     Participants,
 )
+from cosim.markets import auctions, bilateral, community, hybrid, shapley, stackelberg
 from cosim.markets.uniform import NoP2P, UniformDoubleAuction
 
-#: Registry: mechanism name -> class.
+#: Registry: mechanism name -> class. Each family module lists its classes in MECHANISMS.
 MECHANISMS = {
-    UniformDoubleAuction.name: UniformDoubleAuction,
-    NoP2P.name: NoP2P,
+    cls.name: cls
+    for cls in [
+        UniformDoubleAuction,
+        NoP2P,
+        *auctions.MECHANISMS,
+        *community.MECHANISMS,
+        *hybrid.MECHANISMS,
+        *bilateral.MECHANISMS,
+        *shapley.MECHANISMS,
+        *stackelberg.MECHANISMS,
+    ]
 }
 
 
