@@ -157,10 +157,15 @@ def test_loss_sensitivities_match_finite_differences(point):
     assert (sens.dloss_dp[has_load & live] > 0).all()
 
 
+ADJOINT_ATOL = 1e-9
+
+
 def test_adjoint_loss_factors_equal_the_full_sensitivities(point):
     """One transposed solve J^T y = dP_ref/dx gives every bus's marginal loss factor."""
     lam = loss_factors(point["pf"], point["state"])
-    np.testing.assert_allclose(lam, point["sens"].dloss_dp, rtol=0, atol=1e-12)
+    # two different LU solves (J^T once vs J for every bus): agreement to rounding, which
+    # on the islanded Jacobian is ~3e-10
+    np.testing.assert_allclose(lam, point["sens"].dloss_dp, rtol=0, atol=ADJOINT_ATOL)
 
 
 def test_injection_at_the_slack_bus_displaces_the_slack_one_to_one(point):

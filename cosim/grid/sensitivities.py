@@ -111,16 +111,24 @@ def loss_factors(pf: PowerFlow, state: GridState) -> np.ndarray:
     """
     if state.V is None:
         raise ValueError("loss factors need the internal voltages of a fast-path power flow")
-    from cosim.grid.powerflow import _dS_dV
-
     V = state.V
-    dS_dVm, dS_dVa = _dS_dV(pf.Ybus, V)
-    g = np.r_[
-        np.asarray(dS_dVa[pf.ref][:, pf.pvpq].real.sum(axis=0)).ravel(),
-        np.asarray(dS_dVm[pf.ref][:, pf.pq].real.sum(axis=0)).ravel(),
-    ]
-    y = splu(pf.jacobian(V).T.tocsc()).solve(g)
+    # dP_ref/dx from the slack bus's row of Ybus: d/dVa_j and d/dVm_j of Re(V_r conj(I_r))
+    g = np.zeros(len(pf.pvpq) + len(pf.pq))
     npvpq = len(pf.pvpq)
+    pos_va = np.full(pf.n_internal, -1)
+    pos_va[pf.pvpq] = np.arange(npvpq)
+    pos_vm = np.full(pf.n_internal, -1)
+    pos_vm[pf.pq] = npvpq + np.arange(len(pf.pq))
+    for r in pf.ref:
+        row = pf.Ybus.getrow(r)
+        j, y = row.indices, row.data
+        off = j != r
+        j, y = j[off], y[off]
+        d_va = (1j * V[r] * np.conj(-y * V[j])).real
+        d_vm = (V[r] * np.conj(y * V[j] / np.abs(V[j]))).real
+        np.add.at(g, pos_va[j][pos_va[j] >= 0], d_va[pos_va[j] >= 0])
+        np.add.at(g, pos_vm[j][pos_vm[j] >= 0], d_vm[pos_vm[j] >= 0])
+    y = splu(pf.jacobian(V).T.tocsc()).solve(g)
     col_of_internal = np.full(pf.n_internal, -1)
     col_of_internal[pf.pvpq] = np.arange(npvpq)
     cols = np.where(pf.in_service, col_of_internal[pf.bus_internal], -1)

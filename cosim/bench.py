@@ -1,0 +1,119 @@
+"""`cosim bench`: time per round of the co-simulation, side by side with pandapower.
+
+Runs N rounds of a scenario's main variant (market + AC power flow + feedback) and, in
+the same process, pandapower's own ``run_timeseries`` on the same network and the same
+bus injections (power flow only, ConstControl on one load per bus), then reports the
+median time per round, its breakdown and the ratio. Writes results/bench/bench.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cosim.loop import prepare, simulate_variant, variants_for
+from cosim.scenario import PROFILE_END, Scenario, load_scenario
+
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3-summer-pv.yaml"
+STAGES = ["orders_ms", "clear_ms", "pf_ms", "sens_ms", "settle_ms", "ledger_ms", "record_ms"]
+
+
+def _scenario_for(scenario: Scenario, rounds: int) -> Scenario:
+    """The scenario stretched (or cut) to `rounds` rounds, moved earlier if it would leave 2016."""
+    duration = scenario.resolution * rounds
+    start = scenario.start
+    if start + duration > PROFILE_END:
+        start = PROFILE_END - duration
+    return scenario.model_copy(update={"duration": duration, "start": start})
+
+
+def pandapower_timeseries_ms(net, buses: pd.DataFrame, n_rounds: int) -> float:
+    """Median-free mean time per step of pandapower's run_timeseries [ms] for the given
+    per-round bus injections (columns round, bus, p_kw, q_kvar)."""
+    import pandapower as pp
+    from pandapower.control import ConstControl
+    from pandapower.timeseries import DFData, OutputWriter, run_timeseries
+
+    net = copy.deepcopy(net)
+    net.load.drop(net.load.index, inplace=True)
+    net.sgen.drop(net.sgen.index, inplace=True)
+    bus_ids = np.sort(buses.bus.unique())
+    for b in bus_ids:
+        pp.create_load(net, int(b), p_mw=0.0, q_mvar=0.0)
+    p = buses.pivot(index="round", columns="bus", values="p_kw").loc[:, bus_ids] / 1000.0
+    q = buses.pivot(index="round", columns="bus", values="q_kvar").loc[:, bus_ids] / 1000.0
+    p.columns = q.columns = net.load.index
+    p = p.reset_index(drop=True)
+    q = q.reset_index(drop=True)
+    ConstControl(net, "load", "p_mw", element_index=net.load.index, data_source=DFData(p), profile_name=net.load.index)
+    ConstControl(net, "load", "q_mvar", element_index=net.load.index, data_source=DFData(q), profile_name=net.load.index)
+    ow = OutputWriter(net, output_path=None)
+    ow.log_variable("res_bus", "vm_pu")
+    ow.log_variable("res_line", "loading_percent")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_timeseries(net, time_steps=range(n_rounds), verbose=False, numba=False)
+    return (time.perf_counter() - t0) / n_rounds * 1000.0
+
+
+def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, out: str | Path = "results/bench",
+              progress: bool = True) -> dict:
+    scenario = _scenario_for(load_scenario(scenario_path), rounds)
+    t0 = time.perf_counter()
+    setup = prepare(scenario, scenario_path)
+    setup_s = time.perf_counter() - t0
+    variant = variants_for(scenario)[0]
+    t0 = time.perf_counter()
+    rec = simulate_variant(setup, variant, progress=progress)
+    wall_s = time.perf_counter() - t0
+    rounds_table = rec.rounds_table()
+    buses = rec.buses_table()
+    pp_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds)
+    median_round = float(rounds_table.round_ms.median())
+    breakdown = {c: float(rounds_table[c].median()) for c in STAGES if c in rounds_table.columns}
+    result = {
+        "scenario": scenario.name,
+        "network": scenario.network,
+        "mechanism": scenario.market.mechanism,
+        "rounds": rounds,
+        "n_prosumers": setup.fleet.n,
+        "n_buses": len(setup.pf.buses),
+        "median_round_ms": median_round,
+        "mean_round_ms": wall_s / rounds * 1000.0,
+        "breakdown_median_ms": breakdown,
+        "pandapower_run_timeseries_ms_per_step": pp_ms,
+        "ratio_round_to_pandapower_step": median_round / pp_ms,
+        "setup_s": setup_s,
+        "wall_s": wall_s,
+        "feedback_rounds": int((rounds_table.iterations > 1).sum()),
+        "pf_fallback_rounds": int((rounds_table.pf_method != "newton").sum()),
+        "machine": {"python": platform.python_version(), "processor": platform.machine()},
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_bench(result: dict) -> str:
+    lines = [
+        f"{result['scenario']} on {result['network']}: {result['n_prosumers']} prosumers, "
+        f"{result['n_buses']} buses, {result['rounds']} rounds ({result['feedback_rounds']} with feedback)",
+        f"  cosim median round       {result['median_round_ms']:8.2f} ms (mean {result['mean_round_ms']:.2f} ms)",
+    ]
+    for stage, ms in result["breakdown_median_ms"].items():
+        lines.append(f"    {stage.removesuffix('_ms'):<22} {ms:8.2f} ms")
+    lines.append(f"  pandapower run_timeseries {result['pandapower_run_timeseries_ms_per_step']:7.2f} ms per step (power flow only)")
+    lines.append(f"  ratio cosim / pandapower  {result['ratio_round_to_pandapower_step']:7.3f}")
+    return "\n".join(lines)
+
+
+__all__ = ["run_bench", "format_bench"]
