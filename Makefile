@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean
+.PHONY: setup run test scenarios report lint clean bench
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ scenarios: setup
 report: setup
 	@test -n "$(RUN)" || (echo "usage: make report RUN=results/<scenario>" >&2; exit 2)
 	$(BIN)/cosim report $(RUN)
+
+# time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000
+bench: setup
+	$(BIN)/python -m cosim.bench --rounds $(or $(ROUNDS),2000)
 
 lint: setup
 	$(BIN)/ruff check cosim tests

@@ -34,9 +34,9 @@ def _scenario_for(scenario: Scenario, rounds: int) -> Scenario:
     return scenario.model_copy(update={"duration": duration, "start": start})
 
 
-def pandapower_timeseries_ms(net, buses: pd.DataFrame, n_rounds: int) -> float:
-    """Median-free mean time per step of pandapower's run_timeseries [ms] for the given
-    per-round bus injections (columns round, bus, p_kw, q_kvar)."""
+def pandapower_timeseries_ms(net, buses: pd.DataFrame, n_rounds: int, lightsim2grid: bool) -> float:
+    """Mean time per step of pandapower's run_timeseries [ms] for the given per-round bus
+    injections (columns round, bus, p_kw, q_kvar), with or without lightsim2grid."""
     import pandapower as pp
     from pandapower.control import ConstControl
     from pandapower.timeseries import DFData, OutputWriter, run_timeseries
@@ -60,7 +60,7 @@ def pandapower_timeseries_ms(net, buses: pd.DataFrame, n_rounds: int) -> float:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_timeseries(net, time_steps=range(n_rounds), verbose=False, numba=False)
+        run_timeseries(net, time_steps=range(n_rounds), verbose=False, numba=False, lightsim2grid=lightsim2grid)
     return (time.perf_counter() - t0) / n_rounds * 1000.0
 
 
@@ -76,7 +76,8 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
     wall_s = time.perf_counter() - t0
     rounds_table = rec.rounds_table()
     buses = rec.buses_table()
-    pp_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds)
+    pp_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=False)
+    pp_lsg_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=True)
     median_round = float(rounds_table.round_ms.median())
     breakdown = {c: float(rounds_table[c].median()) for c in STAGES if c in rounds_table.columns}
     result = {
@@ -91,6 +92,8 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
         "breakdown_median_ms": breakdown,
         "pandapower_run_timeseries_ms_per_step": pp_ms,
         "ratio_round_to_pandapower_step": median_round / pp_ms,
+        "pandapower_lightsim2grid_run_timeseries_ms_per_step": pp_lsg_ms,
+        "ratio_round_to_pandapower_lightsim2grid_step": median_round / pp_lsg_ms,
         "setup_s": setup_s,
         "wall_s": wall_s,
         "feedback_rounds": int((rounds_table.iterations > 1).sum()),
@@ -111,9 +114,31 @@ def format_bench(result: dict) -> str:
     ]
     for stage, ms in result["breakdown_median_ms"].items():
         lines.append(f"    {stage.removesuffix('_ms'):<22} {ms:8.2f} ms")
-    lines.append(f"  pandapower run_timeseries {result['pandapower_run_timeseries_ms_per_step']:7.2f} ms per step (power flow only)")
-    lines.append(f"  ratio cosim / pandapower  {result['ratio_round_to_pandapower_step']:7.3f}")
+    lines += [
+        f"  pandapower run_timeseries, its own Newton-Raphson: {result['pandapower_run_timeseries_ms_per_step']:7.2f} ms"
+        f" per step (power flow only); ratio cosim/pandapower {result['ratio_round_to_pandapower_step']:.3f}",
+        f"  pandapower run_timeseries with lightsim2grid:      "
+        f"{result['pandapower_lightsim2grid_run_timeseries_ms_per_step']:7.2f} ms per step; ratio "
+        f"{result['ratio_round_to_pandapower_lightsim2grid_step']:.3f}",
+    ]
     return "\n".join(lines)
 
 
-__all__ = ["run_bench", "format_bench"]
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="cosim bench", description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", nargs="?", default=str(DEFAULT_SCENARIO))
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    result = run_bench(args.scenario, args.rounds, args.out, progress=not args.no_progress)
+    print(format_bench(result))
+    print(f"written: {Path(args.out) / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -164,18 +164,18 @@ def make_orders(
     >>> book[["id", "side", "quantity_kwh", "price_per_kwh"]].values.tolist()
     [['a', 'buy', 0.5, 0.3], ['b', 'sell', 1.0, 0.08]]
     """
-    side = np.where(net_kw > IDLE_KW, "buy", np.where(net_kw < -IDLE_KW, "sell", "idle"))
+    buying = net_kw > IDLE_KW
+    active = buying | (net_kw < -IDLE_KW)
     if bidding == "truthful":
-        price = np.where(side == "buy", retail_price_per_kwh, feed_in_price_per_kwh)
+        price = np.where(buying, retail_price_per_kwh, feed_in_price_per_kwh)
     else:
         price = rng.uniform(feed_in_price_per_kwh, retail_price_per_kwh, size=len(ids))
-    book = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "id": ids,
-            "bus": buses,
-            "side": side,
-            "quantity_kwh": np.abs(net_kw) * dt_h,
-            "price_per_kwh": price,
+            "id": np.asarray(ids, dtype=object)[active],
+            "bus": np.asarray(buses)[active],
+            "side": np.where(buying[active], "buy", "sell"),
+            "quantity_kwh": np.abs(net_kw[active]) * dt_h,
+            "price_per_kwh": price[active],
         }
     )
-    return book[book.side != "idle"].reset_index(drop=True)

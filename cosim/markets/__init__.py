@@ -5,6 +5,7 @@ Pyomo model is built then) and called every round with ``clear(orders, ctx, cuts
 charges)``, returning a `ClearingResult`.
 """
 
+from cosim.markets import auctions, bilateral, community, hybrid, shapley, stackelberg
 from cosim.markets.base import (
     TRADE_COLUMNS,
     Charges,
@@ -16,7 +17,6 @@ from cosim.markets.base import (
     OrderArrays,
     Participants,
 )
-from cosim.markets import auctions, bilateral, community, hybrid, shapley, stackelberg
 from cosim.markets.uniform import NoP2P, UniformDoubleAuction
 
 #: Registry: mechanism name -> class. Each family module lists its classes in MECHANISMS.

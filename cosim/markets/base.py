@@ -221,17 +221,19 @@ class OrderArrays:
     def from_book(cls, book: pd.DataFrame, participants: list[str], default_price: float = 0.0) -> OrderArrays:
         """Place each order at its participant; participants without an order get zeros."""
         n = len(participants)
-        pos = pd.Series(np.arange(n), index=participants)
         demand, supply = np.zeros(n), np.zeros(n)
         bid, ask = np.full(n, default_price), np.full(n, default_price)
-        buys = book[book.side == "buy"]
-        sells = book[book.side == "sell"]
-        ib = pos.loc[buys.id].to_numpy()
-        isl = pos.loc[sells.id].to_numpy()
-        np.add.at(demand, ib, buys.quantity_kwh.to_numpy(float))
-        np.add.at(supply, isl, sells.quantity_kwh.to_numpy(float))
-        bid[ib] = buys.price_per_kwh.to_numpy(float)
-        ask[isl] = sells.price_per_kwh.to_numpy(float)
+        idx = pd.Index(participants).get_indexer(book["id"])
+        if (idx < 0).any():
+            raise KeyError(f"orders from unknown participants: {list(book['id'][idx < 0])[:5]}")
+        side = book["side"].to_numpy()
+        qty = book["quantity_kwh"].to_numpy(float)
+        price = book["price_per_kwh"].to_numpy(float)
+        is_buy, is_sell = side == "buy", side == "sell"
+        np.add.at(demand, idx[is_buy], qty[is_buy])
+        np.add.at(supply, idx[is_sell], qty[is_sell])
+        bid[idx[is_buy]] = price[is_buy]
+        ask[idx[is_sell]] = price[is_sell]
         return cls(demand, supply, bid, ask)
 
 
