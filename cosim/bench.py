@@ -65,8 +65,10 @@ def pandapower_timeseries_ms(net, buses: pd.DataFrame, n_rounds: int, lightsim2g
 
 
 def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, out: str | Path = "results/bench",
-              progress: bool = True) -> dict:
+              progress: bool = True, network: str | None = None) -> dict:
     scenario = _scenario_for(load_scenario(scenario_path), rounds)
+    if network is not None:
+        scenario = scenario.model_copy(update={"network": network, "name": f"{scenario.name}-{network}"})
     t0 = time.perf_counter()
     setup = prepare(scenario, scenario_path)
     setup_s = time.perf_counter() - t0
@@ -102,7 +104,7 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / (f"bench-{network}.json" if network else "bench.json")).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -131,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", nargs="?", default=str(DEFAULT_SCENARIO))
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--network", help="run the scenario on this network file instead")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    result = run_bench(args.scenario, args.rounds, args.out, progress=not args.no_progress)
+    result = run_bench(args.scenario, args.rounds, args.out, progress=not args.no_progress, network=args.network)
     print(format_bench(result))
-    print(f"written: {Path(args.out) / 'bench.json'}")
+    name = f"bench-{args.network}.json" if args.network else "bench.json"
+    print(f"written: {Path(args.out) / name}")
     return 0
 
 

@@ -69,6 +69,9 @@ class NetworkSpec(BaseModel):
     """Set-point of the external grid [pu]; default: the net's own."""
     profiles: ProfileChoice = ProfileChoice()
     inline: InlineFeeder | None = None
+    balanced_household_p_kw: Annotated[float, Field(gt=0.0)] = 4.0
+    """Reference power of the balanced household load that replaces each asymmetric
+    (per-phase) load, e.g. of the IEEE European LV feeder; the power flow is balanced [kW]."""
 
     @model_validator(mode="after")
     def _source_fields(self) -> NetworkSpec:
@@ -158,6 +161,13 @@ def build_net(spec: NetworkSpec) -> pp.pandapowerNet:
             net = getattr(pn, spec.code)()
     else:
         net = _inline_net(spec.inline)
+    if "asymmetric_load" in net and len(net.asymmetric_load):
+        asym = net.asymmetric_load
+        for _, row in asym.iterrows():
+            pp.create_load(net, int(row.bus), p_mw=spec.balanced_household_p_kw / 1000.0, q_mvar=0.0, name=str(row["name"]))
+        net.asymmetric_load.drop(asym.index, inplace=True)
+    if "asymmetric_sgen" in net and len(net.asymmetric_sgen):
+        net.asymmetric_sgen.drop(net.asymmetric_sgen.index, inplace=True)
     if not spec.keep_sgens and len(net.sgen):
         net.sgen.drop(net.sgen.index, inplace=True)
     if spec.ext_grid_vm_pu is not None:

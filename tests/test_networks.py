@@ -18,7 +18,7 @@ from cosim.networks import (
 )
 
 NETWORK_FILES = sorted(p.stem for p in REPO_NETWORKS.glob("*.yaml"))
-EXPECTED = {"rural3": (129, 118), "semiurb4": (44, 41), "urban6": (59, 111), "cigre_lv": (44, 15), "feeder": (9, 7)}
+EXPECTED = {"rural1": (15, 13), "ieee_eu_lv": (907, 55), "rural3": (129, 118), "semiurb4": (44, 41), "urban6": (59, 111), "cigre_lv": (44, 15), "feeder": (9, 7)}
 
 
 def test_the_required_networks_are_shipped():
