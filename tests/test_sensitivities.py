@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cosim.grid.powerflow import PowerFlow
-from cosim.grid.sensitivities import compute_sensitivities, loss_factors
+from cosim.grid.sensitivities import AdjointSensitivities, compute_sensitivities, loss_factors
 from cosim.networks import lv_busbar, set_islanded
 
 #: Finite-difference step [kW injected].
@@ -166,6 +166,19 @@ def test_adjoint_loss_factors_equal_the_full_sensitivities(point):
     # two different LU solves (J^T once vs J for every bus): agreement to rounding, which
     # on the islanded Jacobian is ~3e-10
     np.testing.assert_allclose(lam, point["sens"].dloss_dp, rtol=0, atol=ADJOINT_ATOL)
+
+
+def test_adjoint_rows_equal_the_full_sensitivities(point):
+    """Row by row (one transposed solve each), the adjoint sensitivities are the full ones."""
+    pf, sens = point["pf"], point["sens"]
+    adj = AdjointSensitivities(pf, point["state"])
+    for i in range(len(pf.buses)):
+        np.testing.assert_allclose(adj.dvm_dp[i], sens.dvm_dp[i], rtol=0, atol=ADJOINT_ATOL)
+    for i in range(len(pf.lines)):
+        np.testing.assert_allclose(adj.dline_dp[i], sens.dline_dp[i], rtol=0, atol=ADJOINT_ATOL * 100)
+    for i in range(len(pf.trafos)):
+        np.testing.assert_allclose(adj.dtrafo_dp[i], sens.dtrafo_dp[i], rtol=0, atol=ADJOINT_ATOL * 100)
+    np.testing.assert_allclose(adj.dslack_dp[pf.in_service], sens.dslack_dp[pf.in_service], rtol=0, atol=ADJOINT_ATOL)
 
 
 def test_injection_at_the_slack_bus_displaces_the_slack_one_to_one(point):
