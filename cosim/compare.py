@@ -1,0 +1,236 @@
+"""`cosim compare RUN_DIR...`: several finished runs side by side in one HTML report.
+
+Meant for comparing market designs on the same feeder and week: a table of key figures
+(bills, welfare, the operator's surplus or deficit, self-sufficiency, violations,
+curtailment, network charges, time per round) and figures of prices, bills per prosumer,
+the operator's balance, and the grid's limits. Reads only the runs' result files.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cosim.errors import InputError  # noqa: E402
+
+#: Amounts below this are rounding noise [currency].
+MONEY_EPS = 1e-6
+#: Rows of the comparison table: (label with unit, how to compute it from a run).
+TABLE_ROWS = [
+    ("mechanism", lambda r: r.summary["mechanism"]),
+    ("mode", lambda r: r.summary["mode"]),
+    ("prosumer bills, total [{cur}]", lambda r: r.kpi("prosumer_bills_total")),
+    ("saving against no P2P [{cur}]", lambda r: r.baseline("prosumer_bills_total") - r.kpi("prosumer_bills_total")),
+    ("prosumers worse off than without P2P [-]", lambda r: r.worse_off()),
+    ("welfare of P2P trades [{cur}]", lambda r: r.welfare()),
+    ("market operator surplus (+) / deficit (-) [{cur}]", lambda r: r.operator_surplus()),
+    ("P2P traded [kWh]", lambda r: r.kpi("p2p_traded_kwh")),
+    ("mean P2P price [{cur}/kWh]", lambda r: r.kpi("mean_price_per_kwh")),
+    ("self-sufficiency [%]", lambda r: 100 * r.kpi("self_sufficiency")),
+    ("grid import [kWh]", lambda r: r.kpi("grid_import_kwh")),
+    ("grid export [kWh]", lambda r: r.kpi("grid_export_kwh")),
+    ("peak transformer loading [%]", lambda r: r.kpi("peak_trafo_loading_pct")),
+    ("rounds with violations, with feedback [-]", lambda r: r.kpi("violation_rounds")),
+    ("rounds with violations, no feedback [-]", lambda r: r.variant("market_no_feedback", "violation_rounds")),
+    ("curtailed [kWh]", lambda r: r.kpi("curtailed_kwh")),
+    ("shed [kWh]", lambda r: r.kpi("shed_kwh")),
+    ("network charges [{cur}]", lambda r: r.kpi("network_charges")),
+    ("failed rounds [-]", lambda r: r.kpi("failed_rounds")),
+    ("median time per round [ms]", lambda r: r.summary.get("timing", {}).get("median_round_ms", np.nan)),
+]
+
+
+class Run:
+    """One finished run's files, read lazily."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        problems = [f"{name}: missing" for name in ("summary.json", "rounds.parquet", "settlement.parquet")
+                    if not (self.path / name).exists()]
+        if problems:
+            raise InputError(self.path, problems + ["expected the folder of a finished `cosim run`"])
+        self.summary = json.loads((self.path / "summary.json").read_text())
+        self.label = f"{self.summary['scenario']} ({self.summary['mechanism']})"
+        self._rounds = self._settlement = None
+
+    @property
+    def rounds(self) -> pd.DataFrame:
+        if self._rounds is None:
+            self._rounds = pd.read_parquet(self.path / "rounds.parquet")
+        return self._rounds
+
+    @property
+    def settlement(self) -> pd.DataFrame:
+        if self._settlement is None:
+            self._settlement = pd.read_parquet(self.path / "settlement.parquet")
+        return self._settlement
+
+    def variant(self, name: str, key: str) -> float:
+        value = self.summary["variants"].get(name, {}).get(key)
+        return np.nan if value is None else value
+
+    def kpi(self, key: str) -> float:
+        return self.variant("market", key)
+
+    def baseline(self, key: str) -> float:
+        return self.variant("baseline", key)
+
+    def bills(self) -> pd.Series:
+        st = self.settlement
+        return st[st.bus >= 0].groupby("party").bill.sum()
+
+    def worse_off(self) -> float:
+        bills = self.summary.get("prosumer_bills", {})
+        diffs = [v.get("market", np.nan) - v.get("baseline", np.nan) for v in bills.values()]
+        return float(np.sum(np.array(diffs) > 1e-6)) if diffs else np.nan
+
+    def operator_surplus(self) -> float:
+        st = self.settlement
+        surplus = float(-st[st.party == "market_operator"].bill.sum())
+        return 0.0 if abs(surplus) < MONEY_EPS else surplus
+
+    def welfare(self) -> float:
+        """Gains from P2P trade: what the prosumers save against the no-P2P baseline plus
+        what the operator keeps, minus network charges paid (a transfer to the DSO)."""
+        return self.baseline("prosumer_bills_total") - self.kpi("prosumer_bills_total") + self.operator_surplus()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, str):
+        return html.escape(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, int | np.integer) or float(value).is_integer() and abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+def _figure_prices(runs: list[Run], path: Path, cur: str) -> None:
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for r in runs:
+        daily = r.rounds.set_index("time").price_per_kwh.resample("1h").mean()
+        ax.plot(daily.index, daily.values, label=r.label, lw=1.2)
+    ax.set_ylabel(f"P2P price [{cur}/kWh]")
+    ax.set_xlabel("time")
+    ax.set_title("Hourly mean P2P price")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_bills(runs: list[Run], path: Path, cur: str) -> None:
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for r in runs:
+        bills = r.summary.get("prosumer_bills", {})
+        saving = np.sort([v.get("baseline", np.nan) - v.get("market", np.nan) for v in bills.values()])[::-1]
+        ax.plot(np.arange(len(saving)), saving, label=r.label, lw=1.5)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("prosumers, sorted by saving [-]")
+    ax.set_ylabel(f"saving against no P2P [{cur}]")
+    ax.set_title("Who gains: each prosumer's saving over the run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_bars(runs: list[Run], path: Path, cur: str) -> None:
+    metrics = [
+        ("welfare of P2P trades", f"[{cur}]", lambda r: r.welfare()),
+        ("operator surplus / deficit", f"[{cur}]", lambda r: r.operator_surplus()),
+        ("curtailed", "[kWh]", lambda r: r.kpi("curtailed_kwh")),
+        ("network charges", f"[{cur}]", lambda r: r.kpi("network_charges")),
+    ]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 4))
+    labels = [f"{r.summary['scenario']}\n({r.summary['mechanism']})" for r in runs]
+    for ax, (title, unit, fn) in zip(axes, metrics, strict=True):
+        values = [fn(r) for r in runs]
+        ax.bar(range(len(runs)), values, color="tab:blue")
+        ax.set_xticks(range(len(runs)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(unit)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_grid(runs: list[Run], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    labels = [f"{r.summary['scenario']}\n({r.summary['mechanism']})" for r in runs]
+    x = np.arange(len(runs))
+    with_fb = [r.kpi("peak_trafo_loading_pct") for r in runs]
+    without = [r.variant("market_no_feedback", "peak_trafo_loading_pct") for r in runs]
+    axes[0].bar(x - 0.2, without, 0.4, label="no feedback", color="tab:orange")
+    axes[0].bar(x + 0.2, with_fb, 0.4, label="with feedback", color="tab:blue")
+    axes[0].axhline(runs[0].summary.get("max_loading_pct", 100), color="r", ls="--", lw=1, label="limit")
+    axes[0].set_ylabel("peak transformer loading [%]")
+    vmax_fb = [r.kpi("vm_max_pu") for r in runs]
+    vmax_nofb = [r.variant("market_no_feedback", "vm_max_pu") for r in runs]
+    axes[1].bar(x - 0.2, vmax_nofb, 0.4, label="no feedback", color="tab:orange")
+    axes[1].bar(x + 0.2, vmax_fb, 0.4, label="with feedback", color="tab:blue")
+    axes[1].axhline(runs[0].summary.get("v_max_pu", 1.1), color="r", ls="--", lw=1, label="band")
+    axes[1].set_ylabel("highest bus voltage [pu]")
+    axes[1].set_ylim(min(vmax_fb + vmax_nofb) - 0.02, max(vmax_fb + vmax_nofb + [runs[0].summary.get("v_max_pu", 1.1)]) + 0.01)
+    for ax in axes:
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path = "results/compare") -> Path:
+    """Draw the comparison of `run_dirs` into `out`/compare.html; returns its path."""
+    if len(run_dirs) < 1:
+        raise InputError("compare", ["expected at least one run folder, found none"])
+    runs = [Run(Path(d)) for d in run_dirs]
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    cur = runs[0].summary.get("currency", "EUR")
+    _figure_prices(runs, out / "figures" / "prices.png", cur)
+    _figure_bills(runs, out / "figures" / "bills.png", cur)
+    _figure_bars(runs, out / "figures" / "economics.png", cur)
+    _figure_grid(runs, out / "figures" / "grid.png")
+    header = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
+    rows = "".join(
+        f"<tr><td>{html.escape(label.format(cur=cur))}</td>" + "".join(f"<td>{_fmt(fn(r))}</td>" for r in runs) + "</tr>"
+        for label, fn in TABLE_ROWS
+    )
+    nets = sorted({r.summary["network"] for r in runs})
+    periods = sorted({f"{r.summary['start']} – {r.summary['end']}" for r in runs})
+    figures = [
+        ("economics.png", "Welfare of the P2P trades, the market operator's surplus (positive) or deficit "
+         "(negative), curtailment and network charges per mechanism."),
+        ("bills.png", "Each prosumer's saving against trading only with the grid, sorted; below zero means worse off."),
+        ("prices.png", "Hourly mean P2P price; mechanisms without a uniform price show none."),
+        ("grid.png", "What each market would do to the feeder without feedback, and what it does with feedback."),
+    ]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cosim comparison</title>
+<style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}</style></head><body>
+<h1>Market designs side by side</h1>
+<p>Network: {html.escape(", ".join(nets))}. Period: {html.escape("; ".join(periods))}. {len(runs)} runs.
+Each column is one run of <code>cosim run</code>; every figure is the run with network feedback unless
+marked otherwise. Welfare is what the prosumers save against the no-P2P baseline plus what the market
+operator keeps.</p>
+<table><tr><th>key figure</th>{header}</tr>{rows}</table>
+{"".join(f'<h2>{html.escape(cap.split(".")[0].split(",")[0])}</h2><img src="figures/{name}"><p>{html.escape(cap)}</p>' for name, cap in figures)}
+<p>Runs: {"; ".join(html.escape(str(r.path)) for r in runs)}</p></body></html>"""
+    path = out / "compare.html"
+    path.write_text(page)
+    return path
