@@ -61,7 +61,7 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
         ok, message = ledger.verify(args.run_dir)
         print(message)
         return EXIT_OK if ok else EXIT_FAILURE
-    block = ledger.show(args.run_dir, args.round)
+    block = ledger.show(args.run_dir, None if args.genesis else args.round)
     print(block)
     return EXIT_OK
 
@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     led_sub = led.add_subparsers(dest="ledger_command", required=True)
     verify = led_sub.add_parser("verify", help="exit 0 if the ledger is intact, else 1 and the first bad block")
     verify.add_argument("run_dir")
-    show = led_sub.add_parser("show", help="print one block")
+    show = led_sub.add_parser("show", help="print one block: its hash, roots, signatures, orders, trades, settlement")
     show.add_argument("run_dir")
-    show.add_argument("--round", type=int, default=0)
+    show.add_argument("--round", type=int, default=0, help="the round whose block to print (default 0)")
+    show.add_argument("--genesis", action="store_true", help="print the genesis block: the registered keys")
     led.set_defaults(func=_cmd_ledger)
 
     rep = sub.add_parser("report", help="(re)draw the report of a finished run")

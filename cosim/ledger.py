@@ -1,137 +1,614 @@
-"""A minimal hash-chained ledger: one block per round, verifiable after the run.
+"""The ledger: one block per round, approved by a quorum of validators, checkable by anyone.
 
-Each block holds the previous block's hash, the round's orders, trades and per-party
-bills, and its own SHA-256 hash over a canonical JSON encoding (sorted keys, no spaces,
-floats rounded to 9 decimals). Changing, removing, reordering or inserting a block breaks
-the chain; the head hash is also stored in summary.json so truncation is caught.
-It is tamper-evident, not a consensus network: anyone holding the files can rewrite the
-whole chain and summary together. Signed orders and validator quorums come later.
+``ledger.jsonl`` holds one block per line, each a JSON object in canonical form: keys
+sorted, no spaces, ASCII only, no NaN (a non-finite number of a rejected order is the
+text ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``), one ``\\n`` after every block.
+
+Line 1 is the **genesis block** (height 0, round -1): the public keys of every prosumer's
+controller and of every validator (``keys``: rows ``[role, name, public key hex]``),
+approved by the validators. Line ``t + 2`` is the block of round ``t`` (height ``t + 1``):
+
+- ``prev_hash``: the previous block's hash; ``time``: the round's simulated start;
+- ``orders``: every order that reached the market, in arrival order, rows
+  ``[id, side, quantity_kwh, price_per_kwh, round, nonce, signature, outcome]``, outcome
+  ``admitted`` or the rejection reason (`cosim.admission`);
+- ``trades``: ``[seller, buyer, energy_kwh, price_per_kwh, seller_price_per_kwh,
+  network_charge_per_kwh]``; ``settlement``: ``[party, bus, bought_kwh, sold_kwh,
+  grid_import_kwh, grid_export_kwh, curtailed_kwh, shed_kwh, energy_cost,
+  network_charges, bill]`` (the rows of trades.parquet and settlement.parquet);
+- ``roots``: the Merkle root of each table (leaves: the rows' canonical encodings,
+  `cosim.signing`); ``hash``: SHA-256 of the block header (height, kind, round, time,
+  prev_hash, roots), so the hash commits to every row;
+- ``signatures``: ``[validator, Ed25519 signature of the hash]`` in the genesis order of
+  the validators. A block is valid only if every signature listed is valid and there
+  are more than two thirds of the validators' (proof of authority).
+
+`verify` checks all of that, replays order admission over the chain (signatures, round,
+nonce, one order per prosumer, numbers; the physical limit is taken as recorded, since
+the ledger does not hold the meters), checks that the genesis keys are those the
+scenario's seed gives, that the settlement, trades and rejections equal the run's
+parquet files, and that the head is summary.json's ``ledger_head`` (catches a truncated
+chain). Any change to the file, even one character, fails at least one of these checks.
+
+What it does not do: it is not a distributed consensus network. The validators are
+simulated in one process from keys derived from the seed, so whoever has the scenario
+file can re-sign a rewritten chain; and a colluding quorum of validators can always
+approve a false block. The guarantees hold as far as the keys are held apart and more
+than a third of the validators are honest.
 """
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cosim.admission import ADMITTED, REASONS, REJECTION_COLUMNS, Admission, SignedOrder
 from cosim.errors import InputError
+from cosim.signing import (
+    HASH_BYTES,
+    KEY_TAG,
+    SETTLEMENT_TAG,
+    TRADE_TAG,
+    derive_key,
+    encode_field,
+    encode_record,
+    header_record,
+    load_public_key,
+    merkle_root,
+    order_message,
+    public_bytes,
+    seal_message,
+    sha256,
+)
 
-GENESIS_HASH = "0" * 64
-DECIMALS = 9
+GENESIS_PREV = "0" * 64
+ORDER_FIELDS = ["id", "side", "quantity_kwh", "price_per_kwh", "round", "nonce", "signature", "outcome"]
+TRADE_FIELDS = ["seller", "buyer", "energy_kwh", "price_per_kwh", "seller_price_per_kwh", "network_charge_per_kwh"]
+SETTLEMENT_FIELDS = [
+    "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh", "curtailed_kwh",
+    "shed_kwh", "energy_cost", "network_charges", "bill",
+]
+KEY_FIELDS = ["role", "name", "public_key"]
+ROLES = ("prosumer", "validator")
+#: Field types of each table's rows: s text, i integer, r real (float or non-finite
+#: text), h hex text.
+ROW_TYPES = {
+    "keys": "ssh",
+    "orders": "ssrriihs",
+    "trades": "ssrrrr",
+    "settlement": "si" + "r" * 9,
+}
+#: The Merkle-rooted tables of each kind of block.
+TABLES = {"genesis": ("keys",), "round": ("orders", "settlement", "trades")}
+BLOCK_KEYS = {
+    kind: {"hash", "height", "kind", "prev_hash", "roots", "round", "signatures", "time", *tables}
+    for kind, tables in TABLES.items()
+}
+#: Tolerance when comparing the ledger with the parquet files [kWh, currency].
+FILE_TOL = 1e-9
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _canon(value):
-    if isinstance(value, float | np.floating):
-        return round(float(value), DECIMALS)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, dict):
-        return {str(k): _canon(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canon(v) for v in value]
-    return value
+def quorum(n_validators: int) -> int:
+    """Signatures a block needs: more than two thirds of the validators.
+
+    >>> [quorum(n) for n in (1, 2, 3, 4, 5, 6, 7)]
+    [1, 2, 3, 3, 4, 5, 5]
+    """
+    return 2 * n_validators // 3 + 1
 
 
-def block_hash(block: dict) -> str:
-    body = {k: v for k, v in block.items() if k != "hash"}
-    data = json.dumps(_canon(body), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(data.encode()).hexdigest()
+def canonical_json(block: dict) -> str:
+    return json.dumps(block, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def json_real(x: float) -> float | str:
+    """A float as the ledger writes it: itself, or text if it is not finite."""
+    if math.isfinite(x):
+        return x
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+
+
+def read_real(v) -> float:
+    return _NONFINITE[v] if isinstance(v, str) else v
+
+
+# -- leaves, shared by the writer and the verifier --------------------------------------
+def order_leaf(row: list) -> bytes:
+    id_, side, q, p, round_no, nonce, signature, outcome = row
+    return (order_message(round_no, nonce, id_, side, read_real(q), read_real(p))
+            + encode_field(bytes.fromhex(signature)) + encode_field(outcome))
+
+
+_TAGS = {"keys": KEY_TAG, "trades": TRADE_TAG, "settlement": SETTLEMENT_TAG}
+#: Packers of the numeric tail of trade and settlement rows, for speed: the same bytes
+#: as `encode_record` for rows that pass `_check_rows` (a non-finite number, written as
+#: text, makes the packer fail and the row goes through `encode_record`).
+_TRADE_TAIL = struct.Struct(">" + "cd" * 4)
+_SETTLEMENT_TAIL = struct.Struct(">cq" + "cd" * 9)
+_TRADE_HEAD = TRADE_TAG + b"\x00"
+_SETTLEMENT_HEAD = SETTLEMENT_TAG + b"\x00"
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode()
+    return b"s" + len(raw).to_bytes(4, "big") + raw
+
+
+def _trade_leaf(r: list) -> bytes:
+    try:
+        tail = _TRADE_TAIL.pack(b"f", r[2], b"f", r[3], b"f", r[4], b"f", r[5])
+    except struct.error:
+        return encode_record(TRADE_TAG, r)
+    return _TRADE_HEAD + _text(r[0]) + _text(r[1]) + tail
+
+
+def _settlement_leaf(r: list) -> bytes:
+    try:
+        tail = _SETTLEMENT_TAIL.pack(
+            b"i", r[1], b"f", r[2], b"f", r[3], b"f", r[4], b"f", r[5], b"f", r[6], b"f", r[7], b"f", r[8],
+            b"f", r[9], b"f", r[10],
+        )
+    except struct.error:
+        return encode_record(SETTLEMENT_TAG, r)
+    return _SETTLEMENT_HEAD + _text(r[0]) + tail
+
+
+def leaves(table: str, rows: list[list]) -> list[bytes]:
+    """The Merkle leaves of a table's rows (the rows as the ledger holds them)."""
+    if table == "orders":
+        return [order_leaf(r) for r in rows]
+    if table == "trades":
+        return [_trade_leaf(r) for r in rows]
+    if table == "settlement":
+        return [_settlement_leaf(r) for r in rows]
+    tag = _TAGS[table]
+    return [encode_record(tag, r) for r in rows]
+
+
+def seal(block: dict, keys: Mapping, signers: Sequence[str]) -> dict:
+    """Fill in a block's roots, hash and signatures from its rows.
+
+    `keys` maps validator names to private keys; `signers` lists, in the genesis order,
+    the validators who sign. The writer uses it with every validator; a test that plays
+    colluding validators uses it with theirs.
+    """
+    roots = {t: merkle_root(leaves(t, block[t])) for t in TABLES[block["kind"]]}
+    header = header_record(block["height"], block["kind"], block["round"], block["time"],
+                           bytes.fromhex(block["prev_hash"]), roots)
+    digest = sha256(header)
+    block["roots"] = {t: r.hex() for t, r in roots.items()}
+    block["hash"] = digest.hex()
+    message = seal_message(digest)
+    block["signatures"] = [[name, keys[name].sign(message).hex()] for name in signers]
+    return block
+
+
+def validator_keys(seed: int, names: Sequence[str]) -> dict:
+    return {n: derive_key(seed, "validator", n) for n in names}
+
+
+# -- writing ----------------------------------------------------------------------------
+def _columns(table: pd.DataFrame, fields: list[str], types: str) -> list[list]:
+    """Rows of `table` as lists of plain Python values of the given field types (s text,
+    i integer, r real: non-finite floats as text)."""
+    cols = []
+    for f, t in zip(fields, types, strict=True):
+        col = table[f]
+        if t == "r":
+            arr = col.to_numpy(dtype=float)
+            values = arr.tolist()
+            if not np.isfinite(arr).all():
+                values = [json_real(v) for v in values]
+        elif t == "i":
+            values = col.to_numpy(dtype=np.int64).tolist()
+        else:
+            values = [str(v) for v in col.tolist()]
+        cols.append(values)
+    return [list(r) for r in zip(*cols, strict=True)]
 
 
 class LedgerWriter:
-    """Appends one block per round to ledger.jsonl."""
+    """Writes ledger.jsonl: the genesis block on opening, then one block per round.
 
-    def __init__(self, path: Path):
+    Parameters
+    ----------
+    path : the ledger file
+    seed : the scenario seed, from which the validators' keys are derived
+    validators : the validators' names, in order
+    prosumer_keys : id -> 32-byte public key of each controller
+    start : the run's start, the genesis block's time
+    """
+
+    def __init__(self, path: Path, seed: int, validators: Sequence[str], prosumer_keys: Mapping[str, bytes],
+                 start: str):
         self.path = Path(path)
-        self._fh = self.path.open("w")
-        self.head = GENESIS_HASH
+        self.validators = list(validators)
+        self.keys = validator_keys(seed, self.validators)
+        self._fh = self.path.open("w", encoding="ascii", newline="\n")
+        self.height = 0
+        self.head = GENESIS_PREV
+        rows = [["prosumer", i, pk.hex()] for i, pk in prosumer_keys.items()]
+        rows += [["validator", n, public_bytes(self.keys[n]).hex()] for n in self.validators]
+        self._write({"height": 0, "kind": "genesis", "round": -1, "time": start, "prev_hash": GENESIS_PREV,
+                     "keys": rows})
 
-    def append(self, round_no: int, time: str, orders: pd.DataFrame, trades: pd.DataFrame,
-               settlement: pd.DataFrame) -> str:
-        block = {
-            "round": int(round_no),
-            "time": time,
-            "prev_hash": self.head,
-            "orders": orders[["id", "side", "quantity_kwh", "price_per_kwh"]].values.tolist(),
-            "trades": trades[["seller", "buyer", "energy_kwh", "price_per_kwh", "network_charge_per_kwh"]].values.tolist(),
-            "bills": dict(zip(settlement.party, settlement.bill.astype(float), strict=True)),
-        }
-        block = _canon(block)
-        block["hash"] = block_hash(block)
-        self._fh.write(json.dumps(block, sort_keys=True, separators=(",", ":")) + "\n")
+    def _write(self, block: dict) -> str:
+        seal(block, self.keys, self.validators)
+        self._fh.write(canonical_json(block) + "\n")
         self.head = block["hash"]
+        self.height = block["height"] + 1
         return self.head
+
+    def append(self, round_no: int, time: str, orders: Sequence[SignedOrder], outcomes: Sequence[str],
+               trades: pd.DataFrame, settlement: pd.DataFrame) -> str:
+        """Add the block of one round; returns its hash."""
+        order_rows = [
+            [o.id, o.side, json_real(o.quantity_kwh), json_real(o.price_per_kwh), o.round, o.nonce,
+             o.signature.hex(), outcome]
+            for o, outcome in zip(orders, outcomes, strict=True)
+        ]
+        return self._write({
+            "height": self.height, "kind": "round", "round": int(round_no), "time": time, "prev_hash": self.head,
+            "orders": order_rows,
+            "trades": _columns(trades, TRADE_FIELDS, ROW_TYPES["trades"]),
+            "settlement": _columns(settlement, SETTLEMENT_FIELDS, ROW_TYPES["settlement"]),
+        })
 
     def close(self) -> None:
         self._fh.close()
 
 
+# -- verifying --------------------------------------------------------------------------
+class LedgerError(Exception):
+    """The first thing found wrong in a ledger."""
+
+
+def _check_rows(table: str, rows) -> None:
+    types = ROW_TYPES[table]
+    if not isinstance(rows, list):
+        raise LedgerError(f"{table} is not a list")
+    for k, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(types):
+            raise LedgerError(f"{table} row {k}: expected {len(types)} fields")
+        for v, t in zip(row, types, strict=True):
+            ok = (
+                (t == "s" and isinstance(v, str))
+                or (t == "i" and isinstance(v, int) and not isinstance(v, bool))
+                or (t == "r" and (type(v) is float or v in _NONFINITE))
+                or (t == "h" and isinstance(v, str) and _is_hex(v))
+            )
+            if not ok:
+                raise LedgerError(f"{table} row {k}: field {v!r} is not of type {t!r}")
+
+
+def _is_hex(v: str) -> bool:
+    return len(v) % 2 == 0 and all(c in "0123456789abcdef" for c in v)
+
+
+class _Verifier:
+    def __init__(self):
+        self.prev = GENESIS_PREV
+        self.validators: list[str] = []
+        self.validator_keys: dict = {}
+        self.prosumer_keys: dict[str, bytes] = {}
+        self.admission: Admission | None = None
+        self.last_time: dt.datetime | None = None
+        self.settlement: list[tuple] = []
+        self.trades: list[tuple] = []
+        self.rejections: list[tuple] = []
+        self.rounds = 0
+
+    def block(self, line_no: int, raw: bytes) -> None:
+        try:
+            text = raw.decode("ascii")
+            block = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LedgerError(f"not valid JSON ({err})") from None
+        if not isinstance(block, dict):
+            raise LedgerError("not a JSON object")
+        height = line_no - 1
+        kind = "genesis" if height == 0 else "round"
+        if block.get("kind") != kind:
+            raise LedgerError(f"expected a {kind} block, found kind {block.get('kind')!r}")
+        if set(block) != BLOCK_KEYS[kind]:
+            raise LedgerError(f"expected the fields {sorted(BLOCK_KEYS[kind])}, found {sorted(block)}")
+        if canonical_json(block) != text:
+            raise LedgerError("not in canonical form (keys sorted, no spaces, ASCII)")
+        if block["height"] != height:
+            raise LedgerError(f"height {block['height']} out of sequence, expected {height}")
+        if block["round"] != height - 1:
+            raise LedgerError(f"round {block['round']} out of sequence, expected {height - 1}")
+        if block["prev_hash"] != self.prev:
+            raise LedgerError("prev_hash does not match the previous block's hash")
+        self._time(block["time"], kind)
+        for table in TABLES[kind]:
+            _check_rows(table, block[table])
+        if kind == "genesis":
+            self._registry(block["keys"])
+        self._seal(block)
+        if kind == "round":
+            self._orders(block)
+            r = block["round"]
+            self.settlement += [(r, *row) for row in block["settlement"]]
+            self.trades += [(r, *row) for row in block["trades"]]
+            self.rounds += 1
+        self.prev = block["hash"]
+
+    def _time(self, value, kind: str) -> None:
+        """An ISO 8601 time; rounds strictly one after the other."""
+        try:
+            t = dt.datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            raise LedgerError(f"time {value!r} is not an ISO 8601 time") from None
+        if kind == "genesis":
+            return
+        if self.last_time is not None and not t > self.last_time:
+            raise LedgerError(f"time {value} is not after the previous block's")
+        self.last_time = t
+
+    def _registry(self, rows: list) -> None:
+        seen = set()
+        for role, name, key in rows:
+            if role not in ROLES:
+                raise LedgerError(f"keys: unknown role {role!r}")
+            if (role, name) in seen:
+                raise LedgerError(f"keys: {role} {name} registered twice")
+            seen.add((role, name))
+            if len(key) != 2 * HASH_BYTES:
+                raise LedgerError(f"keys: public key of {role} {name} is not 32 bytes")
+            try:
+                public = load_public_key(bytes.fromhex(key))
+            except ValueError:
+                raise LedgerError(f"keys: public key of {role} {name} is not an Ed25519 key") from None
+            if role == "validator":
+                self.validators.append(name)
+                self.validator_keys[name] = public
+            else:
+                self.prosumer_keys[name] = bytes.fromhex(key)
+        if not self.validators:
+            raise LedgerError("keys: no validators registered")
+        self.admission = Admission(self.prosumer_keys)
+
+    def _seal(self, block: dict) -> None:
+        roots = {t: merkle_root(leaves(t, block[t])) for t in TABLES[block["kind"]]}
+        stored = block["roots"]
+        if not isinstance(stored, dict) or set(stored) != set(roots):
+            raise LedgerError(f"roots: expected {sorted(roots)}")
+        for t, r in roots.items():
+            if stored[t] != r.hex():
+                raise LedgerError(f"Merkle root of {t} does not match its rows")
+        digest = sha256(header_record(block["height"], block["kind"], block["round"], block["time"],
+                                      bytes.fromhex(block["prev_hash"]), roots))
+        if block["hash"] != digest.hex():
+            raise LedgerError("hash does not match the block header")
+        sigs = block["signatures"]
+        if not isinstance(sigs, list) or not all(
+            isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in sigs
+        ):
+            raise LedgerError("signatures: expected a list of [validator, signature]")
+        names = [s[0] for s in sigs]
+        unknown = [n for n in names if n not in self.validator_keys]
+        if unknown:
+            raise LedgerError(f"signed by {unknown[0]!r}, who is not a validator")
+        order = [self.validators.index(n) for n in names]
+        if order != sorted(set(order)):
+            raise LedgerError("signatures: repeated or not in the validators' order")
+        message = seal_message(digest)
+        for name, sig in sigs:
+            try:
+                self.validator_keys[name].verify(bytes.fromhex(sig), message)
+            except Exception:
+                raise LedgerError(f"signature of validator {name} is not valid") from None
+        need = quorum(len(self.validators))
+        if len(sigs) < need:
+            raise LedgerError(
+                f"signed by {len(sigs)} of {len(self.validators)} validators, a block needs "
+                f"more than two thirds ({need})"
+            )
+
+    def _orders(self, block: dict) -> None:
+        rows = block["orders"]
+        for k, row in enumerate(rows):
+            if row[7] != ADMITTED and row[7] not in REASONS:
+                raise LedgerError(f"orders row {k}: unknown outcome {row[7]!r}")
+        orders = [
+            SignedOrder(r[0], r[1], read_real(r[2]), read_real(r[3]), r[4], r[5], bytes.fromhex(r[6])) for r in rows
+        ]
+        recorded = [r[7] for r in rows]
+        outcomes = self.admission.admit(block["round"], orders, recorded=recorded)
+        for k, (got, want) in enumerate(zip(outcomes, recorded, strict=True)):
+            if got != want:
+                raise LedgerError(
+                    f"order {k} of {rows[k][0]} is recorded as {want!r}, but admission gives {got!r}"
+                )
+        self.rejections += [(block["round"], r[0], r[7], r[5]) for r in rows if r[7] != ADMITTED]
+
+
 def verify(run_dir: str | Path) -> tuple[bool, str]:
-    """Check every block's hash and link, the head against summary.json, and the bills
-    against settlement.parquet. Returns (intact, message naming the first bad block)."""
+    """Check a run's ledger; returns (intact, a message naming the first bad block).
+
+    See the module docstring for what is checked.
+    """
     run_dir = Path(run_dir)
     path = run_dir / "ledger.jsonl"
     if not path.exists():
         return False, f"{path}: no ledger"
-    prev = GENESIS_HASH
-    bills_by_round: dict[int, dict[str, float]] = {}
-    with path.open() as fh:
-        for line_no, line in enumerate(fh, start=1):
-            try:
-                block = json.loads(line)
-            except json.JSONDecodeError as err:
-                return False, f"block at line {line_no}: not valid JSON ({err.msg})"
-            if not isinstance(block, dict) or "hash" not in block:
-                return False, f"block at line {line_no}: no hash"
-            if block.get("prev_hash") != prev:
-                return False, f"block at line {line_no} (round {block.get('round')}): prev_hash does not match the previous block"
-            if block_hash(block) != block["hash"]:
-                return False, f"block at line {line_no} (round {block.get('round')}): hash does not match its content"
-            if block.get("round") != line_no - 1:
-                return False, f"block at line {line_no}: round {block.get('round')} out of sequence"
-            bills_by_round[block["round"]] = block["bills"]
-            prev = block["hash"]
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        return False, f"{path}: the last block is cut short (no newline at the end)"
+    lines = data[:-1].split(b"\n")
+    v = _Verifier()
+    for line_no, raw in enumerate(lines, start=1):
+        try:
+            v.block(line_no, raw)
+        except LedgerError as err:
+            height = line_no - 1
+            what = "genesis block" if height == 0 else f"block {height} (round {height - 1})"
+            return False, f"{what} at line {line_no}: {err}"
+    ok, message = _against_files(run_dir, v)
+    if not ok:
+        return False, message
+    return True, (f"ledger intact: genesis + {v.rounds} blocks, {len(v.prosumer_keys)} prosumer keys, "
+                  f"{len(v.validators)} validators (quorum {quorum(len(v.validators))}), head {v.prev[:16]}...")
+
+
+def _against_files(run_dir: Path, v: _Verifier) -> tuple[bool, str]:
+    head_block = f"block {v.rounds} (round {v.rounds - 1})" if v.rounds else "genesis block"
     summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        head = json.loads(summary_path.read_text()).get("ledger_head")
-        if head != prev:
-            return False, f"head of the chain {prev[:16]}... differs from summary.json ledger_head {str(head)[:16]}... (truncated or replaced chain)"
+    if not summary_path.exists():
+        return False, f"{summary_path}: missing, so the head of the chain cannot be checked"
+    summary = json.loads(summary_path.read_text())
+    head = summary.get("ledger_head")
+    if head != v.prev:
+        return False, (f"{head_block}, the last in the file, has hash {v.prev[:16]}... but summary.json's "
+                       f"ledger_head is {str(head)[:16]}...: the chain was truncated or replaced")
+    if summary.get("rounds") not in (None, v.rounds):
+        return False, f"the ledger holds {v.rounds} rounds, summary.json {summary['rounds']}"
+    problem = _keys_from_seed(run_dir, v)
+    if problem:
+        return False, f"genesis block at line 1: {problem}"
     settlement_path = run_dir / "settlement.parquet"
-    if settlement_path.exists():
-        st = pd.read_parquet(settlement_path, columns=["round", "party", "bill"])
-        if set(st["round"].unique()) != set(bills_by_round):
-            return False, "rounds in the ledger differ from settlement.parquet"
-        led = pd.DataFrame(
-            [(r, p, b) for r, bills in bills_by_round.items() for p, b in bills.items()], columns=["round", "party", "bill"]
-        )
-        merged = st.merge(led, on=["round", "party"], how="outer", suffixes=("", "_ledger"))
-        bad = merged[~np.isclose(merged.bill.fillna(np.inf), merged.bill_ledger.fillna(-np.inf), atol=1e-6)]
-        if len(bad):
-            row = bad.iloc[0]
-            return False, f"block of round {int(row['round'])}: bill of {row.party} differs from settlement.parquet"
-    return True, f"ledger intact: {len(bills_by_round)} blocks, head {prev[:16]}..."
+    if not settlement_path.exists():
+        return False, f"{settlement_path}: missing, so the settlement cannot be checked"
+    st = pd.read_parquet(settlement_path, columns=["round", *SETTLEMENT_FIELDS])
+    led = pd.DataFrame(v.settlement, columns=["round", *SETTLEMENT_FIELDS])
+    problem = _compare(led, st, ["round", "party"], SETTLEMENT_FIELDS[1:], "settlement")
+    if problem:
+        return False, problem
+    trades_path = run_dir / "trades.parquet"
+    if trades_path.exists():
+        tr = pd.read_parquet(trades_path)
+        if set(TRADE_FIELDS) <= set(tr.columns):
+            tr = tr[["round", *TRADE_FIELDS]].copy()
+            led = pd.DataFrame(v.trades, columns=["round", *TRADE_FIELDS])
+            for table in (tr, led):
+                table["k"] = table.groupby("round").cumcount()
+            problem = _compare(led, tr, ["round", "k"], TRADE_FIELDS, "trades")
+            if problem:
+                return False, problem
+    rej_path = run_dir / "rejections.parquet"
+    if rej_path.exists():
+        rj = pd.read_parquet(rej_path, columns=["round", "id", "reason", "nonce"])
+        led = pd.DataFrame(v.rejections, columns=["round", "id", "reason", "nonce"])
+        if len(rj) != len(led) or not (rj.reset_index(drop=True).astype(str) == led.astype(str)).all().all():
+            return False, "rejections.parquet differs from the rejections recorded in the ledger"
+    return True, ""
 
 
-def show(run_dir: str | Path, round_no: int = 0) -> str:
-    """One block in readable form."""
+def _keys_from_seed(run_dir: Path, v: _Verifier) -> str:
+    """The genesis keys must be those the scenario's seed gives (when scenario.yaml is there)."""
+    scenario_path = run_dir / "scenario.yaml"
+    if not scenario_path.exists():
+        return ""
+    import yaml
+
+    sc = yaml.safe_load(scenario_path.read_text())
+    seed = sc.get("seed")
+    names = (sc.get("ledger") or {}).get("validators")
+    if names is not None and list(names) != v.validators:
+        return f"validators {v.validators} differ from the scenario's {list(names)}"
+    if not isinstance(seed, int):
+        return ""
+    for n in v.validators:
+        if public_bytes(derive_key(seed, "validator", n)) != public_bytes(v.validator_keys[n]):
+            return f"key of validator {n} is not the one the scenario's seed gives"
+    for i, raw in v.prosumer_keys.items():
+        if public_bytes(derive_key(seed, "prosumer", i)) != raw:
+            return f"key of prosumer {i} is not the one the scenario's seed gives"
+    return ""
+
+
+def _compare(led: pd.DataFrame, files: pd.DataFrame, on: list[str], fields: list[str], name: str) -> str:
+    """'' if the ledger's rows equal the file's, else a message naming the first block that differs."""
+    files = files.copy()
+    led = led.copy()
+    for table in (files, led):
+        for f in fields:
+            if table[f].dtype == object and f not in on and f not in ("party", "seller", "buyer"):
+                table[f] = table[f].map(read_real).astype(float)
+    merged = led.merge(files, on=on, how="outer", suffixes=("", "_file"), indicator=True)
+    bad = merged["_merge"] != "both"
+    for f in fields:
+        if f in on:
+            continue
+        a, b = merged[f], merged[f"{f}_file"]
+        if a.dtype.kind == "f" or b.dtype.kind == "f":
+            a, b = a.astype(float).to_numpy(), b.astype(float).to_numpy()
+            same = np.isclose(a, b, rtol=0.0, atol=FILE_TOL) | (np.isnan(a) & np.isnan(b))
+        else:
+            same = (a.astype(str) == b.astype(str)).to_numpy()
+        bad |= ~same
+    if not bad.any():
+        return ""
+    row = merged[bad].sort_values(on).iloc[0]
+    r = int(row["round"])
+    where = "only in the ledger" if row["_merge"] == "left_only" else (
+        f"only in {name}.parquet" if row["_merge"] == "right_only" else f"differs from {name}.parquet")
+    key = ", ".join(f"{k} {row[k]}" for k in on if k != "round")
+    return f"block {r + 1} (round {r}): {name} row ({key}) {where}"
+
+
+# -- showing ----------------------------------------------------------------------------
+def _read_blocks(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "ledger.jsonl"
-    with path.open() as fh:
-        for line in fh:
-            block = json.loads(line)
-            if block.get("round") == round_no:
-                lines = [
-                    f"block {block['round']}  time {block['time']}",
-                    f"  hash      {block['hash']}",
-                    f"  prev_hash {block['prev_hash']}",
-                    f"  orders ({len(block['orders'])}): id side quantity_kwh price_per_kwh",
-                    *[f"    {o[0]} {o[1]} {o[2]:.4f} {o[3]:.4f}" for o in block["orders"]],
-                    f"  trades ({len(block['trades'])}): seller -> buyer energy_kwh price_per_kwh network_charge_per_kwh",
-                    *[f"    {t[0]} -> {t[1]} {t[2]:.4f} {t[3]:.4f} {t[4]:.4f}" for t in block["trades"]],
-                    "  bills (positive = pays):",
-                    *[f"    {p} {b:.4f}" for p, b in block["bills"].items()],
-                ]
-                return "\n".join(lines)
-    raise InputError(path, [f"--round: expected a round between 0 and the last block, found {round_no}"])
+    if not path.exists():
+        raise InputError(path, ["file not found"])
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _num(v, width: int = 10, digits: int = 4) -> str:
+    return f"{v:{width}.{digits}f}" if isinstance(v, int | float) else f"{v:>{width}}"
+
+
+def show(run_dir: str | Path, round_no: int | None = 0) -> str:
+    """One block in readable form: the genesis block if `round_no` is None or -1."""
+    blocks = _read_blocks(run_dir)
+    want = -1 if round_no is None else round_no
+    match = [b for b in blocks if b.get("round") == want]
+    if not match:
+        last = max((b.get("round", -1) for b in blocks), default=-1)
+        raise InputError(Path(run_dir) / "ledger.jsonl",
+                         [f"--round: expected a round between 0 and {last} (or --genesis), found {round_no}"])
+    b = match[0]
+    validators = [row[1] for row in blocks[0].get("keys", []) if row[0] == "validator"]
+    signers = [s[0] for s in b.get("signatures", [])]
+    head = "genesis block" if b["kind"] == "genesis" else f"block {b['height']} · round {b['round']}"
+    lines = [
+        f"{head} · time {b['time']}",
+        f"  hash        {b['hash']}",
+        f"  prev_hash   {b['prev_hash']}",
+        *[f"  root {t:<10} {r}" for t, r in sorted(b.get("roots", {}).items())],
+        f"  signed by   {len(signers)} of {len(validators)} validators (quorum {quorum(len(validators))}): "
+        + ", ".join(signers),
+    ]
+    if b["kind"] == "genesis":
+        lines.append(f"  keys ({len(b['keys'])}): role name public_key")
+        lines += [f"    {role:<9} {name:<12} {key}" for role, name, key in b["keys"]]
+        return "\n".join(lines)
+    orders = b["orders"]
+    n_admitted = sum(o[7] == ADMITTED for o in orders)
+    lines.append(f"  orders ({len(orders)}: {n_admitted} admitted, {len(orders) - n_admitted} rejected)")
+    lines.append(f"    {'id':<8} {'side':<5} {'quantity_kwh':>12} {'price_per_kwh':>13} {'round':>6} {'nonce':>6}  outcome")
+    lines += [f"    {o[0]:<8} {o[1]:<5} {_num(o[2], 12)} {_num(o[3], 13)} {o[4]:>6} {o[5]:>6}  {o[7]}" for o in orders]
+    lines.append(f"  trades ({len(b['trades'])}): seller -> buyer, energy_kwh, price_per_kwh, network_charge_per_kwh")
+    lines += [f"    {t[0]:<12} -> {t[1]:<12} {_num(t[2])} {_num(t[3])} {_num(t[5])}" for t in b["trades"]]
+    lines.append(f"  settlement ({len(b['settlement'])}): party, bought_kwh, sold_kwh, bill (positive = pays)")
+    lines += [f"    {s[0]:<16} {_num(s[2])} {_num(s[3])} {_num(s[10])}" for s in b["settlement"]]
+    return "\n".join(lines)
+
+
+def rejection_rows(round_no: int, orders: Sequence[SignedOrder], outcomes: Sequence[str]) -> pd.DataFrame:
+    """The round's rows of rejections.parquet."""
+    rows = [
+        (round_no, o.id, out, o.side, o.quantity_kwh, o.price_per_kwh, o.nonce)
+        for o, out in zip(orders, outcomes, strict=True) if out != ADMITTED
+    ]
+    return pd.DataFrame(rows, columns=REJECTION_COLUMNS)

@@ -2,7 +2,13 @@
 
 scenario -> network + fleet + profiles -> for each round: controllers -> orders ->
 clearing -> grid check -> (feedback -> clearing -> grid check)* -> settlement -> ledger ->
-recorder. Each run simulates three variants on the same physics:
+recorder. Between the controllers and the clearing sits the virtual layer (`OrderGate`):
+every order is signed by its controller and admitted or rejected by the market
+(`cosim.admission`); a rejected order counts as no order, and that prosumer's physical
+net position is traded with the outside party. After settlement the round's orders,
+trades and settlement go into a block of the ledger (`cosim.ledger`).
+
+Each run simulates three variants on the same physics:
 
 - ``market``: the scenario's mechanism with network feedback (the main results);
 - ``market_no_feedback``: the same market without feedback, to show what it would do;
@@ -12,8 +18,11 @@ recorder. Each run simulates three variants on the same physics:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +30,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cosim.admission import (
+    ADMITTED,
+    Admission,
+    Adversary,
+    Controllers,
+    SignedOrder,
+    physical_limits,
+)
 from cosim.feedback import (
     MAX_FORCED_STEPS,
     Limits,
@@ -33,7 +50,7 @@ from cosim.feedback import (
 )
 from cosim.grid.powerflow import GridState, PowerFlow
 from cosim.grid.sensitivities import compute_sensitivities, loss_factors
-from cosim.ledger import LedgerWriter
+from cosim.ledger import LedgerWriter, rejection_rows
 from cosim.markets import (
     ClearingResult,
     MarketContext,
@@ -42,7 +59,7 @@ from cosim.markets import (
     Participants,
     get_mechanism,
 )
-from cosim.markets.base import fallback_result
+from cosim.markets.base import QTY_TOL, TRADE_COLUMNS, fallback_result
 from cosim.networks import (
     build_net,
     feeder_of_buses,
@@ -158,14 +175,82 @@ class RoundOutcome:
     timings: dict = field(default_factory=dict)
     physical: dict = field(default_factory=dict)
     """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
+    gate: GateRound | None = None
+    """The virtual layer's admission of the round's orders (None without it)."""
+
+
+@dataclass
+class GateRound:
+    """What the virtual layer made of one round's orders."""
+
+    passive: frozenset
+    """Prosumers with a physical net position but no admitted order."""
+    rejections: pd.DataFrame | None
+    """The round's rows of rejections.parquet; None if nothing was rejected."""
+    submitted: list[SignedOrder] | None = None
+    """Every order that reached the market, in arrival order (None once recorded)."""
+    outcomes: list[str] | None = None
+    """``admitted`` or the rejection reason of each submitted order."""
+    cpu_s: float = 0.0
+    """Thread CPU time of signing and admission [s]."""
+
+
+class OrderGate:
+    """The virtual layer in front of the market, one per run and shared by its variants.
+
+    Each round the controllers sign their orders, the adversary (scenario
+    ``ledger.adversary``) adds or replaces some, and the market admits or rejects each.
+    The first variant to reach a round computes it; the later ones get the same
+    admission (who became passive, the rejections), so every variant clears the same
+    admitted orders.
+    """
+
+    def __init__(self, scenario: Scenario, fleet: Fleet):
+        # Ed25519 releases the GIL: sign and verify each round's orders on two threads
+        self.executor = ThreadPoolExecutor(max_workers=1) if (os.cpu_count() or 1) > 1 else None
+        self.controllers = Controllers(scenario.seed, fleet.ids, self.executor)
+        self.admission = Admission(self.controllers.public_keys, self.executor)
+        self.adversary = Adversary(scenario.ledger.adversary, scenario.seed, self.controllers)
+        self.done: dict[int, GateRound] = {}
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+    def round(self, t: int, book: pd.DataFrame, limits: dict[str, tuple[float, float]]) -> GateRound:
+        if t in self.done:
+            return self.done[t]
+        c0 = time.thread_time()
+        ids, sides = book["id"].tolist(), book["side"].tolist()
+        qty, price = book["quantity_kwh"].tolist(), book["price_per_kwh"].tolist()
+        honest = self.controllers.sign(t, list(zip(ids, sides, qty, price, strict=True)))
+        submitted = self.adversary.attack(t, honest, limits) if self.adversary.active else honest
+        outcomes = self.admission.admit(t, submitted, limits)
+        planned = {i: (s, q, p) for i, s, q, p in zip(ids, sides, qty, price, strict=True)}
+        admitted = set()
+        for o, out in zip(submitted, outcomes, strict=True):
+            if out == ADMITTED:
+                if planned.get(o.id) != (o.side, o.quantity_kwh, o.price_per_kwh):
+                    raise RuntimeError(
+                        f"round {t}: admitted an order of {o.id} that is not its controller's plan; the "
+                        "physics would not match the trades"
+                    )
+                admitted.add(o.id)
+        rejections = rejection_rows(t, submitted, outcomes) if len(admitted) < len(submitted) else None
+        gr = GateRound(frozenset(planned) - admitted, rejections, submitted, outcomes)
+        gr.cpu_s = time.thread_time() - c0
+        if self.adversary.active:  # later variants need the outcome
+            self.done[t] = GateRound(gr.passive, gr.rejections)
+        return gr
 
 
 class VariantRunner:
     """Runs one variant round by round."""
 
-    def __init__(self, setup: Setup, variant: Variant):
+    def __init__(self, setup: Setup, variant: Variant, gate: OrderGate | None = None):
         self.setup = setup
         self.variant = variant
+        self.gate = gate
         sc = setup.scenario
         self.sc = sc
         self.dt_h = sc.dt_h
@@ -214,11 +299,46 @@ class VariantRunner:
         return ctx
 
     # -- one round ----------------------------------------------------------------------
+    def physical_limits(self, load_kw: np.ndarray, pv_kw: np.ndarray) -> dict[str, tuple[float, float]]:
+        """id -> (most it can deliver, most it can absorb) this round [kWh], before the
+        battery rule has run."""
+        b = self.batteries
+        deliver, absorb = physical_limits(load_kw, pv_kw, b.soc, b.e_kwh, b.p_kw, b.efficiency, self.dt_h)
+        return dict(zip(self.fleet.ids, zip(deliver.tolist(), absorb.tolist(), strict=True), strict=True))
+
+    def outside_positions(self, r: ClearingResult, demand_kwh: np.ndarray, supply_kwh: np.ndarray,
+                          ctx: MarketContext) -> ClearingResult:
+        """Add the net positions of prosumers without an admitted order to a clearing
+        result: they buy from and sell to the outside party at its tariffs; islanded, what
+        the grid-forming unit cannot take is shed or curtailed pro rata."""
+        d_tot, s_tot = demand_kwh.sum(), supply_kwh.sum()
+        imp_share = min(1.0, ctx.import_cap_kwh / d_tot) if d_tot > 0 else 1.0
+        exp_share = min(1.0, ctx.export_cap_kwh / s_tot) if s_tot > 0 else 1.0
+        r = dataclasses.replace(
+            r,
+            import_kwh=r.import_kwh + demand_kwh * imp_share,
+            export_kwh=r.export_kwh + supply_kwh * exp_share,
+            shed_kwh=r.shed_kwh + demand_kwh * (1.0 - imp_share),
+            curtailed_kwh=r.curtailed_kwh + supply_kwh * (1.0 - exp_share),
+        )
+        ids, rows = self.fleet.ids, []
+        for i in np.flatnonzero(demand_kwh * imp_share > QTY_TOL):
+            p = ctx.retail_price_per_kwh
+            rows.append((ctx.outside_party, ids[i], float(demand_kwh[i] * imp_share), p, p, 0.0))
+        for i in np.flatnonzero(supply_kwh * exp_share > QTY_TOL):
+            p = ctx.feed_in_price_per_kwh
+            rows.append((ids[i], ctx.outside_party, float(supply_kwh[i] * exp_share), p, p, 0.0))
+        if rows:
+            extra = pd.DataFrame(rows, columns=TRADE_COLUMNS)
+            r.trades = extra if r.trades is None or not len(r.trades) else pd.concat([r.trades, extra], ignore_index=True)
+        return r
+
     def run_round(self, t: int) -> tuple[RoundOutcome, pd.DataFrame, MarketContext]:
         sc, fleet, dt_h = self.sc, self.fleet, self.dt_h
-        timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0}
+        timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "ledger": 0.0}
         t0 = time.perf_counter()
         load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
+        limits = self.physical_limits(load_kw, pv_kw) if self.gate is not None else None
         net_kw = load_kw - pv_kw
         battery_kw = self.batteries.self_consume(net_kw, dt_h)
         net_kw = net_kw + battery_kw
@@ -226,17 +346,51 @@ class VariantRunner:
             fleet.ids, fleet.table.bus.to_numpy(), net_kw, dt_h, sc.market.bidding,
             sc.market.retail_price_per_kwh, sc.market.feed_in_price_per_kwh, self.rng,
         )
+        timings["orders"] += time.perf_counter() - t0
+        gate = None
+        passive = None
+        if self.gate is not None:
+            t1 = time.perf_counter()
+            gate = self.gate.round(t, book, limits)
+            timings["ledger"] += time.perf_counter() - t1
+            timings["ledger_cpu"] = gate.cpu_s
+            if gate.passive:
+                is_passive = book["id"].isin(gate.passive).to_numpy()
+                passive = OrderArrays.from_book(book[is_passive], fleet.ids)
+                book = book[~is_passive]
+        t1 = time.perf_counter()
         orders = OrderArrays.from_book(book, fleet.ids)
         ctx = self.context()
+        market_ctx = ctx
+        passive_kwh = None
+        if passive is not None:
+            # the mechanism sees the outside party's capacity that passive prosumers leave
+            market_ctx = dataclasses.replace(
+                ctx,
+                import_cap_kwh=max(ctx.import_cap_kwh - passive.demand_kwh.sum(), 0.0),
+                export_cap_kwh=max(ctx.export_cap_kwh - passive.supply_kwh.sum(), 0.0),
+            )
         pos = self.setup.participant_pos
         charges = network_charges(
             sc.feedback.charge_method, sc.feedback.charge_rate_per_kwh, self.last_loss_factors, pos
         )
-        timings["orders"] += time.perf_counter() - t0
+        timings["orders"] += time.perf_counter() - t1
 
-        def clear(order_arrays, cuts):
+        def clear(order_arrays, cuts, curtail=None, shed=None):
+            nonlocal passive_kwh
             t1 = time.perf_counter()
-            r = self.mechanism.clear(order_arrays, ctx, cuts, charges)
+            if passive is None:
+                r = self.mechanism.clear(order_arrays, ctx, cuts, charges)
+            else:
+                demand, supply = passive.demand_kwh, passive.supply_kwh
+                if curtail is not None:
+                    demand, supply = np.maximum(demand - shed, 0.0), np.maximum(supply - curtail, 0.0)
+                # cuts bound the whole injection; the mechanism controls all but the passive part
+                passive_kwh = supply - demand
+                market_cuts = NetworkCuts(cuts.coef, cuts.rhs - cuts.coef @ passive_kwh, cuts.labels)
+                r = self.mechanism.clear(order_arrays, market_ctx, market_cuts, charges)
+                if r.ok:
+                    r = self.outside_positions(r, demand, supply, ctx)
             timings["clear"] += time.perf_counter() - t1
             return r
 
@@ -258,7 +412,11 @@ class VariantRunner:
         r = clear(orders, cuts)
         if not r.ok:
             status = r.status
-            r = fallback_result(orders, ctx, charges, fleet.ids)
+            if passive is None:
+                r = fallback_result(orders, ctx, charges, fleet.ids)
+            else:
+                r = fallback_result(orders, market_ctx, charges, fleet.ids)
+                r = self.outside_positions(r, passive.demand_kwh, passive.supply_kwh, ctx)
         p, q, state, viol = check(r)
         n_initial = len(viol)
         iterations = 1
@@ -293,7 +451,7 @@ class VariantRunner:
                 c, s_ = forced_reduction(viol, sens, pos, r, dt_h, sc.feedback)
                 forced_c += c
                 forced_s += s_
-                r_new = clear(reduce_orders(orders, forced_c, forced_s), cuts)
+                r_new = clear(reduce_orders(orders, forced_c, forced_s), cuts, forced_c, forced_s)
                 if not r_new.ok:
                     status = f"forced curtailment: {r_new.status}"
                     break
@@ -315,6 +473,7 @@ class VariantRunner:
         self.last_state = state
         outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
         outcome.physical = {"load_kwh": load_kw * dt_h, "pv_kwh": pv_kw * dt_h, "battery_kwh": battery_kw * dt_h}
+        outcome.gate = gate
         return outcome, book, ctx
 
 
@@ -349,6 +508,10 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "clear_ms": o.timings["clear"] * 1000.0,
         "pf_ms": o.timings["pf"] * 1000.0,
         "sens_ms": o.timings["sens"] * 1000.0,
+        "ledger_ms": o.timings.get("ledger", 0.0) * 1000.0,
+        "ledger_cpu_ms": o.timings.get("ledger_cpu", 0.0) * 1000.0,
+        "orders_submitted": len(o.gate.submitted) if o.gate is not None and o.gate.submitted is not None else 0,
+        "orders_rejected": len(o.gate.rejections) if o.gate is not None and o.gate.rejections is not None else 0,
     }
     if gfu is not None:
         row["gfu_p_kw"] = s.slack_p_kw
@@ -356,10 +519,37 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
     return row
 
 
-def simulate_variant(setup: Setup, variant: Variant, progress: bool = True, ledger: LedgerWriter | None = None) -> Recorder:
-    """Run every round of one variant and return its recorder."""
-    runner = VariantRunner(setup, variant)
+def open_ledger(setup: Setup, path: Path, gate: OrderGate) -> LedgerWriter:
+    """A ledger for the run: its genesis block registers the controllers' and the
+    validators' public keys."""
     sc = setup.scenario
+    return LedgerWriter(path, sc.seed, sc.ledger.validators, gate.controllers.public_keys,
+                        setup.fleet.time[0].isoformat())
+
+
+def simulate_variant(setup: Setup, variant: Variant, progress: bool = True, ledger: LedgerWriter | None = None,
+                     gate: OrderGate | None = None) -> Recorder:
+    """Run every round of one variant and return its recorder.
+
+    With a `ledger`, the round's orders are signed and admitted (`gate`, made here if not
+    given) and each round's block is appended to it; ``ledger_ms`` in rounds.parquet is
+    the time the round spent on signing, admission and the block.
+    """
+    sc = setup.scenario
+    own_gate = gate is None and (ledger is not None or sc.ledger.adversary != type(sc.ledger.adversary)())
+    if own_gate:
+        gate = OrderGate(sc, setup.fleet)
+    try:
+        return _simulate(setup, variant, progress, ledger, gate)
+    finally:
+        if own_gate:
+            gate.close()
+
+
+def _simulate(setup: Setup, variant: Variant, progress: bool, ledger: LedgerWriter | None,
+              gate: OrderGate | None) -> Recorder:
+    sc = setup.scenario
+    runner = VariantRunner(setup, variant, gate)
     n = sc.n_rounds
     rec = Recorder(n, setup.pf.buses, setup.pf.lines, setup.pf.trafos)
     buses = setup.fleet.table.bus.to_numpy()
@@ -368,10 +558,17 @@ def simulate_variant(setup: Setup, variant: Variant, progress: bool = True, ledg
         t0 = time.perf_counter()
         outcome, book, ctx = runner.run_round(t)
         st = settle(t, setup.fleet.ids, buses, outcome.result, ctx, outcome.physical)
+        gr = outcome.gate
         if ledger is not None:
-            ledger.append(t, setup.fleet.time[t].isoformat(), book, outcome.result.trades, st)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            ledger.append(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes, outcome.result.trades, st)
+            outcome.timings["ledger"] += time.perf_counter() - t1
+            outcome.timings["ledger_cpu"] += time.thread_time() - c1
         row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, time.perf_counter() - t0)
-        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st, outcome.attribution)
+        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st, outcome.attribution,
+                   rejections=gr.rejections if gr is not None else None)
+        if gr is not None:  # the signed orders are in the block now
+            gr.submitted = gr.outcomes = None
     return rec
 
 
@@ -390,6 +587,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
     out = Path(out) if out is not None else Path("results") / scenario.name
     setup = prepare(scenario, scenario_path)
     folder = RunFolder(out)
+    stack = contextlib.ExitStack()
     try:
         tmp = folder.tmp
         (tmp / "scenario.yaml").write_text(scenario.to_yaml())
@@ -400,9 +598,15 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         pv_kwh = float(setup.fleet.pv_kw.sum() * scenario.dt_h)
         variants_kpis, ledger_head, main_timing = {}, None, {}
         bills = {}
+        gate = OrderGate(scenario, setup.fleet)
+        stack.callback(gate.close)
         for variant in variants_for(scenario):
-            ledger = LedgerWriter(tmp / "ledger.jsonl") if variant.folder == "" else None
-            rec = simulate_variant(setup, variant, progress=progress, ledger=ledger)
+            main = variant.folder == ""
+            ledger = open_ledger(setup, tmp / "ledger.jsonl", gate) if main else None
+            # the main variant (first) admits every round's orders; the others only need
+            # its outcome when an adversary made some prosumers passive
+            use_gate = main or gate.adversary.active
+            rec = simulate_variant(setup, variant, progress=progress, ledger=ledger, gate=gate if use_gate else None)
             if ledger is not None:
                 ledger.close()
                 ledger_head = ledger.head
@@ -413,6 +617,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             bills[variant.name] = prosumer_rows.groupby("party").bill.sum()
             if variant.folder == "":
                 main_timing = timing(rounds)
+                main_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
+                main_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
+                main_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
         main_timing["wall_s"] = time.perf_counter() - wall0
         summary = {
             "scenario": scenario.name,
@@ -445,3 +652,5 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
     except BaseException:
         folder.abandon()
         raise
+    finally:
+        stack.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cosim.admission import REJECTION_COLUMNS
 from cosim.feedback import ATTRIBUTION_COLUMNS
 from cosim.markets import TRADE_COLUMNS
 from cosim.settlement import PHYSICAL_COLUMNS, SETTLEMENT_COLUMNS
@@ -66,9 +67,10 @@ class Recorder:
         self.trades: list[pd.DataFrame] = []
         self.settlement: list[pd.DataFrame] = []
         self.attribution: list[pd.DataFrame] = []
+        self.rejections: list[pd.DataFrame] = []
 
     def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: pd.DataFrame,
-               attribution: pd.DataFrame | None = None) -> None:
+               attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None) -> None:
         t = row["round"]
         self.rows.append(row)
         self.bus_p[t], self.bus_q[t] = p_kw, q_kvar
@@ -80,6 +82,8 @@ class Recorder:
         self.settlement.append(settlement)
         if attribution is not None and len(attribution):
             self.attribution.append(attribution)
+        if rejections is not None and len(rejections):
+            self.rejections.append(rejections)
 
     # -- tables -------------------------------------------------------------------------
     def rounds_table(self) -> pd.DataFrame:
@@ -128,6 +132,13 @@ class Recorder:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in ATTRIBUTION_COLUMNS})
         return pd.concat(self.attribution, ignore_index=True)[ATTRIBUTION_COLUMNS]
 
+    def rejections_table(self) -> pd.DataFrame:
+        """Orders the market rejected: round, id, reason, side, quantity_kwh, price_per_kwh, nonce."""
+        if not self.rejections:
+            types = {"round": "int64", "nonce": "int64", "quantity_kwh": float, "price_per_kwh": float}
+            return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in REJECTION_COLUMNS})
+        return pd.concat(self.rejections, ignore_index=True)[REJECTION_COLUMNS]
+
     def write(self, folder: Path, with_attribution: bool = True) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.rounds_table().to_parquet(folder / "rounds.parquet", index=False)
@@ -135,6 +146,7 @@ class Recorder:
         self.branches_table().to_parquet(folder / "branches.parquet", index=False)
         self.trades_table().to_parquet(folder / "trades.parquet", index=False)
         self.settlement_table().to_parquet(folder / "settlement.parquet", index=False)
+        self.rejections_table().to_parquet(folder / "rejections.parquet", index=False)
         if with_attribution:
             self.attribution_table().to_parquet(folder / "attribution.parquet", index=False)
 

@@ -1,7 +1,7 @@
 """Scenario files: YAML validated once into frozen pydantic objects.
 
-A scenario says which network, which period, which prosumer fleet, which market and
-which network feedback to simulate. Every field has a unit in its name or docstring and
+A scenario says which network, which period, which prosumer fleet, which market,
+which network feedback and which ledger (validators, injected attacks) to simulate. Every field has a unit in its name or docstring and
 a default where a sensible one exists; unknown fields are errors, so a typo is never
 silently ignored.
 
@@ -182,6 +182,66 @@ class Islanded(_Frozen):
         return self
 
 
+class Adversary(_Frozen):
+    """Bad orders injected to exercise order admission (see `cosim.admission.Adversary`).
+
+    Honest controllers never send a bad order; each share is the chance that one of the
+    round's honest orders draws that attack. All zero (the default): no attack.
+    """
+
+    forged_share: Share = 0.0
+    """An attacker submits an order in the prosumer's name signed with another key [0..1]."""
+    replay_share: Share = 0.0
+    """An attacker submits one of the previous round's orders again [0..1]."""
+    duplicate_share: Share = 0.0
+    """An attacker submits the round's order a second time, same nonce [0..1]."""
+    overdelivery_share: Share = 0.0
+    """The controller offers more than the prosumer can deliver or absorb; the prosumer
+    then trades only with the outside party [0..1]."""
+
+
+_VALIDATOR_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _validator_names(value: Any) -> Any:
+    """A count N stands for validator_1 .. validator_N."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= 100:
+            raise ValueError(f"expected between 1 and 100 validators, found {value}")
+        return [f"validator_{i}" for i in range(1, value + 1)]
+    return value
+
+
+class Ledger(_Frozen):
+    """The virtual layer: signed orders, blocks approved by a quorum of validators.
+
+    Proof of authority: a block is valid only with the signatures of more than two
+    thirds of the validators (3 of 4, 5 of 7). This is the ledger's majority condition:
+    validators holding a quorum can together sign any block, true or false, so the
+    ledger is only as trustworthy as more than a third of its validators are honest.
+    """
+
+    validators: Annotated[list[str], BeforeValidator(_validator_names)] = ["dso", "operator", "member_1", "member_2"]
+    """Names of the validators, each with a key derived from the seed; or their number."""
+    adversary: Adversary = Adversary()
+
+    @model_validator(mode="after")
+    def _names(self) -> Ledger:
+        if not self.validators:
+            raise ValueError("expected at least one validator, found none")
+        bad = [v for v in self.validators if not _VALIDATOR_NAME.match(v)]
+        if bad:
+            raise ValueError(f"expected validator names of letters, digits, '_', '.', '-', found {bad}")
+        if len(set(self.validators)) != len(self.validators):
+            raise ValueError(f"expected distinct validator names, found {self.validators}")
+        return self
+
+    @property
+    def quorum(self) -> int:
+        """Signatures a block needs: more than two thirds of the validators."""
+        return 2 * len(self.validators) // 3 + 1
+
+
 class Scenario(_Frozen):
     """One simulation: network, period, fleet, market, feedback."""
 
@@ -200,6 +260,7 @@ class Scenario(_Frozen):
     market: Market = Market()
     feedback: Feedback = Feedback()
     islanded: Islanded = Islanded()
+    ledger: Ledger = Ledger()
 
     @model_validator(mode="after")
     def _period(self) -> Scenario:

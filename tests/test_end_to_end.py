@@ -234,10 +234,12 @@ def test_ledger_verifies_and_catches_an_edit(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     lines = (copy / "ledger.jsonl").read_text().splitlines()
-    lines[1] = lines[1].replace('"round":1', '"round":7', 1)
+    # line 1 is the genesis block, line 3 the block of round 1
+    assert '"round":1,' in lines[2]
+    lines[2] = lines[2].replace('"round":1,', '"round":7,', 1)
     (copy / "ledger.jsonl").write_text("\n".join(lines) + "\n")
     ok, message = verify(copy)
-    assert not ok and "line 2" in message
+    assert not ok and "line 3" in message, message
     assert main(["ledger", "verify", str(copy)]) == 1
     assert main(["ledger", "verify", str(run)]) == 0
 

@@ -1,0 +1,285 @@
+"""Order admission: the market's gate between the controllers and the clearing.
+
+Each round every prosumer's smart controller signs its order (see `cosim.signing` for
+the bytes it signs: round, nonce, id, side, quantity, price). The market admits an order
+only if all of these hold, checked in this order; the first that fails is the reason of
+the rejection:
+
+==========================  =============================================================
+reason                      the order is rejected when
+==========================  =============================================================
+``unknown_key``             its id has no public key in the genesis block
+``bad_signature``           its signature is not the id's key's signature of its bytes
+``wrong_round``             it was signed for another round (a replay)
+``reused_nonce``            its nonce is not above the last nonce admitted from that key
+``second_order``            an order of the same prosumer was admitted this round already
+``invalid_side``            its side is neither ``buy`` nor ``sell``
+``invalid_quantity``        its quantity is negative, NaN or infinite
+``invalid_price``           its price is negative, NaN or infinite
+``exceeds_physical_limit``  it offers more than the prosumer can deliver this round (PV
+                            plus what its battery can discharge), or bids for more than it
+                            can absorb (load plus what its battery can charge)
+==========================  =============================================================
+
+Admission keeps one number per key, the last admitted nonce, and changes it only when
+it admits an order. A rejected order is treated as no order: the prosumer's physical
+net position is then traded with the outside party (see `cosim.loop`). Nothing else of
+the round is lost.
+
+Honest controllers never send a bad order, so `Adversary` injects some on demand
+(scenario ``ledger.adversary``) to exercise the gate end to end.
+
+>>> from cosim.signing import public_bytes
+>>> ctl = Controllers(7, ["P000", "P001"])
+>>> gate = Admission(ctl.public_keys)
+>>> orders = ctl.sign(0, [("P000", "buy", 0.5, 0.3), ("P001", "sell", 9.0, 0.1)])
+>>> gate.admit(0, orders, limits={"P000": (0.0, 1.0), "P001": (2.0, 1.0)})
+['admitted', 'exceeds_physical_limit']
+>>> gate.admit(1, orders[:1])  # the same order again next round
+['wrong_round']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from cosim.signing import (
+    derive_key,
+    load_public_key,
+    order_message,
+    public_bytes,
+    run_batch,
+    verify_signature,
+)
+
+ADMITTED = "admitted"
+UNKNOWN_KEY = "unknown_key"
+BAD_SIGNATURE = "bad_signature"
+WRONG_ROUND = "wrong_round"
+REUSED_NONCE = "reused_nonce"
+SECOND_ORDER = "second_order"
+INVALID_SIDE = "invalid_side"
+INVALID_QUANTITY = "invalid_quantity"
+INVALID_PRICE = "invalid_price"
+EXCEEDS_LIMIT = "exceeds_physical_limit"
+#: Rejection reasons, in the order they are checked.
+REASONS = (
+    UNKNOWN_KEY, BAD_SIGNATURE, WRONG_ROUND, REUSED_NONCE, SECOND_ORDER, INVALID_SIDE,
+    INVALID_QUANTITY, INVALID_PRICE, EXCEEDS_LIMIT,
+)
+SIDES = ("buy", "sell")
+#: Columns of rejections.parquet.
+REJECTION_COLUMNS = ["round", "id", "reason", "side", "quantity_kwh", "price_per_kwh", "nonce"]
+#: Slack on the physical limits: absolute [kWh] and relative [-].
+LIMIT_TOL_KWH, LIMIT_TOL_REL = 1e-9, 1e-9
+
+
+class SignedOrder(NamedTuple):
+    """One order as submitted: what was signed, and the signature."""
+
+    id: str
+    side: str
+    quantity_kwh: float
+    """[kWh]"""
+    price_per_kwh: float
+    """[currency/kWh]"""
+    round: int
+    """The round the controller signed it for."""
+    nonce: int
+    signature: bytes
+
+    def message(self) -> bytes:
+        """The signed bytes (`cosim.signing.order_message`)."""
+        return order_message(self.round, self.nonce, self.id, self.side, self.quantity_kwh, self.price_per_kwh)
+
+
+def physical_limits(load_kw: np.ndarray, pv_kw: np.ndarray, soc: np.ndarray, e_kwh: np.ndarray,
+                    p_kw: np.ndarray, efficiency: float, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Most each prosumer can deliver and absorb this round [kWh].
+
+    deliver = PV (plus any negative load) + what the battery can discharge;
+    absorb = load (plus any negative PV) + what the battery can charge; the battery's
+    ability is limited by its power `p_kw` and by its state of charge `soc` at the start
+    of the round (one-way `efficiency`).
+
+    >>> physical_limits(np.array([2.0]), np.array([4.0]), np.array([0.5]), np.array([10.0]),
+    ...                 np.array([5.0]), 1.0, 0.25)
+    (array([2.25]), array([1.75]))
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        discharge_kw = np.where(e_kwh > 0, np.minimum(p_kw, soc * e_kwh * efficiency / dt_h), 0.0)
+        charge_kw = np.where(e_kwh > 0, np.minimum(p_kw, (1.0 - soc) * e_kwh / (efficiency * dt_h)), 0.0)
+    deliver = (np.maximum(pv_kw, 0.0) + np.maximum(-load_kw, 0.0) + discharge_kw) * dt_h
+    absorb = (np.maximum(load_kw, 0.0) + np.maximum(-pv_kw, 0.0) + charge_kw) * dt_h
+    return deliver, absorb
+
+
+class Controllers:
+    """The signing side of the prosumers' smart controllers: one key and one nonce
+    counter per prosumer. A controller's nonce goes up by one with every order it signs.
+    """
+
+    def __init__(self, seed: int, ids: Sequence[str], executor=None):
+        self.keys = {i: derive_key(seed, "prosumer", i) for i in ids}
+        self.public_keys = {i: public_bytes(k) for i, k in self.keys.items()}
+        self.next_nonce = dict.fromkeys(ids, 0)
+        self.executor = executor
+
+    def sign(self, round_no: int, rows: Sequence[tuple[str, str, float, float]]) -> list[SignedOrder]:
+        """Sign `rows` of (id, side, quantity_kwh, price_per_kwh) for round `round_no`."""
+        unsigned = []
+        for id_, side, q, p in rows:
+            nonce = self.next_nonce[id_]
+            self.next_nonce[id_] = nonce + 1
+            unsigned.append((id_, side, float(q), float(p), int(round_no), nonce))
+        keys = self.keys
+        sigs = run_batch(
+            lambda key, msg: key.sign(msg),
+            [(keys[u[0]], order_message(u[4], u[5], u[0], u[1], u[2], u[3])) for u in unsigned],
+            self.executor,
+        )
+        return [SignedOrder(*u, s) for u, s in zip(unsigned, sigs, strict=True)]
+
+
+def _verify(key, signature: bytes, message: bytes) -> bool:
+    return verify_signature(key, signature, message)
+
+
+class Admission:
+    """The market's gate. Holds the registered public keys and the last admitted nonce
+    of each key.
+
+    Parameters
+    ----------
+    public_keys : id -> 32-byte Ed25519 public key (the genesis block's registry)
+    executor : optional thread pool; signatures are then checked on two threads
+    """
+
+    def __init__(self, public_keys: Mapping[str, bytes], executor=None):
+        self.keys = {}
+        for i, raw in public_keys.items():
+            try:
+                self.keys[i] = load_public_key(raw)
+            except ValueError:
+                continue  # not a valid key: orders in that name are rejected as unknown
+        self.last_nonce: dict[str, int] = {}
+        self.executor = executor
+
+    def admit(self, round_no: int, orders: Sequence[SignedOrder],
+              limits: Mapping[str, tuple[float, float]] | None = None,
+              recorded: Sequence[str] | None = None) -> list[str]:
+        """Outcome of each order, in order: ``admitted`` or the rejection reason.
+
+        Parameters
+        ----------
+        round_no : the round being cleared
+        orders : the orders as they arrived
+        limits : id -> (most it can deliver, most it can absorb) [kWh]; None skips the
+            physical check
+        recorded : outcomes recorded in a ledger, when re-checking it: an order recorded
+            as ``exceeds_physical_limit`` that passes every other check is taken as
+            rejected for that (the ledger does not hold the physical data)
+        """
+        keys = self.keys
+        checks = [(i, keys[o.id]) for i, o in enumerate(orders) if o.id in keys]
+        valid = run_batch(
+            _verify, [(key, orders[i].signature, orders[i].message()) for i, key in checks], self.executor
+        )
+        sig_ok = dict(zip((i for i, _ in checks), valid, strict=True))
+        last = self.last_nonce
+        seen: set[str] = set()
+        outcomes = []
+        for i, o in enumerate(orders):
+            q, p = o.quantity_kwh, o.price_per_kwh
+            if i not in sig_ok:
+                reason = UNKNOWN_KEY
+            elif not sig_ok[i]:
+                reason = BAD_SIGNATURE
+            elif o.round != round_no:
+                reason = WRONG_ROUND
+            elif o.nonce <= last.get(o.id, -1):
+                reason = REUSED_NONCE
+            elif o.id in seen:
+                reason = SECOND_ORDER
+            elif o.side not in SIDES:
+                reason = INVALID_SIDE
+            elif not (math.isfinite(q) and q >= 0.0):
+                reason = INVALID_QUANTITY
+            elif not (math.isfinite(p) and p >= 0.0):
+                reason = INVALID_PRICE
+            elif recorded is not None and recorded[i] == EXCEEDS_LIMIT:
+                reason = EXCEEDS_LIMIT
+            elif limits is not None and o.id in limits and _over(q, limits[o.id][0 if o.side == "sell" else 1]):
+                reason = EXCEEDS_LIMIT
+            else:
+                reason = ADMITTED
+                last[o.id] = o.nonce
+                seen.add(o.id)
+            outcomes.append(reason)
+        return outcomes
+
+
+def _over(quantity_kwh: float, limit_kwh: float) -> bool:
+    return quantity_kwh > limit_kwh * (1.0 + LIMIT_TOL_REL) + LIMIT_TOL_KWH
+
+
+class Adversary:
+    """Bad orders injected into the round's stream, for tests and demonstrations.
+
+    Each share is the probability that one of the round's honest orders draws that
+    attack (independent draws, seeded):
+
+    - ``forged_share``: an attacker also submits an order in the prosumer's name, signed
+      with a key that is not its own -> ``bad_signature``;
+    - ``replay_share`` (of the previous round's orders): an attacker submits a captured
+      order again -> ``wrong_round``;
+    - ``duplicate_share``: an attacker submits the round's order a second time ->
+      ``reused_nonce``;
+    - ``overdelivery_share``: the prosumer's own controller offers (or bids for) twice
+      what it can physically deliver (absorb) plus 1 kWh, in place of its honest order ->
+      ``exceeds_physical_limit``; the prosumer then trades only with the outside party.
+    """
+
+    def __init__(self, settings, seed: int, controllers: Controllers):
+        self.forged_share = settings.forged_share
+        self.replay_share = settings.replay_share
+        self.duplicate_share = settings.duplicate_share
+        self.overdelivery_share = settings.overdelivery_share
+        self.rng = np.random.default_rng([int(seed), 0xAD])
+        self.forger = derive_key(seed, "adversary", "forger")
+        self.controllers = controllers
+        self.previous: list[SignedOrder] = []
+
+    @property
+    def active(self) -> bool:
+        return max(self.forged_share, self.replay_share, self.duplicate_share, self.overdelivery_share) > 0.0
+
+    def attack(self, round_no: int, honest: list[SignedOrder],
+               limits: Mapping[str, tuple[float, float]]) -> list[SignedOrder]:
+        """The round's orders as they reach the market: honest ones (some replaced by
+        over-delivering ones), then the attacker's."""
+        rng, n = self.rng, len(honest)
+        submitted = list(honest)
+        over = np.flatnonzero(rng.random(n) < self.overdelivery_share)
+        if len(over):
+            rows = []
+            for i in over:
+                o = honest[i]
+                cap = limits[o.id][0 if o.side == "sell" else 1]
+                rows.append((o.id, o.side, 2.0 * cap + 1.0, o.price_per_kwh))
+            for i, o in zip(over, self.controllers.sign(round_no, rows), strict=True):
+                submitted[i] = o
+        extra = []
+        for i in np.flatnonzero(rng.random(n) < self.forged_share):
+            o = honest[i]
+            fake = o._replace(nonce=o.nonce + 1, price_per_kwh=0.0 if o.side == "sell" else 10.0 * o.price_per_kwh)
+            extra.append(fake._replace(signature=self.forger.sign(fake.message())))
+        extra += [submitted[i] for i in np.flatnonzero(rng.random(n) < self.duplicate_share)]
+        prev = self.previous
+        extra += [prev[j] for j in np.flatnonzero(rng.random(len(prev)) < self.replay_share)]
+        self.previous = submitted
+        return submitted + extra
