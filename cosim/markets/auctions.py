@@ -1,3 +1,561 @@
-"""Mechanisms of this family are being written (issue 3); the registry collects MECHANISMS."""
+"""Double auctions with discriminatory or incentive-compatible pricing.
 
-MECHANISMS: list = []
+Four mechanisms share one welfare-maximising `PoolModel` (built once, updated each
+round): the pool finds the efficient allocation under the network cuts, the outside
+party's caps, network charges, shedding and curtailment; each mechanism then prices the
+P2P part of it, and the trade-reduction mechanisms shrink it.
+
+- ``pay_as_bid``: discriminatory pricing, every buyer pays its bid, every seller gets its ask.
+- ``mcafee``: McAfee's (1992) trade reduction.
+- ``huang``: the multi-unit trade reduction of Huang, Scheller-Wolf and Sycara (2002).
+- ``vcg``: Vickrey-Clarke-Groves payments (Clarke pivot).
+
+All prices work on *effective* bids and asks, net of each trader's share of the network
+charges (``bid - charge_buy``, ``ask + charge_sell``), exactly as `UniformDoubleAuction`
+does: a price is the energy price before network charges, so a buyer charged at most its
+effective bid pays at most its bid, charges included. Prices are the mechanisms' own;
+they are not clamped to the outside tariffs (the controllers bid inside them anyway).
+
+What buyers pay and sellers receive need not match: the difference is the auctioneer's
+surplus (or deficit) and is settled to ``market_operator`` automatically (its bill is
+``-(sum paid - sum received)``, see `cosim.settlement`). ``info["operator_surplus"]``
+holds it for the round [currency].
+
+Trade reduction removes P2P volume from an efficient allocation. The reduced allocation
+is handed back to the pool with the P2P quantities fixed, so what a trader no longer
+trades P2P goes to the outside party while it has room (its caps), and is otherwise
+shed or curtailed -- and the dispatch still meets every network cut. (Moving a trader from
+P2P to the outside party leaves its injection unchanged; shedding or curtailing does not,
+which is why the dispatch is solved again rather than patched.) If the cuts make the fixed
+quantities infeasible they become upper bounds and the pool may trade less still.
+
+Quantities per round [kWh], prices [currency/kWh].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from cosim.markets.base import (
+    QTY_TOL,
+    TRADE_COLUMNS,
+    Charges,
+    ClearingResult,
+    MarketContext,
+    Mechanism,
+    MechanismOptions,
+    NetworkCuts,
+    OrderArrays,
+    outside_trades,
+)
+from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
+from cosim.markets.uniform import failed_result, merit_order_matching
+
+#: Tie-breaking bonus per P2P kWh, on the buyer's and on the seller's side [currency/kWh].
+#: Where the outside party is closed and shedding or curtailing costs nothing (``cosim
+#: clear`` without a grid), a trade at bid = ask adds no welfare and the pool could leave
+#: it or take it; the bonus makes it go ahead, as the pool's own epsilon does where the
+#: outside party is open. The efficient volume, and so who is marginal, then depends on
+#: the book alone. Welfare figures leave it out.
+P2P_BONUS = OUTSIDE_EPSILON
+#: Slack on price comparisons in McAfee's rule [currency/kWh]: (0.1 + 0.2) / 2 must count
+#: as lying in [0.15, 0.15].
+PRICE_SLACK = 1e-12
+
+
+# -- pure functions -------------------------------------------------------------------------
+def merit_order(price: np.ndarray, quantity_kwh: np.ndarray, descending: bool) -> np.ndarray:
+    """Indices of the orders with a positive quantity, best price first, ties by index.
+
+    >>> merit_order(np.array([0.2, 0.3, 0.2, 0.1]), np.array([1.0, 1.0, 1.0, 0.0]), descending=True)
+    array([1, 0, 2])
+    """
+    idx = np.flatnonzero(np.asarray(quantity_kwh) > QTY_TOL)
+    key = -price[idx] if descending else price[idx]
+    return idx[np.lexsort((idx, key))]
+
+
+def fill_in_merit_order(order: np.ndarray, capacity_kwh: np.ndarray, volume_kwh: float) -> np.ndarray:
+    """Serve `volume_kwh` along `order`, each order up to its capacity.
+
+    Used to make the efficient allocation canonical where the pool is indifferent (orders
+    at equal prices): the earlier order in the merit order is served first.
+
+    >>> fill_in_merit_order(np.array([2, 0, 1]), np.array([1.0, 2.0, 2.0]), 3.5)
+    array([1. , 0.5, 2. ])
+    """
+    out = np.zeros(len(capacity_kwh))
+    q = np.asarray(capacity_kwh, float)[order]
+    before = np.cumsum(q) - q
+    out[order] = np.clip(volume_kwh - before, 0.0, q)
+    return out
+
+
+def equal_reduction(quantity_kwh: np.ndarray, total_kwh: float) -> np.ndarray:
+    """Cut every quantity by one common amount (none below zero) until they add up to `total_kwh`.
+
+    The rationing of the long side in Huang, Scheller-Wolf and Sycara (2002): when the
+    trading buyers want more than the trading sellers offer (or the reverse), each trader
+    on the long side gives up the same amount; one whose quantity is smaller than that
+    amount trades nothing and the rest share its part of the cut (the paper's footnote;
+    the same rule as pymarket's ``update_quantity``). The short side trades in full.
+
+    >>> equal_reduction(np.array([1.0, 2.0, 3.0]), 5.4)
+    array([0.8, 1.8, 2.8])
+    >>> equal_reduction(np.array([1.0, 0.5, 2.0]), 1.7)
+    array([0.35, 0.  , 1.35])
+    """
+    q = np.asarray(quantity_kwh, float)
+    if total_kwh <= 0.0:
+        return np.zeros_like(q)
+    if q.sum() <= total_kwh:
+        return q.copy()
+    top = np.sort(q)[::-1]
+    # with the j largest quantities above the cut level: level_j = (their sum - total) / j
+    level = (np.cumsum(top) - total_kwh) / np.arange(1, len(top) + 1)
+    below = np.append(top[1:], 0.0)
+    j = int(np.argmax(level >= below))
+    return np.maximum(q - level[j], 0.0)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """P2P quantities and prices a mechanism settles on (arrays over participants)."""
+
+    bought_kwh: np.ndarray
+    sold_kwh: np.ndarray
+    buy_price_per_kwh: np.ndarray
+    """Energy price each buyer pays per P2P kWh, before network charges."""
+    sell_price_per_kwh: np.ndarray
+    """Energy price each seller receives per P2P kWh, before network charges."""
+    rule: str = ""
+    """Which branch of the rule applied (``p0``, ``reduction``, ``none``, ...)."""
+    info: dict = field(default_factory=dict)
+
+
+def _uniform_allocation(bought, sold, buy_price: float, sell_price: float, rule: str) -> Allocation:
+    return Allocation(bought, sold, np.full(len(bought), buy_price), np.full(len(sold), sell_price), rule)
+
+
+def _nothing(n: int) -> Allocation:
+    zeros = np.zeros(n)
+    return _uniform_allocation(zeros, zeros.copy(), np.nan, np.nan, "none")
+
+
+def _reduce(keep_b, keep_s, qty_b, qty_s, buy_price, sell_price, rule) -> Allocation:
+    """Trade `keep_b` with `keep_s` at the given prices, rationing the long side (Huang et al.)."""
+    bought, sold = np.zeros(len(qty_b)), np.zeros(len(qty_s))
+    volume = min(float(qty_b[keep_b].sum()), float(qty_s[keep_s].sum()))
+    bought[keep_b] = equal_reduction(qty_b[keep_b], volume)
+    sold[keep_s] = equal_reduction(qty_s[keep_s], volume)
+    return _uniform_allocation(bought, sold, buy_price, sell_price, rule)
+
+
+def trade_reduction(bid: np.ndarray, ask: np.ndarray, demand_kwh: np.ndarray, supply_kwh: np.ndarray,
+                    bought: np.ndarray, sold: np.ndarray, mcafee_price: bool) -> Allocation:
+    """McAfee's or Huang's trade reduction on an efficient allocation of divisible orders.
+
+    `bid` and `ask` are the (effective) prices of every participant, `demand_kwh` and
+    `supply_kwh` what each may trade P2P, `bought` and `sold` an efficient allocation.
+    The marginal buyer K and seller L are the accepted orders latest in the merit order
+    (highest bid first, lowest ask first, ties by index): the orders the demand and supply
+    curves cross in.
+
+    - ``mcafee_price=True`` (McAfee 1992): with K+1 and L+1 the next orders in the merit
+      order, ``p0 = (b[K+1] + s[L+1]) / 2``; if ``s[L] <= p0 <= b[K]`` every efficient
+      trade goes ahead at p0; otherwise K and L are excluded, buyers pay b[K] and sellers
+      receive s[L]. Without a next buyer or seller there is no p0 and the reduction applies.
+    - ``mcafee_price=False`` (Huang et al. 2002): K and L are always excluded, buyers pay
+      b[K] and sellers receive s[L].
+
+    After an exclusion the remaining orders keep their efficient quantities, and the long
+    side is rationed by `equal_reduction` down to the short side's volume.
+
+    Four pairs of 1-kWh orders trade; p0 = (6 + 11) / 2 = 8.5 lies in [s4, b4] = [8, 9]:
+
+    >>> bid = np.array([17.0, 14, 13, 9, 6, 0, 0, 0, 0, 0])
+    >>> ask = np.array([0.0, 0, 0, 0, 0, 1, 4, 5, 8, 11])
+    >>> demand, supply = np.r_[np.ones(5), np.zeros(5)], np.r_[np.zeros(5), np.ones(5)]
+    >>> bought, sold = np.r_[np.ones(4), np.zeros(6)], np.r_[np.zeros(5), np.ones(4), 0.0]
+    >>> a = trade_reduction(bid, ask, demand, supply, bought, sold, mcafee_price=True)
+    >>> a.rule, float(a.buy_price_per_kwh[0]), float(a.bought_kwh.sum())
+    ('p0', 8.5, 4.0)
+    """
+    n = len(bid)
+    bo = merit_order(bid, demand_kwh, descending=True)
+    so = merit_order(ask, supply_kwh, descending=False)
+    accepted_b = bo[bought[bo] > QTY_TOL]
+    accepted_s = so[sold[so] > QTY_TOL]
+    if not len(accepted_b) or not len(accepted_s):
+        return _nothing(n)
+    k, l_ = accepted_b[-1], accepted_s[-1]
+    if mcafee_price:
+        next_b = bo[np.flatnonzero(bo == k)[0] + 1:]
+        next_s = so[np.flatnonzero(so == l_)[0] + 1:]
+        if len(next_b) and len(next_s):
+            p0 = 0.5 * (bid[next_b[0]] + ask[next_s[0]])
+            if ask[l_] - PRICE_SLACK <= p0 <= bid[k] + PRICE_SLACK:
+                return _uniform_allocation(bought.copy(), sold.copy(), p0, p0, "p0")
+    return _reduce(accepted_b[:-1], accepted_s[:-1], bought, sold, bid[k], ask[l_], "reduction")
+
+
+def rank_mcafee(bid: np.ndarray, ask: np.ndarray, demand_kwh: np.ndarray, supply_kwh: np.ndarray) -> Allocation:
+    """McAfee's rule with each order one unit-demand trader of its quantity.
+
+    The r-th highest bid is paired with the r-th lowest ask; k is the number of pairs
+    with ``b_r >= s_r``. With ``p0 = (b_{k+1} + s_{k+1}) / 2``: if ``s_k <= p0 <= b_k`` the
+    first k buyers and sellers trade at p0, otherwise the first k-1 trade, buyers paying
+    b_k and sellers receiving s_k. The trading orders then share the smaller side's
+    volume: the short side trades in full, the long side is rationed by `equal_reduction`.
+    Who trades and at what price depend on the bids only through McAfee's unit rule, so
+    truthful bidding stays dominant whatever the order sizes.
+
+    McAfee's second case: b = 17, 14, 13, 9, 6 and s = 1, 4, 5, 8, 13 give k = 4,
+    p0 = (6 + 13) / 2 = 9.5 > b_4 = 9, so three pairs trade, buyers paying 9, sellers getting 8:
+
+    >>> bid = np.array([17.0, 14, 13, 9, 6, 0, 0, 0, 0, 0])
+    >>> ask = np.array([0.0, 0, 0, 0, 0, 1, 4, 5, 8, 13])
+    >>> demand, supply = np.r_[np.ones(5), np.zeros(5)], np.r_[np.zeros(5), np.ones(5)]
+    >>> a = rank_mcafee(bid, ask, demand, supply)
+    >>> a.rule, float(a.buy_price_per_kwh[0]), float(a.sell_price_per_kwh[0]), float(a.bought_kwh.sum())
+    ('reduction', 9.0, 8.0, 3.0)
+    """
+    n = len(bid)
+    bo = merit_order(bid, demand_kwh, descending=True)
+    so = merit_order(ask, supply_kwh, descending=False)
+    m = min(len(bo), len(so))
+    gains = bid[bo[:m]] >= ask[so[:m]]
+    k = m if gains.all() else int(np.argmin(gains))
+    if k == 0:
+        return _nothing(n)
+    if k < len(bo) and k < len(so):
+        p0 = 0.5 * (bid[bo[k]] + ask[so[k]])
+        if ask[so[k - 1]] - PRICE_SLACK <= p0 <= bid[bo[k - 1]] + PRICE_SLACK:
+            return _reduce(bo[:k], so[:k], demand_kwh, supply_kwh, p0, p0, "p0")
+    return _reduce(bo[:k - 1], so[:k - 1], demand_kwh, supply_kwh, bid[bo[k - 1]], ask[so[k - 1]], "reduction")
+
+
+# -- shared machinery -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Book:
+    """One round's orders as the mechanisms see them (arrays over participants)."""
+
+    bid: np.ndarray
+    """Effective bid: bid minus the buyer's charge share [currency/kWh]."""
+    ask: np.ndarray
+    """Effective ask: ask plus the seller's charge share [currency/kWh]."""
+    demand_kwh: np.ndarray
+    """Most each participant may buy P2P (0 without P2P)."""
+    supply_kwh: np.ndarray
+    voll_per_kwh: float
+    curtail_cost_per_kwh: float
+
+    @classmethod
+    def of(cls, orders: OrderArrays, ctx: MarketContext, charges: Charges) -> _Book:
+        p2p = 1.0 if ctx.p2p else 0.0
+        return cls(
+            np.asarray(orders.bid_per_kwh, float) - charges.buy,
+            np.asarray(orders.ask_per_kwh, float) + charges.sell,
+            np.asarray(orders.demand_kwh, float) * p2p,
+            np.asarray(orders.supply_kwh, float) * p2p,
+            ctx.voll_per_kwh,
+            ctx.curtail_cost,
+        )
+
+    def welfare(self, x: dict[str, np.ndarray]) -> float:
+        """The pool's objective without its tie-breaking epsilon [currency]."""
+        return float(
+            self.bid @ x["bought_kwh"] - self.ask @ x["sold_kwh"]
+            - self.voll_per_kwh * x["shed_kwh"].sum() - self.curtail_cost_per_kwh * x["curtailed_kwh"].sum()
+        )
+
+
+class _PoolAuction(Mechanism):
+    """A double auction priced on the pool's efficient allocation (shared machinery).
+
+    Subclasses implement `allocate`: from the efficient dispatch to the P2P quantities
+    and prices the mechanism settles on (or a failure message).
+    """
+
+    def __init__(self, participants, max_cuts: int = 24, options=None):
+        super().__init__(participants, max_cuts, options)
+        self.pool = PoolModel(len(self.ids), max_cuts)
+
+    def allocate(self, book: _Book, x: dict[str, np.ndarray], cuts: NetworkCuts) -> Allocation | str:
+        raise NotImplementedError
+
+    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
+              charges: Charges | None = None) -> ClearingResult:
+        n = len(self.ids)
+        cuts = cuts if cuts is not None else NetworkCuts.empty(n)
+        charges = charges if charges is not None else Charges.none(n)
+        book = _Book.of(orders, ctx, charges)
+        self.pool.update(orders, ctx, cuts, charges)
+        self._prefer_p2p(book)
+        status, x, _ = self.pool.solve()
+        if status != "ok":
+            return failed_result(status, n, charges)
+        alloc = self.allocate(book, x, cuts)
+        if isinstance(alloc, str):
+            return failed_result(alloc, n, charges)
+        final = self._dispatch(x, alloc)
+        if isinstance(final, str):
+            return failed_result(final, n, charges)
+        return self._result(final, alloc, book, charges, ctx, efficient=x)
+
+    def _prefer_p2p(self, book: _Book) -> None:
+        """Add `P2P_BONUS` per P2P kWh bought and sold to the pool's objective this round."""
+        h, col, n = self.pool.highs, self.pool.col, len(self.ids)
+        h.changeColsCost(n, col["bought_kwh"], book.bid + P2P_BONUS)
+        h.changeColsCost(n, col["sold_kwh"], -book.ask + P2P_BONUS)
+
+    # -- steps ------------------------------------------------------------------------------
+    def canonical(self, book: _Book, x: dict[str, np.ndarray], cuts: NetworkCuts) -> tuple[np.ndarray, np.ndarray]:
+        """The efficient P2P allocation with ties broken by the merit order.
+
+        Without network cuts, who of several orders at the same price is served is
+        arbitrary in the pool (its optimum is not unique); the earlier order in the merit
+        order is served first here, so the outcome depends on the book only. With cuts the
+        orders differ by where they sit on the network and the pool's choice is kept.
+        """
+        if len(cuts):
+            return x["bought_kwh"], x["sold_kwh"]
+        volume = 0.5 * (x["bought_kwh"].sum() + x["sold_kwh"].sum())
+        bought = fill_in_merit_order(merit_order(book.bid, book.demand_kwh, True), book.demand_kwh, volume)
+        sold = fill_in_merit_order(merit_order(book.ask, book.supply_kwh, False), book.supply_kwh, volume)
+        return bought, sold
+
+    def _dispatch(self, x: dict[str, np.ndarray], alloc: Allocation) -> dict[str, np.ndarray] | str:
+        """The dispatch with the allocation's P2P quantities: the efficient one, or a re-solve.
+
+        The P2P columns are fixed at the allocation; if the network cuts make that
+        infeasible, they become upper bounds instead.
+        """
+        if (np.abs(alloc.bought_kwh - x["bought_kwh"]).max(initial=0.0) <= QTY_TOL
+                and np.abs(alloc.sold_kwh - x["sold_kwh"]).max(initial=0.0) <= QTY_TOL):
+            return x
+        h, col, n = self.pool.highs, self.pool.col, len(self.ids)
+        targets = (("bought_kwh", alloc.bought_kwh), ("sold_kwh", alloc.sold_kwh))
+        for name, target in targets:
+            h.changeColsBounds(n, col[name], target, target)
+        status, final, _ = self.pool.solve()
+        if status != "ok":
+            for name, target in targets:
+                h.changeColsBounds(n, col[name], np.zeros(n), target)
+            status, final, _ = self.pool.solve()
+            if status != "ok":
+                return f"dispatch after {alloc.rule or 'pricing'}: {status}"
+        return final
+
+    def _result(self, x, alloc: Allocation, book: _Book, charges: Charges, ctx: MarketContext,
+                efficient: dict[str, np.ndarray]) -> ClearingResult:
+        bought, sold = x["bought_kwh"], x["sold_kwh"]
+        buyers, sellers = bought > QTY_TOL, sold > QTY_TOL
+        buy_price = np.where(buyers, alloc.buy_price_per_kwh, np.nan)
+        sell_price = np.where(sellers, alloc.sell_price_per_kwh, np.nan)
+        prices = np.r_[buy_price[buyers], sell_price[sellers]]
+        single = len(prices) and np.ptp(prices) <= PRICE_SLACK
+        paid = float(np.nansum(buy_price * bought))
+        received = float(np.nansum(sell_price * sold))
+        result = ClearingResult(
+            status="ok",
+            bought_kwh=bought,
+            sold_kwh=sold,
+            import_kwh=x["imported_kwh"],
+            export_kwh=x["exported_kwh"],
+            curtailed_kwh=x["curtailed_kwh"],
+            shed_kwh=x["shed_kwh"],
+            buy_price_per_kwh=buy_price,
+            sell_price_per_kwh=sell_price,
+            charges=charges,
+            price_per_kwh=float(prices[0]) if single else float("nan"),
+            welfare=book.welfare(x),
+            info={
+                "rule": alloc.rule,
+                "operator_surplus": paid - received,
+                "efficient_kwh": float(efficient["bought_kwh"].sum()),
+                "reduced_kwh": float(efficient["bought_kwh"].sum() - bought.sum()),
+                "welfare_loss": book.welfare(efficient) - book.welfare(x),
+                **alloc.info,
+            },
+        )
+        ids = np.asarray(self.ids, dtype=object)
+        idx = np.arange(len(ids))
+        rows = [
+            (ids[s], ids[b], q, buy_price[b], sell_price[s], charges.sell[s] + charges.buy[b])
+            for s, b, q in merit_order_matching(idx, bought, book.bid, idx, sold, book.ask)
+        ]
+        rows += outside_trades(result, self.ids, ctx)
+        result.trades = pd.DataFrame(rows, columns=TRADE_COLUMNS)
+        return result
+
+
+# -- the mechanisms -------------------------------------------------------------------------
+class PayAsBid(_PoolAuction):
+    """Discriminatory (pay-as-bid) double auction.
+
+    Allocation: the pool's welfare optimum, as in ``uniform``. Pricing: every accepted
+    buyer pays its own (effective) bid and every accepted seller receives its own
+    (effective) ask; the market operator keeps the spread. This is the discriminatory
+    clearing rule of Sandholm and Suri (2002, "Market clearing with supply and demand
+    curves", Proc. 13th Int. Symp. on Algorithms and Computation (ISAAC), LNCS 2518),
+    where the party running the market keeps what buyers pay above what sellers get;
+    Friedman and Rust (eds., 1993, "The Double Auction Market", Addison-Wesley, ch. 1)
+    set it against uniform pricing. (GSY-e's "pay as bid" differs: each bilateral match
+    trades at the bid, the seller receiving it too.)
+
+    Budget: the operator's surplus, ``sum b_i bought_i - sum s_j sold_j``, is exactly the
+    P2P gains from trade; it is non-negative whenever every accepted bid covers every
+    accepted ask (always, unless an islanded feeder has to trade at a loss rather than shed
+    load, when the operator covers the gap). Individually rational with zero surplus for
+    the traders at their reported prices; not truthful (buyers gain by shading their bids).
+    """
+
+    name = "pay_as_bid"
+
+    def allocate(self, book, x, cuts):
+        return Allocation(x["bought_kwh"], x["sold_kwh"], book.bid.copy(), book.ask.copy(), "pay_as_bid")
+
+
+class McAfeeOptions(MechanismOptions):
+    """Settings of ``mcafee``."""
+
+    k_counts: Literal["kwh", "orders"] = "kwh"
+    """How McAfee's k (the number of efficient trades) is counted for divisible orders:
+    ``kwh`` along the demand and supply curves (the pool's efficient allocation, whose
+    marginal orders are the ones the curves cross in), or ``orders``, each order one
+    unit-demand trader of its quantity (the r-th highest bid paired with the r-th lowest
+    ask). See `McAfeeDoubleAuction`."""
+
+
+class McAfeeDoubleAuction(_PoolAuction):
+    """McAfee's dominant-strategy double auction (trade reduction).
+
+    Source: R. P. McAfee, 1992, "A dominant strategy double auction", J. Econ. Theory
+    56(2):434-450. Single-unit traders, bids b_1 >= b_2 >= ..., asks s_1 <= s_2 <= ...,
+    k efficient trades (b_k >= s_k, b_{k+1} < s_{k+1}), p0 = (b_{k+1} + s_{k+1}) / 2:
+    if s_k <= p0 <= b_k all k pairs trade at p0; otherwise the k-th pair is excluded and
+    the other k-1 buyers pay b_k, the k-1 sellers receive s_k, the auctioneer keeping
+    (k-1)(b_k - s_k). Truthful bidding is dominant, the mechanism is individually rational
+    and weakly budget-balanced, and it loses at most the least valuable efficient trade.
+    Where no (k+1)-th buyer or seller exists there is no p0 and the reduction applies (the
+    bounds of the value range taken as -inf and +inf, as JASA's
+    McAfeeClearingHouseAuctioneer does).
+
+    Orders here are divisible quantities; option ``k_counts`` picks how k is counted:
+
+    - ``kwh`` (default): along the demand and supply curves. The efficient allocation is
+      the pool's; K and L are its marginal orders (the accepted ones latest in the merit
+      order), K+1 and L+1 the next orders; McAfee's test decides between p0 for every
+      efficient trade and excluding K and L (the rest then ration the long side by
+      `equal_reduction`, as in ``huang``). See `trade_reduction`. It is McAfee's rule
+      exactly when all orders are for the same quantity, and it loses at most the marginal
+      orders: the volume removed is the larger of K's and L's efficient quantities. With
+      orders of different sizes it is *not* dominant-strategy truthful: a trader whose
+      order holds the crossing can shift it by misreporting and so change which orders set
+      p0 (tests/test_auctions.py works such a case). Where that matters use ``huang`` or
+      ``k_counts: orders``.
+    - ``orders``: each order is one unit-demand trader of its quantity and McAfee's rule
+      is applied to the r-th bid and r-th ask as they stand (`rank_mcafee`); the trading
+      orders share the smaller side's volume. Truthful for any order sizes (quantities
+      reported truthfully) but blind to quantities when choosing who trades, so with
+      unequal sizes it may trade far less than the efficient volume.
+
+    ``info``: ``rule`` (``p0``, ``reduction`` or ``none``), ``reduced_kwh`` and
+    ``welfare_loss`` against the efficient allocation, ``operator_surplus``.
+    """
+
+    name = "mcafee"
+    Options: ClassVar[type[MechanismOptions]] = McAfeeOptions
+
+    def allocate(self, book, x, cuts):
+        if self.options.k_counts == "orders":
+            return rank_mcafee(book.bid, book.ask, book.demand_kwh, book.supply_kwh)
+        bought, sold = self.canonical(book, x, cuts)
+        return trade_reduction(book.bid, book.ask, book.demand_kwh, book.supply_kwh, bought, sold, mcafee_price=True)
+
+
+class HuangDoubleAuction(_PoolAuction):
+    """Multi-unit trade reduction of Huang, Scheller-Wolf and Sycara.
+
+    Source: P. Huang, A. Scheller-Wolf and K. Sycara, 2002, "Design of a multi-unit double
+    auction e-market", Computational Intelligence 18(4):596-617. Buyers sorted by falling
+    bid, sellers by rising ask, each order a price and a quantity; K and L are the buyer
+    and the seller in whose orders the demand and supply curves cross. Buyers 1..K-1 and
+    sellers 1..L-1 trade, every buyer paying b_K and every seller receiving s_L per unit;
+    the short side trades its whole quantity and each trader on the long side gives up the
+    same amount (`equal_reduction`). Strategy-proof with respect to the price for the
+    reported quantities, individually rational, weakly budget-balanced (the operator
+    keeps (b_K - s_L) per kWh traded); it loses the marginal orders' trades.
+
+    Here K and L are the marginal orders of the pool's efficient allocation (with
+    network cuts, the accepted orders latest in the merit order); see `trade_reduction`.
+    ``info``: ``rule``, ``reduced_kwh``, ``welfare_loss``, ``operator_surplus``.
+    """
+
+    name = "huang"
+
+    def allocate(self, book, x, cuts):
+        bought, sold = self.canonical(book, x, cuts)
+        return trade_reduction(book.bid, book.ask, book.demand_kwh, book.supply_kwh, bought, sold, mcafee_price=False)
+
+
+class VCGDoubleAuction(_PoolAuction):
+    """Vickrey-Clarke-Groves double auction: efficient allocation, Clarke-pivot payments.
+
+    Sources: Vickrey 1961 (J. Finance 16(1):8-37), Clarke 1971 (Public Choice 11:17-33),
+    Groves 1973 (Econometrica 41(4):617-631), as set out in Nisan et al. (eds.), 2007,
+    "Algorithmic Game Theory", Cambridge University Press, ch. 9 (VCG mechanisms, the
+    Clarke pivot rule).
+
+    Welfare W(x) = sum b_i bought_i - sum s_j sold_j - voll shed - curtail_cost curtailed
+    (effective prices; the pool's objective without its tie-breaking epsilon); the
+    allocation x* maximises it (the pool). For each P2P trader i, W_-i is the best welfare
+    with i's P2P quantity held at zero: i stays out of the market, its demand or supply
+    going to the outside party or shed or curtailed. Buyer i pays
+    ``W_-i - (W(x*) - b_i bought_i)``, seller j receives ``(W(x*) + s_j sold_j) - W_-j``.
+    A trader's utility is then W(x*) - W_-i >= 0 (individually rational), truthful
+    reporting is dominant (Groves), the allocation is efficient, and -- as Myerson and
+    Satterthwaite (1983, J. Econ. Theory 29:265-281) showed it must -- the operator runs a
+    deficit, ``info["vcg_deficit"] = sum received - sum paid`` [currency]. With single-unit
+    traders and k efficient pairs every buyer pays max(s_k, b_{k+1}) and every seller
+    receives min(b_k, s_{k+1}).
+
+    Cost: one solve plus one per P2P trader, each a warm-started re-solve of the same
+    persistent pool with the trader's P2P column bounds set to zero and restored after
+    (no model is built); ``info["vcg_solves"]`` counts them.
+    """
+
+    name = "vcg"
+
+    def allocate(self, book, x, cuts):
+        n = len(self.ids)
+        h, col = self.pool.highs, self.pool.col
+        bought, sold = x["bought_kwh"], x["sold_kwh"]
+        best = book.welfare(x)
+        buy_price, sell_price = np.full(n, np.nan), np.full(n, np.nan)
+        traders = np.flatnonzero((bought > QTY_TOL) | (sold > QTY_TOL))
+        zero = np.zeros(2)
+        for i in traders:
+            cols = np.array([col["bought_kwh"][i], col["sold_kwh"][i]], dtype=np.int32)
+            h.changeColsBounds(2, cols, zero, zero)
+            status, without, _ = self.pool.solve()
+            h.changeColsBounds(2, cols, zero, np.array([book.demand_kwh[i], book.supply_kwh[i]]))
+            if status != "ok":
+                return f"vcg without {self.ids[i]}: {status}"
+            w_without = book.welfare(without)
+            if bought[i] > QTY_TOL:
+                buy_price[i] = (w_without - best + book.bid[i] * bought[i]) / bought[i]
+            if sold[i] > QTY_TOL:
+                sell_price[i] = (best + book.ask[i] * sold[i] - w_without) / sold[i]
+        paid = float(np.nansum(buy_price * bought))
+        received = float(np.nansum(sell_price * sold))
+        return Allocation(bought, sold, buy_price, sell_price, "vcg",
+                          {"vcg_deficit": received - paid, "vcg_solves": 1 + len(traders)})
+
+
+MECHANISMS: list = [PayAsBid, McAfeeDoubleAuction, HuangDoubleAuction, VCGDoubleAuction]

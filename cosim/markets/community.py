@@ -1,3 +1,676 @@
-"""Mechanisms of this family are being written (issue 3); the registry collects MECHANISMS."""
+"""Community-based markets: a community manager trades for its members.
 
-MECHANISMS: list = []
+Every member trades with the community, never directly with the outside party: a buyer
+buys its whole demand from the community, a seller sells its whole supply to it. The
+community manager (the settlement party ``market_operator``) nets the two and trades
+the community's net position with the outside party at retail and feed-in
+(`ClearingResult.operator_import_kwh` / ``operator_export_kwh``). Members pay or receive
+internal prices set by the community's rule; their bids and asks do not enter the
+prices (members are price takers of the rule, as in the sources):
+
+- ``community_sdr``  supply-demand ratio (Liu et al. 2017), `sdr_prices`;
+- ``community_mmr``  mid-market rate (Long et al. 2017), `mmr_prices`;
+- ``bill_sharing``   the community's bill with the outside party shared (Long et al.
+  2017), `bill_sharing_prices`;
+- ``fixed_price``    a virtual pool at a fixed price per kWh plus a periodic membership
+  fee, `FixedPricePool`.
+
+The allocation (`CommunityModel`, one Pyomo model per mechanism built once and updated
+in place in a persistent HiGHS instance, as `cosim.markets.pool`) is the same for all
+four. For member n, per round [kWh]:
+
+    bought[n] + imported[n] + shed[n]      = demand[n]
+    sold[n]   + exported[n] + curtailed[n] = supply[n]
+    injection[n] = sold[n] + exported[n] - bought[n] - imported[n]
+    sum bought + operator_export + battery_charge = sum sold + operator_import + battery_discharge
+    sum imported + operator_import <= import_cap,  sum exported + operator_export <= export_cap
+    sum_n cut_coef[k, n] injection[n] <= cut_rhs[k]            (network cuts)
+    imported = exported = 0 (with P2P; without, bought = sold = 0 instead)
+
+    maximise - voll sum shed - curtail_cost sum curtailed
+             - 1e-5 (operator_import + operator_export + sum imported + sum exported)
+             - 1e-6 (battery_charge + battery_discharge)
+
+So members are served in full unless a network cut or the outside party's caps
+(islanded) force shedding or curtailment; the small costs make the manager net
+internally first, then use its battery, then trade with the outside party.
+
+Community battery (Options ``battery_kwh``, ``battery_kw``, ``efficiency``,
+``initial_soc``; none by default). The manager's battery sits at the transformer's LV
+busbar and is part of the manager's own position: it charges from the community's
+surplus before anything is exported and discharges into its deficit before anything is
+imported, never trading with the outside party itself. Its energy this round is in
+``info``: ``battery_charge_kwh``, ``battery_discharge_kwh`` (energy at the busbar) and
+``battery_soc_kwh`` (stored energy at the end of the round). The pool balance then reads
+``sum bought + operator_export + battery_charge = sum sold + operator_import +
+battery_discharge``: the battery shows as a reduction of the manager's own import and
+export. For the power flow its net load ``battery_charge - battery_discharge`` sits at
+the LV busbar; network cuts carry no coefficient for it (they are given per member).
+The state of charge carries across rounds in the mechanism object. A round is recognised
+by its `MarketContext` (``ctx.round_no`` if the context has one, else the context object
+itself, which the loop builds once per round): re-clearing within a round (network
+feedback) replaces that round's battery move instead of adding to it. The round length
+for ``battery_kw`` is ``ctx.dt_h`` if the context has it, else `DEFAULT_ROUND_H`.
+
+Network charges (`Charges`) apply to each member's kWh traded with the community and are
+paid on top of the internal prices, as settlement does for P2P kWh; the rules' promise
+of individual rationality (no member worse off than alone with the outside party) is
+about energy prices, before network charges.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, ClassVar
+
+import highspy
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field, model_validator
+from pyomo.contrib.appsi.solvers import Highs
+
+from cosim.markets.base import (
+    QTY_TOL,
+    TRADE_COLUMNS,
+    Charges,
+    ClearingResult,
+    MarketContext,
+    Mechanism,
+    MechanismOptions,
+    NetworkCuts,
+    OrderArrays,
+    outside_trades,
+)
+from cosim.markets.pool import INACTIVE_RHS
+from cosim.markets.uniform import failed_result
+
+logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
+log = logging.getLogger(__name__)
+
+#: The community manager's party name (settlement's ``MARKET_OPERATOR``; not imported
+#: from cosim.settlement, which imports this package).
+MANAGER = "market_operator"
+#: Tie-breaking cost of a kWh traded with the outside party [currency/kWh].
+OUTSIDE_COST = 1e-5
+#: Tie-breaking cost of a kWh through the community battery [currency/kWh] (below
+#: OUTSIDE_COST, so the battery is used before the outside party).
+BATTERY_COST = 1e-6
+#: Round length assumed for ``battery_kw`` when the context does not carry ``dt_h`` [h].
+DEFAULT_ROUND_H = 0.25
+
+MEMBER_VARIABLES = (
+    "bought_kwh", "sold_kwh", "imported_kwh", "exported_kwh", "shed_kwh", "curtailed_kwh", "injection_kwh",
+)
+MANAGER_VARIABLES = ("operator_import_kwh", "operator_export_kwh", "battery_charge_kwh", "battery_discharge_kwh")
+
+
+# -- pricing rules (pure functions) ---------------------------------------------------------
+def sdr_prices(supply_kwh: float, demand_kwh: float, retail: float, feed_in: float) -> tuple[float, float]:
+    """Internal (buy, sell) prices [currency/kWh] by the supply-demand ratio.
+
+    Liu, Wu, Zhang, Tang, Zhou and Wang, 2017, "Energy sharing management for microgrids
+    with PV prosumers: a Stackelberg game approach", IEEE Trans. Ind. Informatics 13(3),
+    and Liu et al., 2017, "Energy sharing model with price-based demand response for
+    microgrids of peer-to-peer prosumers", IEEE Trans. Power Syst. 32(5). With
+    SDR = supply / demand:
+
+        SDR < 1:  sell = feed_in retail / ((retail - feed_in) SDR + feed_in)
+                  buy  = sell SDR + retail (1 - SDR)
+        SDR >= 1: sell = buy = feed_in
+
+    so that ``buy demand = sell supply + retail (demand - supply)`` when supply < demand:
+    the manager, importing the deficit at retail, breaks even. Both prices lie in
+    [feed_in, retail].
+
+    >>> [round(p, 6) for p in sdr_prices(1.0, 2.0, 0.30, 0.10)]  # SDR 0.5: sell 0.03 / 0.2
+    [0.225, 0.15]
+    >>> sdr_prices(3.0, 2.0, 0.30, 0.10)
+    (0.1, 0.1)
+    """
+    if supply_kwh >= demand_kwh:
+        return feed_in, feed_in
+    sdr = supply_kwh / demand_kwh
+    denominator = (retail - feed_in) * sdr + feed_in
+    # zero only with a zero feed-in tariff and no supply: nobody sells, the limit is 0
+    sell = feed_in * retail / denominator if denominator > 0 else 0.0
+    return sell * sdr + retail * (1.0 - sdr), sell
+
+
+def mmr_prices(supply_kwh: float, demand_kwh: float, retail: float, feed_in: float) -> tuple[float, float]:
+    """Internal (buy, sell) prices [currency/kWh] by the mid-market rate.
+
+    Long, Wu, Zhang, Thomas, Cheng and Jenkins, 2017, "Peer-to-peer energy trading in a
+    community microgrid", IEEE PES General Meeting. The mid-market rate is
+    ``mmr = (retail + feed_in) / 2``; the side in excess shares the outside tariff:
+
+        supply < demand: sell = mmr,  buy  = (mmr supply + retail (demand - supply)) / demand
+        supply > demand: buy  = mmr,  sell = (mmr demand + feed_in (supply - demand)) / supply
+        supply = demand: buy = sell = mmr
+
+    >>> [round(p, 6) for p in mmr_prices(1.0, 2.0, 0.30, 0.10)]  # mmr 0.20; buy (0.20 + 0.30) / 2
+    [0.25, 0.2]
+    >>> [round(p, 6) for p in mmr_prices(4.0, 2.0, 0.30, 0.10)]  # sell (0.40 + 0.20) / 4
+    [0.2, 0.15]
+    """
+    mid = 0.5 * (retail + feed_in)
+    if supply_kwh < demand_kwh:
+        return (mid * supply_kwh + retail * (demand_kwh - supply_kwh)) / demand_kwh, mid
+    if supply_kwh > demand_kwh:
+        return mid, (mid * demand_kwh + feed_in * (supply_kwh - demand_kwh)) / supply_kwh
+    return mid, mid
+
+
+def bill_sharing_prices(supply_kwh: float, demand_kwh: float, import_kwh: float, export_kwh: float,
+                        retail: float, feed_in: float) -> tuple[float, float]:
+    """Internal (buy, sell) prices [currency/kWh] by bill sharing.
+
+    Long et al., 2017, "Peer-to-peer energy trading in a community microgrid", IEEE PES
+    General Meeting (bill sharing; also Zhou, Wu, Long, Cheng, Zhang, 2018, "Evaluation of
+    peer-to-peer energy sharing mechanisms based on a multiagent simulation framework",
+    Applied Energy 222). Energy shared inside the community is free; the community's
+    bill with the outside party is shared: the cost of its imports among the buyers in
+    proportion to their demand, the revenue of its exports among the sellers in
+    proportion to their supply:
+
+        buy  = retail import / demand
+        sell = feed_in export / supply
+
+    Without a battery ``import = max(demand - supply, 0)``, so buyers pay retail for the
+    share of their demand not covered internally. Sellers are paid only for what leaves
+    the community: unlike SDR and MMR this is not individually rational for sellers (a
+    seller in a net-importing round gets 0 where the grid would pay feed-in). The
+    manager always breaks even.
+
+    >>> [round(p, 6) for p in bill_sharing_prices(1.0, 4.0, 3.0, 0.0, 0.30, 0.10)]  # 0.90 over 4 kWh
+    [0.225, 0.0]
+    >>> [round(p, 6) for p in bill_sharing_prices(5.0, 1.0, 0.0, 4.0, 0.30, 0.10)]  # 0.40 over 5 kWh
+    [0.0, 0.08]
+    """
+    buy = retail * import_kwh / demand_kwh if demand_kwh > 0 else 0.0
+    sell = feed_in * export_kwh / supply_kwh if supply_kwh > 0 else 0.0
+    return buy, sell
+
+
+def membership_fees(round_no: int, n: int, fee_per_period: float, period_rounds: int) -> np.ndarray:
+    """Fee each of `n` members owes in round `round_no` [currency]: the whole period's
+    fee in the first round of each period (rounds 0, period_rounds, 2 period_rounds, ...).
+
+    >>> membership_fees(0, 2, 5.0, 96).tolist(), membership_fees(1, 2, 5.0, 96).tolist()
+    ([5.0, 5.0], [0.0, 0.0])
+    """
+    due = fee_per_period if round_no % period_rounds == 0 else 0.0
+    return np.full(n, float(due))
+
+
+# -- the allocation model -----------------------------------------------------------------
+class CommunityModel:
+    """A persistent Pyomo/HiGHS model of a community of `n` members (see module docstring)."""
+
+    def __init__(self, n: int, max_cuts: int = 24):
+        self.n = n
+        self.max_cuts = max_cuts
+        self.model = m = pyo.ConcreteModel(name="community")
+        m.N = pyo.RangeSet(0, n - 1)
+        m.K = pyo.RangeSet(0, max_cuts - 1)
+        self._define_parameters(m)
+        self._define_variables(m)
+        self._define_balances(m)
+        self._define_network_cuts(m)
+        self._define_objective(m)
+        self.solver = Highs()
+        self.solver.config.stream_solver = False
+        self.solver.highs_options = {"presolve": "off", "threads": 1, "output_flag": False}
+        self.solver.set_instance(m)
+        self.highs: highspy.Highs = self.solver._solver_model
+        self.highs.setOptionValue("output_flag", False)
+        self.highs.setOptionValue("presolve", "off")
+        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
+        self.col = {name: np.array([vmap[id(v)] for v in getattr(m, name).values()], dtype=np.int32)
+                    for name in MEMBER_VARIABLES + MANAGER_VARIABLES}
+        self.row = {name: np.array([cmap[c] for c in getattr(m, name).values()], dtype=np.int32)
+                    for name in ("buyer_balance", "seller_balance", "network_cut")}
+        for name in ("import_limit", "export_limit"):
+            self.row[name] = np.array([cmap[getattr(m, name)]], dtype=np.int32)
+        self._coef = np.ones((max_cuts, n))  # cut coefficients now in HiGHS
+        self._cuts_in_use = max_cuts  # every slot starts with coefficient 1: reset on first update
+        self.highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
+
+    # -- model pieces -------------------------------------------------------------------
+    @staticmethod
+    def _define_parameters(m: pyo.ConcreteModel) -> None:
+        m.demand_kwh = pyo.Param(m.N, mutable=True, initialize=0.0)
+        m.supply_kwh = pyo.Param(m.N, mutable=True, initialize=0.0)
+        m.import_cap_kwh = pyo.Param(mutable=True, initialize=INACTIVE_RHS)
+        m.export_cap_kwh = pyo.Param(mutable=True, initialize=INACTIVE_RHS)
+        m.voll_per_kwh = pyo.Param(mutable=True, initialize=10.0)
+        m.curtail_cost_per_kwh = pyo.Param(mutable=True, initialize=0.1)
+        # coefficients start at 1 so every (cut, member) entry exists in HiGHS
+        m.cut_coef = pyo.Param(m.K, m.N, mutable=True, initialize=1.0)
+        m.cut_rhs = pyo.Param(m.K, mutable=True, initialize=INACTIVE_RHS)
+
+    @staticmethod
+    def _define_variables(m: pyo.ConcreteModel) -> None:
+        nonneg = pyo.NonNegativeReals
+        for name in MEMBER_VARIABLES[:-1]:
+            setattr(m, name, pyo.Var(m.N, domain=nonneg))
+        m.injection_kwh = pyo.Var(m.N, domain=pyo.Reals)
+        for name in MANAGER_VARIABLES:
+            setattr(m, name, pyo.Var(domain=nonneg))
+
+    @staticmethod
+    def _define_balances(m: pyo.ConcreteModel) -> None:
+        m.buyer_balance = pyo.Constraint(
+            m.N, rule=lambda m, n: m.bought_kwh[n] + m.imported_kwh[n] + m.shed_kwh[n] == m.demand_kwh[n]
+        )
+        m.seller_balance = pyo.Constraint(
+            m.N, rule=lambda m, n: m.sold_kwh[n] + m.exported_kwh[n] + m.curtailed_kwh[n] == m.supply_kwh[n]
+        )
+        m.injection_definition = pyo.Constraint(
+            m.N,
+            rule=lambda m, n: m.injection_kwh[n]
+            == m.sold_kwh[n] + m.exported_kwh[n] - m.bought_kwh[n] - m.imported_kwh[n],
+        )
+        m.community_balance = pyo.Constraint(
+            expr=sum(m.bought_kwh[n] for n in m.N) + m.operator_export_kwh + m.battery_charge_kwh
+            == sum(m.sold_kwh[n] for n in m.N) + m.operator_import_kwh + m.battery_discharge_kwh
+        )
+        m.import_limit = pyo.Constraint(
+            expr=sum(m.imported_kwh[n] for n in m.N) + m.operator_import_kwh <= m.import_cap_kwh
+        )
+        m.export_limit = pyo.Constraint(
+            expr=sum(m.exported_kwh[n] for n in m.N) + m.operator_export_kwh <= m.export_cap_kwh
+        )
+
+    @staticmethod
+    def _define_network_cuts(m: pyo.ConcreteModel) -> None:
+        m.network_cut = pyo.Constraint(
+            m.K, rule=lambda m, k: sum(m.cut_coef[k, n] * m.injection_kwh[n] for n in m.N) <= m.cut_rhs[k]
+        )
+
+    @staticmethod
+    def _define_objective(m: pyo.ConcreteModel) -> None:
+        m.welfare = pyo.Objective(
+            expr=-sum(
+                m.voll_per_kwh * m.shed_kwh[n]
+                + m.curtail_cost_per_kwh * m.curtailed_kwh[n]
+                + OUTSIDE_COST * (m.imported_kwh[n] + m.exported_kwh[n])
+                for n in m.N
+            )
+            - OUTSIDE_COST * (m.operator_import_kwh + m.operator_export_kwh)
+            - BATTERY_COST * (m.battery_charge_kwh + m.battery_discharge_kwh),
+            sense=pyo.maximize,
+        )
+
+    # -- each round -----------------------------------------------------------------------
+    def update(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts,
+               charge_max_kwh: float = 0.0, discharge_max_kwh: float = 0.0) -> None:
+        """Write this round's data into the persistent HiGHS model."""
+        h, col, row, n = self.highs, self.col, self.row, self.n
+        if len(cuts) > self.max_cuts:
+            raise ValueError(f"{len(cuts)} network cuts exceed the model's {self.max_cuts} slots")
+        demand = np.asarray(orders.demand_kwh, float)
+        supply = np.asarray(orders.supply_kwh, float)
+        zeros = np.zeros(n)
+        member = 1.0 if ctx.p2p else 0.0  # without P2P members trade alone with the outside party
+        upper = {
+            "bought_kwh": demand * member,
+            "sold_kwh": supply * member,
+            "imported_kwh": demand * (1.0 - member),
+            "exported_kwh": supply * (1.0 - member),
+            "shed_kwh": demand,
+            "curtailed_kwh": supply,
+        }
+        for name, ub in upper.items():
+            h.changeColsBounds(n, col[name], zeros, ub)
+        costs = {
+            "shed_kwh": -ctx.voll_per_kwh,
+            "curtailed_kwh": -ctx.curtail_cost,
+            "imported_kwh": -OUTSIDE_COST,
+            "exported_kwh": -OUTSIDE_COST,
+        }
+        for name, cost in costs.items():
+            h.changeColsCost(n, col[name], np.full(n, cost))
+        manager = [
+            ("operator_import_kwh", min(ctx.import_cap_kwh, INACTIVE_RHS) * member),
+            ("operator_export_kwh", min(ctx.export_cap_kwh, INACTIVE_RHS) * member),
+            ("battery_charge_kwh", charge_max_kwh * member),
+            ("battery_discharge_kwh", discharge_max_kwh * member),
+        ]
+        idx = np.concatenate([col[name] for name, _ in manager])
+        h.changeColsBounds(len(idx), idx, np.zeros(len(idx)), np.array([ub for _, ub in manager], float))
+        h.changeRowsBounds(n, row["buyer_balance"], demand, demand)
+        h.changeRowsBounds(n, row["seller_balance"], supply, supply)
+        inf = highspy.kHighsInf
+        h.changeRowsBounds(1, row["import_limit"], np.array([-inf]), np.array([min(ctx.import_cap_kwh, INACTIVE_RHS)]))
+        h.changeRowsBounds(1, row["export_limit"], np.array([-inf]), np.array([min(ctx.export_cap_kwh, INACTIVE_RHS)]))
+        self._update_cuts(cuts)
+
+    def _update_cuts(self, cuts: NetworkCuts) -> None:
+        """Change only the cut coefficients that differ from those already in HiGHS."""
+        h, inj, rows = self.highs, self.col["injection_kwh"], self.row["network_cut"]
+        used = len(cuts)
+        span = max(used, self._cuts_in_use)
+        if span == 0:
+            return
+        coef = np.zeros((span, self.n))
+        coef[:used] = cuts.coef
+        for k, j in np.argwhere(coef != self._coef[:span]):
+            h.changeCoeff(int(rows[k]), int(inj[j]), float(coef[k, j]))
+        self._coef[:span] = coef
+        rhs = np.full(span, INACTIVE_RHS)
+        rhs[:used] = cuts.rhs
+        h.changeRowsBounds(span, rows[:span], np.full(span, -highspy.kHighsInf), rhs)
+        self._cuts_in_use = used
+
+    def solve(self) -> tuple[str, dict[str, np.ndarray]]:
+        """Solve; returns (status, variable values). Never raises for solver trouble."""
+        h = self.highs
+        try:
+            h.run()
+            status = h.getModelStatus()
+            if status != highspy.HighsModelStatus.kOptimal:  # a stale basis can stall: retry cold
+                h.clearSolver()
+                h.run()
+                status = h.getModelStatus()
+        except Exception as err:  # recorded by the caller, never raised into the loop
+            return f"solver error: {err}", {}
+        if status != highspy.HighsModelStatus.kOptimal:
+            return f"clearing {h.modelStatusToString(status)}", {}
+        x = np.asarray(h.getSolution().col_value)
+        values = {name: x[self.col[name]] for name in MEMBER_VARIABLES + MANAGER_VARIABLES}
+        for name in MEMBER_VARIABLES[:-1] + MANAGER_VARIABLES:
+            values[name] = np.maximum(values[name], 0.0)
+        return "ok", values
+
+
+# -- the community battery ------------------------------------------------------------------
+class CommunityBattery:
+    """The manager's battery: stored energy, committed once per round.
+
+    Each clearing proposes a move for its round; the proposal of the round's last
+    successful clearing is committed when the next round's first clearing begins.
+    """
+
+    def __init__(self, capacity_kwh: float, power_kw: float, efficiency: float, initial_soc: float):
+        self.capacity_kwh = capacity_kwh
+        self.power_kw = power_kw
+        self.efficiency = efficiency
+        self.soc_kwh = initial_soc * capacity_kwh
+        """Stored energy at the start of the current round [kWh]."""
+        self._proposed_kwh = self.soc_kwh
+        self._round: object = None
+
+    def begin(self, ctx: MarketContext) -> None:
+        """Start clearing for `ctx`'s round: commit the last round's move if this is a new one."""
+        round_no = getattr(ctx, "round_no", None)
+        key = ("round", round_no) if round_no is not None else ("context", id(ctx))
+        if key == self._round:
+            return
+        self.soc_kwh = self._proposed_kwh
+        self._round = key
+        self._context = ctx  # keeps the object alive, so its id is not reused by a later round
+
+    def limits_kwh(self, dt_h: float) -> tuple[float, float]:
+        """(most it can take in, most it can give out) this round at the busbar [kWh]."""
+        if self.capacity_kwh <= 0:
+            return 0.0, 0.0
+        step = self.power_kw * dt_h
+        room = max(self.capacity_kwh - self.soc_kwh, 0.0) / self.efficiency
+        stored = max(self.soc_kwh, 0.0) * self.efficiency
+        return min(step, room), min(step, stored)
+
+    def propose(self, charge_kwh: float, discharge_kwh: float) -> float:
+        """The stored energy after this round's move [kWh] (committed at the next round)."""
+        soc = self.soc_kwh + self.efficiency * charge_kwh - discharge_kwh / self.efficiency
+        self._proposed_kwh = float(np.clip(soc, 0.0, self.capacity_kwh))
+        return self._proposed_kwh
+
+
+# -- mechanisms -------------------------------------------------------------------------------
+class CommunityOptions(MechanismOptions):
+    """A community manager's battery at the LV busbar (none by default)."""
+
+    battery_kwh: Annotated[float, Field(ge=0.0)] = 0.0
+    """Usable capacity of the community battery [kWh]; 0 = no battery."""
+    battery_kw: Annotated[float, Field(ge=0.0)] = 0.0
+    """Charge and discharge power limit of the community battery [kW]."""
+    efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    """One-way charge and discharge efficiency of the community battery [0..1]."""
+    initial_soc: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """State of charge of the community battery at the start of the run [0..1]."""
+
+    @model_validator(mode="after")
+    def _battery_complete(self):
+        if (self.battery_kwh > 0) != (self.battery_kw > 0):
+            raise ValueError(
+                "expected battery_kwh and battery_kw both > 0 (a battery) or both 0 (none), found "
+                f"battery_kwh={self.battery_kwh}, battery_kw={self.battery_kw}"
+            )
+        return self
+
+
+class CommunityMechanism(Mechanism):
+    """Base of the community markets: allocation by `CommunityModel`, prices by `prices`."""
+
+    Options: ClassVar[type[MechanismOptions]] = CommunityOptions
+
+    def __init__(self, participants, max_cuts: int = 24, options=None):
+        super().__init__(participants, max_cuts, options)
+        o = self.options
+        self.model = CommunityModel(len(self.ids), max_cuts)
+        self.battery = CommunityBattery(o.battery_kwh, o.battery_kw, o.efficiency, o.initial_soc)
+        self._warned_dt = False
+
+    def prices(self, supply_kwh: float, demand_kwh: float, import_kwh: float, export_kwh: float,
+               ctx: MarketContext) -> tuple[float, float]:
+        """The round's internal (buy, sell) prices [currency/kWh] from the members' totals and
+        the manager's own import and export."""
+        raise NotImplementedError
+
+    def round_hours(self, ctx: MarketContext) -> float:
+        dt_h = getattr(ctx, "dt_h", None)
+        if dt_h is None:
+            if self.battery.capacity_kwh > 0 and not self._warned_dt:
+                log.warning("the market context has no dt_h: community battery power assumes %.2f h rounds",
+                            DEFAULT_ROUND_H)
+                self._warned_dt = True
+            return DEFAULT_ROUND_H
+        return float(dt_h)
+
+    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
+              charges: Charges | None = None) -> ClearingResult:
+        n = len(self.ids)
+        cuts = cuts if cuts is not None else NetworkCuts.empty(n)
+        charges = charges if charges is not None else Charges.none(n)
+        self.battery.begin(ctx)
+        dt_h = self.round_hours(ctx)
+        charge_max, discharge_max = self.battery.limits_kwh(dt_h)
+        self.model.update(orders, ctx, cuts, charge_max, discharge_max)
+        status, x = self.model.solve()
+        if status != "ok":
+            return failed_result(status, n, charges)
+        bought, sold = x["bought_kwh"], x["sold_kwh"]
+        charge, discharge = float(x["battery_charge_kwh"][0]), float(x["battery_discharge_kwh"][0])
+        demand, supply = float(bought.sum()), float(sold.sum())
+        # the manager's trade is what balances the community (exact, not the solver's rounding)
+        net = demand + charge - supply - discharge
+        op_import, op_export = max(net, 0.0), max(-net, 0.0)
+        buy, sell = self.prices(supply, demand, op_import, op_export, ctx)
+        soc = self.battery.propose(charge, discharge)
+        result = ClearingResult(
+            status="ok",
+            bought_kwh=bought,
+            sold_kwh=sold,
+            import_kwh=x["imported_kwh"],
+            export_kwh=x["exported_kwh"],
+            curtailed_kwh=x["curtailed_kwh"],
+            shed_kwh=x["shed_kwh"],
+            buy_price_per_kwh=np.full(n, buy),
+            sell_price_per_kwh=np.full(n, sell),
+            charges=charges,
+            price_per_kwh=buy if buy == sell and demand > QTY_TOL else float("nan"),
+            welfare=float(
+                orders.bid_per_kwh @ bought - orders.ask_per_kwh @ sold
+                - ctx.retail_price_per_kwh * op_import + ctx.feed_in_price_per_kwh * op_export
+                - ctx.voll_per_kwh * x["shed_kwh"].sum() - ctx.curtail_cost * x["curtailed_kwh"].sum()
+            ),
+            operator_import_kwh=op_import,
+            operator_export_kwh=op_export,
+        )
+        result.info = {
+            "community_supply_kwh": supply,
+            "community_demand_kwh": demand,
+            "community_buy_price_per_kwh": buy,
+            "community_sell_price_per_kwh": sell,
+            "battery_charge_kwh": charge,
+            "battery_discharge_kwh": discharge,
+            "battery_soc_kwh": soc,
+            **self.extra_info(supply, demand, ctx),
+        }
+        result.trades = community_trades(result, self.ids, ctx)
+        return result
+
+    def extra_info(self, supply_kwh: float, demand_kwh: float, ctx: MarketContext) -> dict:
+        return {}
+
+
+def community_trades(r: ClearingResult, ids: list[str], ctx: MarketContext, manager: str = MANAGER) -> pd.DataFrame:
+    """Each member's trade with the manager, the manager's trades with the outside party,
+    and any member's own outside trades (TRADE_COLUMNS)."""
+    ids_arr = np.asarray(ids, dtype=object)
+    s = np.flatnonzero(r.sold_kwh > QTY_TOL)
+    b = np.flatnonzero(r.bought_kwh > QTY_TOL)
+    frames = [
+        pd.DataFrame({
+            "seller": ids_arr[s], "buyer": manager, "energy_kwh": r.sold_kwh[s],
+            "price_per_kwh": r.sell_price_per_kwh[s], "seller_price_per_kwh": r.sell_price_per_kwh[s],
+            "network_charge_per_kwh": r.charges.sell[s],
+        }),
+        pd.DataFrame({
+            "seller": manager, "buyer": ids_arr[b], "energy_kwh": r.bought_kwh[b],
+            "price_per_kwh": r.buy_price_per_kwh[b], "seller_price_per_kwh": r.buy_price_per_kwh[b],
+            "network_charge_per_kwh": r.charges.buy[b],
+        }),
+    ]
+    rows = []
+    if r.operator_import_kwh > QTY_TOL:
+        p = ctx.retail_price_per_kwh
+        rows.append((ctx.outside_party, manager, r.operator_import_kwh, p, p, 0.0))
+    if r.operator_export_kwh > QTY_TOL:
+        p = ctx.feed_in_price_per_kwh
+        rows.append((manager, ctx.outside_party, r.operator_export_kwh, p, p, 0.0))
+    rows += outside_trades(r, ids, ctx)
+    frames.append(pd.DataFrame(rows, columns=TRADE_COLUMNS))
+    frames = [f.astype({"energy_kwh": float}) for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=TRADE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[TRADE_COLUMNS]
+
+
+class SupplyDemandRatio(CommunityMechanism):
+    """Community market priced by the supply-demand ratio (see `sdr_prices`).
+
+    Liu, Wu, Zhang, Tang, Zhou and Wang, 2017, "Energy sharing management for microgrids
+    with PV prosumers: a Stackelberg game approach", IEEE TII 13(3):1088-1098; Liu et al.,
+    2017, "Energy sharing model with price-based demand response for microgrids of
+    peer-to-peer prosumers", IEEE TPWRS 32(5):3569-3583. Supply and demand are the
+    members' served totals. Without a community battery the manager breaks even; with
+    one its round bill is ``feed_in battery_charge - retail battery_discharge`` (it keeps
+    the battery's value). ``info['sdr']`` holds the ratio (inf without demand).
+    """
+
+    name = "community_sdr"
+
+    def prices(self, supply_kwh, demand_kwh, import_kwh, export_kwh, ctx):
+        return sdr_prices(supply_kwh, demand_kwh, ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh)
+
+    def extra_info(self, supply_kwh, demand_kwh, ctx):
+        return {"sdr": supply_kwh / demand_kwh if demand_kwh > 0 else float("inf")}
+
+
+class MidMarketRate(CommunityMechanism):
+    """Community market priced at the mid-market rate (see `mmr_prices`).
+
+    Long, Wu, Zhang, Thomas, Cheng and Jenkins, 2017, "Peer-to-peer energy trading in a
+    community microgrid", IEEE PES General Meeting. Without a community battery the
+    manager breaks even; with one its round bill is ``feed_in battery_charge - retail
+    battery_discharge``.
+    """
+
+    name = "community_mmr"
+
+    def prices(self, supply_kwh, demand_kwh, import_kwh, export_kwh, ctx):
+        return mmr_prices(supply_kwh, demand_kwh, ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh)
+
+
+class BillSharing(CommunityMechanism):
+    """Community market whose bill with the outside party is shared (see `bill_sharing_prices`).
+
+    Long et al., 2017, "Peer-to-peer energy trading in a community microgrid", IEEE PES
+    General Meeting. Rule: internal energy is free; buyers share the cost of the
+    manager's imports in proportion to their demand, sellers the revenue of its exports
+    in proportion to their supply. The manager breaks even in every round, battery or
+    not: the battery lowers the shared import cost (and export revenue) instead.
+    """
+
+    name = "bill_sharing"
+
+    def prices(self, supply_kwh, demand_kwh, import_kwh, export_kwh, ctx):
+        return bill_sharing_prices(supply_kwh, demand_kwh, import_kwh, export_kwh,
+                                   ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh)
+
+
+class FixedPriceOptions(CommunityOptions):
+    """A fixed-price pool and its membership fee (plus the optional community battery)."""
+
+    price_per_kwh: Annotated[float, Field(ge=0.0)] | None = None
+    """Price members pay and receive per kWh traded with the pool [currency/kWh];
+    default: the round's mid-market rate (retail + feed-in) / 2."""
+    fee_per_period: Annotated[float, Field(ge=0.0)] = 0.0
+    """Membership fee each member pays per period [currency]."""
+    period_rounds: Annotated[int, Field(ge=1)] = 2880
+    """Length of a fee period [rounds] (2880 = 30 days of 15-minute rounds)."""
+
+
+class FixedPricePool(CommunityMechanism):
+    """A virtual pool at a fixed price per kWh, funded by a periodic membership fee.
+
+    Every member buys from and sells to the pool at ``price_per_kwh``; the pool's
+    operator (the community manager) trades the net position with the outside party at
+    retail and feed-in and keeps the difference: its round bill is ``(retail - price)
+    deficit`` in a net-importing round and ``(price - feed_in) surplus`` in a
+    net-exporting one. Members pay a membership fee of ``fee_per_period`` in the first
+    round of each period of ``period_rounds`` rounds, which funds the operator. This is
+    the community model with a flat price and a subscription, as in commercial schemes
+    such as sonnenCommunity reviewed by Zhang, Wu, Zhou, Cheng and Long, 2018,
+    "Peer-to-peer energy trading in a microgrid", Applied Energy 220 (Sect. 2), within
+    the community-based market of Sousa et al., 2019, "Peer-to-peer and community-based
+    markets: a comprehensive review", Renew. Sustain. Energy Rev. 104.
+
+    The fee does not enter the energy prices. A clearing does not know its round number,
+    so the fee is reported in ``info`` (``membership_fee_per_period``,
+    ``fee_period_rounds``) and settled with `membership_fees` by the round loop. Members
+    are no worse off than alone with the outside party, fee aside, when feed_in <= price
+    <= retail.
+    """
+
+    name = "fixed_price"
+    Options = FixedPriceOptions
+
+    def price(self, ctx: MarketContext) -> float:
+        p = self.options.price_per_kwh
+        return 0.5 * (ctx.retail_price_per_kwh + ctx.feed_in_price_per_kwh) if p is None else float(p)
+
+    def prices(self, supply_kwh, demand_kwh, import_kwh, export_kwh, ctx):
+        p = self.price(ctx)
+        return p, p
+
+    def extra_info(self, supply_kwh, demand_kwh, ctx):
+        return {
+            "membership_fee_per_period": float(self.options.fee_per_period),
+            "fee_period_rounds": int(self.options.period_rounds),
+        }
+
+
+MECHANISMS: list = [SupplyDemandRatio, MidMarketRate, BillSharing, FixedPricePool]

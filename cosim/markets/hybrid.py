@@ -1,3 +1,346 @@
-"""Mechanisms of this family are being written (issue 3); the registry collects MECHANISMS."""
+"""Hybrid market: P2P inside communities, community managers trade between them.
 
-MECHANISMS: list = []
+Sousa, Soares, Pinson, Moret, Baroche and Sorin, 2019, "Peer-to-peer and
+community-based markets: a comprehensive review", Renew. Sustain. Energy Rev. 104
+(Sect. 3.3, hybrid P2P market: communities trade P2P among their members; their
+managers trade with each other and with the upper level). Here, each round:
+
+1. **Inside each community** any registered double auction (Options ``inner``, default
+   ``uniform``) clears the members' orders, one persistent mechanism object per
+   community built once. Its outside party is the community's manager, without caps:
+   what the inner auction leaves unmatched is the community's surplus and deficit.
+2. **Between communities** the managers trade those surpluses and deficits in a
+   uniform-price double auction (k-pricing, `UniformDoubleAuction`). A manager's bids
+   and asks are its members' unmatched orders at their own prices (a stepped curve),
+   so the second level clears the unmatched orders of all communities together and
+   each kWh stays attributed to the member behind it.
+3. **With the outside party**: what is still unmatched goes to the outside party at
+   retail and feed-in within its caps (islanded: shed or curtailed beyond them). The
+   managers pass it through at the tariffs, so it is recorded as each member's own
+   import and export (no network charge, no margin for the manager); the operator's
+   own outside trades are zero.
+
+A member's market energy (`bought_kwh`, `sold_kwh`) is what it traded at both levels;
+its buy (sell) price is the volume-weighted mean of its two levels' prices, so each
+level's individual rationality carries over. ``price_per_kwh`` is the single price if
+every market kWh traded at one, else NaN (prices then differ by community; see
+``info``).
+
+Network cuts. A cut is linear in the injections, ``sum_n coef[k, n] inj[n] <= rhs[k]``,
+and the injections depend only on what is curtailed and shed, not on who trades with
+whom. Each community's inner auction gets the cuts restricted to its members with a
+share of the right-hand side: ``coef_c inj_ref_c + share_c slack``, where ``inj_ref``
+is a reference dispatch that meets every cut and cap (the welfare-maximising pool over
+all participants, `PoolModel`), ``slack = rhs - coef inj_ref`` and ``share_c`` the
+community's part of ``sum |coef[k]|``. The shares add up to at most one, so the
+communities' inner dispatches together keep every cut, and each is feasible (its part
+of ``inj_ref`` is). The second level gets the full cuts with the inner trades'
+injections moved to the right-hand side, and may curtail or shed what is left over.
+The combined dispatch is then checked against every cut and cap; should it fail (or
+the second level be infeasible), the round is re-solved once with every order reduced
+by the reference dispatch's curtailment and shedding, for which both levels are
+feasible by construction (``info['resolved']``). With one community the reference is
+not needed and the inner auction gets the cuts as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import field_validator, model_validator
+
+from cosim.errors import InputError
+from cosim.markets.base import (
+    QTY_TOL,
+    TRADE_COLUMNS,
+    Charges,
+    ClearingResult,
+    MarketContext,
+    Mechanism,
+    MechanismOptions,
+    NetworkCuts,
+    OrderArrays,
+    Participants,
+)
+from cosim.markets.community import MECHANISMS as COMMUNITY_MECHANISMS
+from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
+from cosim.markets.uniform import UniformDoubleAuction, failed_result
+
+#: Slack on a network cut or an outside cap in the final check [kWh].
+CHECK_TOL = 1e-6
+#: Shedding and curtailment costs inside a community when the round's are zero (no
+#: outside party): the inner auction must hand what it leaves to its manager [currency/kWh].
+INNER_PENALTY_PER_KWH = 1e-3
+
+
+def _not_inner() -> set[str]:
+    """Mechanisms that trade through their own operator, so cannot clear inside a community."""
+    return {"hybrid", *(cls.name for cls in COMMUNITY_MECHANISMS)}
+
+
+class HybridOptions(MechanismOptions):
+    """Communities and the auction that clears inside each."""
+
+    communities: Literal["feeder"] | dict[str, str] = "feeder"
+    """``feeder``: one community per LV feeder (the participants' feeder); or a mapping
+    participant id -> community name. Participants the mapping leaves out trade alone
+    (each its own community)."""
+    inner: str = "uniform"
+    """Registry name of the double auction that clears inside each community."""
+    inner_options: dict[str, Any] = {}
+    """Options of the inner auction (its own ``Options``)."""
+
+    @field_validator("inner")
+    @classmethod
+    def _inner_is_a_double_auction(cls, name: str) -> str:
+        from cosim.markets import MECHANISMS
+
+        if name not in MECHANISMS:
+            raise ValueError(f"expected one of {sorted(MECHANISMS)}, found {name!r}")
+        if name in _not_inner():
+            raise ValueError(
+                f"expected a double auction (its unmatched orders going to the outside party), found "
+                f"{name!r}, which trades through its own operator"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _inner_options_valid(self):
+        from cosim.markets import MECHANISMS
+
+        MECHANISMS[self.inner].Options.model_validate(self.inner_options)
+        return self
+
+
+def subset(p: Participants, idx: np.ndarray) -> Participants:
+    """The participants at positions `idx`, with their part of the distance matrix."""
+    dist = None if p.distance_km is None else p.distance_km[np.ix_(idx, idx)]
+    return Participants([p.ids[i] for i in idx], p.bus[idx], p.feeder[idx], p.has_pv[idx], dist)
+
+
+def assign_communities(p: Participants, communities: str | dict[str, str]) -> list[tuple[str, np.ndarray]]:
+    """(community name, member positions) for each community, in order of first member.
+
+    >>> ps = Participants.plain(["a", "b", "c"])
+    >>> [(name, idx.tolist()) for name, idx in assign_communities(ps, {"a": "x", "c": "x"})]
+    [('x', [0, 2]), ('b', [1])]
+    """
+    if communities == "feeder":
+        labels = [f"feeder {int(f)}" if f >= 0 else "busbar" for f in p.feeder]
+    else:
+        unknown = sorted(set(communities) - set(p.ids))
+        if unknown:
+            raise InputError("market.options.communities", [
+                f"expected participant ids (e.g. {p.ids[:3]}), found unknown ids {unknown}"
+            ])
+        labels = [communities.get(i, i) for i in p.ids]
+        clash = sorted({i for i in p.ids if i not in communities} & set(communities.values()))
+        if clash:
+            raise InputError("market.options.communities", [
+                f"expected community names that are not ids of unmapped participants, found {clash}"
+            ])
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    return [(name, np.array(idx, dtype=int)) for name, idx in groups.items()]
+
+
+@dataclasses.dataclass
+class _Levels:
+    """Both levels of one clearing, per participant."""
+
+    result: ClearingResult
+    inner_kwh: float
+    second_kwh: float
+    community_price: dict[str, float]
+
+
+class HybridMarket(Mechanism):
+    """Hybrid P2P market: a double auction per community, a uniform auction between managers.
+
+    Sousa et al., 2019, Renew. Sustain. Energy Rev. 104 (hybrid P2P market); see the
+    module docstring for the rules and the handling of network cuts.
+    """
+
+    name = "hybrid"
+    Options: ClassVar[type[MechanismOptions]] = HybridOptions
+
+    def __init__(self, participants, max_cuts: int = 24, options=None):
+        super().__init__(participants, max_cuts, options)
+        from cosim.markets import MECHANISMS  # here, not at import: the registry imports this module
+
+        o = self.options
+        inner_cls = MECHANISMS[o.inner]
+        self.groups = assign_communities(self.participants, o.communities)
+        self.inner = {
+            name: inner_cls(subset(self.participants, idx), max_cuts, o.inner_options)
+            for name, idx in self.groups
+            if len(idx) > 1  # a lone member has nobody to trade with inside
+        }
+        self.second = UniformDoubleAuction(self.participants, max_cuts)
+        self.reference = PoolModel(len(self.ids), max_cuts)
+
+    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
+              charges: Charges | None = None) -> ClearingResult:
+        n = len(self.ids)
+        cuts = cuts if cuts is not None else NetworkCuts.empty(n)
+        charges = charges if charges is not None else Charges.none(n)
+        reference = None
+        if len(cuts) and self.inner and len(self.groups) > 1:
+            reference = self._reference(orders, ctx, cuts, charges)
+            if isinstance(reference, str):
+                return failed_result(reference, n, charges)
+        levels = self._clear_levels(orders, ctx, cuts, charges, reference)
+        resolved = False
+        if isinstance(levels, str) or self._violation(levels.result, ctx, cuts):
+            if reference is None:
+                reference = self._reference(orders, ctx, cuts, charges)
+                if isinstance(reference, str):
+                    return failed_result(reference, n, charges)
+            reduced = OrderArrays(
+                np.maximum(orders.demand_kwh - reference["shed_kwh"], 0.0),
+                np.maximum(orders.supply_kwh - reference["curtailed_kwh"], 0.0),
+                orders.bid_per_kwh, orders.ask_per_kwh,
+            )
+            levels = self._clear_levels(reduced, ctx, cuts, charges, reference)
+            if isinstance(levels, str):
+                return failed_result(levels, n, charges)
+            levels.result.shed_kwh = levels.result.shed_kwh + orders.demand_kwh - reduced.demand_kwh
+            levels.result.curtailed_kwh = levels.result.curtailed_kwh + orders.supply_kwh - reduced.supply_kwh
+            resolved = True
+            if self._violation(levels.result, ctx, cuts):
+                return failed_result("hybrid dispatch breaks a network cut or cap after re-solving", n, charges)
+        r = levels.result
+        r.welfare = float(
+            (orders.bid_per_kwh - charges.buy) @ r.bought_kwh - (orders.ask_per_kwh + charges.sell) @ r.sold_kwh
+            - ctx.voll_per_kwh * r.shed_kwh.sum() - ctx.curtail_cost * r.curtailed_kwh.sum()
+            - OUTSIDE_EPSILON * (r.import_kwh.sum() + r.export_kwh.sum())
+        )
+        traded = r.bought_kwh.sum()
+        r.info = {
+            "communities": len(self.groups),
+            "inner_kwh": levels.inner_kwh,
+            "second_level_kwh": levels.second_kwh,
+            "mean_price_per_kwh": float(np.nansum(r.buy_price_per_kwh * r.bought_kwh) / traded)
+            if traded > QTY_TOL else float("nan"),
+            "community_price_per_kwh": levels.community_price,
+            "resolved": resolved,
+        }
+        return r
+
+    # -- steps ----------------------------------------------------------------------------
+    def _reference(self, orders, ctx, cuts, charges) -> dict[str, np.ndarray] | str:
+        """A dispatch meeting every cut and cap: the pool over all participants."""
+        self.reference.update(orders, ctx, cuts, charges)
+        status, x, _ = self.reference.solve()
+        return x if status == "ok" else f"reference dispatch: {status}"
+
+    def _restricted_cuts(self, cuts: NetworkCuts, idx: np.ndarray, reference) -> NetworkCuts:
+        """The cuts on community `idx`'s members, with its share of each right-hand side."""
+        coef = cuts.coef[:, idx]
+        if reference is None:  # the community is the whole market
+            return NetworkCuts(coef, cuts.rhs, cuts.labels)
+        inj = reference["injection_kwh"]
+        slack = np.maximum(cuts.rhs - cuts.coef @ inj, 0.0)
+        weight = np.abs(cuts.coef).sum(axis=1)
+        share = np.divide(np.abs(coef).sum(axis=1), weight, out=np.zeros(len(cuts)), where=weight > 0)
+        return NetworkCuts(coef, coef @ inj[idx] + share * slack, cuts.labels)
+
+    def _clear_levels(self, orders, ctx, cuts, charges, reference) -> _Levels | str:
+        n = len(self.ids)
+        bought1, sold1, curtailed1, shed1 = (np.zeros(n) for _ in range(4))
+        paid1, received1 = np.zeros(n), np.zeros(n)
+        left_demand = np.array(orders.demand_kwh, float)
+        left_supply = np.array(orders.supply_kwh, float)
+        inner_ctx = dataclasses.replace(
+            ctx, import_cap_kwh=np.inf, export_cap_kwh=np.inf,
+            voll_per_kwh=max(ctx.voll_per_kwh, INNER_PENALTY_PER_KWH),
+            curtail_cost_per_kwh=max(ctx.curtail_cost, INNER_PENALTY_PER_KWH),
+        )
+        frames, community_price = [], {}
+        for name, idx in self.groups:
+            if name not in self.inner:
+                continue
+            manager = f"manager {name}"
+            r = self.inner[name].clear(
+                OrderArrays(orders.demand_kwh[idx], orders.supply_kwh[idx], orders.bid_per_kwh[idx],
+                            orders.ask_per_kwh[idx]),
+                dataclasses.replace(inner_ctx, outside_party=manager),
+                self._restricted_cuts(cuts, idx, reference) if len(cuts) else None,
+                Charges(charges.buy[idx], charges.sell[idx]),
+            )
+            if not r.ok:
+                return f"community {name}: {r.status}"
+            if r.operator_import_kwh > QTY_TOL or r.operator_export_kwh > QTY_TOL:
+                return f"community {name}: the inner mechanism traded through its operator"
+            bought1[idx], sold1[idx] = r.bought_kwh, r.sold_kwh
+            curtailed1[idx], shed1[idx] = r.curtailed_kwh, r.shed_kwh
+            left_demand[idx], left_supply[idx] = r.import_kwh, r.export_kwh
+            paid1[idx] = np.nan_to_num(r.buy_price_per_kwh) * r.bought_kwh
+            received1[idx] = np.nan_to_num(r.sell_price_per_kwh) * r.sold_kwh
+            t = r.trades
+            frames.append(t[(t.seller != manager) & (t.buyer != manager)])
+            community_price[name] = r.price_per_kwh
+        second_cuts = cuts
+        if len(cuts):  # the inner trades' injections are fixed: move them to the right-hand side
+            second_cuts = NetworkCuts(cuts.coef, cuts.rhs - cuts.coef @ (sold1 - bought1), cuts.labels)
+        r2 = self.second.clear(
+            OrderArrays(left_demand, left_supply, orders.bid_per_kwh, orders.ask_per_kwh), ctx, second_cuts, charges
+        )
+        if not r2.ok:
+            return f"second level: {r2.status}"
+        bought = bought1 + r2.bought_kwh
+        sold = sold1 + r2.sold_kwh
+        with np.errstate(invalid="ignore", divide="ignore"):
+            buy_price = np.where(
+                bought > QTY_TOL, (paid1 + np.nan_to_num(r2.buy_price_per_kwh) * r2.bought_kwh) / bought, np.nan
+            )
+            sell_price = np.where(
+                sold > QTY_TOL, (received1 + np.nan_to_num(r2.sell_price_per_kwh) * r2.sold_kwh) / sold, np.nan
+            )
+        frames.append(r2.trades)
+        frames = [f for f in frames if len(f)]
+        trades = pd.concat(frames, ignore_index=True)[TRADE_COLUMNS] if frames else pd.DataFrame(columns=TRADE_COLUMNS)
+        result = ClearingResult(
+            status="ok",
+            bought_kwh=bought,
+            sold_kwh=sold,
+            import_kwh=r2.import_kwh,
+            export_kwh=r2.export_kwh,
+            curtailed_kwh=curtailed1 + r2.curtailed_kwh,
+            shed_kwh=shed1 + r2.shed_kwh,
+            buy_price_per_kwh=buy_price,
+            sell_price_per_kwh=sell_price,
+            charges=charges,
+            price_per_kwh=single_price(trades, ctx.outside_party),
+            trades=trades,
+        )
+        return _Levels(result, float(bought1.sum()), float(r2.bought_kwh.sum()), community_price)
+
+    @staticmethod
+    def _violation(r: ClearingResult, ctx: MarketContext, cuts: NetworkCuts) -> bool:
+        """True if the combined dispatch breaks a network cut or an outside cap."""
+        over_cut = len(cuts) and np.max(cuts.coef @ r.injection_kwh - cuts.rhs) > CHECK_TOL
+        over_import = r.import_kwh.sum() > ctx.import_cap_kwh + CHECK_TOL
+        over_export = r.export_kwh.sum() > ctx.export_cap_kwh + CHECK_TOL
+        return bool(over_cut or over_import or over_export)
+
+
+def single_price(trades: pd.DataFrame, outside_party: str) -> float:
+    """The price of every market trade if they all share one, else NaN.
+
+    >>> t = pd.DataFrame([("a", "b", 1.0, 0.2, 0.2, 0.0), ("c", "d", 1.0, 0.2, 0.2, 0.0)], columns=TRADE_COLUMNS)
+    >>> single_price(t, "grid"), single_price(t.assign(price_per_kwh=[0.2, 0.3]), "grid")
+    (0.2, nan)
+    """
+    market = trades[(trades.seller != outside_party) & (trades.buyer != outside_party)]
+    if market.empty:
+        return float("nan")
+    prices = np.concatenate([market.price_per_kwh.to_numpy(float), market.seller_price_per_kwh.to_numpy(float)])
+    return float(prices[0]) if np.ptp(prices) <= 1e-12 else float("nan")
+
+
+MECHANISMS: list = [HybridMarket]

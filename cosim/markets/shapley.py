@@ -1,3 +1,679 @@
-"""Mechanisms of this family are being written (issue 3); the registry collects MECHANISMS."""
+"""Coalitional game of the round's traders: the saving from trading among themselves is
+shared by the Shapley value (or the least core), with a core check.
 
-MECHANISMS: list = []
+Game (transferable utility). The players are the round's active traders (participants
+with demand or supply; idle participants are null players and get nothing), or, with
+``players="feeders"``, the LV feeders that have active traders (see "Players" below).
+The value of a coalition S is its saving from trading internally first, against each of
+its members trading alone with the outside party, at the members' declared prices:
+
+    v(S) = W(S) - W(empty)
+
+where W(S) is the declared welfare of the round's pool optimum (`PoolModel`, network cuts
+and outside caps included) when only the members of S may trade P2P -- everyone else's
+P2P bounds are zero, so they trade alone with the outside party --
+
+    W = sum_n (bid[n] - charge_buy[n]) bought[n] - (ask[n] + charge_sell[n]) sold[n]
+        - voll sum shed - curtail_cost sum curtailed
+
+(the pool's objective without its 1e-6 tie-break). One LP solve per coalition value on
+ONE persistent `PoolModel` (only the P2P column bounds change, warm-started). The round's
+orders already include each home battery's effect, so storage needs no term of its own.
+With truthful tariff bids (bid = retail, ask = feed-in), no charges and an unconstrained
+outside party the value has the closed form ``v(S) = (retail - feed_in) min(D(S), S(S))``
+(D, S: the members' demand and supply) -- the tests check the solves against it.
+W(S) grows with S (the feasible set does), so the game is monotone: every Shapley share is
+>= 0 and a coalition with no buyer or no seller is worth 0 (no solve needed).
+
+Shapley value (Shapley 1953, "A value for n-person games", Contributions to the Theory of
+Games II, Ann. Math. Studies 28:307-317). Exact over all 2^p coalitions for
+p <= ``exact_max_members`` players (the coalitions are visited in Gray-code order, so
+consecutive LPs differ by one player). Above that, Monte-Carlo permutation sampling
+(Castro, Gomez and Tejada 2009, "Polynomial calculation of the Shapley value based on
+sampling", Computers & Operations Research 36(5):1726-1730): ``mc_permutations``
+permutations drawn uniformly, each player's share the mean of its marginal contributions,
+with a normal confidence interval ``z sd / sqrt(m)`` (info ``shapley_ci_halfwidth``: the
+largest over players [currency]); coalition values are cached within the round, at most
+``mc_max_solves`` LP solves. Two exact shortcuts keep a permutation cheap: a prefix with
+no buyer or no seller is worth 0, and once a prefix is worth v(N) every later marginal
+contribution is 0 (monotone game). The estimate is efficient by construction (each
+permutation's contributions add up to v(N)). The sampling is seeded by ``mc_seed`` and
+the round's orders, so the same round gives the same estimate.
+
+Players. ``prosumers``: each active trader is a player. ``feeders``: each LV feeder with
+active traders is one player (the coalitions are unions of feeders); a feeder's share is
+split among its members pro rata to the P2P energy each trades in the grand coalition's
+allocation (bought + sold), or pro rata to their orders (demand + supply) if none of
+them trades. ``auto`` (default): prosumers when the round has at most
+``exact_max_members`` active traders or they all sit on one feeder, else feeders -- so a
+round of 118 prosumers on rural3's 8 feeders is an exact 8-player game.
+
+Allocation. The physical allocation is the grand coalition's welfare optimum (the pool
+solve with everyone in). Each member's energy bill is its reference bill minus its share
+x[n] of the saving, where the reference bill prices the member's P2P kWh at its own
+declared price net of its network charge (buyer: bid - charge_buy; seller: ask +
+charge_sell) and its outside trades at retail / feed-in. With truthful bids and no
+charges the reference bill is exactly the stand-alone grid bill, so
+``bill = stand-alone bill - share``. The coalition's manager (the settlement party
+``market_operator``) pays out the shares: a member with a positive share buys (sells) ALL
+its traded energy through the coalition -- its P2P kWh and, routed through the manager,
+what it would otherwise import (export), which the manager trades with the outside party
+(``operator_import_kwh`` / ``operator_export_kwh``) -- and its per-kWh price encodes the
+bill (n = buyer, m = seller; b, a the declared prices, cb, cs the charges):
+
+    buy_price[n]  = ((b[n] - cb[n]) p2p[n] + retail routed[n] - x[n]) / bought[n]
+    sell_price[m] = ((a[m] + cs[m]) p2p[m] + feed_in routed[m] + x[m]) / sold[m]
+
+The manager's own bill is then exactly zero; settlement levies network charges on every
+kWh traded in the market, the routed ones included (as in the community mechanisms).
+Members with a zero share keep their outside trades direct. Bid-level individual
+rationality (price + charge <= bid) holds on P2P kWh (x >= 0); what the coalition promises
+is that no member's energy bill exceeds its reference bill.
+Where the outside party's caps or network cuts make v(N) differ from the money the
+trades create, G = sum (b - cb) p2p - sum (a + cs) p2p (v(N) then also counts avoided
+shedding or curtailment, which no one pays for), the shares are scaled by G / v(N)
+(info ``share_scale``, 1 otherwise) so that the bills still add up.
+
+Core (Gillies 1959, "Solutions to general non-zero-sum games", Contributions to the Theory
+of Games IV; Bondareva 1963; Shapley 1967). The allocation is in the core iff no coalition
+gets less than its value: info ``max_excess`` = max_S v(S) - x(S) [currency] and
+``in_core`` (max_excess <= 1e-7) -- over all coalitions of players in exact mode, over the
+coalitions sampled (the permutations' prefixes) in Monte-Carlo mode. In exact mode a
+persistent Pyomo/HiGHS LP also computes the least core (Maschler, Peleg and Shapley 1979,
+"Geometric properties of the kernel, nucleolus and related solution concepts", Math. Oper.
+Res. 4(4)): minimise eps s.t. x(S) >= v(S) - eps for every proper coalition S, x(N) = v(N).
+The core is non-empty iff eps* <= 0 (info ``core_nonempty``, ``least_core_epsilon``).
+``allocation="least_core"`` shares by the least-core point nearest the Shapley value
+(a second, quadratic stage: min ||x - phi||^2 with eps <= eps*), unique because the
+least core is convex; it needs the exact game (p <= exact_max_members), and above that
+falls back to the Shapley estimate (info ``allocation``).
+
+Reference texts: Maschler, Solan and Zamir 2013, "Game Theory", Cambridge UP, ch. 17
+(the core) and ch. 18 (the Shapley value); Peleg and Sudhoelter 2007, "Introduction to the Theory of
+Cooperative Games", 2nd ed., Springer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import highspy
+import numpy as np
+import pandas as pd
+import pyomo.environ as pyo
+from pydantic import Field
+from pyomo.contrib.appsi.solvers import Highs
+from scipy.stats import norm
+
+from cosim.markets.base import (
+    QTY_TOL,
+    TRADE_COLUMNS,
+    Charges,
+    ClearingResult,
+    MarketContext,
+    Mechanism,
+    MechanismOptions,
+    NetworkCuts,
+    OrderArrays,
+    outside_trades,
+)
+from cosim.markets.pool import PoolModel
+from cosim.markets.uniform import failed_result, merit_order_matching
+
+logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
+
+#: The coalition manager's party name (settlement's ``MARKET_OPERATOR``; not imported
+#: from cosim.settlement, which imports this package).
+MANAGER = "market_operator"
+#: Values and shares below this count as zero [currency].
+VALUE_TOL = 1e-9
+#: An allocation is in the core when no coalition's excess exceeds this [currency].
+CORE_TOL = 1e-7
+#: Slack on eps* when the least-core LP's second stage holds eps at its optimum.
+LEAST_CORE_SLACK = 1e-10
+
+
+# -- the game (pure functions) ----------------------------------------------------------------
+def subset_matrix(p: int) -> np.ndarray:
+    """[2^p x p] membership of player i (column) in coalition `mask` (row): bit i of mask.
+
+    >>> subset_matrix(2).astype(int).tolist()
+    [[0, 0], [1, 0], [0, 1], [1, 1]]
+    """
+    masks = np.arange(2**p)
+    return ((masks[:, None] >> np.arange(p)[None, :]) & 1).astype(bool)
+
+
+def shapley_exact(values: np.ndarray) -> np.ndarray:
+    """Shapley value of the game given by `values[mask]` over all 2^p coalitions.
+
+    ``phi_i = sum_{S not containing i} |S|! (p - |S| - 1)! / p! (v(S + i) - v(S))``.
+    The glove game with one left glove (player 0) and two right gloves, whose Shapley
+    value is (2/3, 1/6, 1/6) (Maschler, Solan and Zamir 2013, "Game Theory", ch. 18):
+
+    >>> v = np.array([0, 0, 0, 1, 0, 1, 0, 1], float)  # v(S) = min(#left, #right)
+    >>> np.round(shapley_exact(v), 6).tolist()
+    [0.666667, 0.166667, 0.166667]
+    """
+    n_masks = len(values)
+    p = n_masks.bit_length() - 1
+    if 2**p != n_masks:
+        raise ValueError(f"expected 2^p coalition values, found {n_masks}")
+    masks = np.arange(n_masks)
+    size = subset_matrix(p).sum(axis=1) if p else np.zeros(1, dtype=int)
+    weight = np.array([math.factorial(s) * math.factorial(p - s - 1) / math.factorial(p) for s in range(p)])
+    phi = np.empty(p)
+    for i in range(p):
+        without = masks[((masks >> i) & 1) == 0]
+        phi[i] = float(weight[size[without]] @ (values[without | (1 << i)] - values[without]))
+    return phi
+
+
+def max_excess(values: np.ndarray, membership: np.ndarray, x: np.ndarray) -> float:
+    """Largest excess ``v(S) - x(S)`` over the coalitions given (rows of `membership`).
+
+    The allocation is in the core when it is <= 0 over all coalitions. Glove game: the
+    Shapley value leaves {left, right_1} 1/6 short; (1, 0, 0) leaves no one short.
+
+    >>> v = np.array([0, 0, 0, 1, 0, 1, 0, 1], float)
+    >>> round(max_excess(v, subset_matrix(3), np.array([2/3, 1/6, 1/6])), 6)
+    0.166667
+    >>> max_excess(v, subset_matrix(3), np.array([1.0, 0.0, 0.0]))
+    0.0
+    """
+    return float(np.max(values - membership @ x)) if len(values) else 0.0
+
+
+@dataclass
+class SampledShapley:
+    """A Monte-Carlo Shapley estimate."""
+
+    phi: np.ndarray
+    halfwidth: np.ndarray
+    """Half-width of each share's confidence interval [currency]."""
+    permutations: int
+
+
+def shapley_sampled(value, p: int, v_grand: float, n_permutations: int, rng: np.random.Generator,
+                    confidence: float = 0.95, max_evaluations: int | None = None,
+                    evaluations=None) -> SampledShapley:
+    """Castro, Gomez and Tejada (2009) permutation sampling of the Shapley value.
+
+    `value(order, k)` is v of the coalition formed by the first k players of `order`
+    (called with k = 1, 2, ... in turn for each order, never for the grand coalition);
+    every permutation's marginal contributions add up to `v_grand`. A monotone game is
+    assumed: once a prefix is worth `v_grand` (within VALUE_TOL) the rest contribute 0.
+    Sampling stops after `n_permutations`, or after the permutation in which
+    `evaluations()` (the number of costly value computations so far) reaches
+    `max_evaluations` (at least two permutations are drawn).
+
+    >>> v = lambda order, k: float(min(0 in order[:k], len({1, 2} & set(order[:k].tolist())) > 0))
+    >>> est = shapley_sampled(v, 3, 1.0, 4000, np.random.default_rng(1))
+    >>> bool(np.all(np.abs(est.phi - [2/3, 1/6, 1/6]) < 0.03)), bool(abs(est.phi.sum() - 1.0) < 1e-12)
+    (True, True)
+    """
+    contributions = np.zeros((n_permutations, p))
+    done = 0
+    for k in range(n_permutations):
+        order = rng.permutation(p)
+        previous = 0.0
+        for t in range(p):
+            current = v_grand if t == p - 1 else value(order, t + 1)
+            if current >= v_grand - VALUE_TOL:
+                contributions[k, order[t]] = v_grand - previous  # the rest contribute 0
+                break
+            contributions[k, order[t]] = current - previous
+            previous = current
+        done = k + 1
+        if max_evaluations is not None and evaluations is not None and done >= 2 and evaluations() >= max_evaluations:
+            break
+    c = contributions[:done]
+    phi = c.mean(axis=0)
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    sd = c.std(axis=0, ddof=1) if done > 1 else np.full(p, np.inf)
+    return SampledShapley(phi, z * sd / math.sqrt(done), done)
+
+
+# -- least core (persistent Pyomo/HiGHS LP, then a QP stage) -------------------------------------
+class LeastCoreModel:
+    """min eps s.t. x(S) + eps >= v(S) for proper coalitions S, x(N) = v(N); then the
+    least-core point nearest a target (the Shapley value): min ||x - phi||^2, eps <= eps*.
+
+    Built once for `slots` players (2^slots - 2 coalition rows); a game with p < slots
+    players leaves the other slots fixed at 0 and their rows free.
+    """
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.model = m = pyo.ConcreteModel(name="least_core")
+        m.I = pyo.RangeSet(0, slots - 1)
+        m.S = pyo.RangeSet(1, 2**slots - 2)
+        m.share = pyo.Var(m.I, domain=pyo.Reals)
+        m.epsilon = pyo.Var(domain=pyo.Reals)
+        m.coalition_value = pyo.Param(m.S, mutable=True, initialize=0.0)
+        m.grand_value = pyo.Param(mutable=True, initialize=0.0)
+        bits = subset_matrix(slots)
+        m.coalition_excess = pyo.Constraint(
+            m.S, rule=lambda m, s: sum(m.share[i] for i in np.flatnonzero(bits[s])) + m.epsilon >= m.coalition_value[s]
+        )
+        m.efficiency = pyo.Constraint(expr=sum(m.share[i] for i in m.I) == m.grand_value)
+        m.least_excess = pyo.Objective(expr=m.epsilon, sense=pyo.minimize)
+        self.solver = Highs()
+        self.solver.highs_options = {"output_flag": False, "threads": 1}
+        self.solver.set_instance(m)
+        self.highs: highspy.Highs = self.solver._solver_model
+        self.highs.setOptionValue("output_flag", False)
+        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
+        self.share_col = np.array([vmap[id(m.share[i])] for i in m.I], dtype=np.int32)
+        self.eps_col = np.array([vmap[id(m.epsilon)]], dtype=np.int32)
+        self.rows = np.array([cmap[m.coalition_excess[s]] for s in m.S], dtype=np.int32)
+        self.eff_row = np.array([cmap[m.efficiency]], dtype=np.int32)
+        self.n_col = self.highs.getNumCol()
+
+    def _set_hessian(self, on: bool) -> None:
+        h, n = self.highs, self.n_col
+        if on:
+            cols = np.sort(self.share_col)
+            start = np.zeros(n + 1, dtype=np.int32)
+            start[1:] = np.cumsum(np.isin(np.arange(n), cols))
+            h.passHessian(n, len(cols), 1, start, cols, np.full(len(cols), 2.0))
+        elif h.getHessianNumNz():
+            h.passHessian(n, 0, 1, np.zeros(n + 1, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0))
+
+    def solve(self, values: np.ndarray, target: np.ndarray) -> tuple[str, float, np.ndarray]:
+        """(status, eps*, least-core point nearest `target`) of the game `values[mask]`."""
+        h, inf = self.highs, highspy.kHighsInf
+        p = len(target)
+        if p > self.slots:
+            raise ValueError(f"{p} players exceed the least-core model's {self.slots} slots")
+        masks = np.arange(1, 2**self.slots - 1)
+        used = ((masks >> p) == 0) & (masks != 2**p - 1)  # proper coalitions of the p players
+        lower = np.where(used, values[np.where(used, masks, 0)], -inf)
+        h.changeRowsBounds(len(self.rows), self.rows, lower, np.full(len(self.rows), inf))
+        v_grand = float(values[-1])
+        h.changeRowsBounds(1, self.eff_row, np.array([v_grand]), np.array([v_grand]))
+        share_lo = np.where(np.arange(self.slots) < p, -inf, 0.0)
+        share_hi = np.where(np.arange(self.slots) < p, inf, 0.0)
+        h.changeColsBounds(self.slots, self.share_col, share_lo, share_hi)
+        h.changeColsBounds(1, self.eps_col, np.array([-inf]), np.array([inf]))
+        cost = np.zeros(self.n_col)
+        cost[self.eps_col] = 1.0
+        self._set_hessian(False)
+        h.changeColsCost(self.n_col, np.arange(self.n_col, dtype=np.int32), cost)
+        h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return f"least core {h.modelStatusToString(h.getModelStatus())}", float("nan"), np.full(p, np.nan)
+        eps = float(np.asarray(h.getSolution().col_value)[self.eps_col[0]])
+        # stage 2: nearest point to the target within the least core
+        h.changeColsBounds(1, self.eps_col, np.array([-inf]), np.array([eps + LEAST_CORE_SLACK]))
+        cost = np.zeros(self.n_col)
+        cost[self.share_col[:p]] = -2.0 * np.asarray(target, float)
+        h.changeColsCost(self.n_col, np.arange(self.n_col, dtype=np.int32), cost)
+        self._set_hessian(True)
+        h.run()
+        status = h.getModelStatus()
+        self._set_hessian(False)
+        if status != highspy.HighsModelStatus.kOptimal:
+            return f"least core {h.modelStatusToString(status)}", eps, np.full(p, np.nan)
+        x = np.asarray(h.getSolution().col_value)[self.share_col[:p]]
+        return "ok", eps, x
+
+
+# -- coalition values on the persistent pool ---------------------------------------------------
+class CoalitionSolveError(RuntimeError):
+    """A coalition's LP did not solve (the round then fails and the loop falls back)."""
+
+
+class PoolGame:
+    """Coalition values of one round: the pool solved with P2P open to the members only."""
+
+    def __init__(self, pool: PoolModel, orders: OrderArrays, ctx: MarketContext, charges: Charges,
+                 players: list[np.ndarray]):
+        self.pool = pool
+        self.n = pool.n
+        self.demand = np.asarray(orders.demand_kwh, float)
+        self.supply = np.asarray(orders.supply_kwh, float)
+        self.eff_bid = np.asarray(orders.bid_per_kwh, float) - charges.buy
+        self.eff_ask = np.asarray(orders.ask_per_kwh, float) + charges.sell
+        self.voll, self.curtail_cost = ctx.voll_per_kwh, ctx.curtail_cost
+        self.players = players
+        self.player_matrix = np.zeros((len(players), self.n), dtype=bool)
+        for k, members in enumerate(players):
+            self.player_matrix[k, members] = True
+        self.buyer_players = np.array([bool((self.demand[m] > QTY_TOL).any()) for m in players], dtype=bool)
+        self.seller_players = np.array([bool((self.supply[m] > QTY_TOL).any()) for m in players], dtype=bool)
+        self.cache: dict[int, float] = {}
+        self.solves = 0
+        self.baseline = 0.0
+
+    def welfare(self, x: dict[str, np.ndarray]) -> float:
+        """Declared welfare of a pool solution, without the pool's tie-break [currency]."""
+        return float(
+            self.eff_bid @ x["bought_kwh"] - self.eff_ask @ x["sold_kwh"]
+            - self.voll * x["shed_kwh"].sum() - self.curtail_cost * x["curtailed_kwh"].sum()
+        )
+
+    def solve(self, member: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Welfare and solution with P2P open to `member` participants only."""
+        h, col, zeros = self.pool.highs, self.pool.col, np.zeros(self.n)
+        h.changeColsBounds(self.n, col["bought_kwh"], zeros, self.demand * member)
+        h.changeColsBounds(self.n, col["sold_kwh"], zeros, self.supply * member)
+        status, x, _ = self.pool.solve()
+        self.solves += 1
+        if status != "ok":
+            raise CoalitionSolveError(f"coalition value: {status}")
+        return self.welfare(x), x
+
+    def value(self, mask: int, member: np.ndarray) -> float:
+        """v of the coalition `mask` (bit k: player k), whose participants are `member`."""
+        v = self.cache.get(mask)
+        if v is not None:
+            return v
+        if not ((self.demand[member] > QTY_TOL).any() and (self.supply[member] > QTY_TOL).any()):
+            v = 0.0  # no buyer or no seller: nothing to trade
+        else:
+            w, _ = self.solve(member)
+            v = w - self.baseline
+        self.cache[mask] = v
+        return v
+
+
+# -- shares into prices --------------------------------------------------------------------
+@dataclass
+class CoalitionBills:
+    """A member-level allocation whose prices encode reference bill minus share."""
+
+    bought_kwh: np.ndarray
+    sold_kwh: np.ndarray
+    import_kwh: np.ndarray
+    export_kwh: np.ndarray
+    buy_price_per_kwh: np.ndarray
+    sell_price_per_kwh: np.ndarray
+    routed: np.ndarray
+    operator_import_kwh: float
+    operator_export_kwh: float
+    unpaid_share: float
+
+
+def share_prices(x: dict[str, np.ndarray], shares: np.ndarray, eff_bid: np.ndarray, eff_ask: np.ndarray,
+                 ctx: MarketContext) -> CoalitionBills:
+    """Route each sharing member's outside trades through the manager and price its
+    market kWh so that its energy bill is its reference bill minus its share.
+
+    >>> x = {"bought_kwh": np.array([1.0, 0.0, 0.0]), "sold_kwh": np.array([0.0, 1.0, 0.0]),
+    ...      "imported_kwh": np.array([1.0, 0.0, 0.0]), "exported_kwh": np.array([0.0, 0.0, 1.0])}
+    >>> b = share_prices(x, np.array([0.1, 0.05, 0.0]), np.array([0.3, 0, 0]), np.array([0, 0.08, 0.08]),
+    ...                  MarketContext(0.3, 0.08))
+    >>> b.bought_kwh.tolist(), round(float(b.buy_price_per_kwh[0]), 6), round(float(b.sell_price_per_kwh[1]), 6)
+    ([2.0, 0.0, 0.0], 0.25, 0.13)
+    >>> b.operator_import_kwh, b.export_kwh.tolist()
+    (1.0, [0.0, 0.0, 1.0])
+    """
+    p2p_b, p2p_s = x["bought_kwh"], x["sold_kwh"]
+    imp, exp = x["imported_kwh"], x["exported_kwh"]
+    routed = shares > VALUE_TOL
+    bought = p2p_b + np.where(routed, imp, 0.0)
+    sold = p2p_s + np.where(routed, exp, 0.0)
+    buyer_bill = eff_bid * p2p_b + ctx.retail_price_per_kwh * np.where(routed, imp, 0.0) - shares
+    seller_income = eff_ask * p2p_s + ctx.feed_in_price_per_kwh * np.where(routed, exp, 0.0) + shares
+    is_buyer = bought > QTY_TOL
+    is_seller = sold > QTY_TOL
+    with np.errstate(divide="ignore", invalid="ignore"):
+        buy_price = np.where(is_buyer, buyer_bill / np.where(is_buyer, bought, 1.0), np.nan)
+        sell_price = np.where(is_seller, seller_income / np.where(is_seller, sold, 1.0), np.nan)
+    unpaid = float(shares[routed & ~is_buyer & ~is_seller].sum())
+    return CoalitionBills(
+        bought, sold, np.where(routed, 0.0, imp), np.where(routed, 0.0, exp), buy_price, sell_price, routed,
+        float(imp[routed].sum()), float(exp[routed].sum()), unpaid,
+    )
+
+
+def split_group_share(share: float, weights: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """Split a group's share pro rata to `weights`, or to `fallback` if they are all zero.
+
+    >>> split_group_share(0.3, np.array([1.0, 2.0, 0.0]), np.ones(3)).round(6).tolist()
+    [0.1, 0.2, 0.0]
+    >>> split_group_share(0.3, np.zeros(3), np.array([1.0, 1.0, 1.0])).round(6).tolist()
+    [0.1, 0.1, 0.1]
+    """
+    for w in (weights, fallback):
+        total = float(w.sum())
+        if total > QTY_TOL:
+            return share * w / total
+    return np.full(len(weights), share / len(weights)) if len(weights) else np.zeros(0)
+
+
+# -- the mechanism ------------------------------------------------------------------------------
+class ShapleyCoalition(Mechanism):
+    """Coalitional game: the grand coalition's pool optimum, its saving shared by the
+    Shapley value (or the least core), with a core check. See the module docstring for the
+    game, the sources, the bills and the info keys."""
+
+    name = "shapley"
+
+    class Options(MechanismOptions):
+        players: Literal["auto", "prosumers", "feeders"] = "auto"
+        """Who the players are: each active trader, each LV feeder with active traders,
+        or auto (prosumers up to exact_max_members active traders or on one feeder, else feeders)."""
+        exact_max_members: int = Field(12, ge=1, le=14)
+        """Most players for the exact Shapley value (2^p coalition LPs); above: Monte-Carlo."""
+        mc_permutations: int = Field(200, ge=2)
+        """Permutations sampled by the Monte-Carlo estimate."""
+        mc_max_solves: int = Field(20000, ge=1)
+        """Budget of coalition LP solves per clearing in Monte-Carlo mode (checked after each permutation)."""
+        mc_confidence: float = Field(0.95, gt=0.0, lt=1.0)
+        """Confidence level of the reported interval (info shapley_ci_halfwidth)."""
+        mc_seed: int = 0
+        """Seed of the permutation sampling (combined with the round's orders)."""
+        allocation: Literal["shapley", "least_core"] = "shapley"
+        """Share by the Shapley value, or by the least-core point nearest it (exact games only)."""
+
+    def __init__(self, participants, max_cuts: int = 24, options=None):
+        super().__init__(participants, max_cuts, options)
+        self.pool = PoolModel(len(self.ids), max_cuts)
+        self._least_core: LeastCoreModel | None = None  # built on first use, then kept
+
+    @property
+    def least_core_model(self) -> LeastCoreModel:
+        if self._least_core is None:
+            self._least_core = LeastCoreModel(self.options.exact_max_members)
+        return self._least_core
+
+    # -- players ------------------------------------------------------------------------------
+    def players_of(self, active: np.ndarray) -> tuple[str, list[np.ndarray]]:
+        idx = np.flatnonzero(active)
+        feeders = self.participants.feeder[idx]
+        mode = self.options.players
+        if mode == "auto":
+            few = len(idx) <= self.options.exact_max_members or len(np.unique(feeders)) <= 1
+            mode = "prosumers" if few else "feeders"
+        if mode == "prosumers":
+            return mode, [np.array([i]) for i in idx]
+        return mode, [idx[feeders == f] for f in np.unique(feeders)]
+
+    def _rng(self, orders: OrderArrays) -> np.random.Generator:
+        digest = 0
+        for a in (orders.demand_kwh, orders.supply_kwh, orders.bid_per_kwh, orders.ask_per_kwh):
+            digest = zlib.crc32(np.ascontiguousarray(a, dtype=float).tobytes(), digest)
+        return np.random.default_rng([self.options.mc_seed, digest])
+
+    # -- the round ------------------------------------------------------------------------------
+    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
+              charges: Charges | None = None) -> ClearingResult:
+        n = len(self.ids)
+        cuts = cuts if cuts is not None else NetworkCuts.empty(n)
+        charges = charges if charges is not None else Charges.none(n)
+        self.pool.update(orders, ctx, cuts, charges)
+        status, x, _ = self.pool.solve()
+        if status != "ok":
+            return failed_result(status, n, charges)
+        active = (orders.demand_kwh > QTY_TOL) | (orders.supply_kwh > QTY_TOL)
+        mode, players = self.players_of(active)
+        game = PoolGame(self.pool, orders, ctx, charges, players)
+        w_grand = game.welfare(x)
+        info = {"shapley_players": mode, "shapley_n_players": len(players), "allocation": self.options.allocation}
+        try:
+            shares, game_info = self.share(game, x, w_grand, ctx, orders)
+        except CoalitionSolveError as err:
+            return failed_result(str(err), n, charges)
+        info.update(game_info)
+        return self.result(x, shares, game, w_grand, orders, ctx, charges, info)
+
+    def share(self, game: PoolGame, x: dict, w_grand: float, ctx: MarketContext,
+              orders: OrderArrays) -> tuple[np.ndarray, dict]:
+        """Each participant's share of the grand coalition's saving [currency], and info."""
+        n, p = self.pool.n, len(game.players)
+        info = {"coalition_value": 0.0, "coalition_solves": 0, "shapley_method": "trivial",
+                "shapley_ci_halfwidth": 0.0, "shapley_permutations": 0, "in_core": True,
+                "max_excess": 0.0, "core_coalitions_checked": 0, "core_nonempty": True,
+                "least_core_epsilon": float("nan"), "player_shares": np.zeros(p)}
+        shares = np.zeros(n)
+        trades_possible = ctx.p2p and p >= 1 and game.buyer_players.any() and game.seller_players.any()
+        if not trades_possible:
+            return shares, info
+        game.baseline, _ = game.solve(np.zeros(n, dtype=bool))
+        v_grand = w_grand - game.baseline
+        full = (1 << p) - 1
+        game.cache[full] = v_grand
+        info["coalition_value"] = v_grand
+        if v_grand <= VALUE_TOL:  # monotone game: every coalition is worth 0, so is every share
+            info["coalition_solves"] = game.solves
+            return shares, info
+        if p <= self.options.exact_max_members:
+            phi, values, membership = self.exact(game, p)
+            info["shapley_method"] = "exact"
+        else:
+            est, values, membership = self.sampled(game, p, v_grand, orders)
+            phi = est.phi
+            info.update(shapley_method="monte_carlo", shapley_ci_halfwidth=float(est.halfwidth.max()),
+                        shapley_permutations=est.permutations)
+        allocation = phi
+        if p <= self.options.exact_max_members:
+            status, eps, point = self.least_core_model.solve(values, phi)
+            info["least_core_epsilon"] = eps
+            info["core_nonempty"] = bool(eps <= CORE_TOL)
+            if self.options.allocation == "least_core" and status == "ok":
+                allocation = point
+            elif self.options.allocation == "least_core":
+                info["allocation"] = f"shapley ({status})"
+        elif self.options.allocation == "least_core":
+            info["allocation"] = "shapley (least core needs the exact game)"
+            info["core_nonempty"] = None
+        else:
+            info["core_nonempty"] = None
+        excess = max_excess(values, membership, allocation)
+        info.update(in_core=bool(excess <= CORE_TOL), max_excess=excess, core_coalitions_checked=len(values),
+                    coalition_solves=game.solves, player_shares=allocation)
+        for k, members in enumerate(game.players):
+            if len(members) == 1:
+                shares[members] = allocation[k]
+            else:
+                traded = x["bought_kwh"][members] + x["sold_kwh"][members]
+                offered = orders.demand_kwh[members] + orders.supply_kwh[members]
+                shares[members] = split_group_share(allocation[k], traded, offered)
+        return shares, info
+
+    def exact(self, game: PoolGame, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every coalition's value (Gray-code order: consecutive LPs differ by one player)."""
+        membership = subset_matrix(p)
+        values = np.zeros(2**p)
+        for i in range(1, 2**p):
+            mask = i ^ (i >> 1)
+            member = (membership[mask].astype(float) @ game.player_matrix) > 0
+            values[mask] = game.value(mask, member)
+        return shapley_exact(values), values, membership
+
+    def sampled(self, game: PoolGame, p: int, v_grand: float,
+                orders: OrderArrays) -> tuple[SampledShapley, np.ndarray, np.ndarray]:
+        """Monte-Carlo estimate; also the sampled coalitions (values, membership) for the core check."""
+        o = self.options
+        state = {"order": None, "k": 0, "mask": 0, "member": np.zeros(game.n, dtype=bool)}
+        sampled: dict[int, np.ndarray] = {}
+
+        def value(order: np.ndarray, k: int) -> float:
+            if state["order"] is not order or k != state["k"] + 1:  # a new permutation starts
+                state.update(order=order, k=0, mask=0, member=np.zeros(game.n, dtype=bool))
+            j = int(order[k - 1])
+            state["k"], state["mask"] = k, state["mask"] | (1 << j)
+            state["member"][game.players[j]] = True
+            if state["mask"] not in sampled:
+                row = np.zeros(p, dtype=bool)
+                row[order[:k]] = True
+                sampled[state["mask"]] = row
+            return game.value(state["mask"], state["member"])
+
+        est = shapley_sampled(value, p, v_grand, o.mc_permutations, self._rng(orders), o.mc_confidence,
+                              o.mc_max_solves, lambda: game.solves)
+        masks = list(sampled)
+        values = np.array([game.cache[m] for m in masks] + [v_grand])
+        membership = np.array([sampled[m] for m in masks] + [np.ones(p, dtype=bool)]).reshape(-1, p)
+        return est, values, membership
+
+    # -- the result -----------------------------------------------------------------------------
+    def result(self, x: dict, shares: np.ndarray, game: PoolGame, w_grand: float, orders: OrderArrays,
+               ctx: MarketContext, charges: Charges, info: dict) -> ClearingResult:
+        n = self.pool.n
+        money = float(game.eff_bid @ x["bought_kwh"] - game.eff_ask @ x["sold_kwh"])
+        v_grand = info["coalition_value"]
+        scale = 1.0
+        if v_grand > VALUE_TOL and abs(money - v_grand) > 1e-9 * max(1.0, abs(v_grand)):
+            scale = max(money, 0.0) / v_grand
+        shares = shares * scale
+        bills = share_prices(x, shares, game.eff_bid, game.eff_ask, ctx)
+        result = ClearingResult(
+            status="ok",
+            bought_kwh=bills.bought_kwh,
+            sold_kwh=bills.sold_kwh,
+            import_kwh=bills.import_kwh,
+            export_kwh=bills.export_kwh,
+            curtailed_kwh=x["curtailed_kwh"],
+            shed_kwh=x["shed_kwh"],
+            buy_price_per_kwh=bills.buy_price_per_kwh,
+            sell_price_per_kwh=bills.sell_price_per_kwh,
+            charges=charges,
+            price_per_kwh=float("nan"),
+            welfare=w_grand,
+            operator_import_kwh=bills.operator_import_kwh,
+            operator_export_kwh=bills.operator_export_kwh,
+        )
+        info.update(
+            share_scale=scale,
+            shares=shares,
+            internal_kwh=float(x["bought_kwh"].sum()),
+            routed_kwh=float(bills.operator_import_kwh + bills.operator_export_kwh),
+            unpaid_share=bills.unpaid_share,
+        )
+        result.info = info
+        result.trades = self.trade_table(result, x, bills, charges, game, ctx)
+        return result
+
+    def trade_table(self, r: ClearingResult, x: dict, bills: CoalitionBills, charges: Charges, game: PoolGame,
+                    ctx: MarketContext) -> pd.DataFrame:
+        """Internal P2P trades (merit order), members' routed trades with the manager, the
+        manager's trades with the outside party, and direct outside trades."""
+        ids = np.asarray(self.ids, dtype=object)
+        idx = np.arange(len(ids))
+        bp, sp = bills.buy_price_per_kwh, bills.sell_price_per_kwh
+        rows = [
+            (ids[s], ids[b], q, bp[b], sp[s], charges.sell[s] + charges.buy[b])
+            for s, b, q in merit_order_matching(idx, x["bought_kwh"], game.eff_bid, idx, x["sold_kwh"], game.eff_ask)
+        ]
+        for b in np.flatnonzero(bills.routed & (x["imported_kwh"] > QTY_TOL)):
+            rows.append((MANAGER, ids[b], float(x["imported_kwh"][b]), bp[b], bp[b], charges.buy[b]))
+        for s in np.flatnonzero(bills.routed & (x["exported_kwh"] > QTY_TOL)):
+            rows.append((ids[s], MANAGER, float(x["exported_kwh"][s]), sp[s], sp[s], charges.sell[s]))
+        if r.operator_import_kwh > QTY_TOL:
+            p = ctx.retail_price_per_kwh
+            rows.append((ctx.outside_party, MANAGER, r.operator_import_kwh, p, p, 0.0))
+        if r.operator_export_kwh > QTY_TOL:
+            p = ctx.feed_in_price_per_kwh
+            rows.append((MANAGER, ctx.outside_party, r.operator_export_kwh, p, p, 0.0))
+        rows += outside_trades(r, self.ids, ctx)
+        return pd.DataFrame(rows, columns=TRADE_COLUMNS)
+
+
+MECHANISMS: list = [ShapleyCoalition]
