@@ -1,7 +1,8 @@
 """Scenario files: YAML validated once into frozen pydantic objects.
 
 A scenario says which network, which period, which prosumer fleet, which market,
-which network feedback and which ledger (validators, injected attacks) to simulate. Every field has a unit in its name or docstring and
+which network feedback, which ledger (validators, injected attacks) and which storage
+(batteries, EVs, shiftable loads and their day-ahead scheduling) to simulate. Every field has a unit in its name or docstring and
 a default where a sensible one exists; unknown fields are errors, so a typo is never
 silently ignored.
 
@@ -242,6 +243,141 @@ class Ledger(_Frozen):
         return 2 * len(self.validators) // 3 + 1
 
 
+class ElectricVehicles(_Frozen):
+    """Electric vehicles charged at home: one per chosen prosumer, one session a night.
+
+    Each session runs from an arrival in the evening to a departure the next morning
+    (times seeded, normally distributed around the means). The car arrives with the
+    energy needed at departure less the energy of the day's driving, and must leave with
+    ``departure_soc`` of its battery. ``sessions_csv`` replaces the random sessions with
+    a table of real ones.
+    """
+
+    share: Share = 0.0
+    """Share of prosumers with an EV [0..1]."""
+    battery_kwh: Annotated[float, Field(gt=0.0)] = 50.0
+    """Usable battery capacity of each EV [kWh]."""
+    charger_kw: Annotated[float, Field(gt=0.0)] = 11.0
+    """Home charger power limit, charging and (with v2g) discharging [kW]."""
+    charge_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.92
+    """Share of the charger's input that reaches the battery [0..1]."""
+    discharge_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.92
+    """Share of the energy taken from the battery that the charger delivers (v2g) [0..1]."""
+    v2g: bool = False
+    """Vehicle-to-grid: the charger may also discharge the car while it is plugged in."""
+    arrival_h: Annotated[float, Field(ge=0.0, lt=24.0)] = 18.0
+    """Mean arrival time [hour of day]."""
+    departure_h: Annotated[float, Field(ge=0.0, lt=24.0)] = 7.5
+    """Mean departure time [hour of day]; before arrival_h means the next morning."""
+    time_sd_h: Annotated[float, Field(ge=0.0, le=6.0)] = 1.0
+    """Standard deviation of arrival and departure times [h]."""
+    departure_soc: Share = 0.8
+    """Energy needed at departure, as a share of the battery [0..1]."""
+    daily_km_mean: Annotated[float, Field(ge=0.0)] = 40.0
+    """Mean distance driven between two sessions [km]."""
+    daily_km_sd: Annotated[float, Field(ge=0.0)] = 20.0
+    """Standard deviation of that distance [km] (negative draws count as 0 km)."""
+    kwh_per_km: Annotated[float, Field(gt=0.0)] = 0.18
+    """Energy the car uses per km driven [kWh/km]."""
+    sessions_csv: str | None = None
+    """CSV of charging sessions (relative to the scenario file): columns ``id`` (prosumer,
+    e.g. P003), ``arrival``, ``departure`` (times), ``arrival_kwh``, ``required_kwh``;
+    optional ``battery_kwh``, ``charger_kw``. Replaces ``share`` and the random sessions."""
+    shortfall_penalty_per_kwh: Annotated[float, Field(gt=0.0)] = 5.0
+    """Cost the day-ahead schedule gives each kWh an EV misses at departure [currency/kWh]."""
+
+
+class ShiftableLoads(_Frozen):
+    """Appliances (washing machine, dishwasher, heat-pump boost) that must use a fixed
+    energy within a daily time window, at any power up to ``power_kw``. Their energy is
+    added to the prosumer's SimBench load."""
+
+    share: Share = 0.0
+    """Share of prosumers with a shiftable load [0..1]."""
+    energy_kwh: Annotated[float, Field(gt=0.0)] = 2.0
+    """Energy each shiftable load must use every day within its window [kWh]."""
+    power_kw: Annotated[float, Field(gt=0.0)] = 2.0
+    """Power limit of the shiftable load [kW]."""
+    window_start_h: Annotated[float, Field(ge=0.0, lt=24.0)] = 9.0
+    """Start of the daily window [hour of day]."""
+    window_end_h: Annotated[float, Field(gt=0.0, le=24.0)] = 17.0
+    """End of the daily window [hour of day], after window_start_h."""
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> ShiftableLoads:
+        if not self.window_start_h < self.window_end_h:
+            raise ValueError(
+                f"expected window_start_h < window_end_h, found {self.window_start_h} >= {self.window_end_h}"
+            )
+        most = self.power_kw * (self.window_end_h - self.window_start_h)
+        if self.energy_kwh > most + 1e-9:
+            raise ValueError(
+                f"expected energy_kwh <= power_kw x window ({most:g} kWh), found {self.energy_kwh}"
+            )
+        return self
+
+
+class Distributed(_Frozen):
+    """ADMM for the distributed day-ahead schedule (Boyd et al. 2011, sharing problem)."""
+
+    rho: Annotated[float, Field(gt=0.0)] = 0.01
+    """Initial ADMM penalty [currency/kW^2 per period]; adapted by residual balancing."""
+    tolerance_kw: Annotated[float, Field(gt=0.0)] = 0.05
+    """Stop when primal and dual residuals (per period, community total) fall below this [kW]."""
+    max_iterations: Annotated[int, Field(ge=1, le=20000)] = 2000
+    """Iteration cap; a day that reaches it is reported as not converged [-]."""
+
+
+class Storage(_Frozen):
+    """Batteries, EVs and shiftable loads, and how they are scheduled.
+
+    ``strategy``: ``rule`` runs each battery by the self-consumption rule, charges each
+    EV at full power from arrival and runs each shiftable load as soon as its window
+    opens; ``private``, ``central`` and ``distributed`` schedule every asset a day ahead
+    (see `cosim.dayahead`) and the real-time rounds follow the schedule.
+    """
+
+    strategy: Literal["rule", "private", "central", "distributed"] = "rule"
+    """rule: no schedule; private: each prosumer for its own cost; central: for the
+    community's cost within the transformer limit; distributed: central by ADMM."""
+    forecast: Literal["perfect", "persistence"] = "perfect"
+    """Load and PV the schedule sees: the real ones, or those of 24 h earlier."""
+    reschedule_every: Duration = dt.timedelta(hours=24)
+    """Time between day-ahead solves; each covers the next 24 h (a rolling horizon if shorter)."""
+    battery_soc_min: Share = 0.0
+    """Lowest state of charge of home batteries [0..1]."""
+    battery_soc_max: Share = 1.0
+    """Highest state of charge of home batteries [0..1]."""
+    battery_charge_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Charge efficiency of home batteries [0..1]; default prosumers.battery_efficiency."""
+    battery_discharge_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Discharge efficiency of home batteries [0..1]; default prosumers.battery_efficiency."""
+    terminal_energy: Literal["start", "free"] = "start"
+    """Batteries end each 24-h schedule with at least the energy they started it with
+    ("start"), or with any ("free")."""
+    transformer_limit_kw: Annotated[float, Field(gt=0.0)] | None = None
+    """Community import and export limit of central and distributed schedules [kW];
+    default the transformer rating times feedback.max_loading_pct (unity power factor)."""
+    overload_penalty_per_kwh: Annotated[float, Field(gt=0.0)] = 1.0
+    """Cost a schedule gives each kWh beyond the transformer limit [currency/kWh]."""
+    ev: ElectricVehicles = ElectricVehicles()
+    shiftable: ShiftableLoads = ShiftableLoads()
+    distributed: Distributed = Distributed()
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Storage:
+        if not self.battery_soc_min < self.battery_soc_max:
+            raise ValueError(
+                f"expected battery_soc_min < battery_soc_max, found {self.battery_soc_min} >= "
+                f"{self.battery_soc_max}"
+            )
+        if not dt.timedelta(0) < self.reschedule_every <= dt.timedelta(hours=24):
+            raise ValueError(
+                f"expected 0 < reschedule_every <= 24h, found {format_duration(self.reschedule_every)}"
+            )
+        return self
+
+
 class Scenario(_Frozen):
     """One simulation: network, period, fleet, market, feedback."""
 
@@ -261,6 +397,25 @@ class Scenario(_Frozen):
     feedback: Feedback = Feedback()
     islanded: Islanded = Islanded()
     ledger: Ledger = Ledger()
+    storage: Storage = Storage()
+
+    @model_validator(mode="after")
+    def _storage_fits(self) -> Scenario:
+        st, pr = self.storage, self.prosumers
+        if not st.battery_soc_min <= pr.battery_initial_soc <= st.battery_soc_max:
+            raise ValueError(
+                f"expected storage.battery_soc_min <= prosumers.battery_initial_soc <= "
+                f"storage.battery_soc_max, found {pr.battery_initial_soc} outside "
+                f"[{st.battery_soc_min}, {st.battery_soc_max}]"
+            )
+        if st.strategy != "rule":
+            day = dt.timedelta(hours=24)
+            if day % self.resolution or st.reschedule_every % self.resolution:
+                raise ValueError(
+                    f"expected a resolution that divides 24h and storage.reschedule_every, found "
+                    f"{format_duration(self.resolution)}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _period(self) -> Scenario:
