@@ -241,27 +241,55 @@ class Adversary:
       ``reused_nonce``;
     - ``overdelivery_share``: the prosumer's own controller offers (or bids for) twice
       what it can physically deliver (absorb) plus 1 kWh, in place of its honest order ->
-      ``exceeds_physical_limit``; the prosumer then trades only with the outside party.
+      ``exceeds_physical_limit``; the prosumer then trades only with the outside party;
+    - ``malformed_share``: a faulty controller first sends an order, signed with its own
+      key, whose quantity or price is negative, NaN or infinite, or whose side is
+      neither buy nor sell -> ``invalid_quantity``, ``invalid_price`` or
+      ``invalid_side``; its honest order follows and is admitted;
+    - ``unknown_share``: an outsider whose key is not in the genesis block submits an
+      order in a name of its own -> ``unknown_key``.
+
+    Malformed orders reach the market before the honest ones, every other attack after
+    them. The shares are read from `settings` (scenario ``ledger.adversary``); a share
+    that `settings` lacks is 0.
     """
 
+    SHARES = ("forged_share", "replay_share", "duplicate_share", "overdelivery_share", "malformed_share",
+              "unknown_share")
+    #: The defects of a malformed order, drawn with equal chance: (field, defect).
+    DEFECTS = (
+        ("quantity_kwh", "negative"), ("quantity_kwh", "nan"), ("quantity_kwh", "inf"),
+        ("price_per_kwh", "negative"), ("price_per_kwh", "nan"), ("price_per_kwh", "-inf"),
+        ("side", "hold"),
+    )
+
     def __init__(self, settings, seed: int, controllers: Controllers):
-        self.forged_share = settings.forged_share
-        self.replay_share = settings.replay_share
-        self.duplicate_share = settings.duplicate_share
-        self.overdelivery_share = settings.overdelivery_share
+        for name in self.SHARES:
+            setattr(self, name, float(getattr(settings, name, 0.0)))
         self.rng = np.random.default_rng([int(seed), 0xAD])
         self.forger = derive_key(seed, "adversary", "forger")
+        self.outsider = derive_key(seed, "adversary", "outsider")
         self.controllers = controllers
         self.previous: list[SignedOrder] = []
 
     @property
     def active(self) -> bool:
-        return max(self.forged_share, self.replay_share, self.duplicate_share, self.overdelivery_share) > 0.0
+        return max(getattr(self, name) for name in self.SHARES) > 0.0
+
+    def _malformed(self, o: SignedOrder) -> tuple[str, str, float, float]:
+        field, defect = self.DEFECTS[int(self.rng.integers(len(self.DEFECTS)))]
+        row = {"side": o.side, "quantity_kwh": o.quantity_kwh, "price_per_kwh": o.price_per_kwh}
+        if field == "side":
+            row["side"] = defect
+        else:
+            row[field] = {"negative": -row[field] - 1.0, "nan": math.nan, "inf": math.inf,
+                          "-inf": -math.inf}[defect]
+        return o.id, row["side"], row["quantity_kwh"], row["price_per_kwh"]
 
     def attack(self, round_no: int, honest: list[SignedOrder],
                limits: Mapping[str, tuple[float, float]]) -> list[SignedOrder]:
-        """The round's orders as they reach the market: honest ones (some replaced by
-        over-delivering ones), then the attacker's."""
+        """The round's orders as they reach the market: malformed ones, the honest ones
+        (some replaced by over-delivering ones), then the other attackers'."""
         rng, n = self.rng, len(honest)
         submitted = list(honest)
         over = np.flatnonzero(rng.random(n) < self.overdelivery_share)
@@ -282,4 +310,13 @@ class Adversary:
         prev = self.previous
         extra += [prev[j] for j in np.flatnonzero(rng.random(len(prev)) < self.replay_share)]
         self.previous = submitted
-        return submitted + extra
+        first: list[SignedOrder] = []
+        if self.malformed_share > 0.0:
+            picked = np.flatnonzero(rng.random(n) < self.malformed_share)
+            first = self.controllers.sign(round_no, [self._malformed(honest[i]) for i in picked])
+        if self.unknown_share > 0.0:
+            for k, i in enumerate(np.flatnonzero(rng.random(n) < self.unknown_share)):
+                o = honest[i]
+                own = SignedOrder(f"outsider_{k}", o.side, o.quantity_kwh, o.price_per_kwh, round_no, 0, b"")
+                extra.append(own._replace(signature=self.outsider.sign(own.message())))
+        return first + submitted + extra

@@ -55,6 +55,7 @@ from cosim.signing import (
     HASH_BYTES,
     KEY_TAG,
     SETTLEMENT_TAG,
+    SIGNATURE_BYTES,
     TRADE_TAG,
     derive_key,
     encode_field,
@@ -93,6 +94,10 @@ BLOCK_KEYS = {
 }
 #: Tolerance when comparing the ledger with the parquet files [kWh, currency].
 FILE_TOL = 1e-9
+#: Largest sum of a round's bills that counts as zero [currency].
+BALANCE_TOL = 1e-6
+#: Text columns of the tables compared with the parquet files.
+TEXT_FIELDS = ("party", "seller", "buyer", "id", "reason", "side")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -337,6 +342,9 @@ class _Verifier:
         if kind == "round":
             self._orders(block)
             r = block["round"]
+            bills = math.fsum(row[10] for row in block["settlement"] if type(row[10]) is float)
+            if not abs(bills) <= BALANCE_TOL:
+                raise LedgerError(f"settlement does not balance: the bills sum to {bills:.6g}, not zero")
             self.settlement += [(r, *row) for row in block["settlement"]]
             self.trades += [(r, *row) for row in block["trades"]]
             self.rounds += 1
@@ -394,6 +402,9 @@ class _Verifier:
             isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in sigs
         ):
             raise LedgerError("signatures: expected a list of [validator, signature]")
+        for name, sig in sigs:
+            if len(sig) != 2 * SIGNATURE_BYTES or not _is_hex(sig):
+                raise LedgerError(f"signature of validator {name} is not {2 * SIGNATURE_BYTES} lowercase hex digits")
         names = [s[0] for s in sigs]
         unknown = [n for n in names if n not in self.validator_keys]
         if unknown:
@@ -429,7 +440,9 @@ class _Verifier:
                 raise LedgerError(
                     f"order {k} of {rows[k][0]} is recorded as {want!r}, but admission gives {got!r}"
                 )
-        self.rejections += [(block["round"], r[0], r[7], r[5]) for r in rows if r[7] != ADMITTED]
+        self.rejections += [
+            (block["round"], r[0], r[7], r[1], read_real(r[2]), read_real(r[3]), r[5]) for r in rows if r[7] != ADMITTED
+        ]
 
 
 def verify(run_dir: str | Path) -> tuple[bool, str]:
@@ -449,11 +462,15 @@ def verify(run_dir: str | Path) -> tuple[bool, str]:
     for line_no, raw in enumerate(lines, start=1):
         try:
             v.block(line_no, raw)
-        except LedgerError as err:
+        except Exception as err:  # anything that stops a block from being checked makes it bad
             height = line_no - 1
             what = "genesis block" if height == 0 else f"block {height} (round {height - 1})"
-            return False, f"{what} at line {line_no}: {err}"
-    ok, message = _against_files(run_dir, v)
+            reason = str(err) if isinstance(err, LedgerError) else f"malformed ({type(err).__name__}: {err})"
+            return False, f"{what} at line {line_no}: {reason}"
+    try:
+        ok, message = _against_files(run_dir, v)
+    except Exception as err:  # an unreadable file of the run
+        return False, f"the run's files cannot be checked against the ledger: {type(err).__name__}: {err}"
     if not ok:
         return False, message
     return True, (f"ledger intact: genesis + {v.rounds} blocks, {len(v.prosumer_keys)} prosumer keys, "
@@ -475,31 +492,28 @@ def _against_files(run_dir: Path, v: _Verifier) -> tuple[bool, str]:
     problem = _keys_from_seed(run_dir, v)
     if problem:
         return False, f"genesis block at line 1: {problem}"
-    settlement_path = run_dir / "settlement.parquet"
-    if not settlement_path.exists():
-        return False, f"{settlement_path}: missing, so the settlement cannot be checked"
-    st = pd.read_parquet(settlement_path, columns=["round", *SETTLEMENT_FIELDS])
+    for name in ("settlement", "trades", "rejections"):
+        if not (run_dir / f"{name}.parquet").exists():
+            return False, f"{run_dir / name}.parquet: missing, so it cannot be checked against the ledger"
+    st = pd.read_parquet(run_dir / "settlement.parquet", columns=["round", *SETTLEMENT_FIELDS])
     led = pd.DataFrame(v.settlement, columns=["round", *SETTLEMENT_FIELDS])
     problem = _compare(led, st, ["round", "party"], SETTLEMENT_FIELDS[1:], "settlement")
     if problem:
         return False, problem
-    trades_path = run_dir / "trades.parquet"
-    if trades_path.exists():
-        tr = pd.read_parquet(trades_path)
-        if set(TRADE_FIELDS) <= set(tr.columns):
-            tr = tr[["round", *TRADE_FIELDS]].copy()
-            led = pd.DataFrame(v.trades, columns=["round", *TRADE_FIELDS])
-            for table in (tr, led):
-                table["k"] = table.groupby("round").cumcount()
-            problem = _compare(led, tr, ["round", "k"], TRADE_FIELDS, "trades")
-            if problem:
-                return False, problem
-    rej_path = run_dir / "rejections.parquet"
-    if rej_path.exists():
-        rj = pd.read_parquet(rej_path, columns=["round", "id", "reason", "nonce"])
-        led = pd.DataFrame(v.rejections, columns=["round", "id", "reason", "nonce"])
-        if len(rj) != len(led) or not (rj.reset_index(drop=True).astype(str) == led.astype(str)).all().all():
-            return False, "rejections.parquet differs from the rejections recorded in the ledger"
+    tr = pd.read_parquet(run_dir / "trades.parquet", columns=["round", *TRADE_FIELDS])
+    led = pd.DataFrame(v.trades, columns=["round", *TRADE_FIELDS])
+    for table in (tr, led):
+        table["k"] = table.groupby("round").cumcount()
+    problem = _compare(led, tr, ["round", "k"], TRADE_FIELDS, "trades")
+    if problem:
+        return False, problem
+    rj = pd.read_parquet(run_dir / "rejections.parquet", columns=REJECTION_COLUMNS)
+    led = pd.DataFrame(v.rejections, columns=REJECTION_COLUMNS)
+    for table in (rj, led):
+        table["k"] = table.groupby("round").cumcount()
+    problem = _compare(led, rj, ["round", "k"], REJECTION_COLUMNS[1:], "rejections")
+    if problem:
+        return False, problem
     return True, ""
 
 
@@ -532,7 +546,7 @@ def _compare(led: pd.DataFrame, files: pd.DataFrame, on: list[str], fields: list
     led = led.copy()
     for table in (files, led):
         for f in fields:
-            if table[f].dtype == object and f not in on and f not in ("party", "seller", "buyer"):
+            if table[f].dtype == object and f not in on and f not in TEXT_FIELDS:
                 table[f] = table[f].map(read_real).astype(float)
     merged = led.merge(files, on=on, how="outer", suffixes=("", "_file"), indicator=True)
     bad = merged["_merge"] != "both"
