@@ -44,13 +44,16 @@ imported, never trading with the outside party itself. Its energy this round is 
 ``battery_soc_kwh`` (stored energy at the end of the round). The pool balance then reads
 ``sum bought + operator_export + battery_charge = sum sold + operator_import +
 battery_discharge``: the battery shows as a reduction of the manager's own import and
-export. For the power flow its net load ``battery_charge - battery_discharge`` sits at
-the LV busbar; network cuts carry no coefficient for it (they are given per member).
+export. Its net load ``battery_charge - battery_discharge`` belongs at the LV busbar;
+network cuts carry no coefficient for it (they are given per member), and the round
+loop's power flow does not place it there yet: it only sees the members' injections,
+so the transformer (or, islanded, the grid-forming unit) carries the battery's share.
 The state of charge carries across rounds in the mechanism object. A round is recognised
-by its `MarketContext` (``ctx.round_no`` if the context has one, else the context object
+by `RoundClock` (``ctx.round_no`` if the context has one, else the context object
 itself, which the loop builds once per round): re-clearing within a round (network
 feedback) replaces that round's battery move instead of adding to it. The round length
-for ``battery_kw`` is ``ctx.dt_h`` if the context has it, else `DEFAULT_ROUND_H`.
+for ``battery_kw`` is ``ctx.dt_h`` if the context has it, else `DEFAULT_ROUND_H`
+(with a warning).
 
 Network charges (`Charges`) apply to each member's kWh traded with the community and are
 paid on top of the internal prices, as settlement does for P2P kWh; the rules' promise
@@ -363,6 +366,10 @@ class CommunityModel:
         h.changeRowsBounds(span, rows[:span], np.full(span, -highspy.kHighsInf), rhs)
         self._cuts_in_use = used
 
+    def reset_warm_start(self) -> None:
+        """Drop the basis kept from earlier solves; the next solve starts cold."""
+        self.highs.clearSolver()
+
     def solve(self) -> tuple[str, dict[str, np.ndarray]]:
         """Solve; returns (status, variable values). Never raises for solver trouble."""
         h = self.highs
@@ -384,7 +391,37 @@ class CommunityModel:
         return "ok", values
 
 
-# -- the community battery ------------------------------------------------------------------
+# -- rounds and the community battery --------------------------------------------------------
+class RoundClock:
+    """Which round a clearing belongs to.
+
+    ``ctx.round_no`` when the context carries one; otherwise the context object itself
+    marks the round (the loop builds one per round and re-clears a round under network
+    feedback with the same object), and rounds are counted from 0 in order of arrival.
+
+    >>> clock, a, b = RoundClock(), MarketContext(0.3, 0.1), MarketContext(0.3, 0.1)
+    >>> [clock.tick(c) for c in (a, a, b)], clock.round_no
+    ([True, False, True], 1)
+    """
+
+    def __init__(self):
+        self.round_no = -1
+        """Number of the current round (-1 before the first clearing)."""
+        self._key: object = None
+        self._context: object = None
+
+    def tick(self, ctx: MarketContext) -> bool:
+        """Register a clearing for `ctx`; True if it is the first of a new round."""
+        explicit = getattr(ctx, "round_no", None)
+        key = ("round", explicit) if explicit is not None else ("context", id(ctx))
+        if key == self._key:
+            return False
+        self._key = key
+        self._context = ctx  # keeps the object alive, so its id is not reused by a later round
+        self.round_no = int(explicit) if explicit is not None else self.round_no + 1
+        return True
+
+
 class CommunityBattery:
     """The manager's battery: stored energy, committed once per round.
 
@@ -399,17 +436,11 @@ class CommunityBattery:
         self.soc_kwh = initial_soc * capacity_kwh
         """Stored energy at the start of the current round [kWh]."""
         self._proposed_kwh = self.soc_kwh
-        self._round: object = None
 
-    def begin(self, ctx: MarketContext) -> None:
-        """Start clearing for `ctx`'s round: commit the last round's move if this is a new one."""
-        round_no = getattr(ctx, "round_no", None)
-        key = ("round", round_no) if round_no is not None else ("context", id(ctx))
-        if key == self._round:
-            return
-        self.soc_kwh = self._proposed_kwh
-        self._round = key
-        self._context = ctx  # keeps the object alive, so its id is not reused by a later round
+    def begin(self, new_round: bool) -> None:
+        """Start a clearing: on a new round, commit the last round's move first."""
+        if new_round:
+            self.soc_kwh = self._proposed_kwh
 
     def limits_kwh(self, dt_h: float) -> tuple[float, float]:
         """(most it can take in, most it can give out) this round at the busbar [kWh]."""
@@ -460,6 +491,7 @@ class CommunityMechanism(Mechanism):
         o = self.options
         self.model = CommunityModel(len(self.ids), max_cuts)
         self.battery = CommunityBattery(o.battery_kwh, o.battery_kw, o.efficiency, o.initial_soc)
+        self.clock = RoundClock()
         self._warned_dt = False
 
     def prices(self, supply_kwh: float, demand_kwh: float, import_kwh: float, export_kwh: float,
@@ -467,6 +499,21 @@ class CommunityMechanism(Mechanism):
         """The round's internal (buy, sell) prices [currency/kWh] from the members' totals and
         the manager's own import and export."""
         raise NotImplementedError
+
+    def get_state(self) -> dict:
+        """The community battery's stored energy and the round count (for checkpoints)."""
+        return {
+            "battery_soc_kwh": self.battery.soc_kwh,
+            "battery_proposed_kwh": self.battery._proposed_kwh,
+            "round_no": self.clock.round_no,
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Restore what `get_state` returned; the next clearing starts the next round."""
+        self.battery.soc_kwh = float(state["battery_soc_kwh"])
+        self.battery._proposed_kwh = float(state["battery_proposed_kwh"])
+        self.clock = RoundClock()
+        self.clock.round_no = int(state["round_no"])
 
     def round_hours(self, ctx: MarketContext) -> float:
         dt_h = getattr(ctx, "dt_h", None)
@@ -483,7 +530,7 @@ class CommunityMechanism(Mechanism):
         n = len(self.ids)
         cuts = cuts if cuts is not None else NetworkCuts.empty(n)
         charges = charges if charges is not None else Charges.none(n)
-        self.battery.begin(ctx)
+        self.battery.begin(self.clock.tick(ctx))
         dt_h = self.round_hours(ctx)
         charge_max, discharge_max = self.battery.limits_kwh(dt_h)
         self.model.update(orders, ctx, cuts, charge_max, discharge_max)
@@ -511,7 +558,7 @@ class CommunityMechanism(Mechanism):
             charges=charges,
             price_per_kwh=buy if buy == sell and demand > QTY_TOL else float("nan"),
             welfare=float(
-                orders.bid_per_kwh @ bought - orders.ask_per_kwh @ sold
+                (orders.bid_per_kwh - charges.buy) @ bought - (orders.ask_per_kwh + charges.sell) @ sold
                 - ctx.retail_price_per_kwh * op_import + ctx.feed_in_price_per_kwh * op_export
                 - ctx.voll_per_kwh * x["shed_kwh"].sum() - ctx.curtail_cost * x["curtailed_kwh"].sum()
             ),
@@ -526,6 +573,7 @@ class CommunityMechanism(Mechanism):
             "battery_charge_kwh": charge,
             "battery_discharge_kwh": discharge,
             "battery_soc_kwh": soc,
+            "round_no": self.clock.round_no,
             **self.extra_info(supply, demand, ctx),
         }
         result.trades = community_trades(result, self.ids, ctx)
@@ -638,21 +686,22 @@ class FixedPricePool(CommunityMechanism):
 
     Every member buys from and sells to the pool at ``price_per_kwh``; the pool's
     operator (the community manager) trades the net position with the outside party at
-    retail and feed-in and keeps the difference: its round bill is ``(retail - price)
+    retail and feed-in and keeps the difference: its energy bill is ``(retail - price)
     deficit`` in a net-importing round and ``(price - feed_in) surplus`` in a
-    net-exporting one. Members pay a membership fee of ``fee_per_period`` in the first
-    round of each period of ``period_rounds`` rounds, which funds the operator. This is
-    the community model with a flat price and a subscription, as in commercial schemes
-    such as sonnenCommunity reviewed by Zhang, Wu, Zhou, Cheng and Long, 2018,
-    "Peer-to-peer energy trading in a microgrid", Applied Energy 220 (Sect. 2), within
-    the community-based market of Sousa et al., 2019, "Peer-to-peer and community-based
-    markets: a comprehensive review", Renew. Sustain. Energy Rev. 104.
+    net-exporting one. Every member owes a membership fee of ``fee_per_period`` in the
+    first round of each period of ``period_rounds`` rounds (rounds 0, period_rounds,
+    ...), paid to the operator. This is the community-based market of Sousa, Soares,
+    Pinson, Moret, Baroche and Sorin, 2019, "Peer-to-peer and community-based markets: a
+    comprehensive review", Renew. Sustain. Energy Rev. 104 (Sect. 3.2), with a flat price
+    and a subscription, as in the sonnenCommunity scheme reviewed by Zhang, Wu, Long and
+    Cheng, 2017, "Review of existing peer-to-peer energy trading projects", Energy
+    Procedia 105:2563-2568.
 
-    The fee does not enter the energy prices. A clearing does not know its round number,
-    so the fee is reported in ``info`` (``membership_fee_per_period``,
-    ``fee_period_rounds``) and settled with `membership_fees` by the round loop. Members
-    are no worse off than alone with the outside party, fee aside, when feed_in <= price
-    <= retail.
+    The fee does not enter the energy prices. The round's fee per member is in
+    ``info['membership_fee']`` (an array aligned with the participants [currency]; the
+    round number in ``info['round_no']``, see `RoundClock`), for settlement to add to
+    each member's bill and take off the operator's. Members are no worse off than alone
+    with the outside party, fee aside, when feed_in <= price <= retail.
     """
 
     name = "fixed_price"
@@ -666,8 +715,14 @@ class FixedPricePool(CommunityMechanism):
         p = self.price(ctx)
         return p, p
 
+    def fees_due(self, round_no: int) -> np.ndarray:
+        """Membership fee each participant owes in round `round_no` [currency]."""
+        o = self.options
+        return membership_fees(round_no, len(self.ids), o.fee_per_period, o.period_rounds)
+
     def extra_info(self, supply_kwh, demand_kwh, ctx):
         return {
+            "membership_fee": self.fees_due(max(self.clock.round_no, 0)),
             "membership_fee_per_period": float(self.options.fee_per_period),
             "fee_period_rounds": int(self.options.period_rounds),
         }

@@ -5,8 +5,8 @@ community-based markets: a comprehensive review", Renew. Sustain. Energy Rev. 10
 (Sect. 3.3, hybrid P2P market: communities trade P2P among their members; their
 managers trade with each other and with the upper level). Here, each round:
 
-1. **Inside each community** any registered double auction (Options ``inner``, default
-   ``uniform``) clears the members' orders, one persistent mechanism object per
+1. **Inside each community** any double auction (Options ``inner``: ``uniform``, the
+   default, ``pay_as_bid``, ``mcafee``, ``huang`` or ``vcg``) clears the members' orders, one persistent mechanism object per
    community built once. Its outside party is the community's manager, without caps:
    what the inner auction leaves unmatched is the community's surplus and deficit.
 2. **Between communities** the managers trade those surpluses and deficits in a
@@ -53,6 +53,7 @@ import pandas as pd
 from pydantic import field_validator, model_validator
 
 from cosim.errors import InputError
+from cosim.markets.auctions import MECHANISMS as AUCTION_MECHANISMS
 from cosim.markets.base import (
     QTY_TOL,
     TRADE_COLUMNS,
@@ -65,7 +66,6 @@ from cosim.markets.base import (
     OrderArrays,
     Participants,
 )
-from cosim.markets.community import MECHANISMS as COMMUNITY_MECHANISMS
 from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
 from cosim.markets.uniform import UniformDoubleAuction, failed_result
 
@@ -76,9 +76,10 @@ CHECK_TOL = 1e-6
 INNER_PENALTY_PER_KWH = 1e-3
 
 
-def _not_inner() -> set[str]:
-    """Mechanisms that trade through their own operator, so cannot clear inside a community."""
-    return {"hybrid", *(cls.name for cls in COMMUNITY_MECHANISMS)}
+def double_auctions() -> list[str]:
+    """Registry names of the double auctions that can clear inside a community: each hands
+    what it leaves unmatched to its outside party (here the community's manager)."""
+    return sorted({UniformDoubleAuction.name, *(cls.name for cls in AUCTION_MECHANISMS)})
 
 
 class HybridOptions(MechanismOptions):
@@ -96,15 +97,8 @@ class HybridOptions(MechanismOptions):
     @field_validator("inner")
     @classmethod
     def _inner_is_a_double_auction(cls, name: str) -> str:
-        from cosim.markets import MECHANISMS
-
-        if name not in MECHANISMS:
-            raise ValueError(f"expected one of {sorted(MECHANISMS)}, found {name!r}")
-        if name in _not_inner():
-            raise ValueError(
-                f"expected a double auction (its unmatched orders going to the outside party), found "
-                f"{name!r}, which trades through its own operator"
-            )
+        if name not in double_auctions():
+            raise ValueError(f"expected a double auction, one of {double_auctions()}, found {name!r}")
         return name
 
     @model_validator(mode="after")
@@ -156,6 +150,38 @@ class _Levels:
     inner_kwh: float
     second_kwh: float
     community_price: dict[str, float]
+    manager_trades: pd.DataFrame
+
+
+#: Columns of ``info['manager_trades']``: the second level as trades between managers.
+MANAGER_TRADE_COLUMNS = ["seller_community", "buyer_community", "energy_kwh", "price_per_kwh",
+                         "seller_price_per_kwh"]
+
+
+def manager_trades(trades: pd.DataFrame, community_of: dict[str, str], outside_party: str) -> pd.DataFrame:
+    """The second level's member trades summed per (selling community, buying community):
+    what each manager sold to each other manager [kWh] at the volume-weighted prices
+    [currency/kWh]. Trades with the outside party are left out.
+
+    >>> t = pd.DataFrame([("s1", "b1", 1.0, 0.2, 0.2, 0.0), ("s2", "b1", 3.0, 0.1, 0.1, 0.0)], columns=TRADE_COLUMNS)
+    >>> manager_trades(t, {"s1": "A", "s2": "A", "b1": "B"}, "grid").to_dict("records")
+    [{'seller_community': 'A', 'buyer_community': 'B', 'energy_kwh': 4.0, 'price_per_kwh': 0.125, 'seller_price_per_kwh': 0.125}]
+    """
+    market = trades[(trades.seller != outside_party) & (trades.buyer != outside_party)]
+    if market.empty:
+        return pd.DataFrame(columns=MANAGER_TRADE_COLUMNS)
+    energy = market.energy_kwh.to_numpy(float)
+    frame = pd.DataFrame({
+        "seller_community": market.seller.map(community_of).to_numpy(),
+        "buyer_community": market.buyer.map(community_of).to_numpy(),
+        "energy_kwh": energy,
+        "paid": energy * market.price_per_kwh.to_numpy(float),
+        "received": energy * market.seller_price_per_kwh.to_numpy(float),
+    })
+    g = frame.groupby(["seller_community", "buyer_community"], as_index=False, sort=False).sum()
+    g["price_per_kwh"] = g.paid / g.energy_kwh
+    g["seller_price_per_kwh"] = g.received / g.energy_kwh
+    return g[MANAGER_TRADE_COLUMNS]
 
 
 class HybridMarket(Mechanism):
@@ -170,7 +196,8 @@ class HybridMarket(Mechanism):
 
     def __init__(self, participants, max_cuts: int = 24, options=None):
         super().__init__(participants, max_cuts, options)
-        from cosim.markets import MECHANISMS  # here, not at import: the registry imports this module
+        # imported here, not at module level: the registry imports this module
+        from cosim.markets import MECHANISMS
 
         o = self.options
         inner_cls = MECHANISMS[o.inner]
@@ -182,6 +209,15 @@ class HybridMarket(Mechanism):
         }
         self.second = UniformDoubleAuction(self.participants, max_cuts)
         self.reference = PoolModel(len(self.ids), max_cuts)
+        self.community_of = {self.ids[i]: name for name, idx in self.groups for i in idx}
+
+    def reset_warm_start(self) -> None:
+        """Forget the warm starts of every model: each community's, the second level's and
+        the reference pool's."""
+        for part in (*self.inner.values(), self.second, self.reference):
+            reset = getattr(part, "reset_warm_start", None)
+            if callable(reset):
+                reset()
 
     def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
               charges: Charges | None = None) -> ClearingResult:
@@ -227,6 +263,7 @@ class HybridMarket(Mechanism):
             "mean_price_per_kwh": float(np.nansum(r.buy_price_per_kwh * r.bought_kwh) / traded)
             if traded > QTY_TOL else float("nan"),
             "community_price_per_kwh": levels.community_price,
+            "manager_trades": levels.manager_trades,
             "resolved": resolved,
         }
         return r
@@ -318,7 +355,8 @@ class HybridMarket(Mechanism):
             price_per_kwh=single_price(trades, ctx.outside_party),
             trades=trades,
         )
-        return _Levels(result, float(bought1.sum()), float(r2.bought_kwh.sum()), community_price)
+        return _Levels(result, float(bought1.sum()), float(r2.bought_kwh.sum()), community_price,
+                       manager_trades(r2.trades, self.community_of, ctx.outside_party))
 
     @staticmethod
     def _violation(r: ClearingResult, ctx: MarketContext, cuts: NetworkCuts) -> bool:
