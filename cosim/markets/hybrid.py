@@ -151,6 +151,8 @@ class _Levels:
     second_kwh: float
     community_price: dict[str, float]
     manager_trades: pd.DataFrame
+    inner_bought_kwh: np.ndarray
+    inner_sold_kwh: np.ndarray
 
 
 #: Columns of ``info['manager_trades']``: the second level as trades between managers.
@@ -264,6 +266,8 @@ class HybridMarket(Mechanism):
             if traded > QTY_TOL else float("nan"),
             "community_price_per_kwh": levels.community_price,
             "manager_trades": levels.manager_trades,
+            "inner_bought_kwh": levels.inner_bought_kwh,
+            "inner_sold_kwh": levels.inner_sold_kwh,
             "resolved": resolved,
         }
         return r
@@ -356,7 +360,7 @@ class HybridMarket(Mechanism):
             trades=trades,
         )
         return _Levels(result, float(bought1.sum()), float(r2.bought_kwh.sum()), community_price,
-                       manager_trades(r2.trades, self.community_of, ctx.outside_party))
+                       manager_trades(r2.trades, self.community_of, ctx.outside_party), bought1, sold1)
 
     @staticmethod
     def _violation(r: ClearingResult, ctx: MarketContext, cuts: NetworkCuts) -> bool:
