@@ -33,8 +33,8 @@ consecutive LPs differ by one player). Above that, Monte-Carlo permutation sampl
 sampling", Computers & Operations Research 36(5):1726-1730): ``mc_permutations``
 permutations drawn uniformly, each player's share the mean of its marginal contributions,
 with a normal confidence interval ``z sd / sqrt(m)`` (info ``shapley_ci_halfwidth``: the
-largest over players [currency]); coalition values are cached within the round, at most
-``mc_max_solves`` LP solves. Two exact shortcuts keep a permutation cheap: a prefix with
+largest over players [currency]; ``shapley_ci_halfwidths``: each player's); coalition
+values are cached within the round, at most ``mc_max_solves`` LP solves. Two exact shortcuts keep a permutation cheap: a prefix with
 no buyer or no seller is worth 0, and once a prefix is worth v(N) every later marginal
 contribution is 0 (monotone game). The estimate is efficient by construction (each
 permutation's contributions add up to v(N)). The sampling is seeded by ``mc_seed`` and
@@ -77,8 +77,10 @@ shedding or curtailment, which no one pays for), the shares are scaled by G / v(
 Core (Gillies 1959, "Solutions to general non-zero-sum games", Contributions to the Theory
 of Games IV; Bondareva 1963; Shapley 1967). The allocation is in the core iff no coalition
 gets less than its value: info ``max_excess`` = max_S v(S) - x(S) [currency] and
-``in_core`` (max_excess <= 1e-7) -- over all coalitions of players in exact mode, over the
-coalitions sampled (the permutations' prefixes) in Monte-Carlo mode. In exact mode a
+``in_core`` (max_excess <= 1e-7) -- over all coalitions of players in exact mode, where it
+is the optimum of a linear program on the persistent least-core model (min eps s.t.
+x(S) + eps >= v(S), shares fixed at the allocation; info ``core_check`` = ``lp``), and over
+the coalitions sampled (the permutations' prefixes) in Monte-Carlo mode. In exact mode a
 persistent Pyomo/HiGHS LP also computes the least core (Maschler, Peleg and Shapley 1979,
 "Geometric properties of the kernel, nucleolus and related solution concepts", Math. Oper.
 Res. 4(4)): minimise eps s.t. x(S) >= v(S) - eps for every proper coalition S, x(N) = v(N).
@@ -322,6 +324,34 @@ class LeastCoreModel:
         x = np.asarray(h.getSolution().col_value)[self.share_col[:p]]
         return "ok", eps, x
 
+    def max_excess(self, values: np.ndarray, x: np.ndarray) -> tuple[str, float]:
+        """Core membership as a linear program: min eps s.t. x(S) + eps >= v(S) for every
+        proper coalition S, with the shares fixed at `x`; the allocation is in the core iff
+        eps* <= 0 and x(N) = v(N). Returns (status, max(eps*, v(N) - x(N))) [currency]."""
+        h, inf = self.highs, highspy.kHighsInf
+        p = len(x)
+        if p > self.slots:
+            raise ValueError(f"{p} players exceed the least-core model's {self.slots} slots")
+        masks = np.arange(1, 2**self.slots - 1)
+        used = ((masks >> p) == 0) & (masks != 2**p - 1)
+        lower = np.where(used, values[np.where(used, masks, 0)], -inf)
+        h.changeRowsBounds(len(self.rows), self.rows, lower, np.full(len(self.rows), inf))
+        h.changeRowsBounds(1, self.eff_row, np.array([-inf]), np.array([inf]))
+        fixed = np.zeros(self.slots)
+        fixed[:p] = x
+        h.changeColsBounds(self.slots, self.share_col, fixed, fixed)
+        h.changeColsBounds(1, self.eps_col, np.array([-inf]), np.array([inf]))
+        cost = np.zeros(self.n_col)
+        cost[self.eps_col] = 1.0
+        self._set_hessian(False)
+        h.changeColsCost(self.n_col, np.arange(self.n_col, dtype=np.int32), cost)
+        h.run()
+        status = h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            return f"core check {h.modelStatusToString(status)}", float("nan")
+        eps = float(np.asarray(h.getSolution().col_value)[self.eps_col[0]])
+        return "ok", max(eps, float(values[-1]) - float(np.sum(x)))
+
 
 # -- coalition values on the persistent pool ---------------------------------------------------
 class CoalitionSolveError(RuntimeError):
@@ -477,10 +507,13 @@ class ShapleyCoalition(Mechanism):
         self.pool = PoolModel(len(self.ids), max_cuts)
         self._least_core: LeastCoreModel | None = None  # built on first use, then kept
 
-    @property
-    def least_core_model(self) -> LeastCoreModel:
-        if self._least_core is None:
-            self._least_core = LeastCoreModel(self.options.exact_max_members)
+    def least_core_model(self, p: int) -> LeastCoreModel:
+        """The persistent least-core LP, with room for `p` players. It is built for the first
+        game that needs it and rebuilt only when a game has more players than it has slots
+        (2^slots rows: sized to the games met, at most exact_max_members, rather than
+        always 2^exact_max_members)."""
+        if self._least_core is None or self._least_core.slots < p:
+            self._least_core = LeastCoreModel(min(max(p, 2), self.options.exact_max_members))
         return self._least_core
 
     # -- players ------------------------------------------------------------------------------
@@ -550,10 +583,11 @@ class ShapleyCoalition(Mechanism):
             est, values, membership = self.sampled(game, p, v_grand, orders)
             phi = est.phi
             info.update(shapley_method="monte_carlo", shapley_ci_halfwidth=float(est.halfwidth.max()),
+                        shapley_ci_halfwidths=est.halfwidth,
                         shapley_permutations=est.permutations)
         allocation = phi
         if p <= self.options.exact_max_members:
-            status, eps, point = self.least_core_model.solve(values, phi)
+            status, eps, point = self.least_core_model(p).solve(values, phi)
             info["least_core_epsilon"] = eps
             info["core_nonempty"] = bool(eps <= CORE_TOL)
             if self.options.allocation == "least_core" and status == "ok":
@@ -566,6 +600,15 @@ class ShapleyCoalition(Mechanism):
         else:
             info["core_nonempty"] = None
         excess = max_excess(values, membership, allocation)
+        if p <= self.options.exact_max_members and p >= 2:
+            # exact game: the core check is the LP over every coalition (the enumeration
+            # above gives the same number; the LP is the check reported)
+            lp_status, lp_excess = self.least_core_model(p).max_excess(values, allocation)
+            if lp_status == "ok":
+                excess = lp_excess
+            info["core_check"] = "lp" if lp_status == "ok" else f"enumeration ({lp_status})"
+        else:
+            info["core_check"] = "sampled coalitions"
         info.update(in_core=bool(excess <= CORE_TOL), max_excess=excess, core_coalitions_checked=len(values),
                     coalition_solves=game.solves, player_shares=allocation)
         for k, members in enumerate(game.players):
@@ -616,7 +659,6 @@ class ShapleyCoalition(Mechanism):
     # -- the result -----------------------------------------------------------------------------
     def result(self, x: dict, shares: np.ndarray, game: PoolGame, w_grand: float, orders: OrderArrays,
                ctx: MarketContext, charges: Charges, info: dict) -> ClearingResult:
-        n = self.pool.n
         money = float(game.eff_bid @ x["bought_kwh"] - game.eff_ask @ x["sold_kwh"])
         v_grand = info["coalition_value"]
         scale = 1.0
