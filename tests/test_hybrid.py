@@ -68,7 +68,7 @@ CONFIGS = [
 ]
 
 HYPOTHESIS = settings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     database=None,

@@ -169,21 +169,17 @@ def manager_trades(trades: pd.DataFrame, community_of: dict[str, str], outside_p
     >>> manager_trades(t, {"s1": "A", "s2": "A", "b1": "B"}, "grid").to_dict("records")
     [{'seller_community': 'A', 'buyer_community': 'B', 'energy_kwh': 4.0, 'price_per_kwh': 0.125, 'seller_price_per_kwh': 0.125}]
     """
-    market = trades[(trades.seller != outside_party) & (trades.buyer != outside_party)]
-    if market.empty:
-        return pd.DataFrame(columns=MANAGER_TRADE_COLUMNS)
-    energy = market.energy_kwh.to_numpy(float)
-    frame = pd.DataFrame({
-        "seller_community": market.seller.map(community_of).to_numpy(),
-        "buyer_community": market.buyer.map(community_of).to_numpy(),
-        "energy_kwh": energy,
-        "paid": energy * market.price_per_kwh.to_numpy(float),
-        "received": energy * market.seller_price_per_kwh.to_numpy(float),
-    })
-    g = frame.groupby(["seller_community", "buyer_community"], as_index=False, sort=False).sum()
-    g["price_per_kwh"] = g.paid / g.energy_kwh
-    g["seller_price_per_kwh"] = g.received / g.energy_kwh
-    return g[MANAGER_TRADE_COLUMNS]
+    totals: dict[tuple[str, str], list[float]] = {}
+    columns = ("seller", "buyer", "energy_kwh", "price_per_kwh", "seller_price_per_kwh")
+    for seller, buyer, e, paid, got in zip(*(trades[c].to_numpy() for c in columns), strict=True):
+        if seller == outside_party or buyer == outside_party:
+            continue
+        row = totals.setdefault((community_of[seller], community_of[buyer]), [0.0, 0.0, 0.0])
+        row[0] += e
+        row[1] += e * paid
+        row[2] += e * got
+    rows = [(s, b, e, paid / e, got / e) for (s, b), (e, paid, got) in totals.items()]
+    return pd.DataFrame(rows, columns=MANAGER_TRADE_COLUMNS)
 
 
 class HybridMarket(Mechanism):
@@ -323,7 +319,7 @@ class HybridMarket(Mechanism):
             paid1[idx] = np.nan_to_num(r.buy_price_per_kwh) * r.bought_kwh
             received1[idx] = np.nan_to_num(r.sell_price_per_kwh) * r.sold_kwh
             t = r.trades
-            frames.append(t[(t.seller != manager) & (t.buyer != manager)])
+            frames.append(t[(t.seller.to_numpy() != manager) & (t.buyer.to_numpy() != manager)])
             community_price[name] = r.price_per_kwh
         second_cuts = cuts
         if len(cuts):  # the inner trades' injections are fixed: move them to the right-hand side
@@ -378,10 +374,11 @@ def single_price(trades: pd.DataFrame, outside_party: str) -> float:
     >>> single_price(t, "grid"), single_price(t.assign(price_per_kwh=[0.2, 0.3]), "grid")
     (0.2, nan)
     """
-    market = trades[(trades.seller != outside_party) & (trades.buyer != outside_party)]
-    if market.empty:
+    market = (trades.seller.to_numpy() != outside_party) & (trades.buyer.to_numpy() != outside_party)
+    if not market.any():
         return float("nan")
-    prices = np.concatenate([market.price_per_kwh.to_numpy(float), market.seller_price_per_kwh.to_numpy(float)])
+    prices = np.concatenate([trades.price_per_kwh.to_numpy(float)[market],
+                             trades.seller_price_per_kwh.to_numpy(float)[market]])
     return float(prices[0]) if np.ptp(prices) <= 1e-12 else float("nan")
 
 
