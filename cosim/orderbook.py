@@ -12,6 +12,8 @@ from cosim.markets import MECHANISMS, MarketContext, OrderArrays, get_mechanism
 
 #: Columns an order CSV must have.
 CSV_COLUMNS = ["id", "side", "quantity_kwh", "price_per_kwh"]
+#: Name of the outside grid in the trades `cosim clear` writes (not allowed as an order id).
+OUTSIDE_PARTY = "grid"
 #: Columns `cosim clear` writes, one row per trade.
 CLEAR_COLUMNS = ["buyer", "seller", "quantity_kwh", "price_per_kwh", "seller_price_per_kwh"]
 
@@ -29,6 +31,11 @@ def read_orders(path: str | Path) -> pd.DataFrame:
     if missing:
         raise InputError(path, [f"columns: expected {CSV_COLUMNS}, missing {missing}, found {list(book.columns)}"])
     problems = []
+    for i in np.flatnonzero(book.id.isna().to_numpy() | (book.id.astype(str).str.strip() == "").to_numpy()):
+        problems.append(f"row {i + 2}, id: expected a participant id, found an empty cell")
+    for i in np.flatnonzero((book.id == OUTSIDE_PARTY).to_numpy()):
+        problems.append(f"row {i + 2}, id: expected a participant id other than {OUTSIDE_PARTY!r} "
+                        f"(the outside grid's name in the output), found {OUTSIDE_PARTY!r}")
     for col in ("quantity_kwh", "price_per_kwh"):
         values = pd.to_numeric(book[col], errors="coerce")
         for i in np.flatnonzero(~np.isfinite(values.to_numpy(float))):
@@ -38,7 +45,7 @@ def read_orders(path: str | Path) -> pd.DataFrame:
         problems.append(f"row {i + 2}, quantity_kwh: expected >= 0, found {book.quantity_kwh.iloc[i]}")
     for i in np.flatnonzero(~book.side.isin(["buy", "sell"]).to_numpy()):
         problems.append(f"row {i + 2}, side: expected 'buy' or 'sell', found {book.side.iloc[i]!r}")
-    dup = book.duplicated(subset=["id"], keep="first")
+    dup = book.duplicated(subset=["id"], keep="first") & book.id.notna()
     for i in np.flatnonzero(dup.to_numpy()):
         problems.append(f"row {i + 2}, id: expected one order per id, found {book.id.iloc[i]!r} again")
     if problems:
@@ -51,7 +58,10 @@ def clear_csv(path: str | Path, mechanism: str, k: float = 0.5, retail: float | 
     """Clear an order CSV; one row per trade, the outside grid as the party ``grid``.
 
     Without --retail/--feed-in there is no outside grid: unmatched orders stay unmatched.
-    The price interval is then closed by the orders themselves.
+    The price interval is then closed by the orders themselves. ``k`` matters only to
+    ``uniform``; mechanisms with different buyer and seller prices (``pay_as_bid``,
+    ``mcafee``, ``huang``, ``vcg``) write them in ``price_per_kwh`` (what the buyer pays)
+    and ``seller_price_per_kwh`` (what the seller gets).
     """
     if mechanism not in MECHANISMS:
         raise InputError(path, [f"--mechanism: expected one of {sorted(MECHANISMS)}, found {mechanism!r}"])
@@ -72,6 +82,7 @@ def clear_csv(path: str | Path, mechanism: str, k: float = 0.5, retail: float | 
         retail_price_per_kwh=retail if has_grid else float(prices.max()),
         feed_in_price_per_kwh=feed_in if has_grid else float(prices.min()),
         k=k,
+        outside_party=OUTSIDE_PARTY,
         import_cap_kwh=np.inf if has_grid else 0.0,
         export_cap_kwh=np.inf if has_grid else 0.0,
         # with a grid, what the auction leaves goes to the grid; without, it stays unmatched

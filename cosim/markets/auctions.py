@@ -29,6 +29,14 @@ P2P to the outside party leaves its injection unchanged; shedding or curtailing 
 which is why the dispatch is solved again rather than patched.) If the cuts make the fixed
 quantities infeasible they become upper bounds and the pool may trade less still.
 
+Welfare and utilities are those of the pool: a buyer values a P2P kWh at its (effective)
+bid, a seller's P2P kWh costs it its (effective) ask, shedding and curtailing cost
+``voll_per_kwh`` and ``curtail_cost_per_kwh`` (borne by the system, not by a trader) and
+trading with the outside party is the zero-value alternative. Where the outside party
+has no room (islanded at its caps) the pool may trade a pair whose bid is below its ask
+rather than shed load; the trade-reduction prices then leave the operator a deficit
+instead of a surplus, recorded like any other.
+
 Quantities per round [kWh], prices [currency/kWh].
 """
 
@@ -362,6 +370,7 @@ class _PoolAuction(Mechanism):
         paid = float(np.nansum(buy_price * bought))
         received = float(np.nansum(sell_price * sold))
         result = ClearingResult(
+            trades=None,  # set below (the default would build an empty table for nothing)
             status="ok",
             bought_kwh=bought,
             sold_kwh=sold,
@@ -398,21 +407,26 @@ class _PoolAuction(Mechanism):
 class PayAsBid(_PoolAuction):
     """Discriminatory (pay-as-bid) double auction.
 
-    Allocation: the pool's welfare optimum, as in ``uniform``. Pricing: every accepted
-    buyer pays its own (effective) bid and every accepted seller receives its own
-    (effective) ask; the market operator keeps the spread. This is the discriminatory
-    clearing rule of Sandholm and Suri (2002, "Market clearing with supply and demand
-    curves", Proc. 13th Int. Symp. on Algorithms and Computation (ISAAC), LNCS 2518),
-    where the party running the market keeps what buyers pay above what sellers get;
-    Friedman and Rust (eds., 1993, "The Double Auction Market", Addison-Wesley, ch. 1)
-    set it against uniform pricing. (GSY-e's "pay as bid" differs: each bilateral match
-    trades at the bid, the seller receiving it too.)
+    Allocation: the pool's welfare optimum, as in ``uniform``. Pricing rule: every
+    accepted buyer pays its own (effective) bid for each kWh it buys P2P, every accepted
+    seller receives its own (effective) ask for each kWh it sells; the market operator
+    keeps the spread, ``sum_i b_i bought_i - sum_j s_j sold_j``.
 
-    Budget: the operator's surplus, ``sum b_i bought_i - sum s_j sold_j``, is exactly the
-    P2P gains from trade; it is non-negative whenever every accepted bid covers every
-    accepted ask (always, unless an islanded feeder has to trade at a loss rather than shed
-    load, when the operator covers the gap). Individually rational with zero surplus for
-    the traders at their reported prices; not truthful (buyers gain by shading their bids).
+    Source: the discriminatory clearing of Sandholm and Suri, 2002, "Optimal clearing of
+    supply/demand curves", Proc. 13th Int. Symp. on Algorithms and Computation (ISAAC),
+    LNCS 2518, Springer: each buyer pays its bid price and each seller receives its ask
+    price for the quantity it trades, and the party running the market keeps the
+    difference. They choose the quantities to maximise that profit; with a constant price
+    per kWh in every order (as here) the profit is ``sum b q - sum s q``, exactly the
+    welfare the pool maximises, so their profit-maximising allocation is the efficient
+    one used here. (GSY-e's "pay as bid" differs: each bilateral match trades at the
+    bid, the seller receiving it too, so nothing is left to an operator.)
+
+    Budget: the operator's surplus is exactly the P2P gains from trade. It is
+    non-negative whenever every accepted bid covers every accepted ask (always, unless an
+    islanded feeder has to trade at a loss rather than shed load, when the operator covers
+    the gap). Individually rational with zero surplus for the traders at their reported
+    prices; not truthful (buyers gain by shading their bids, sellers by raising asks).
     """
 
     name = "pay_as_bid"
@@ -442,9 +456,11 @@ class McAfeeDoubleAuction(_PoolAuction):
     the other k-1 buyers pay b_k, the k-1 sellers receive s_k, the auctioneer keeping
     (k-1)(b_k - s_k). Truthful bidding is dominant, the mechanism is individually rational
     and weakly budget-balanced, and it loses at most the least valuable efficient trade.
-    Where no (k+1)-th buyer or seller exists there is no p0 and the reduction applies (the
-    bounds of the value range taken as -inf and +inf, as JASA's
-    McAfeeClearingHouseAuctioneer does).
+    Where no (k+1)-th buyer or seller exists there is no p0 and the reduction applies (as
+    if the missing bid were below, or the missing ask above, every price in the book), so
+    a lone buyer and a lone seller never trade. Who trades and at what price do not
+    depend on a trader's own report while it trades, which is why truthful bidding is
+    dominant; ties are broken by the order of the participants.
 
     Orders here are divisible quantities; option ``k_counts`` picks how k is counted:
 
@@ -457,8 +473,8 @@ class McAfeeDoubleAuction(_PoolAuction):
       orders: the volume removed is the larger of K's and L's efficient quantities. With
       orders of different sizes it is *not* dominant-strategy truthful: a trader whose
       order holds the crossing can shift it by misreporting and so change which orders set
-      p0 (tests/test_auctions.py works such a case). Where that matters use ``huang`` or
-      ``k_counts: orders``.
+      p0 (``test_mcafee_kwh_unequal_sizes_is_not_truthful`` in tests/test_auctions.py
+      works such a case). Where that matters use ``huang`` or ``k_counts: orders``.
     - ``orders``: each order is one unit-demand trader of its quantity and McAfee's rule
       is applied to the r-th bid and r-th ask as they stand (`rank_mcafee`); the trading
       orders share the smaller side's volume. Truthful for any order sizes (quantities
@@ -492,8 +508,10 @@ class HuangDoubleAuction(_PoolAuction):
     reported quantities, individually rational, weakly budget-balanced (the operator
     keeps (b_K - s_L) per kWh traded); it loses the marginal orders' trades.
 
-    Here K and L are the marginal orders of the pool's efficient allocation (with
-    network cuts, the accepted orders latest in the merit order); see `trade_reduction`.
+    Here K and L are the marginal orders of the pool's efficient allocation: the accepted
+    orders latest in the merit order (ties by participant order). Where the curves cross
+    exactly at the end of an order, that last fully served order is the marginal one; with
+    network cuts the pool's efficient allocation is kept as it is. See `trade_reduction`.
     ``info``: ``rule``, ``reduced_kwh``, ``welfare_loss``, ``operator_surplus``.
     """
 
@@ -508,22 +526,27 @@ class VCGDoubleAuction(_PoolAuction):
     """Vickrey-Clarke-Groves double auction: efficient allocation, Clarke-pivot payments.
 
     Sources: Vickrey 1961 (J. Finance 16(1):8-37), Clarke 1971 (Public Choice 11:17-33),
-    Groves 1973 (Econometrica 41(4):617-631), as set out in Nisan et al. (eds.), 2007,
-    "Algorithmic Game Theory", Cambridge University Press, ch. 9 (VCG mechanisms, the
-    Clarke pivot rule).
+    Groves 1973 (Econometrica 41(4):617-631), as set out in Nisan, Roughgarden, Tardos and
+    Vazirani (eds.), 2007, "Algorithmic Game Theory", Cambridge University Press, ch. 9
+    (VCG mechanisms, the Clarke pivot rule).
 
     Welfare W(x) = sum b_i bought_i - sum s_j sold_j - voll shed - curtail_cost curtailed
-    (effective prices; the pool's objective without its tie-breaking epsilon); the
+    (effective prices; the pool's objective without its tie-breaking terms); the
     allocation x* maximises it (the pool). For each P2P trader i, W_-i is the best welfare
     with i's P2P quantity held at zero: i stays out of the market, its demand or supply
-    going to the outside party or shed or curtailed. Buyer i pays
-    ``W_-i - (W(x*) - b_i bought_i)``, seller j receives ``(W(x*) + s_j sold_j) - W_-j``.
-    A trader's utility is then W(x*) - W_-i >= 0 (individually rational), truthful
-    reporting is dominant (Groves), the allocation is efficient, and -- as Myerson and
-    Satterthwaite (1983, J. Econ. Theory 29:265-281) showed it must -- the operator runs a
-    deficit, ``info["vcg_deficit"] = sum received - sum paid`` [currency]. With single-unit
-    traders and k efficient pairs every buyer pays max(s_k, b_{k+1}) and every seller
-    receives min(b_k, s_{k+1}).
+    going to the outside party or shed or curtailed (those costs are the system's, not
+    i's, so they stay in W_-i). The Clarke pivot gives trader i the utility
+    ``u_i = W(x*) - W_-i >= 0``, i.e. buyer i pays ``b_i bought_i - u_i`` and seller j
+    receives ``s_j sold_j + u_j`` (per kWh: divided by the quantity). Truthful reporting
+    of the price is dominant (Groves), the allocation is efficient, every trader is
+    individually rational, and -- as Myerson and Satterthwaite (1983, J. Econ. Theory
+    29:265-281) showed it must -- the operator runs a deficit,
+    ``info["vcg_deficit"] = sum received - sum paid`` [currency], settled to
+    ``market_operator``. With single-unit traders and k efficient pairs every buyer pays
+    max(s_k, b_{k+1}) and every seller receives min(b_k, s_{k+1}).
+
+    Numerically W(x*) may fall short of W_-i by the pool's tie-breaking terms (about 1e-6
+    per kWh); u_i is clipped at zero so individual rationality holds exactly.
 
     Cost: one solve plus one per P2P trader, each a warm-started re-solve of the same
     persistent pool with the trader's P2P column bounds set to zero and restored after
@@ -538,6 +561,7 @@ class VCGDoubleAuction(_PoolAuction):
         bought, sold = x["bought_kwh"], x["sold_kwh"]
         best = book.welfare(x)
         buy_price, sell_price = np.full(n, np.nan), np.full(n, np.nan)
+        utility = np.zeros(n)
         traders = np.flatnonzero((bought > QTY_TOL) | (sold > QTY_TOL))
         zero = np.zeros(2)
         for i in traders:
@@ -547,15 +571,19 @@ class VCGDoubleAuction(_PoolAuction):
             h.changeColsBounds(2, cols, zero, np.array([book.demand_kwh[i], book.supply_kwh[i]]))
             if status != "ok":
                 return f"vcg without {self.ids[i]}: {status}"
-            w_without = book.welfare(without)
+            utility[i] = max(best - book.welfare(without), 0.0)
+            # a participant with both a P2P purchase and a sale takes its utility once
             if bought[i] > QTY_TOL:
-                buy_price[i] = (w_without - best + book.bid[i] * bought[i]) / bought[i]
-            if sold[i] > QTY_TOL:
-                sell_price[i] = (best + book.ask[i] * sold[i] - w_without) / sold[i]
+                buy_price[i] = book.bid[i] - utility[i] / bought[i]
+                if sold[i] > QTY_TOL:
+                    sell_price[i] = book.ask[i]
+            else:
+                sell_price[i] = book.ask[i] + utility[i] / sold[i]
         paid = float(np.nansum(buy_price * bought))
         received = float(np.nansum(sell_price * sold))
         return Allocation(bought, sold, buy_price, sell_price, "vcg",
-                          {"vcg_deficit": received - paid, "vcg_solves": 1 + len(traders)})
+                          {"vcg_deficit": received - paid, "vcg_solves": 1 + len(traders),
+                           "vcg_utility_total": float(utility.sum())})
 
 
 MECHANISMS: list = [PayAsBid, McAfeeDoubleAuction, HuangDoubleAuction, VCGDoubleAuction]
