@@ -1,6 +1,7 @@
 """`cosim bench`: time per round of the co-simulation, side by side with pandapower.
 
-Runs N rounds of a scenario's main variant (market + AC power flow + feedback) and, in
+Runs N rounds of a scenario's main variant (market + AC power flow + feedback + signed
+orders and the ledger, recorded to parquet as in ``cosim run``) and, in
 the same process, pandapower's own ``run_timeseries`` on the same network and the same
 bus injections (power flow only, ConstControl on one load per bus), then reports the
 median time per round, its breakdown and the ratio. Writes results/bench/bench.json.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.loop import prepare, simulate_variant, variants_for
+from cosim.loop import OrderGate, open_ledger, prepare, simulate_variant, variants_for
 from cosim.scenario import PROFILE_END, Scenario, load_scenario
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3-summer-pv.yaml"
@@ -73,11 +75,19 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
     setup = prepare(scenario, scenario_path)
     setup_s = time.perf_counter() - t0
     variant = variants_for(scenario)[0]
-    t0 = time.perf_counter()
-    rec = simulate_variant(setup, variant, progress=progress)
-    wall_s = time.perf_counter() - t0
-    rounds_table = rec.rounds_table()
-    buses = rec.buses_table()
+    with tempfile.TemporaryDirectory() as tmp:
+        # as in `cosim run`: signed orders, admission and the ledger included
+        gate = OrderGate(scenario, setup.fleet)
+        ledger = open_ledger(setup, Path(tmp) / "ledger.jsonl", gate)
+        t0 = time.perf_counter()
+        try:
+            simulate_variant(setup, variant, Path(tmp), progress=progress, ledger=ledger, gate=gate)
+        finally:
+            ledger.close()
+            gate.close()
+        wall_s = time.perf_counter() - t0
+        rounds_table = pd.read_parquet(Path(tmp) / "rounds.parquet")
+        buses = pd.read_parquet(Path(tmp) / "buses.parquet")
     pp_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=False)
     pp_lsg_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=True)
     median_round = float(rounds_table.round_ms.median())

@@ -1,4 +1,4 @@
-"""Command line: ``cosim run | clear | ledger verify | ledger show | report | validate``.
+"""Command line: ``cosim run | validate | clear | ledger verify | ledger show | report | compare | bench``.
 
 Exit status: 0 success, 2 bad input (a message naming the file and field, no traceback,
 nothing written), 1 internal failure.
@@ -18,7 +18,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 def _cmd_run(args: argparse.Namespace) -> int:
     from cosim.loop import run_scenario
 
-    out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report)
+    out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report,
+                       resume=args.resume)
     summary = json.loads((out / "summary.json").read_text())
     m, nf = summary["variants"]["market"], summary["variants"]["market_no_feedback"]
     print(f"results: {out}")
@@ -35,6 +36,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report:
         print(f"report: {out / 'report.html'}")
     return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cosim.compare import write_comparison
+
+    path = write_comparison(args.run_dirs, out=args.out)
+    print(f"comparison: {path}")
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from cosim.bench import main as bench_main
+
+    return bench_main(args.bench_args)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -82,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default results/<scenario name>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-report", action="store_true", help="skip drawing the report")
+    run.add_argument("--resume", action="store_true",
+                     help="carry on an interrupted run of the same scenario from its last checkpoint")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="validate scenario files without running them")
@@ -109,19 +126,43 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="(re)draw the report of a finished run")
     rep.add_argument("run_dir")
     rep.set_defaults(func=_cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="one HTML report with finished runs side by side")
+    cmp_.add_argument("run_dirs", nargs="+", help="results folders of finished runs")
+    cmp_.add_argument("--out", default="results/compare", help="folder of the comparison (default results/compare)")
+    cmp_.set_defaults(func=_cmd_compare)
+
+    bench = sub.add_parser("bench", help="time per round against pandapower's run_timeseries (see cosim.bench)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
+def _terminate(signum, frame):
+    """SIGTERM stops a run like Ctrl-C: the partial folder and its checkpoint are kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except InputError as err:
         print(f"error: {err.format()}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; no results were written", file=sys.stderr)
+        if getattr(args, "command", None) == "run":
+            print("interrupted; no results folder was written. The last checkpoint (if a chunk of rounds was "
+                  "finished) is kept: add --resume to carry on", file=sys.stderr)
+        else:
+            print("interrupted; no results were written", file=sys.stderr)
         return 130
     except Exception:  # an internal failure: say so, show where, exit 1
         import traceback

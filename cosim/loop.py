@@ -50,7 +50,7 @@ from cosim.feedback import (
 )
 from cosim.grid.powerflow import GridState, PowerFlow
 from cosim.grid.sensitivities import compute_sensitivities, loss_factors
-from cosim.ledger import LedgerWriter, rejection_rows
+from cosim.ledger import LedgerWriter, rejection_rows, validator_keys
 from cosim.markets import (
     ClearingResult,
     MarketContext,
@@ -73,7 +73,7 @@ from cosim.networks import (
 from cosim.prosumers import Batteries, Fleet, build_fleet, make_orders
 from cosim.results import Recorder
 from cosim.scenario import Scenario
-from cosim.settlement import settle
+from cosim.settlement import parties, settle_matrix, settlement_frame
 
 #: Network-cut slots in the clearing model.
 MAX_CUTS = 40
@@ -217,6 +217,25 @@ class OrderGate:
         if self.executor is not None:
             self.executor.shutdown()
 
+    def get_state(self) -> dict:
+        """Nonce counters, the adversary's random state and the admissions the later
+        variants reuse (picklable), for a checkpoint."""
+        adv = self.adversary
+        return {
+            "next_nonce": dict(self.controllers.next_nonce),
+            "last_nonce": dict(self.admission.last_nonce),
+            "adversary_rng": adv.rng.bit_generator.state,
+            "adversary_previous": adv.previous,
+            "done": dict(self.done),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.controllers.next_nonce = dict(state["next_nonce"])
+        self.admission.last_nonce = dict(state["last_nonce"])
+        self.adversary.rng.bit_generator.state = state["adversary_rng"]
+        self.adversary.previous = state["adversary_previous"]
+        self.done = dict(state["done"])
+
     def round(self, t: int, book: pd.DataFrame, limits: dict[str, tuple[float, float]]) -> GateRound:
         if t in self.done:
             return self.done[t]
@@ -270,6 +289,26 @@ class VariantRunner:
         self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
         self.last_loss_factors = None
         self.last_state: GridState | None = None
+
+    # -- checkpoints --------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything this runner carries from one round to the next (picklable)."""
+        return {
+            "batteries": self.batteries,
+            "rng": self.rng.bit_generator.state,
+            "gfu": self.gfu,
+            "last_loss_factors": self.last_loss_factors,
+            "last_state": self.last_state,
+            "mechanism": self.mechanism.get_state(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.batteries = state["batteries"]
+        self.rng.bit_generator.state = state["rng"]
+        self.gfu = state["gfu"]
+        self.last_loss_factors = state["last_loss_factors"]
+        self.last_state = state["last_state"]
+        self.mechanism.set_state(state["mechanism"])
 
     # -- physics helpers ----------------------------------------------------------------
     def bus_injections(self, r: ClearingResult, net_kw: np.ndarray, load_kw: np.ndarray,
@@ -335,7 +374,7 @@ class VariantRunner:
 
     def run_round(self, t: int) -> tuple[RoundOutcome, pd.DataFrame, MarketContext]:
         sc, fleet, dt_h = self.sc, self.fleet, self.dt_h
-        timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "ledger": 0.0}
+        timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "settle": 0.0, "ledger": 0.0}
         t0 = time.perf_counter()
         load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
         limits = self.physical_limits(load_kw, pv_kw) if self.gate is not None else None
@@ -508,6 +547,7 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "clear_ms": o.timings["clear"] * 1000.0,
         "pf_ms": o.timings["pf"] * 1000.0,
         "sens_ms": o.timings["sens"] * 1000.0,
+        "settle_ms": o.timings.get("settle", 0.0) * 1000.0,
         "ledger_ms": o.timings.get("ledger", 0.0) * 1000.0,
         "ledger_cpu_ms": o.timings.get("ledger_cpu", 0.0) * 1000.0,
         "orders_submitted": len(o.gate.submitted) if o.gate is not None and o.gate.submitted is not None else 0,
@@ -527,100 +567,249 @@ def open_ledger(setup: Setup, path: Path, gate: OrderGate) -> LedgerWriter:
                         setup.fleet.time[0].isoformat())
 
 
-def simulate_variant(setup: Setup, variant: Variant, progress: bool = True, ledger: LedgerWriter | None = None,
-                     gate: OrderGate | None = None) -> Recorder:
-    """Run every round of one variant and return its recorder.
+class ResumedLedger(LedgerWriter):
+    """A ledger writer that carries on a chain cut back to its first `height` blocks (the
+    genesis block and the blocks of rounds 0 .. height - 2), whose head is `head`."""
+
+    def __init__(self, path: Path, seed: int, validators, height: int, head: str):
+        self.path = Path(path)
+        self.validators = list(validators)
+        self.keys = validator_keys(seed, self.validators)
+        keep = truncate_lines(self.path, height)
+        if keep != height:
+            raise RuntimeError(f"{self.path}: the checkpoint needs {height} blocks, the file has {keep}")
+        self._fh = self.path.open("a", encoding="ascii", newline="\n")
+        self.height = height
+        self.head = head
+
+
+def truncate_lines(path: Path, n: int) -> int:
+    """Cut a text file back to its first `n` lines; returns how many it kept."""
+    kept, offset = 0, 0
+    with open(path, "rb+") as fh:
+        for line in fh:
+            if kept == n or not line.endswith(b"\n"):
+                break
+            kept += 1
+            offset += len(line)
+        fh.truncate(offset)
+    return kept
+
+
+# -- checkpoints ------------------------------------------------------------------------
+CHECKPOINT = "checkpoint.pkl"
+#: Rounds per recorded chunk: a week at 15 min. Each chunk is written to disk, then a
+#: checkpoint is taken.
+CHUNK_ROUNDS = 672
+
+
+@dataclass
+class Checkpoint:
+    """Where an interrupted run stands: enough to resume it with identical results."""
+
+    scenario_yaml: str
+    variant: int
+    """Index (in `variants_for`) of the variant being simulated."""
+    next_round: int
+    """Its first round not yet on disk."""
+    chunk_rounds: int
+    runner: dict
+    gate: dict
+    pf_voltages: np.ndarray
+    ledger: tuple[int, str] | None
+    """(blocks on disk, head hash) of the ledger, for the main variant."""
+    finished: dict = field(default_factory=dict)
+    """Variant name -> (kpis, prosumer bills, timing) of the variants already done."""
+    elapsed_s: float = 0.0
+
+    def save(self, folder: Path) -> None:
+        import pickle
+
+        tmp = folder / (CHECKPOINT + ".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(self, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / CHECKPOINT)
+
+    @staticmethod
+    def load(folder: Path) -> Checkpoint | None:
+        import pickle
+
+        path = folder / CHECKPOINT
+        if not path.exists():
+            return None
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+
+
+@dataclass
+class Progress:
+    """What `simulate_variant` needs to start mid-run and to take checkpoints."""
+
+    start_round: int = 0
+    runner_state: dict | None = None
+    on_chunk: object = None
+    """Called as ``on_chunk(runner, next_round)`` after each chunk is on disk."""
+
+
+def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: bool = True,
+                     ledger: LedgerWriter | None = None, gate: OrderGate | None = None,
+                     chunk_rounds: int = CHUNK_ROUNDS, resume: Progress | None = None) -> None:
+    """Run every round of one variant and write its parquet files into `folder`.
 
     With a `ledger`, the round's orders are signed and admitted (`gate`, made here if not
     given) and each round's block is appended to it; ``ledger_ms`` in rounds.parquet is
-    the time the round spent on signing, admission and the block.
+    the time the round spent on signing, admission and the block. Results are written
+    every `chunk_rounds` rounds; `resume` starts at a later round from a checkpoint.
     """
     sc = setup.scenario
     own_gate = gate is None and (ledger is not None or sc.ledger.adversary != type(sc.ledger.adversary)())
     if own_gate:
         gate = OrderGate(sc, setup.fleet)
     try:
-        return _simulate(setup, variant, progress, ledger, gate)
+        _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress())
     finally:
         if own_gate:
             gate.close()
 
 
-def _simulate(setup: Setup, variant: Variant, progress: bool, ledger: LedgerWriter | None,
-              gate: OrderGate | None) -> Recorder:
+def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | None,
+              gate: OrderGate | None, chunk_rounds: int, resume: Progress) -> None:
     sc = setup.scenario
     runner = VariantRunner(setup, variant, gate)
-    n = sc.n_rounds
-    rec = Recorder(n, setup.pf.buses, setup.pf.lines, setup.pf.trafos)
-    buses = setup.fleet.table.bus.to_numpy()
-    bar = tqdm(range(n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True)
+    if resume.runner_state is not None:
+        runner.set_state(resume.runner_state)
+    n, first = sc.n_rounds, resume.start_round
+    ids = setup.fleet.ids
+    party_names = parties(ids, OUTSIDE[sc.mode])
+    party_buses = np.r_[setup.fleet.table.bus.to_numpy(np.int64), -1, -1, -1]
+    rec = Recorder(folder, n, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names, party_buses,
+                   chunk_rounds=chunk_rounds, first_round=first, with_attribution=variant.folder == "")
+    rec.drop_parts_from(first // rec.chunk_rounds)
+    bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
+               initial=first, total=n)
     for t in bar:
         t0 = time.perf_counter()
+        if t % rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
+            runner.mechanism.reset_warm_start()
         outcome, book, ctx = runner.run_round(t)
-        st = settle(t, setup.fleet.ids, buses, outcome.result, ctx, outcome.physical)
+        t1 = time.perf_counter()
+        st = settle_matrix(outcome.result, ctx, outcome.physical)
+        outcome.timings["settle"] = time.perf_counter() - t1
         gr = outcome.gate
         if ledger is not None:
             t1, c1 = time.perf_counter(), time.thread_time()
-            ledger.append(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes, outcome.result.trades, st)
+            frame = settlement_frame(t, party_names, party_buses, st[:, :9], physical=False)
+            ledger.append(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes, outcome.result.trades, frame)
             outcome.timings["ledger"] += time.perf_counter() - t1
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
-        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, time.perf_counter() - t0)
-        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st, outcome.attribution,
-                   rejections=gr.rejections if gr is not None else None)
+        t1 = time.perf_counter()
+        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0)
+        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
+                   outcome.attribution, rejections=gr.rejections if gr is not None else None)
+        row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
         if gr is not None:  # the signed orders are in the block now
             gr.submitted = gr.outcomes = None
-    return rec
+        if not rec.full:
+            continue
+        rec.flush()
+        if resume.on_chunk is not None and t + 1 < n:
+            if ledger is not None:
+                ledger._fh.flush()  # the checkpoint counts the blocks on disk
+            resume.on_chunk(runner, t + 1)
+    bar.close()
+    rec.finish()
 
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,
-                 report: bool = True) -> Path:
+                 report: bool = True, resume: bool = False, chunk_rounds: int = CHUNK_ROUNDS) -> Path:
     """Run a scenario file end to end; returns the results folder.
 
-    Results are written to a temporary folder and moved into place only at the end.
+    Results are written to a hidden partial folder beside `out` and moved into place only
+    at the end. After each chunk of rounds a checkpoint is taken there; an interrupted run
+    (Ctrl-C, SIGTERM, a kill) keeps it, and ``resume=True`` carries on from it with results
+    identical to an uninterrupted run. Any other failure removes the partial folder.
     """
-    from cosim.results import RunFolder, write_json
+    from cosim.results import RunFolder, bills_by_party, write_json
     from cosim.scenario import load_scenario
     from cosim.summary import kpis, timing
 
     wall0 = time.perf_counter()
     scenario = load_scenario(scenario_path)
     out = Path(out) if out is not None else Path("results") / scenario.name
+    folder = RunFolder(out, resume=resume)
+    ckpt = Checkpoint.load(folder.tmp) if resume else None
+    if resume:
+        check_resumable(folder, ckpt, scenario)
+        chunk_rounds = ckpt.chunk_rounds
     setup = prepare(scenario, scenario_path)
-    folder = RunFolder(out)
     stack = contextlib.ExitStack()
     try:
         tmp = folder.tmp
-        (tmp / "scenario.yaml").write_text(scenario.to_yaml())
-        setup.grid_buses.to_parquet(tmp / "grid_buses.parquet", index=False)
-        setup.grid_branches.to_parquet(tmp / "grid_branches.parquet", index=False)
-        setup.fleet.table.reset_index().to_parquet(tmp / "prosumers.parquet", index=False)
+        if ckpt is None:
+            (tmp / "scenario.yaml").write_text(scenario.to_yaml())
+            setup.grid_buses.to_parquet(tmp / "grid_buses.parquet", index=False)
+            setup.grid_branches.to_parquet(tmp / "grid_branches.parquet", index=False)
+            setup.fleet.table.reset_index().to_parquet(tmp / "prosumers.parquet", index=False)
         load_kwh = float(setup.fleet.load_kw.sum() * scenario.dt_h)
         pv_kwh = float(setup.fleet.pv_kw.sum() * scenario.dt_h)
-        variants_kpis, ledger_head, main_timing = {}, None, {}
-        bills = {}
+        finished = dict(ckpt.finished) if ckpt is not None else {}
+        elapsed0 = ckpt.elapsed_s if ckpt is not None else 0.0
         gate = OrderGate(scenario, setup.fleet)
         stack.callback(gate.close)
-        for variant in variants_for(scenario):
+        if ckpt is not None:
+            gate.set_state(ckpt.gate)
+            setup.pf.set_state(ckpt.pf_voltages)
+        ledger_head = None
+        for index, variant in enumerate(variants_for(scenario)):
+            if variant.name in finished:
+                continue
             main = variant.folder == ""
-            ledger = open_ledger(setup, tmp / "ledger.jsonl", gate) if main else None
+            here = ckpt is not None and ckpt.variant == index
+            ledger = None
+            if main:
+                path = tmp / "ledger.jsonl"
+                if here and ckpt.ledger is not None:
+                    ledger = ResumedLedger(path, scenario.seed, scenario.ledger.validators, *ckpt.ledger)
+                else:
+                    ledger = open_ledger(setup, path, gate)
+                stack.callback(ledger.close)
+
+            def on_chunk(runner, next_round, index=index, ledger=ledger):
+                Checkpoint(
+                    scenario.to_yaml(), index, next_round, chunk_rounds, runner.get_state(), gate.get_state(),
+                    setup.pf.get_state(), (ledger.height, ledger.head) if ledger is not None else None,
+                    finished, elapsed0 + time.perf_counter() - wall0,
+                ).save(tmp)
+
+            state = Progress(ckpt.next_round, ckpt.runner, on_chunk) if here else Progress(on_chunk=on_chunk)
             # the main variant (first) admits every round's orders; the others only need
             # its outcome when an adversary made some prosumers passive
             use_gate = main or gate.adversary.active
-            rec = simulate_variant(setup, variant, progress=progress, ledger=ledger, gate=gate if use_gate else None)
+            vfolder = tmp / variant.folder if variant.folder else tmp
+            simulate_variant(setup, variant, vfolder, progress=progress, ledger=ledger,
+                             gate=gate if use_gate else None, chunk_rounds=chunk_rounds, resume=state)
             if ledger is not None:
                 ledger.close()
-                ledger_head = ledger.head
-            rec.write(tmp / variant.folder if variant.folder else tmp, with_attribution=variant.folder == "")
-            rounds, st = rec.rounds_table(), rec.settlement_table()
-            variants_kpis[variant.name] = kpis(rounds, st, load_kwh, pv_kwh, OUTSIDE[scenario.mode])
-            prosumer_rows = st[st.party.isin(setup.fleet.ids)]
-            bills[variant.name] = prosumer_rows.groupby("party").bill.sum()
-            if variant.folder == "":
-                main_timing = timing(rounds)
-                main_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
-                main_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
-                main_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
-        main_timing["wall_s"] = time.perf_counter() - wall0
+            rounds = pd.read_parquet(vfolder / "rounds.parquet")
+            bills = bills_by_party(vfolder / "settlement.parquet")
+            prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
+            variant_timing = {}
+            if main:
+                variant_timing = timing(rounds)
+                variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
+                variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
+                variant_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
+            finished[variant.name] = (
+                kpis(rounds, prosumer_bills, load_kwh, pv_kwh), prosumer_bills,
+                variant_timing, ledger.head if ledger is not None else None,
+            )
+            ckpt = None
+        main_name = variants_for(scenario)[0].name
+        main_timing = dict(finished[main_name][2])
+        ledger_head = finished[main_name][3]
+        main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
         summary = {
             "scenario": scenario.name,
             "network": scenario.network,
@@ -638,19 +827,39 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "max_loading_pct": scenario.feedback.max_loading_pct,
             "load_kwh": load_kwh,
             "pv_kwh": pv_kwh,
-            "variants": variants_kpis,
-            "prosumer_bills": pd.DataFrame(bills).round(6).to_dict(orient="index"),
+            "variants": {name: f[0] for name, f in finished.items()},
+            "prosumer_bills": pd.DataFrame({name: f[1] for name, f in finished.items()}).round(6).to_dict(orient="index"),
             "timing": main_timing,
             "ledger_head": ledger_head,
         }
         write_json(tmp / "summary.json", summary)
+        (tmp / CHECKPOINT).unlink(missing_ok=True)
         if report:
             from cosim.report import write_report
 
             write_report(tmp)
+        stack.close()
         return folder.commit()
+    except KeyboardInterrupt:
+        stack.close()
+        if (folder.tmp / CHECKPOINT).exists():
+            folder.keep_for_resume()
+        else:
+            folder.abandon()
+        raise
     except BaseException:
+        stack.close()
         folder.abandon()
         raise
-    finally:
-        stack.close()
+
+
+def check_resumable(folder, ckpt: Checkpoint | None, scenario: Scenario) -> None:
+    """Refuse to resume without a checkpoint or with a scenario that has changed."""
+    from cosim.errors import InputError
+
+    if ckpt is None:
+        raise InputError(folder.final, [f"--resume: expected a checkpoint of an interrupted run in {folder.tmp}, "
+                                         "found none; run without --resume"])
+    if ckpt.scenario_yaml != scenario.to_yaml():
+        raise InputError(folder.final, ["--resume: expected the scenario of the interrupted run, found a changed "
+                                        "one; run without --resume to start again"])

@@ -3,7 +3,7 @@
 `RunFolder` writes into a hidden temporary folder beside the destination and moves it
 into place only when the run has finished, so an interrupted or failed run never leaves
 a half-written results folder. `Recorder` buffers one variant's rounds in preallocated
-arrays and lists of small frames and writes them as parquet.
+arrays and streams them to parquet a chunk of rounds at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 from cosim.admission import REJECTION_COLUMNS
 from cosim.feedback import ATTRIBUTION_COLUMNS
 from cosim.markets import TRADE_COLUMNS
-from cosim.settlement import PHYSICAL_COLUMNS, SETTLEMENT_COLUMNS
+from cosim.settlement import NUMERIC_COLUMNS, settlement_frame
 
 ROUND_COLUMNS = [
     "round", "time", "iterations", "pf_converged", "cleared_kwh", "price_per_kwh", "grid_import_kwh",
@@ -30,13 +30,22 @@ ROUND_COLUMNS = [
 
 
 class RunFolder:
-    """A results folder that appears only when complete."""
+    """A results folder that appears only when complete.
 
-    def __init__(self, final: Path):
+    The run writes into a hidden partial folder beside the destination
+    (``.<name>.partial``), moved into place by `commit`. `abandon` deletes it; an
+    interrupted run keeps it (`keep_for_resume`) so that ``cosim run --resume`` can carry
+    on from its checkpoint. Without `resume`, a partial folder left by an earlier run is
+    deleted first.
+    """
+
+    def __init__(self, final: Path, resume: bool = False):
         self.final = Path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.parent / f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        self.tmp = self.final.parent / f".{self.final.name}.partial"
+        if not resume:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(exist_ok=resume)
 
     def commit(self) -> Path:
         if self.final.exists():
@@ -51,41 +60,78 @@ class RunFolder:
     def abandon(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def keep_for_resume(self) -> None:
+        """Leave the partial folder and its checkpoint in place (an interrupted run)."""
+
 
 class Recorder:
-    """Buffers one variant's results round by round."""
+    """Buffers one variant's rounds and streams them to parquet, a chunk at a time.
 
-    def __init__(self, n_rounds: int, buses: np.ndarray, lines: np.ndarray, trafos: np.ndarray):
+    Every `chunk_rounds` rounds (default a week at 15 min) the buffer is written to part
+    files ``<folder>/.parts/<table>/<chunk>.parquet`` and emptied, so memory stays flat over
+    a year. `finish` merges each table's parts, one at a time, into ``<folder>/<table>.parquet``
+    (one row group per chunk) and removes the parts. A checkpoint taken after `flush` can
+    resume a run from the next chunk (`cosim.loop`).
+    """
+
+    def __init__(self, folder: Path, n_rounds: int, buses: np.ndarray, lines: np.ndarray, trafos: np.ndarray,
+                 parties: list[str], party_buses: np.ndarray, chunk_rounds: int = 672, first_round: int = 0,
+                 with_attribution: bool = True):
+        self.folder = Path(folder)
         self.n_rounds = n_rounds
         self.buses, self.lines, self.trafos = buses, lines, trafos
+        self.parties = list(parties)
+        self.party_buses = np.asarray(party_buses, dtype=np.int64)
+        self.chunk_rounds = max(int(chunk_rounds), 1)
+        self.with_attribution = with_attribution
+        self._start(first_round)
+
+    def _start(self, first_round: int) -> None:
+        self.first = first_round
+        size = max(min(self.chunk_rounds, self.n_rounds - first_round), 0)
+        self.size = size
         self.rows: list[dict] = []
-        self.bus_p = np.full((n_rounds, len(buses)), np.nan)
-        self.bus_q = np.full((n_rounds, len(buses)), np.nan)
-        self.bus_vm = np.full((n_rounds, len(buses)), np.nan)
-        self.line_loading = np.full((n_rounds, len(lines)), np.nan)
-        self.trafo_loading = np.full((n_rounds, len(trafos)), np.nan)
+        self.bus_p = np.full((size, len(self.buses)), np.nan)
+        self.bus_q = np.full((size, len(self.buses)), np.nan)
+        self.bus_vm = np.full((size, len(self.buses)), np.nan)
+        self.line_loading = np.full((size, len(self.lines)), np.nan)
+        self.trafo_loading = np.full((size, len(self.trafos)), np.nan)
+        self.settlement = np.zeros((size, len(self.parties), len(NUMERIC_COLUMNS)))
         self.trades: list[pd.DataFrame] = []
-        self.settlement: list[pd.DataFrame] = []
         self.attribution: list[pd.DataFrame] = []
         self.rejections: list[pd.DataFrame] = []
 
-    def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: pd.DataFrame,
+    @property
+    def next_round(self) -> int:
+        """The first round not yet recorded."""
+        return self.first + len(self.rows)
+
+    def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: np.ndarray,
                attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None) -> None:
-        t = row["round"]
+        """Add one round (`settlement`: `cosim.settlement.settle_matrix`). Once `full`, the
+        caller writes the chunk with `flush`."""
+        i = row["round"] - self.first
+        if i != len(self.rows):
+            raise ValueError(f"round {row['round']} recorded out of order (expected {self.next_round})")
         self.rows.append(row)
-        self.bus_p[t], self.bus_q[t] = p_kw, q_kvar
-        self.bus_vm[t] = state.vm_pu
-        self.line_loading[t] = state.line_loading_pct
-        self.trafo_loading[t] = state.trafo_loading_pct
-        if len(trades):
-            self.trades.append(trades.assign(round=t))
-        self.settlement.append(settlement)
+        self.bus_p[i], self.bus_q[i] = p_kw, q_kvar
+        self.bus_vm[i] = state.vm_pu
+        self.line_loading[i] = state.line_loading_pct
+        self.trafo_loading[i] = state.trafo_loading_pct
+        self.settlement[i] = settlement
+        if trades is not None and len(trades):
+            self.trades.append(trades.assign(round=row["round"]))
         if attribution is not None and len(attribution):
             self.attribution.append(attribution)
         if rejections is not None and len(rejections):
             self.rejections.append(rejections)
 
-    # -- tables -------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        """True when the buffered chunk is complete."""
+        return len(self.rows) == self.size
+
+    # -- tables of the buffered chunk ---------------------------------------------------
     def rounds_table(self) -> pd.DataFrame:
         table = pd.DataFrame(self.rows)
         first = [c for c in ROUND_COLUMNS if c in table.columns]
@@ -95,7 +141,7 @@ class Recorder:
         n_t = len(self.rows)
         return pd.DataFrame(
             {
-                "round": np.repeat(np.arange(n_t, dtype=np.int64), len(ids)),
+                "round": np.repeat(np.arange(self.first, self.first + n_t, dtype=np.int64), len(ids)),
                 id_name: np.tile(ids.astype(np.int64), n_t),
                 value_name: values[:n_t].ravel(),
             }
@@ -117,15 +163,19 @@ class Recorder:
     def trades_table(self) -> pd.DataFrame:
         cols = ["round", *TRADE_COLUMNS]
         if not self.trades:
-            return pd.DataFrame({c: pd.Series(dtype=float if c.endswith("kwh") else object) for c in cols})
+            types = {"round": "int64", "seller": object, "buyer": object}
+            return pd.DataFrame({c: pd.Series(dtype=types.get(c, float)) for c in cols})
         table = pd.concat(self.trades, ignore_index=True)[cols]
+        table["round"] = table["round"].astype(np.int64)
         table["seller"] = table.seller.astype(str)
         table["buyer"] = table.buyer.astype(str)
         return table
 
     def settlement_table(self) -> pd.DataFrame:
-        table = pd.concat(self.settlement, ignore_index=True)
-        return table[SETTLEMENT_COLUMNS + [c for c in PHYSICAL_COLUMNS if c in table.columns]]
+        n_t, n_p = len(self.rows), len(self.parties)
+        rounds = np.repeat(np.arange(self.first, self.first + n_t, dtype=np.int64), n_p)
+        return settlement_frame(rounds, self.parties * n_t, np.tile(self.party_buses, n_t),
+                                self.settlement[:n_t].reshape(n_t * n_p, -1))
 
     def attribution_table(self) -> pd.DataFrame:
         if not self.attribution:
@@ -139,16 +189,88 @@ class Recorder:
             return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in REJECTION_COLUMNS})
         return pd.concat(self.rejections, ignore_index=True)[REJECTION_COLUMNS]
 
-    def write(self, folder: Path, with_attribution: bool = True) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.rounds_table().to_parquet(folder / "rounds.parquet", index=False)
-        self.buses_table().to_parquet(folder / "buses.parquet", index=False)
-        self.branches_table().to_parquet(folder / "branches.parquet", index=False)
-        self.trades_table().to_parquet(folder / "trades.parquet", index=False)
-        self.settlement_table().to_parquet(folder / "settlement.parquet", index=False)
-        self.rejections_table().to_parquet(folder / "rejections.parquet", index=False)
-        if with_attribution:
-            self.attribution_table().to_parquet(folder / "attribution.parquet", index=False)
+    # -- writing ------------------------------------------------------------------------
+    def tables(self) -> dict[str, pd.DataFrame]:
+        tables = {
+            "rounds": self.rounds_table(),
+            "buses": self.buses_table(),
+            "branches": self.branches_table(),
+            "trades": self.trades_table(),
+            "settlement": self.settlement_table(),
+            "rejections": self.rejections_table(),
+        }
+        if self.with_attribution:
+            tables["attribution"] = self.attribution_table()
+        return tables
+
+    def parts_dir(self, table: str) -> Path:
+        return self.folder / ".parts" / table
+
+    def flush(self) -> None:
+        """Write the buffered rounds to part files and start the next chunk."""
+        if not self.rows:
+            return
+        chunk = self.first // self.chunk_rounds
+        for name, table in self.tables().items():
+            d = self.parts_dir(name)
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f"{chunk:06d}.parquet.tmp"
+            table.to_parquet(tmp, index=False)
+            os.replace(tmp, d / f"{chunk:06d}.parquet")
+        self._start(self.first + len(self.rows))
+
+    def drop_parts_from(self, chunk: int) -> None:
+        """Delete the part files of chunk `chunk` and later (left by an interrupted run)."""
+        parts = self.folder / ".parts"
+        if not parts.exists():
+            return
+        for f in parts.glob("*/*.parquet"):
+            if int(f.stem) >= chunk:
+                f.unlink()
+        for f in parts.glob("*/*.parquet.tmp"):
+            f.unlink()
+
+    def finish(self) -> None:
+        """Write what is buffered, then merge every table's parts into one parquet file."""
+        self.flush()
+        names = ["rounds", "buses", "branches", "trades", "settlement", "rejections"]
+        if self.with_attribution:
+            names.append("attribution")
+        for name in names:
+            merge_parts(sorted(self.parts_dir(name).glob("*.parquet")), self.folder / f"{name}.parquet")
+        shutil.rmtree(self.folder / ".parts", ignore_errors=True)
+
+
+def merge_parts(parts: list[Path], dest: Path) -> None:
+    """Concatenate parquet part files into `dest`, one part in memory at a time.
+
+    Parts with no rows only lend their schema when every part is empty; column types of
+    the others are cast to those of the first part that has rows."""
+    import pyarrow.parquet as pq
+
+    if not parts:
+        raise FileNotFoundError(f"no parts to merge into {dest}")
+    full = [p for p in parts if pq.ParquetFile(p).metadata.num_rows > 0]
+    if not full:
+        os.replace(parts[0], dest)
+        return
+    schema = pq.read_schema(full[0]).remove_metadata()
+    with pq.ParquetWriter(dest, schema) as writer:
+        for p in full:
+            table = pq.read_table(p).replace_schema_metadata(None)
+            if table.schema != schema:
+                table = table.select(schema.names).cast(schema)
+            writer.write_table(table)
+
+
+def bills_by_party(settlement_path: Path) -> pd.Series:
+    """Sum of each party's bills over a run [currency], from settlement.parquet with the
+    party names read as a dictionary (a year of rounds stays small in memory). Summed in
+    row order, so the total does not depend on how the file was chunked."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(settlement_path, columns=["party", "bill"], read_dictionary=["party"]).to_pandas()
+    return table.groupby("party", observed=True, sort=True).bill.sum()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -27,52 +27,72 @@ PHYSICAL_COLUMNS = ["load_kwh", "pv_kwh", "battery_kwh", "net_load_kwh"]
 DSO, MARKET_OPERATOR = "dso", "market_operator"
 
 
-def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext,
-           physical: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
-    """The round's settlement table (vectorised over prosumers).
+#: Numeric columns of a settlement row, in the order of `settle_matrix`'s columns.
+NUMERIC_COLUMNS = SETTLEMENT_COLUMNS[3:] + PHYSICAL_COLUMNS
+
+
+def parties(ids: list[str], outside_party: str) -> list[str]:
+    """The parties of a round's settlement, in row order: the prosumers, the outside
+    party, the DSO and the market operator."""
+    return [*ids, outside_party, DSO, MARKET_OPERATOR]
+
+
+def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The round's settlement as a float matrix: one row per party (`parties`), one column
+    per `NUMERIC_COLUMNS` entry. This is the hot path; `settle` wraps it in a table.
 
     Prosumer n pays ``buy_price[n] bought[n] - sell_price[n] sold[n] + retail imported[n]
     - feed_in exported[n]`` for energy, plus ``charge_buy[n] bought[n] + charge_sell[n]
-    sold[n]`` in network charges.
+    sold[n]`` in network charges. The outside party sells what the prosumers and the
+    operator import and buys what they export; the DSO receives the network charges; the
+    operator keeps what buyers pay minus what sellers get and pays for its own trades
+    with the outside party (a community manager's net position).
     """
-    buy_p = np.nan_to_num(r.buy_price_per_kwh)
-    sell_p = np.nan_to_num(r.sell_price_per_kwh)
-    p2p_paid = buy_p * r.bought_kwh
-    p2p_received = sell_p * r.sold_kwh
-    energy = p2p_paid - p2p_received + ctx.retail_price_per_kwh * r.import_kwh - ctx.feed_in_price_per_kwh * r.export_kwh
+    retail, feed_in = ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh
+    n = len(r.bought_kwh)
+    m = np.zeros((n + 3, len(NUMERIC_COLUMNS)))
+    p2p_paid = np.nan_to_num(r.buy_price_per_kwh) * r.bought_kwh
+    p2p_received = np.nan_to_num(r.sell_price_per_kwh) * r.sold_kwh
     charges = r.charges.buy * r.bought_kwh + r.charges.sell * r.sold_kwh
-    n = len(ids)
     op_import, op_export = r.operator_import_kwh, r.operator_export_kwh
     imported = r.import_kwh.sum() + op_import
     exported = r.export_kwh.sum() + op_export
-    outside_energy = -ctx.retail_price_per_kwh * imported + ctx.feed_in_price_per_kwh * exported
-    # the operator keeps what buyers pay minus what sellers get, and pays for its own
-    # trades with the outside party (a community manager's net position)
-    operator_energy = (
-        -(p2p_paid.sum() - p2p_received.sum())
-        + ctx.retail_price_per_kwh * op_import
-        - ctx.feed_in_price_per_kwh * op_export
-    )
-    total_charges = charges.sum()
-    table = pd.DataFrame(
-        {
-            "round": np.full(n + 3, round_no, dtype=np.int64),
-            "party": [*ids, ctx.outside_party, DSO, MARKET_OPERATOR],
-            "bus": np.r_[buses, -1, -1, -1].astype(np.int64),
-            "bought_kwh": np.r_[r.bought_kwh, exported, 0.0, op_export],
-            "sold_kwh": np.r_[r.sold_kwh, imported, 0.0, op_import],
-            "grid_import_kwh": np.r_[r.import_kwh, 0.0, 0.0, op_import],
-            "grid_export_kwh": np.r_[r.export_kwh, 0.0, 0.0, op_export],
-            "curtailed_kwh": np.r_[r.curtailed_kwh, 0.0, 0.0, 0.0],
-            "shed_kwh": np.r_[r.shed_kwh, 0.0, 0.0, 0.0],
-            "energy_cost": np.r_[energy, outside_energy, 0.0, operator_energy],
-            "network_charges": np.r_[charges, 0.0, -total_charges, 0.0],
-        }
-    )
-    table["bill"] = table.energy_cost + table.network_charges
+    # columns: bought, sold, grid_import, grid_export, curtailed, shed, energy_cost,
+    # network_charges, bill, load, pv, battery, net_load
+    m[:n, 0], m[:n, 1], m[:n, 2], m[:n, 3] = r.bought_kwh, r.sold_kwh, r.import_kwh, r.export_kwh
+    m[:n, 4], m[:n, 5] = r.curtailed_kwh, r.shed_kwh
+    m[:n, 6] = p2p_paid - p2p_received + retail * r.import_kwh - feed_in * r.export_kwh
+    m[:n, 7] = charges
+    m[n, 0], m[n, 1] = exported, imported
+    m[n, 6] = -retail * imported + feed_in * exported
+    m[n + 1, 7] = -charges.sum()
+    m[n + 2, 0], m[n + 2, 1], m[n + 2, 2], m[n + 2, 3] = op_export, op_import, op_import, op_export
+    m[n + 2, 6] = -(p2p_paid.sum() - p2p_received.sum()) + retail * op_import - feed_in * op_export
+    m[:, 8] = m[:, 6] + m[:, 7]
     if physical is not None:
-        for col in ("load_kwh", "pv_kwh", "battery_kwh"):
-            table[col] = np.r_[physical[col], 0.0, 0.0, 0.0]
-        net = physical["load_kwh"] - physical["pv_kwh"] + physical["battery_kwh"] + r.curtailed_kwh - r.shed_kwh
-        table["net_load_kwh"] = np.r_[net, 0.0, 0.0, 0.0]
-    return table
+        m[:n, 9], m[:n, 10], m[:n, 11] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
+        m[:n, 12] = m[:n, 9] - m[:n, 10] + m[:n, 11] + r.curtailed_kwh - r.shed_kwh
+    return m
+
+
+def settlement_frame(round_no: int | np.ndarray, party: list[str], bus: np.ndarray, matrix: np.ndarray,
+                     physical: bool = True) -> pd.DataFrame:
+    """Settlement rows as a table (SETTLEMENT_COLUMNS, then PHYSICAL_COLUMNS if `physical`)."""
+    columns = NUMERIC_COLUMNS if physical else SETTLEMENT_COLUMNS[3:]
+    data = {
+        "round": np.broadcast_to(np.asarray(round_no, dtype=np.int64), (len(party),)).copy(),
+        "party": party,
+        "bus": np.asarray(bus, dtype=np.int64),
+    }
+    data.update({c: matrix[:, j] for j, c in enumerate(columns)})
+    return pd.DataFrame(data)
+
+
+def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext,
+           physical: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The round's settlement table (`settle_matrix` with party names and buses)."""
+    m = settle_matrix(r, ctx, physical)
+    bus = np.r_[np.asarray(buses, dtype=np.int64), -1, -1, -1]
+    if physical is None:
+        return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m[:, :9], physical=False)
+    return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m)

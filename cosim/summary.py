@@ -5,24 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cosim.settlement import DSO, MARKET_OPERATOR
-
 
 def _f(x) -> float | None:
     x = float(x)
     return None if np.isnan(x) else x
 
 
-def kpis(rounds: pd.DataFrame, settlement: pd.DataFrame, load_kwh: float, pv_kwh: float,
-         outside_party: str) -> dict:
+def kpis(rounds: pd.DataFrame, bills: pd.Series, load_kwh: float, pv_kwh: float) -> dict:
     """Key figures of one variant.
 
     self_sufficiency: share of the prosumers' consumption not bought from the outside
     party nor shed [0..1]. pv_self_consumption: share of PV generation used inside the
-    community, i.e. neither exported nor curtailed [0..1].
+    community, i.e. neither exported nor curtailed [0..1]. `bills` is each prosumer's
+    total bill over the run [currency].
     """
-    prosumers = settlement[~settlement.party.isin([outside_party, DSO, MARKET_OPERATOR])]
-    bills = prosumers.groupby("party").bill.sum()
     imported = rounds.grid_import_kwh.sum()
     exported = rounds.grid_export_kwh.sum()
     shed = rounds.shed_kwh.sum()

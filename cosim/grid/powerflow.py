@@ -76,6 +76,13 @@ class PowerFlow:
         ignored: each call supplies the injections of every bus.
     """
 
+    def get_state(self) -> np.ndarray:
+        """The warm-start voltages (the last solution), for a checkpoint."""
+        return self._V.copy()
+
+    def set_state(self, v: np.ndarray) -> None:
+        self._V = np.array(v, dtype=complex)
+
     def __init__(self, net: pp.pandapowerNet):
         self.net = net = copy.deepcopy(net)
         net.load.drop(net.load.index, inplace=True)

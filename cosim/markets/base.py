@@ -94,6 +94,25 @@ class Mechanism:
               charges: Charges | None = None) -> ClearingResult:
         raise NotImplementedError
 
+    # -- checkpoints (cosim run --resume) ----------------------------------------------
+    def reset_warm_start(self) -> None:
+        """Forget solver warm starts (called at the start of every recorded chunk of
+        rounds, so that a resumed run solves from the same starting point as an
+        uninterrupted one). The default resets every attribute that has a
+        ``reset_warm_start`` method (e.g. a `cosim.markets.pool.PoolModel`)."""
+        for value in vars(self).values():
+            reset = getattr(value, "reset_warm_start", None)
+            if callable(reset):
+                reset()
+
+    def get_state(self) -> dict:
+        """State a mechanism carries from round to round (e.g. a community battery's state
+        of charge), as picklable values; {} for a stateless mechanism."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        """Restore what `get_state` returned."""
+
 
 @dataclass(frozen=True)
 class MarketContext:

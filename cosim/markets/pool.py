@@ -195,6 +195,10 @@ class PoolModel:
             h.changeRowsBounds(len(k_all), rows[k_all], np.full(len(k_all), -highspy.kHighsInf), rhs)
         self._cuts_in_use = used
 
+    def reset_warm_start(self) -> None:
+        """Drop the basis kept from earlier solves; the next solve starts cold."""
+        self.highs.clearSolver()
+
     def solve(self) -> tuple[str, dict[str, np.ndarray], float]:
         """Solve; returns (status, variable arrays, welfare). Never raises for solver trouble."""
         h = self.highs
