@@ -49,7 +49,7 @@ from cosim.feedback import (
     reduce_orders,
 )
 from cosim.grid.powerflow import GridState, PowerFlow
-from cosim.grid.sensitivities import compute_sensitivities, loss_factors
+from cosim.grid.sensitivities import AdjointSensitivities, loss_factors
 from cosim.ledger import LedgerWriter, rejection_rows, validator_keys
 from cosim.markets import (
     ClearingResult,
@@ -442,7 +442,7 @@ class VariantRunner:
 
         def sensitivities(s):
             t1 = time.perf_counter()
-            sens = compute_sensitivities(self.pf, s) if s.V is not None else None
+            sens = AdjointSensitivities(self.pf, s) if s.V is not None else None
             timings["sens"] += time.perf_counter() - t1
             return sens
 

@@ -852,3 +852,37 @@ def test_from_book_pads_missing_participants_with_zeros():
 def test_context_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         no_grid().k = 0.7  # type: ignore[misc]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    qty=st.lists(st.floats(0.0, 5.0), min_size=4, max_size=4),
+    price=st.lists(st.floats(0.0, 0.5), min_size=4, max_size=4),
+    side=st.sampled_from(["buy", "sell", "mixed-no-p2p"]),
+)
+def test_trivial_rounds_skip_the_solver_with_the_solvers_answer(qty, price, side):
+    """A round where nothing can trade P2P (one side empty, or P2P off) and nothing binds is
+    answered without HiGHS; the answer equals HiGHS's on the same model."""
+    from cosim.markets.pool import PoolModel
+
+    n = 4
+    demand = np.array(qty) if side == "buy" else (np.array(qty) * [1, 0, 1, 0] if side == "mixed-no-p2p" else np.zeros(n))
+    supply = np.array(qty) if side == "sell" else (np.array(qty) * [0, 1, 0, 1] if side == "mixed-no-p2p" else np.zeros(n))
+    orders = OrderArrays(demand, supply, np.array(price), np.array(price))
+    ctx = MarketContext(0.30, 0.08, p2p=side != "mixed-no-p2p")
+    pool = PoolModel(n, 4)
+    cuts = NetworkCuts.empty(n)
+    status, x, welfare = pool.trivial_solution(orders, ctx, cuts)
+    pool.update(orders, ctx, cuts, Charges.none(n))
+    status_lp, x_lp, welfare_lp = pool.solve()
+    assert status == status_lp == "ok"
+    for name in x:
+        np.testing.assert_allclose(x[name], x_lp[name], atol=1e-9, err_msg=name)
+    assert welfare == pytest.approx(welfare_lp, abs=1e-9)
+    # a cut, a capped outside party or a two-sided book with P2P are left to the solver
+    one_cut = NetworkCuts(np.ones((1, n)), np.array([1.0]))
+    assert pool.trivial_solution(orders, ctx, one_cut) is None
+    both = OrderArrays(np.ones(n), np.ones(n), np.array(price), np.array(price))
+    assert pool.trivial_solution(both, MarketContext(0.30, 0.08), cuts) is None
+    if demand.sum() > 0:
+        assert pool.trivial_solution(orders, dataclasses.replace(ctx, import_cap_kwh=demand.sum() / 2), cuts) is None

@@ -195,6 +195,27 @@ class PoolModel:
             h.changeRowsBounds(len(k_all), rows[k_all], np.full(len(k_all), -highspy.kHighsInf), rhs)
         self._cuts_in_use = used
 
+    def trivial_solution(self, orders: OrderArrays, ctx: MarketContext,
+                         cuts: NetworkCuts) -> tuple[str, dict[str, np.ndarray], float] | None:
+        """The optimum without a solve when nothing can trade P2P and nothing binds: no
+        network cuts, the outside party can take every order, and one side of the book is
+        empty (or P2P is off). Everyone then trades with the outside party, which beats
+        shedding (VoLL) and curtailing. None when these conditions do not hold. Half the
+        rounds of a year (the nights) are like this."""
+        demand = np.asarray(orders.demand_kwh, float)
+        supply = np.asarray(orders.supply_kwh, float)
+        d, s = demand.sum(), supply.sum()
+        if len(cuts) or d > ctx.import_cap_kwh or s > ctx.export_cap_kwh:
+            return None
+        if ctx.p2p and d > 0 and s > 0:
+            return None
+        zeros = np.zeros(self.n)
+        values = {
+            "bought_kwh": zeros, "sold_kwh": zeros, "imported_kwh": demand.copy(), "exported_kwh": supply.copy(),
+            "shed_kwh": zeros, "curtailed_kwh": zeros, "injection_kwh": supply - demand,
+        }
+        return "ok", values, float(-OUTSIDE_EPSILON * (d + s))
+
     def reset_warm_start(self) -> None:
         """Drop the basis kept from earlier solves; the next solve starts cold."""
         self.highs.clearSolver()

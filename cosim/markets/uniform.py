@@ -106,8 +106,11 @@ class UniformDoubleAuction(Mechanism):
         n = len(self.ids)
         cuts = cuts if cuts is not None else NetworkCuts.empty(n)
         charges = charges if charges is not None else Charges.none(n)
-        self.pool.update(orders, ctx, cuts, charges)
-        status, x, welfare = self.pool.solve()
+        solved = self.pool.trivial_solution(orders, ctx, cuts)
+        if solved is None:
+            self.pool.update(orders, ctx, cuts, charges)
+            solved = self.pool.solve()
+        status, x, welfare = solved
         if status != "ok":
             return failed_result(status, n, charges)
         eff_bid = orders.bid_per_kwh - charges.buy
