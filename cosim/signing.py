@@ -70,7 +70,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -125,20 +125,6 @@ def verify_signature(public_key: bytes | Ed25519PublicKey, signature: bytes, mes
     except InvalidSignature:
         return False
     return True
-
-
-def run_batch(func: Callable, items: Sequence, executor=None) -> list:
-    """``[func(*item) for item in items]``, spread over `executor`'s threads if given.
-
-    Ed25519 in ``cryptography`` releases the GIL, so signing or verifying a batch in two
-    chunks on two threads takes about half the time on two cores.
-    """
-    if executor is None or len(items) < 16:
-        return [func(*item) for item in items]
-    half = len(items) // 2
-    first = executor.submit(lambda: [func(*item) for item in items[:half]])
-    second = [func(*item) for item in items[half:]]
-    return first.result() + second
 
 
 # -- canonical encoding -----------------------------------------------------------------

@@ -267,6 +267,29 @@ def test_adversary_is_seeded_and_each_attack_gets_its_reason():
     assert not Adversary(SimpleNamespace(), 11, Controllers(11, IDS)).active
 
 
+def test_skipping_own_signatures_changes_no_outcome():
+    """A market that trusts its own simulation's controllers (`signer`) reaches the same
+    outcome as one that verifies every signature, on every attack; what the controllers
+    did not sign exactly (altered, forged, re-keyed, or older than a round) is checked."""
+    from types import SimpleNamespace
+
+    ctl = Controllers(11, IDS)
+    plain, fast = Admission(ctl.public_keys), Admission(ctl.public_keys, signer=ctl)
+    adv = Adversary(SimpleNamespace(**dict.fromkeys(Adversary.SHARES, 0.4)), 11, ctl)
+    limits = {i: (1.0, 1.0) for i in IDS}
+    old = []
+    for t in range(6):
+        honest = ctl.sign(t, [(i, "sell" if k % 2 else "buy", 0.3 * k, 0.1) for k, i in enumerate(IDS)])
+        submitted = adv.attack(t, honest, limits) + old
+        assert fast.admit(t, submitted, limits) == plain.admit(t, submitted, limits)
+        old = honest if t == 1 else old  # from round 3 on, replays the memo has forgotten
+    o = ctl.sign(6, [("P000", "buy", 0.5, 0.3)])[0]
+    assert ctl.signed(o) and not ctl.signed(o._replace(quantity_kwh=0.6)) and not ctl.signed(o._replace(id="P001"))
+    assert not ctl.signed(old[0])  # signed five rounds ago: forgotten, so verified again
+    rekeyed = dict(ctl.public_keys, P000=Controllers(12, ["P000"]).public_keys["P000"])
+    assert Admission(rekeyed, signer=ctl).admit(6, [o]) == [BAD_SIGNATURE]
+
+
 # -- end to end: a run under attack against the same run without -------------------------
 class _FullAdversary(Adversary):
     """The adversary with the attacks the scenario cannot set yet switched on as well."""

@@ -35,7 +35,7 @@ ATTACK_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3
 SEED = 9
 #: Tolerance of the settlement totals [kWh, currency].
 TOTAL_TOL = 1e-9
-N_RANDOM_EDITS = 240
+N_RANDOM_EDITS = 210
 SCENARIO = """
 name: ledger-e2e
 network: feeder
@@ -146,7 +146,7 @@ def test_settlement_totals_equal_settlement_parquet(run):
 
 # -- one character --------------------------------------------------------------------
 def test_random_one_character_edits_are_all_detected(run, copy):
-    """240 seeded edits, each replacing, inserting or deleting one character anywhere in
+    """210 seeded edits, each replacing, inserting or deleting one character anywhere in
     ledger.jsonl: every one is caught."""
     text = (run / "ledger.jsonl").read_text()
     rnd = random.Random(20240614)
