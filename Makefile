@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench
+.PHONY: setup run test scenarios report lint clean bench year compare
 
 setup: $(STAMP)
 
@@ -31,6 +31,19 @@ report: setup
 # time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000
 bench: setup
 	$(BIN)/python -m cosim.bench --rounds $(or $(ROUNDS),2000)
+
+# a whole year of the default scenario (35,136 rounds): wall time and peak memory in
+# results/rural3-year/summary.json; an interrupted run carries on with RESUME=1
+year: setup
+	$(BIN)/cosim run scenarios/year/rural3-year.yaml --no-report $(if $(RESUME),--resume)
+
+# every market structure on the same feeder and day, side by side in results/compare
+COMPARE := uniform pay-as-bid mcafee huang vcg bilateral community-sdr community-mmr bill-sharing \
+	fixed-price hybrid shapley stackelberg
+compare: setup
+	@for m in $(COMPARE); do echo "== scenarios/rural3-$$m.yaml"; \
+	  $(BIN)/cosim run scenarios/rural3-$$m.yaml --out results/compare-runs/$$m --no-report || exit $$?; done
+	$(BIN)/cosim compare $(addprefix results/compare-runs/,$(COMPARE)) --out results/compare
 
 lint: setup
 	$(BIN)/ruff check cosim tests

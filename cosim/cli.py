@@ -32,7 +32,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"  market without feedback: {nf['violation_rounds']} rounds with violations, peak trafo "
         f"{nf['peak_trafo_loading_pct']:.1f} %, vm {nf['vm_min_pu']:.3f}-{nf['vm_max_pu']:.3f} pu"
     )
-    print(f"  median round {summary['timing']['median_round_ms']:.1f} ms, wall {summary['timing']['wall_s']:.0f} s")
+    tm = summary["timing"]
+    print(f"  median round {tm['median_round_ms']:.1f} ms, wall {tm['wall_s']:.0f} s, "
+          f"peak memory {tm.get('peak_rss_mb', float('nan')):.0f} MB")
     if not args.no_report:
         print(f"report: {out / 'report.html'}")
     return EXIT_OK

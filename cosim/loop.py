@@ -810,6 +810,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         main_timing = dict(finished[main_name][2])
         ledger_head = finished[main_name][3]
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
+        main_timing["peak_rss_mb"] = peak_rss_mb()
         summary = {
             "scenario": scenario.name,
             "network": scenario.network,
@@ -851,6 +852,15 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         stack.close()
         folder.abandon()
         raise
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far [MB] (Linux reports kB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
 
 
 def check_resumable(folder, ckpt: Checkpoint | None, scenario: Scenario) -> None:
