@@ -518,19 +518,26 @@ def _against_files(run_dir: Path, v: _Verifier) -> tuple[bool, str]:
 
 
 def _keys_from_seed(run_dir: Path, v: _Verifier) -> str:
-    """The genesis keys must be those the scenario's seed gives (when scenario.yaml is there)."""
+    """The genesis block must register the scenario's validators and prosumers (those of
+    prosumers.parquet) with the keys the scenario's seed gives: a chain re-signed with
+    other keys is caught here."""
     scenario_path = run_dir / "scenario.yaml"
     if not scenario_path.exists():
-        return ""
+        return f"{scenario_path} is missing, so the keys cannot be checked against the seed"
     import yaml
 
     sc = yaml.safe_load(scenario_path.read_text())
-    seed = sc.get("seed")
+    seed = sc.get("seed") if isinstance(sc, dict) else None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return f"{scenario_path} has no integer seed, so the keys cannot be checked against it"
     names = (sc.get("ledger") or {}).get("validators")
     if names is not None and list(names) != v.validators:
         return f"validators {v.validators} differ from the scenario's {list(names)}"
-    if not isinstance(seed, int):
-        return ""
+    prosumers_path = run_dir / "prosumers.parquet"
+    if prosumers_path.exists():
+        ids = pd.read_parquet(prosumers_path, columns=["id"])["id"].astype(str).tolist()
+        if ids != list(v.prosumer_keys):
+            return f"the prosumers registered differ from those of {prosumers_path.name}"
     for n in v.validators:
         if public_bytes(derive_key(seed, "validator", n)) != public_bytes(v.validator_keys[n]):
             return f"key of validator {n} is not the one the scenario's seed gives"

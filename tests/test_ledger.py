@@ -402,6 +402,45 @@ def test_a_quorum_cannot_forge_orders_or_balances(run, tmp_path, attack_ledger):
     assert "bad_signature" in message or "seed gives" in message
 
 
+def test_a_chain_resigned_with_other_keys(run, tmp_path, attack_ledger):
+    """Outsiders who make their own validator keys (or add a prosumer of their own) can
+    build a chain that is consistent in itself; the genesis keys are checked against the
+    scenario's seed, and without scenario.yaml nothing can be vouched for."""
+    validators = attack_ledger["validators"]
+    own = {n: derive_key(SEED + 1000, "validator", n) for n in validators}
+
+    def resign(copy, edit_genesis):
+        blocks = _blocks(copy)
+        edit_genesis(blocks[0])
+        prev = "0" * 64
+        for b in blocks:
+            b["prev_hash"] = prev
+            seal(b, own, validators)
+            prev = b["hash"]
+        _write_lines(copy, [canonical_json(b) for b in blocks])
+        summary = json.loads((copy / "summary.json").read_text())
+        summary["ledger_head"] = prev
+        (copy / "summary.json").write_text(json.dumps(summary))
+
+    def own_validators(genesis):
+        for row in genesis["keys"]:
+            if row[0] == "validator":
+                row[2] = public_bytes(own[row[1]]).hex()
+
+    def extra_prosumer(genesis):
+        own_validators(genesis)
+        genesis["keys"].insert(0, ["prosumer", "P999", public_bytes(derive_key(SEED, "prosumer", "P999")).hex()])
+
+    copy = Path(shutil.copytree(run, tmp_path / "own"))
+    resign(copy, own_validators)
+    _bad(copy, "genesis block at line 1", f"key of validator {validators[0]} is not the one the scenario's seed gives")
+    (copy / "scenario.yaml").unlink()
+    _bad(copy, "scenario.yaml is missing")
+    copy = Path(shutil.copytree(run, tmp_path / "extra"))
+    resign(copy, extra_prosumer)
+    _bad(copy, "the prosumers registered differ")
+
+
 # -- the command line -----------------------------------------------------------------
 def test_cli_verify_names_the_first_bad_block(run, copy, capsys):
     lines = _lines(run)
