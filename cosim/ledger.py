@@ -25,16 +25,21 @@ approved by the validators. Line ``t + 2`` is the block of round ``t`` (height `
 
 `verify` checks all of that, replays order admission over the chain (signatures, round,
 nonce, one order per prosumer, numbers; the physical limit is taken as recorded, since
-the ledger does not hold the meters), checks that the genesis keys are those the
-scenario's seed gives, that the settlement, trades and rejections equal the run's
-parquet files, and that the head is summary.json's ``ledger_head`` (catches a truncated
-chain). Any change to the file, even one character, fails at least one of these checks.
+the ledger does not hold the meters), checks that every round's bills sum to zero, that
+the genesis keys are those the scenario's seed gives to the validators of scenario.yaml
+and the prosumers of prosumers.parquet, that the settlement, trades and rejections equal
+the run's parquet files row by row, and that the head is summary.json's ``ledger_head``
+(catches a truncated chain). Any change to the file, even one character, fails at least
+one of these checks. It verifies every signature itself: the shortcut a run may take for
+its own controllers' orders (`cosim.admission.Admission`, ``signer``) is not used here.
 
 What it does not do: it is not a distributed consensus network. The validators are
 simulated in one process from keys derived from the seed, so whoever has the scenario
-file can re-sign a rewritten chain; and a colluding quorum of validators can always
-approve a false block. The guarantees hold as far as the keys are held apart and more
-than a third of the validators are honest.
+file can re-sign a rewritten chain (or re-run the scenario); and a colluding quorum of
+validators can always approve a false block, as long as its orders carry valid
+signatures and its bills balance. The guarantees hold as far as the keys are held apart
+and fewer validators than a quorum collude. To pin a run, keep its ``ledger_head``
+somewhere else: any rewritten run has another head.
 """
 
 from __future__ import annotations
