@@ -272,6 +272,10 @@ class LedgerWriter:
             "settlement": _columns(settlement, SETTLEMENT_FIELDS, ROW_TYPES["settlement"]),
         })
 
+    def flush(self) -> None:
+        """Put every block appended so far on disk (before a checkpoint counts them)."""
+        self._fh.flush()
+
     def close(self) -> None:
         self._fh.close()
 
