@@ -247,6 +247,19 @@ def rank_mcafee(bid: np.ndarray, ask: np.ndarray, demand_kwh: np.ndarray, supply
     return _reduce(bo[:k - 1], so[:k - 1], demand_kwh, supply_kwh, bid[bo[k - 1]], ask[so[k - 1]], "reduction")
 
 
+def trade_frame(rows: list[tuple]) -> pd.DataFrame:
+    """The trade table of `rows` (tuples in `TRADE_COLUMNS` order), typed even when empty.
+
+    >>> trade_frame([]).dtypes.energy_kwh
+    dtype('float64')
+    """
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(TRADE_COLUMNS)
+    return pd.DataFrame({
+        name: pd.Series(values, dtype=object if name in ("seller", "buyer") else float)
+        for name, values in zip(TRADE_COLUMNS, columns, strict=True)
+    })
+
+
 # -- shared machinery -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Book:
@@ -399,7 +412,7 @@ class _PoolAuction(Mechanism):
             for s, b, q in merit_order_matching(idx, bought, book.bid, idx, sold, book.ask)
         ]
         rows += outside_trades(result, self.ids, ctx)
-        result.trades = pd.DataFrame(rows, columns=TRADE_COLUMNS)
+        result.trades = trade_frame(rows)
         return result
 
 
