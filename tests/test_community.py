@@ -7,19 +7,23 @@ invariants every clearing must satisfy (balances, caps, network cuts, trade tabl
 
 Sources of the rules checked here:
 
-- supply-demand ratio (SDR): Liu, Wu, Zhang, Tang, Zhou and Wang, 2017, "Energy sharing
-  management for microgrids with PV prosumers: a Stackelberg game approach", IEEE Trans.
-  Ind. Informatics 13(3):1088-1098, and Liu et al., 2017, "Energy sharing model with
-  price-based demand response for microgrids of peer-to-peer prosumers", IEEE Trans.
-  Power Syst. 32(5):3569-3583 (prices eqs. for SDR < 1 and SDR >= 1);
+- supply-demand ratio (SDR): Liu, Yu, Wang, Li, Ma and Lei, 2017, "Energy-sharing model
+  with price-based demand response for microgrids of peer-to-peer prosumers", IEEE Trans.
+  Power Syst. 32(5):3569-3583 (Sect. II, internal prices for SDR <= 1 and SDR > 1); the
+  same prices in Liu, Yu, Wang and Wang, 2017, "Energy sharing management for microgrids
+  with PV prosumers: a Stackelberg game approach", IEEE Trans. Ind. Informatics
+  13(3):1088-1098;
 - mid-market rate (MMR) and bill sharing (BS): Long, Wu, Zhang, Thomas, Cheng and
   Jenkins, 2017, "Peer-to-peer energy trading in a community microgrid", IEEE PES
   General Meeting (Sect. III); also Zhou, Wu, Long, Cheng and Zhang, 2018, "Evaluation
   of peer-to-peer energy sharing mechanisms based on a multiagent simulation
   framework", Applied Energy 222:993-1022 (Sect. 2);
-- fixed-price pool with a membership fee: the subscription community schemes reviewed
-  by Zhang, Wu, Zhou, Cheng and Long, 2018, "Peer-to-peer energy trading in a
-  microgrid", Applied Energy 220 (Sect. 2).
+- fixed-price pool with a membership fee: the community-based market of Sousa, Soares,
+  Pinson, Moret, Baroche and Sorin, 2019, "Peer-to-peer and community-based markets: a
+  comprehensive review", Renew. Sustain. Energy Rev. 104 (Sect. 3.2), with the flat
+  price and subscription of the sonnenCommunity scheme reviewed by Zhang, Wu, Long and
+  Cheng, 2017, "Review of existing peer-to-peer energy trading projects", Energy
+  Procedia 105:2563-2568.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cosim.markets import MECHANISMS, Charges, MarketContext, NetworkCuts, OrderArrays
+from cosim.markets import community as community_module
 from cosim.markets.community import (
     MANAGER,
     BillSharing,
@@ -128,27 +133,30 @@ def check_invariants(r, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCu
 def check_trade_table(r, ids: list[str], ctx: MarketContext) -> None:
     """Members trade with the manager at the community prices; the manager and members
     trade with the outside party at the tariffs; rows add up to the result."""
-    t = r.trades.astype({"energy_kwh": float, "price_per_kwh": float, "seller_price_per_kwh": float})
+    t = r.trades
+    seller, buyer = t.seller.to_numpy(object), t.buyer.to_numpy(object)
+    energy, price = t.energy_kwh.to_numpy(float), t.price_per_kwh.to_numpy(float)
     outside = ctx.outside_party
+    pos = {p: i for i, p in enumerate(ids)}
 
-    def total(mask, key):
-        return t[mask].groupby(key).energy_kwh.sum().reindex(ids, fill_value=0.0).to_numpy()
+    def total(mask, party):
+        """Energy of the rows in `mask`, summed per member named in `party`."""
+        at = np.array([pos[p] for p in party[mask]], dtype=int)
+        return np.bincount(at, weights=energy[mask], minlength=len(ids))
 
-    np.testing.assert_allclose(total(t.seller == MANAGER, "buyer"), r.bought_kwh, atol=QTY_ABS)
-    np.testing.assert_allclose(total(t.buyer == MANAGER, "seller"), r.sold_kwh, atol=QTY_ABS)
-    np.testing.assert_allclose(total(t.seller == outside, "buyer"), r.import_kwh, atol=QTY_ABS)
-    np.testing.assert_allclose(total(t.buyer == outside, "seller"), r.export_kwh, atol=QTY_ABS)
-    op_in = t[(t.seller == outside) & (t.buyer == MANAGER)].energy_kwh.sum()
-    op_out = t[(t.seller == MANAGER) & (t.buyer == outside)].energy_kwh.sum()
+    np.testing.assert_allclose(total((seller == MANAGER) & (buyer != outside), buyer), r.bought_kwh, atol=QTY_ABS)
+    np.testing.assert_allclose(total((buyer == MANAGER) & (seller != outside), seller), r.sold_kwh, atol=QTY_ABS)
+    np.testing.assert_allclose(total((seller == outside) & (buyer != MANAGER), buyer), r.import_kwh, atol=QTY_ABS)
+    np.testing.assert_allclose(total((buyer == outside) & (seller != MANAGER), seller), r.export_kwh, atol=QTY_ABS)
+    op_in = energy[(seller == outside) & (buyer == MANAGER)].sum()
+    op_out = energy[(seller == MANAGER) & (buyer == outside)].sum()
     assert op_in == pytest.approx(r.operator_import_kwh, abs=QTY_ABS)
     assert op_out == pytest.approx(r.operator_export_kwh, abs=QTY_ABS)
-    to_members, from_members = t[t.seller == MANAGER], t[t.buyer == MANAGER]
-    np.testing.assert_allclose(to_members.price_per_kwh[to_members.buyer != outside],
-                               r.info["community_buy_price_per_kwh"])
-    np.testing.assert_allclose(from_members.price_per_kwh[from_members.seller != outside],
-                               r.info["community_sell_price_per_kwh"])
-    np.testing.assert_allclose(t.price_per_kwh[t.seller == outside], ctx.retail_price_per_kwh)
-    np.testing.assert_allclose(t.price_per_kwh[t.buyer == outside], ctx.feed_in_price_per_kwh)
+    np.testing.assert_allclose(price[(seller == MANAGER) & (buyer != outside)], r.info["community_buy_price_per_kwh"])
+    np.testing.assert_allclose(price[(buyer == MANAGER) & (seller != outside)], r.info["community_sell_price_per_kwh"])
+    np.testing.assert_allclose(price[seller == outside], ctx.retail_price_per_kwh)
+    np.testing.assert_allclose(price[buyer == outside], ctx.feed_in_price_per_kwh)
+    np.testing.assert_allclose(t.seller_price_per_kwh.to_numpy(float), price)  # one price per trade
     assert list(r.trades.columns) == ["seller", "buyer", "energy_kwh", "price_per_kwh",
                                       "seller_price_per_kwh", "network_charge_per_kwh"]
 
@@ -207,6 +215,52 @@ def test_sdr_budget_identity(supply, demand, retail, feed_in_share):
         assert buy * demand == pytest.approx(sell * supply + retail * (demand - supply), rel=PRICE_REL, abs=1e-15)
     else:
         assert buy == sell == feed_in
+
+
+@pytest.mark.parametrize(
+    "sdr, sell, buy",
+    [
+        pytest.param(0.0, 0.30, 0.30, id="no supply"),
+        pytest.param(0.25, 6 / 35, 0.25 * 6 / 35 + 0.225, id="quarter"),
+        pytest.param(0.5, 0.12, 0.21, id="half"),
+        pytest.param(0.8, 3 / 34, 0.8 * 3 / 34 + 0.06, id="four fifths"),
+        pytest.param(1.0, 0.075, 0.075, id="balanced"),
+        pytest.param(2.0, 0.075, 0.075, id="surplus"),
+    ],
+)
+def test_sdr_prices_liu_worked(sdr, sell, buy):
+    """Liu, Yu, Wang, Li, Ma and Lei, 2017, "Energy-sharing model with price-based demand
+    response for microgrids of peer-to-peer prosumers", IEEE Trans. Power Syst.
+    32(5):3569-3583, Sect. II (internal prices of the energy-sharing zone against the
+    grid's buying price lambda_b and selling price lambda_s):
+
+        P_s = lambda_b lambda_s / ((lambda_b - lambda_s) SDR + lambda_s),
+        P_b = P_s SDR + lambda_b (1 - SDR)                     for 0 <= SDR <= 1,
+        P_s = P_b = lambda_s                                   for SDR > 1.
+
+    Worked by hand for lambda_b = 0.30, lambda_s = 0.075 (demand 4 kWh):
+    SDR 0.25: P_s = 0.0225 / (0.225 x 0.25 + 0.075) = 0.0225 / 0.13125 = 6/35,
+              P_b = 0.25 x 6/35 + 0.30 x 0.75 = 0.2678...;
+    SDR 0.5:  P_s = 0.0225 / 0.1875 = 0.12, P_b = 0.06 + 0.15 = 0.21;
+    SDR 0.8:  P_s = 0.0225 / 0.255 = 3/34, P_b = 0.8 x 3/34 + 0.06 = 0.1305...
+    The ends meet the tariffs: SDR 0 gives lambda_b to both, SDR 1 lambda_s to both, so
+    the prices are continuous in SDR. P_s is the SDR-weighted harmonic mean of the
+    tariffs, 1 / P_s = SDR / lambda_s + (1 - SDR) / lambda_b."""
+    demand = 4.0
+    got_buy, got_sell = sdr_prices(sdr * demand, demand, 0.30, 0.075)
+    assert got_sell == pytest.approx(sell, rel=PRICE_REL)
+    assert got_buy == pytest.approx(buy, rel=PRICE_REL)
+    if sdr <= 1.0:
+        assert 1.0 / got_sell == pytest.approx(sdr / 0.075 + (1.0 - sdr) / 0.30, rel=PRICE_REL)
+
+
+def test_sdr_prices_fall_as_supply_grows():
+    """Liu et al. 2017: both internal prices fall monotonically from lambda_b to lambda_s
+    as SDR goes from 0 to 1, and the buying price never falls below the selling price."""
+    ratios = np.linspace(0.0, 1.0, 101)
+    prices = np.array([sdr_prices(r * 10.0, 10.0, 0.30, 0.075) for r in ratios])
+    assert np.all(np.diff(prices[:, 0]) <= 1e-15) and np.all(np.diff(prices[:, 1]) <= 1e-15)
+    assert np.all(prices[:, 0] >= prices[:, 1] - 1e-15)
 
 
 def test_mmr_prices_by_hand():
@@ -325,8 +379,11 @@ def communities(draw, caps: bool = False):
 
 @pytest.fixture(scope="module")
 def persistent():
-    """One object per rule, cleared on every random book (padded to N_MAX with zeros)."""
-    return {cls: cls(IDS, max_cuts=3) for cls in (*BREAK_EVEN, FixedPricePool)}
+    """One object per rule, cleared on every random book (padded to N_MAX with zeros), and
+    one SDR community with a battery (key "battery")."""
+    objects = {cls: cls(IDS, max_cuts=3) for cls in (*BREAK_EVEN, FixedPricePool)}
+    objects["battery"] = SupplyDemandRatio(IDS, max_cuts=3, options=BATTERY)
+    return objects
 
 
 def pad(orders: OrderArrays) -> OrderArrays:
@@ -394,13 +451,23 @@ def test_invariants_with_cuts_and_charges(persistent, case, seed):
     """Random network cuts (random coefficients, right-hand sides >= 0 so that
     curtailing and shedding everything is always feasible) and random network charges:
     every cut holds on the injections, the balances and the caps hold, charges are
-    passed to settlement, and bills still sum to zero."""
+    passed to settlement, and bills still sum to zero. A community battery (each example
+    a new round of 1 h) keeps its power and energy bounds under cuts and caps too."""
     orders, ctx = case
     orders, n = pad(orders), N_MAX
     rng = np.random.default_rng(seed)
     k = 1 + seed % 3  # 1 to 3 cuts: slots fall in and out of use between examples
     cuts = NetworkCuts(rng.normal(size=(k, n)), rng.uniform(0.0, 2.0, size=k))
     charges = Charges(rng.uniform(-0.02, 0.05, n), rng.uniform(-0.02, 0.05, n))
+    battery = persistent["battery"]
+    stored = battery.battery.soc_kwh if battery.clock.round_no < 0 else battery.battery._proposed_kwh
+    r = battery.clear(orders, RoundContext(**dataclasses.asdict(ctx), dt_h=1.0), cuts, charges)
+    assert r.ok, r.status
+    c, d = r.info["battery_charge_kwh"], r.info["battery_discharge_kwh"]
+    assert c <= 2.0 + QTY_ABS and d <= 2.0 + QTY_ABS
+    assert r.info["battery_soc_kwh"] == pytest.approx(stored + 0.9 * c - d / 0.9, abs=QTY_ABS)
+    assert -QTY_ABS <= r.info["battery_soc_kwh"] <= 10.0 + QTY_ABS
+    check_invariants(r, orders, ctx, cuts, IDS)
     for cls in (*BREAK_EVEN, FixedPricePool):
         r = persistent[cls].clear(orders, ctx, cuts, charges)
         assert r.ok, r.status
@@ -573,7 +640,7 @@ def test_battery_absorbs_surplus_islanded_before_curtailment():
     assert r.curtailed_kwh.sum() == pytest.approx(2.0, abs=QTY_ABS)
 
 
-@settings(HYPOTHESIS, max_examples=25)
+@settings(HYPOTHESIS, max_examples=15)
 @given(rounds=st.lists(st.tuples(st.floats(0.0, 6.0), st.floats(0.0, 6.0), st.booleans()), min_size=1,
                        max_size=12))
 def test_battery_energy_conservation(rounds):
@@ -581,6 +648,7 @@ def test_battery_energy_conservation(rounds):
     discharge / efficiency, stays within [0, capacity], and never moves more than the
     power limit a round; the pool balance with the battery holds every round."""
     sdr = SupplyDemandRatio(IDS[:2], max_cuts=1, options=BATTERY)
+    shared = BillSharing(IDS[:2], max_cuts=1, options=BATTERY)
     stored = 5.0
     for t, (demand, supply, islanded) in enumerate(rounds):
         orders = books(("buy", demand, 0.3), ("sell", supply, 0.1))
@@ -597,14 +665,21 @@ def test_battery_energy_conservation(rounds):
         stored += 0.9 * c - d / 0.9
         assert -QTY_ABS <= stored <= 10.0 + QTY_ABS
         assert r.info["battery_soc_kwh"] == pytest.approx(stored, abs=1e-6)
+        # the SDR manager keeps the battery's value; bill sharing passes it to members
+        assert operator_bill(r, ctx) == pytest.approx(0.10 * c - 0.30 * d, abs=MONEY_ABS)
+        r_shared = shared.clear(orders, ctx)
+        check_invariants(r_shared, orders, ctx, None, IDS[:2])
+        assert operator_bill(r_shared, ctx) == pytest.approx(0.0, abs=MONEY_ABS)
 
 
 # -- fixed price and options ---------------------------------------------------------------------------
+FEE_OPTIONS = {"price_per_kwh": 0.18, "fee_per_period": 5.0, "period_rounds": 96}
+
+
 def test_fixed_price_options_and_fee():
     """A fixed 0.18 /kWh pool with a 5.0 fee per 96 rounds: every member buys and sells at
-    0.18; the fee is reported in info for settlement (see membership_fees)."""
-    opts = {"price_per_kwh": 0.18, "fee_per_period": 5.0, "period_rounds": 96}
-    r = clear(FixedPricePool, HAND_BOOK, HAND_CTX, options=opts)
+    0.18, whatever the community's balance; the fee is due in rounds 0, 96, 192, ..."""
+    r = clear(FixedPricePool, HAND_BOOK, HAND_CTX, options=FEE_OPTIONS)
     np.testing.assert_allclose(r.buy_price_per_kwh, 0.18)
     np.testing.assert_allclose(r.sell_price_per_kwh, 0.18)
     assert r.price_per_kwh == pytest.approx(0.18)
@@ -612,6 +687,50 @@ def test_fixed_price_options_and_fee():
     fees = [membership_fees(t, 4, 5.0, 96).sum() for t in range(0, 200)]
     assert sum(fees) == pytest.approx(3 * 4 * 5.0)  # rounds 0, 96 and 192
     assert fees[0] == fees[96] == 20.0 and fees[1] == 0.0
+    surplus_round = clear(FixedPricePool, books(("buy", 1.0, 0.3), ("sell", 4.0, 0.1)), HAND_CTX, options=FEE_OPTIONS)
+    np.testing.assert_allclose(surplus_round.buy_price_per_kwh, 0.18)
+    np.testing.assert_allclose(surplus_round.sell_price_per_kwh, 0.18)
+
+
+def test_fee_due_by_round_with_and_without_round_numbers():
+    """The fee per member is in info['membership_fee'] in the first round of each period.
+    The round is ctx.round_no when given; the loop's plain contexts are counted instead,
+    one per round, a re-clearing with the same context staying in its round."""
+    pool = FixedPricePool(IDS[:4], max_cuts=1, options=FEE_OPTIONS)
+    due = {}
+    for t in (0, 1, 95, 96, 97):
+        due[t] = pool.clear(HAND_BOOK, RoundContext(0.30, 0.10, round_no=t)).info["membership_fee"]
+    np.testing.assert_allclose(due[0], 5.0)
+    np.testing.assert_allclose(due[96], 5.0)
+    for t in (1, 95, 97):
+        np.testing.assert_allclose(due[t], 0.0)
+    counted = FixedPricePool(IDS[:4], max_cuts=1, options={**FEE_OPTIONS, "period_rounds": 2})
+    seen = []
+    for _ in range(5):
+        ctx = MarketContext(0.30, 0.10)  # a new context object each round, as the loop builds
+        first = counted.clear(HAND_BOOK, ctx).info
+        again = counted.clear(HAND_BOOK, ctx).info  # network feedback re-clears the round
+        assert first["round_no"] == again["round_no"]
+        np.testing.assert_allclose(first["membership_fee"], again["membership_fee"])
+        seen.append((first["round_no"], float(first["membership_fee"].sum())))
+    assert seen == [(0, 20.0), (1, 0.0), (2, 20.0), (3, 0.0), (4, 20.0)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "cosim/settlement.py does not add info['membership_fee'] to the bills yet; the change "
+    "is described in /tmp/cosim_brief/readme_community.md and the community helper's report"))
+def test_membership_fee_in_settlement():
+    """The round's membership fee is on each member's bill and off the operator's, so
+    bills still sum to zero: round 0 of a 5.0 fee, four members -> each pays 5.0 on top
+    of its energy bill, the operator receives 20.0 on top of its (0.30 - 0.18) x 2.5."""
+    pool = FixedPricePool(IDS[:4], max_cuts=1, options=FEE_OPTIONS)
+    ctx = RoundContext(0.30, 0.10, round_no=0)
+    r = pool.clear(HAND_BOOK, ctx)
+    table = settle(0, IDS[:4], np.arange(4), r, ctx).set_index("party")
+    assert table.bill.sum() == pytest.approx(0.0, abs=MONEY_ABS)
+    energy = 0.18 * (HAND_BOOK.demand_kwh - HAND_BOOK.supply_kwh)
+    np.testing.assert_allclose(table.loc[IDS[:4], "bill"], energy + 5.0, atol=MONEY_ABS)
+    assert table.loc[MARKET_OPERATOR, "bill"] == pytest.approx((0.30 - 0.18) * 2.5 - 20.0, abs=MONEY_ABS)
 
 
 @pytest.mark.parametrize(
@@ -645,3 +764,91 @@ def test_trade_table_lists_manager_and_grid():
     assert isinstance(t, pd.DataFrame)
     assert ((t.seller == GRID) & (t.buyer == MANAGER)).sum() == 1
     assert len(t) == 5  # 2 sellers -> manager, manager -> 2 buyers, grid -> manager
+
+
+# -- edge cases, persistence, checkpoints ---------------------------------------------------------------
+EDGE_BOOKS = {
+    "empty": books(*[("buy", 0.0, 0.0)] * 3),
+    "buyers only": books(("buy", 1.0, 0.2), ("buy", 0.0, 0.3), ("buy", 2.0, 0.25)),
+    "sellers only": books(("sell", 1.0, 0.1), ("sell", 2.0, 0.05), ("sell", 0.0, 0.2)),
+    "zero quantities at prices": books(("buy", 0.0, 0.3), ("sell", 0.0, 0.0), ("buy", 0.0, 0.2)),
+    "balanced": books(("buy", 1.5, 0.2), ("sell", 1.0, 0.2), ("sell", 0.5, 0.2)),
+}
+
+
+@pytest.mark.parametrize("cls", [*BREAK_EVEN, FixedPricePool])
+@pytest.mark.parametrize("name", list(EDGE_BOOKS))
+@pytest.mark.parametrize("battery", [False, True], ids=["no-battery", "battery"])
+def test_edge_cases_do_not_crash(cls, name, battery):
+    """Empty books, one side empty, zero quantities and a balanced community clear under
+    every rule, grid-connected and islanded with no room, with and without a battery;
+    the invariants hold and the bills sum to zero."""
+    orders = EDGE_BOOKS[name]
+    ids = ids_for(orders)
+    mech = cls(ids, max_cuts=1, options=BATTERY if battery else None)
+    contexts = [RoundContext(0.30, 0.10, round_no=0),
+                RoundContext(0.30, 0.10, outside_party="grid_forming", import_cap_kwh=0.0, export_cap_kwh=0.0,
+                             round_no=1)]
+    for ctx in contexts:
+        r = mech.clear(orders, ctx)
+        assert r.ok, r.status
+        check_invariants(r, orders, ctx, None, ids)
+        table = settle(0, ids, np.arange(len(ids)), r, ctx)
+        assert table.bill.sum() == pytest.approx(0.0, abs=MONEY_ABS)
+        assert np.isfinite(table.bill).all()
+
+
+def test_models_are_built_once_and_updated(monkeypatch):
+    """The Pyomo model is built in the constructor; clearing rounds (with cuts coming and
+    going, and after a warm-start reset) builds none and updates it in place."""
+    mech = SupplyDemandRatio(IDS, max_cuts=3, options=BATTERY)
+
+    def no_new_models(*args, **kwargs):
+        raise AssertionError("a community model was built during clearing")
+
+    monkeypatch.setattr(community_module.CommunityModel, "__init__", no_new_models)
+    rng = np.random.default_rng(5)
+    for t in range(4):
+        demand = rng.uniform(0, 3, N_MAX) * (rng.random(N_MAX) < 0.5)
+        supply = np.where(demand > 0, 0.0, rng.uniform(0, 3, N_MAX))
+        orders = OrderArrays(demand, supply, np.full(N_MAX, 0.3), np.full(N_MAX, 0.1))
+        cuts = NetworkCuts(rng.normal(size=(t % 3, N_MAX)), np.full(t % 3, 1.0))
+        ctx = RoundContext(0.30, 0.10, round_no=t)
+        assert mech.clear(orders, ctx, cuts).ok
+        mech.reset_warm_start()
+        again = mech.clear(orders, ctx, cuts)
+        check_invariants(again, orders, ctx, cuts, IDS)
+
+
+def test_checkpoint_state_resumes_the_battery():
+    """get_state after round 1 and set_state on a fresh mechanism: round 2 clears exactly
+    as it does in an uninterrupted run (same battery move and stored energy), with or
+    without round numbers in the context."""
+    plan = [surplus(4.0), deficit(1.0), deficit(3.0)]
+    whole = SupplyDemandRatio(IDS[:2], max_cuts=1, options=BATTERY)
+    results = [whole.clear(o, RoundContext(0.30, 0.10, dt_h=1.0)) for o in plan]
+    first = SupplyDemandRatio(IDS[:2], max_cuts=1, options=BATTERY)
+    for o in plan[:2]:
+        first.clear(o, RoundContext(0.30, 0.10, dt_h=1.0))
+    resumed = SupplyDemandRatio(IDS[:2], max_cuts=1, options=BATTERY)
+    resumed.set_state(first.get_state())
+    last = resumed.clear(plan[2], RoundContext(0.30, 0.10, dt_h=1.0))
+    for key in ("battery_discharge_kwh", "battery_soc_kwh", "round_no"):
+        assert last.info[key] == pytest.approx(results[2].info[key], abs=QTY_ABS), key
+    assert last.info["round_no"] == 2
+
+
+def test_battery_power_and_room_bounds():
+    """A nearly full battery (9.5 of 10 kWh, efficiency 0.9) takes only its room, 0.5 / 0.9
+    kWh at the busbar, though its power would allow 2 kWh; the rest of the surplus is
+    exported. Nearly empty (0.5 kWh) it gives only 0.5 x 0.9 kWh."""
+    full = SupplyDemandRatio(IDS[:2], max_cuts=1, options={**BATTERY, "initial_soc": 0.95})
+    r = full.clear(surplus(4.0), RoundContext(0.30, 0.10, dt_h=1.0, round_no=0))
+    assert r.info["battery_charge_kwh"] == pytest.approx(0.5 / 0.9, abs=QTY_ABS)
+    assert r.info["battery_soc_kwh"] == pytest.approx(10.0, abs=QTY_ABS)
+    assert r.operator_export_kwh == pytest.approx(4.0 - 0.5 / 0.9, abs=QTY_ABS)
+    empty = SupplyDemandRatio(IDS[:2], max_cuts=1, options={**BATTERY, "initial_soc": 0.05})
+    r = empty.clear(deficit(4.0), RoundContext(0.30, 0.10, dt_h=1.0, round_no=0))
+    assert r.info["battery_discharge_kwh"] == pytest.approx(0.45, abs=QTY_ABS)
+    assert r.info["battery_soc_kwh"] == pytest.approx(0.0, abs=QTY_ABS)
+    assert r.operator_import_kwh == pytest.approx(4.0 - 0.45, abs=QTY_ABS)

@@ -112,11 +112,11 @@ MANAGER_VARIABLES = ("operator_import_kwh", "operator_export_kwh", "battery_char
 def sdr_prices(supply_kwh: float, demand_kwh: float, retail: float, feed_in: float) -> tuple[float, float]:
     """Internal (buy, sell) prices [currency/kWh] by the supply-demand ratio.
 
-    Liu, Wu, Zhang, Tang, Zhou and Wang, 2017, "Energy sharing management for microgrids
-    with PV prosumers: a Stackelberg game approach", IEEE Trans. Ind. Informatics 13(3),
-    and Liu et al., 2017, "Energy sharing model with price-based demand response for
-    microgrids of peer-to-peer prosumers", IEEE Trans. Power Syst. 32(5). With
-    SDR = supply / demand:
+    Liu, Yu, Wang, Li, Ma and Lei, 2017, "Energy-sharing model with price-based demand
+    response for microgrids of peer-to-peer prosumers", IEEE Trans. Power Syst.
+    32(5):3569-3583 (Sect. II); the same prices are used by Liu, Yu, Wang and Wang, 2017,
+    "Energy sharing management for microgrids with PV prosumers: a Stackelberg game
+    approach", IEEE Trans. Ind. Informatics 13(3):1088-1098. With SDR = supply / demand:
 
         SDR < 1:  sell = feed_in retail / ((retail - feed_in) SDR + feed_in)
                   buy  = sell SDR + retail (1 - SDR)
@@ -589,18 +589,6 @@ def community_trades(r: ClearingResult, ids: list[str], ctx: MarketContext, mana
     ids_arr = np.asarray(ids, dtype=object)
     s = np.flatnonzero(r.sold_kwh > QTY_TOL)
     b = np.flatnonzero(r.bought_kwh > QTY_TOL)
-    frames = [
-        pd.DataFrame({
-            "seller": ids_arr[s], "buyer": manager, "energy_kwh": r.sold_kwh[s],
-            "price_per_kwh": r.sell_price_per_kwh[s], "seller_price_per_kwh": r.sell_price_per_kwh[s],
-            "network_charge_per_kwh": r.charges.sell[s],
-        }),
-        pd.DataFrame({
-            "seller": manager, "buyer": ids_arr[b], "energy_kwh": r.bought_kwh[b],
-            "price_per_kwh": r.buy_price_per_kwh[b], "seller_price_per_kwh": r.buy_price_per_kwh[b],
-            "network_charge_per_kwh": r.charges.buy[b],
-        }),
-    ]
     rows = []
     if r.operator_import_kwh > QTY_TOL:
         p = ctx.retail_price_per_kwh
@@ -609,20 +597,26 @@ def community_trades(r: ClearingResult, ids: list[str], ctx: MarketContext, mana
         p = ctx.feed_in_price_per_kwh
         rows.append((manager, ctx.outside_party, r.operator_export_kwh, p, p, 0.0))
     rows += outside_trades(r, ids, ctx)
-    frames.append(pd.DataFrame(rows, columns=TRADE_COLUMNS))
-    frames = [f.astype({"energy_kwh": float}) for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(columns=TRADE_COLUMNS)
-    return pd.concat(frames, ignore_index=True)[TRADE_COLUMNS]
+    extra = list(zip(*rows, strict=True)) if rows else [()] * len(TRADE_COLUMNS)
+    # members sell to the manager at the sell price and buy from it at the buy price
+    member_price = np.r_[r.sell_price_per_kwh[s], r.buy_price_per_kwh[b]]
+    columns = [
+        np.r_[ids_arr[s], np.full(len(b), manager, dtype=object), np.array(extra[0], dtype=object)],
+        np.r_[np.full(len(s), manager, dtype=object), ids_arr[b], np.array(extra[1], dtype=object)],
+        np.r_[r.sold_kwh[s], r.bought_kwh[b], np.array(extra[2], dtype=float)],
+        np.r_[member_price, np.array(extra[3], dtype=float)],
+        np.r_[member_price, np.array(extra[4], dtype=float)],
+        np.r_[r.charges.sell[s], r.charges.buy[b], np.array(extra[5], dtype=float)],
+    ]
+    return pd.DataFrame(dict(zip(TRADE_COLUMNS, columns, strict=True)))
 
 
 class SupplyDemandRatio(CommunityMechanism):
     """Community market priced by the supply-demand ratio (see `sdr_prices`).
 
-    Liu, Wu, Zhang, Tang, Zhou and Wang, 2017, "Energy sharing management for microgrids
-    with PV prosumers: a Stackelberg game approach", IEEE TII 13(3):1088-1098; Liu et al.,
-    2017, "Energy sharing model with price-based demand response for microgrids of
-    peer-to-peer prosumers", IEEE TPWRS 32(5):3569-3583. Supply and demand are the
+    Liu, Yu, Wang, Li, Ma and Lei, 2017, "Energy-sharing model with price-based demand
+    response for microgrids of peer-to-peer prosumers", IEEE TPWRS 32(5):3569-3583; also
+    Liu, Yu, Wang and Wang, 2017, IEEE TII 13(3):1088-1098. Supply and demand are the
     members' served totals. Without a community battery the manager breaks even; with
     one its round bill is ``feed_in battery_charge - retail battery_discharge`` (it keeps
     the battery's value). ``info['sdr']`` holds the ratio (inf without demand).
