@@ -393,6 +393,9 @@ class FollowerModel:
         self.solver.set_instance(m)
         self.highs: highspy.Highs = self.solver._solver_model
         self.highs.setOptionValue("output_flag", False)
+        # the Hessian is positive definite (w > 0 on every column): no regularisation, which
+        # would shift purchases by ~1e-7 / w from the buyer's optimum
+        self.highs.setOptionValue("qp_regularization_value", 0.0)
         vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
         self.col = np.array([vmap[id(m.purchase_kwh[j])] for j in m.M], dtype=np.int32)
         self.need_row = np.array([cmap[m.need_limit]], dtype=np.int32)
