@@ -6,9 +6,13 @@ community-based markets: a comprehensive review", Renew. Sustain. Energy Rev. 10
 managers trade with each other and with the upper level). Here, each round:
 
 1. **Inside each community** any double auction (Options ``inner``: ``uniform``, the
-   default, ``pay_as_bid``, ``mcafee``, ``huang`` or ``vcg``) clears the members' orders, one persistent mechanism object per
+   default, ``pay_as_bid``, ``mcafee``, ``huang`` or ``vcg``; ``inner_options`` its
+   own options) clears the members' orders, one persistent mechanism object per
    community built once. Its outside party is the community's manager, without caps:
    what the inner auction leaves unmatched is the community's surplus and deficit.
+   Communities (Options ``communities``): ``feeder``, one per LV feeder (the branch
+   leaving the transformer's busbar; members at the busbar form one more), or a
+   mapping participant id -> community name (unmapped participants trade alone).
 2. **Between communities** the managers trade those surpluses and deficits in a
    uniform-price double auction (k-pricing, `UniformDoubleAuction`). A manager's bids
    and asks are its members' unmatched orders at their own prices (a stepped curve),
@@ -24,7 +28,13 @@ A member's market energy (`bought_kwh`, `sold_kwh`) is what it traded at both le
 its buy (sell) price is the volume-weighted mean of its two levels' prices, so each
 level's individual rationality carries over. ``price_per_kwh`` is the single price if
 every market kWh traded at one, else NaN (prices then differ by community; see
-``info``).
+``info``). The trade table lists member-to-member trades at both levels (so that the
+network feedback attributes each kWh to the members behind it); ``info`` also holds
+``manager_trades`` (the second level as trades between managers: selling community,
+buying community, kWh, volume-weighted prices), ``community_price_per_kwh`` (each inner
+auction's clearing price), ``inner_kwh`` and ``second_level_kwh``, and per member
+``inner_bought_kwh`` / ``inner_sold_kwh``. Auctioneer surpluses or deficits of either
+level (e.g. pay-as-bid or VCG inside) are settled to ``market_operator``.
 
 Network cuts. A cut is linear in the injections, ``sum_n coef[k, n] inj[n] <= rhs[k]``,
 and the injections depend only on what is curtailed and shed, not on who trades with
