@@ -26,6 +26,8 @@ TRADE_COLUMNS = [
     "seller_price_per_kwh",
     "network_charge_per_kwh",
 ]
+#: The trade table of a result without trades (shared; never modified in place).
+EMPTY_TRADES = pd.DataFrame({c: pd.Series(dtype=object if c in ("seller", "buyer") else float) for c in TRADE_COLUMNS})
 #: Numerical tolerance on quantities [kWh].
 QTY_TOL = 1e-7
 
@@ -202,7 +204,9 @@ class ClearingResult:
     charges: Charges
     price_per_kwh: float
     """The round's clearing price; NaN when nothing cleared or prices differ by trader."""
-    trades: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRADE_COLUMNS))
+    trades: pd.DataFrame = field(default_factory=lambda: EMPTY_TRADES)
+    """Bilateral trades (TRADE_COLUMNS). The default is one shared empty table (building an
+    empty DataFrame each round cost more than the power flow): replace it, never modify it."""
     welfare: float = float("nan")
     operator_import_kwh: float = 0.0
     """Energy the market operator (e.g. a community manager) buys from the outside party
