@@ -716,7 +716,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         rec.flush()
         if resume.on_chunk is not None and t + 1 < n:
             if ledger is not None:
-                ledger._fh.flush()  # the checkpoint counts the blocks on disk
+                ledger.flush()  # the checkpoint counts the blocks on disk
             resume.on_chunk(runner, t + 1)
     bar.close()
     rec.finish()
