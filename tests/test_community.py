@@ -716,21 +716,22 @@ def test_fee_due_by_round_with_and_without_round_numbers():
     assert seen == [(0, 20.0), (1, 0.0), (2, 20.0), (3, 0.0), (4, 20.0)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cosim/settlement.py does not add info['membership_fee'] to the bills yet; the change "
-    "is described in /tmp/cosim_brief/readme_community.md and the community helper's report"))
 def test_membership_fee_in_settlement():
     """The round's membership fee is on each member's bill and off the operator's, so
     bills still sum to zero: round 0 of a 5.0 fee, four members -> each pays 5.0 on top
-    of its energy bill, the operator receives 20.0 on top of its (0.30 - 0.18) x 2.5."""
+    of its energy bill, the operator receives 20.0 on top of its (0.30 - 0.18) x 2.5.
+    In round 1 no fee is due."""
     pool = FixedPricePool(IDS[:4], max_cuts=1, options=FEE_OPTIONS)
-    ctx = RoundContext(0.30, 0.10, round_no=0)
-    r = pool.clear(HAND_BOOK, ctx)
-    table = settle(0, IDS[:4], np.arange(4), r, ctx).set_index("party")
-    assert table.bill.sum() == pytest.approx(0.0, abs=MONEY_ABS)
     energy = 0.18 * (HAND_BOOK.demand_kwh - HAND_BOOK.supply_kwh)
-    np.testing.assert_allclose(table.loc[IDS[:4], "bill"], energy + 5.0, atol=MONEY_ABS)
-    assert table.loc[MARKET_OPERATOR, "bill"] == pytest.approx((0.30 - 0.18) * 2.5 - 20.0, abs=MONEY_ABS)
+    for t, fee in ((0, 5.0), (1, 0.0)):
+        ctx = RoundContext(0.30, 0.10, round_no=t)
+        r = pool.clear(HAND_BOOK, ctx)
+        table = settle(t, IDS[:4], np.arange(4), r, ctx).set_index("party")
+        assert table.bill.sum() == pytest.approx(0.0, abs=MONEY_ABS)
+        np.testing.assert_allclose(table.loc[IDS[:4], "membership_fees"], fee, atol=MONEY_ABS)
+        assert table.loc[MARKET_OPERATOR, "membership_fees"] == pytest.approx(-4 * fee, abs=MONEY_ABS)
+        np.testing.assert_allclose(table.loc[IDS[:4], "bill"], energy + fee, atol=MONEY_ABS)
+        assert table.loc[MARKET_OPERATOR, "bill"] == pytest.approx((0.30 - 0.18) * 2.5 - 4 * fee, abs=MONEY_ABS)
 
 
 @pytest.mark.parametrize(
