@@ -318,14 +318,13 @@ class ShiftableLoads(_Frozen):
 
 
 class Distributed(_Frozen):
-    """ADMM for the distributed day-ahead schedule (Boyd et al. 2011, sharing problem)."""
+    """Dual decomposition of the central day-ahead schedule (see `cosim.dayahead`)."""
 
-    rho: Annotated[float, Field(gt=0.0)] = 0.01
-    """Initial ADMM penalty [currency/kW^2 per period]; adapted by residual balancing."""
-    tolerance_kw: Annotated[float, Field(gt=0.0)] = 0.05
-    """Stop when primal and dual residuals (per period, community total) fall below this [kW]."""
-    max_iterations: Annotated[int, Field(ge=1, le=20000)] = 2000
-    """Iteration cap; a day that reaches it is reported as not converged [-]."""
+    tolerance: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
+    """Stop when the certified gap between the schedule's cost and the lower bound on the
+    central optimum is below this share of the cost [-]."""
+    max_iterations: Annotated[int, Field(ge=1, le=10000)] = 500
+    """Price iterations before a day is reported as not converged [-]."""
 
 
 class Storage(_Frozen):
@@ -339,7 +338,7 @@ class Storage(_Frozen):
 
     strategy: Literal["rule", "private", "central", "distributed"] = "rule"
     """rule: no schedule; private: each prosumer for its own cost; central: for the
-    community's cost within the transformer limit; distributed: central by ADMM."""
+    community's cost within the transformer limit; distributed: central by dual decomposition."""
     forecast: Literal["perfect", "persistence"] = "perfect"
     """Load and PV the schedule sees: the real ones, or those of 24 h earlier."""
     reschedule_every: Duration = dt.timedelta(hours=24)
