@@ -591,7 +591,20 @@ def _read_blocks(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "ledger.jsonl"
     if not path.exists():
         raise InputError(path, ["file not found"])
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    blocks, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="ascii", errors="replace").splitlines(), start=1):
+        try:
+            block = json.loads(line)
+        except json.JSONDecodeError as err:
+            problems.append(f"line {n}: not a JSON block ({err}); `cosim ledger verify` tells what is wrong")
+            continue
+        if isinstance(block, dict):
+            blocks.append(block)
+        else:
+            problems.append(f"line {n}: expected a JSON object, found {type(block).__name__}")
+    if problems:
+        raise InputError(path, problems)
+    return blocks
 
 
 def _num(v, width: int = 10, digits: int = 4) -> str:

@@ -473,6 +473,14 @@ def test_cli_show(run, capsys):
     assert "--round" in capsys.readouterr().err
 
 
+def test_cli_show_a_broken_ledger(run, copy, capsys):
+    lines = _lines(run)
+    lines[2] = lines[2][:-1]  # a block cut short: no longer JSON
+    _write_lines(copy, lines)
+    assert main(["ledger", "show", str(copy), "--round", "0"]) == 2
+    assert "line 3: not a JSON block" in capsys.readouterr().err
+
+
 def test_attack_scenario_file():
     """The shipped attack scenario: validators and an adversary, the quorum condition
     stated in its comments."""
