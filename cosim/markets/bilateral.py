@@ -123,6 +123,12 @@ TRADE_ZERO_KWH = 1e-9
 UNLIMITED_KWH = 1e8
 #: Over-relaxation of the ADMM's averaging step (Boyd et al. 2011, sec. 3.4.3) [-].
 ADMM_RELAXATION = 1.0
+#: Iterations between adaptations of rho, and the residual ratio that triggers one
+#: (Boyd et al. 2011, sec. 3.4.1) [-].
+ADMM_RHO_PERIOD = 10
+ADMM_RHO_BALANCE = 10.0
+#: rho stays within this factor of its initial value `admm_rho` [-].
+ADMM_RHO_RANGE = 1e4
 
 
 class BilateralOptions(MechanismOptions):
@@ -148,8 +154,12 @@ class BilateralOptions(MechanismOptions):
     """Balance primal and dual residuals by doubling/halving rho (Boyd et al. 2011, 3.4.1)."""
     admm_tolerance_kwh: float = Field(1e-4, gt=0.0)
     """Stop when every pair's proposals agree to within this and no average moves more [kWh]."""
+    admm_price_tolerance_per_kwh: float = Field(1e-4, gt=0.0)
+    """Stop only when no price moves by more than this in an iteration (the dual residual) [currency/kWh]."""
     admm_max_iterations: int = Field(5000, ge=1)
     """Iteration limit of the ADMM; a round that hits it is still settled, with a status note."""
+    admm_warm_start: bool = True
+    """Open each negotiation at the prices and averages the last one ended with (see AdmmNegotiation)."""
     admm_local_solver: Literal["vectorised", "pyomo"] = "vectorised"
     """How each prosumer's ADMM step is solved: closed form for all at once, or one Pyomo/HiGHS model each."""
     admm_audit: bool = True
@@ -233,15 +243,28 @@ def partner_slots(cost: np.ndarray, max_partners: int, preferred: np.ndarray | N
 
 # -- the round's data, shared by both solution methods ----------------------------------
 class RoundData:
-    """One round's orders laid out on the pair slots (everything a clearing needs)."""
+    """One round's orders laid out on the pair slots (everything a clearing needs).
+
+    While the outside party can sell, no buyer pays more than the retail tariff for a P2P
+    kWh (bids above it count as the tariff); while it can buy, no seller takes less than
+    the feed-in tariff (asks below it count as the tariff). Network charges then come off
+    the bid and on top of the ask, so every trade is individually rational against the
+    outside tariffs, charges included.
+    """
 
     def __init__(self, mech: MultiBilateral, orders: OrderArrays, ctx: MarketContext,
                  cuts: NetworkCuts, charges: Charges):
         self.orders, self.ctx, self.cuts, self.charges = orders, ctx, cuts, charges
         self.demand = np.asarray(orders.demand_kwh, float)
         self.supply = np.asarray(orders.supply_kwh, float)
-        self.eff_bid = np.asarray(orders.bid_per_kwh, float) - charges.buy
-        self.eff_ask = np.asarray(orders.ask_per_kwh, float) + charges.sell
+        bid = np.asarray(orders.bid_per_kwh, float)
+        ask = np.asarray(orders.ask_per_kwh, float)
+        if ctx.import_cap_kwh > QTY_TOL:
+            bid = np.minimum(bid, ctx.retail_price_per_kwh)
+        if ctx.export_cap_kwh > QTY_TOL:
+            ask = np.maximum(ask, ctx.feed_in_price_per_kwh)
+        self.eff_bid = bid - charges.buy
+        self.eff_ask = ask + charges.sell
         seller, buyer = mech.slot_seller, mech.slot_buyer
         self.active = (self.supply[seller] > QTY_TOL) & (self.demand[buyer] > QTY_TOL) & bool(ctx.p2p)
         #: what buyer j's kWh from seller i is worth to it, and what it costs i [currency/kWh]
@@ -437,47 +460,90 @@ class CentralModel:
 
 
 # -- decentralised solution: consensus ADMM --------------------------------------------
+#: Padding of the water-filling layout: larger than any breakpoint [currency/kWh].
+WATERFILL_PAD = 1e30
+
+
+class WaterfillLayout:
+    """Where each item of a `waterfill` sits in a padded [agents with items x width] table.
+
+    Built once per negotiation (the items of each agent do not change between its
+    iterations), so each iteration sorts short rows instead of one long array.
+    """
+
+    def __init__(self, group: np.ndarray, n_groups: int):
+        group = np.asarray(group, dtype=np.int64)
+        count = np.bincount(group, minlength=n_groups)
+        self.n_groups = n_groups
+        self.agents = np.flatnonzero(count > 0)
+        """The agents with items, one row each."""
+        rank = np.cumsum(count > 0) - 1
+        self.group = group
+        self.row = rank[group]
+        self.width = max(int(count.max(initial=0)), 1)
+        order = np.argsort(group, kind="stable")
+        start = np.cumsum(count) - count
+        self.col = np.empty(len(group), dtype=np.int64)
+        self.col[order] = np.arange(len(group)) - start[group[order]]
+        self.flat = self.row * self.width + self.col
+        """Index of each item in the flattened table."""
+        self.row_start = np.arange(len(self.agents)) * self.width
+        """Index of each row's first cell in the flattened table."""
+        self.row_of_cell = np.repeat(np.arange(len(self.agents)), self.width)
+        self.position_of_cell = np.tile(np.arange(self.width, dtype=float), len(self.agents))
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+
 def waterfill(group: np.ndarray, breakpoint: np.ndarray, quantity: np.ndarray, nu_cap: np.ndarray,
-              rho: float) -> tuple[np.ndarray, np.ndarray]:
+              rho: float, layout: WaterfillLayout | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form best response of many agents at once, one balance each.
 
     Agent g solves ``min sum_v [g_v v + rho/2 (v - z_v)^2] + nu_cap[g] w`` subject to
     ``sum_v v + w = quantity[g]``, ``v, w >= 0``, where the items v of agent g are those with
     ``group == g``, ``breakpoint = g_v - rho z_v``, and w is the agent's cheapest option with
     a linear cost (``nu_cap = inf`` when it has none). Stationarity gives
-    ``v = max(0, (nu - breakpoint) / rho)`` with nu the balance's multiplier, the root of a
-    piecewise-linear increasing function, capped by nu_cap. Returns (v per item, w per agent).
+    ``v = max(0, (nu - breakpoint) / rho)`` with nu the balance's multiplier, the root of
+    the increasing piecewise-linear ``sum_v max(0, nu - breakpoint_v) = rho quantity``,
+    capped by nu_cap. The root is found exactly by sorting each agent's breakpoints (rows
+    of a padded table, `WaterfillLayout`, built from `group` unless given). Returns
+    (v per item, w per agent).
 
     >>> v, w = waterfill(np.array([0, 0, 1]), np.array([-1.0, 0.0, 0.0]), np.array([1.5, 5.0]),
     ...                  np.array([np.inf, 1.0]), 1.0)
     >>> v.tolist(), w.tolist()
     ([1.25, 0.25, 1.0], [0.0, 4.0])
     """
-    n_groups = len(quantity)
-    v = np.zeros(len(group))
-    if len(group):
-        order = np.lexsort((breakpoint, group))
-        gs, bs = group[order], breakpoint[order]
-        count = np.bincount(gs, minlength=n_groups)
-        start = np.cumsum(count) - count
-        pos = np.arange(len(gs)) - start[gs]
-        cum = np.cumsum(bs)
-        before = cum - bs - np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0)[gs]
-        # value of sum_v v at nu = b_k counts the items sorted before k
-        inside = (pos * bs - before) < rho * quantity[gs]
-        m = np.bincount(gs, weights=inside, minlength=n_groups).astype(np.int64)
-        last = np.where(m > 0, start + m - 1, 0)
-        total_b = np.where(m > 0, cum[last] - np.where(start > 0, cum[np.maximum(start - 1, 0)], 0.0), 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            nu_solve = np.where(m > 0, (rho * quantity + total_b) / np.maximum(m, 1), np.inf)
-    else:
-        nu_solve = np.full(n_groups, np.inf)
-    nu_solve = np.where(quantity > 0, nu_solve, -np.inf)
+    if layout is None:
+        layout = WaterfillLayout(group, len(quantity))
+    quantity = np.asarray(quantity, float)
+    nu_solve = np.full(len(quantity), np.inf)
+    v = np.zeros(len(layout))
+    if len(layout):
+        rows, width = len(layout.agents), layout.width
+        q = quantity[layout.agents]
+        table = np.full(rows * width, WATERFILL_PAD)
+        table[layout.flat] = breakpoint
+        table = np.sort(table.reshape(rows, width), axis=1).ravel()
+        real = table < WATERFILL_PAD
+        # cumulative sums within each row, from one flat cumsum of the real breakpoints
+        cum = np.cumsum(np.where(real, table, 0.0))
+        row_base = np.r_[0.0, cum[layout.row_start[1:] - 1]] if rows else np.zeros(0)
+        below = cum - table - row_base[layout.row_of_cell]  # sum of the smaller breakpoints of the row
+        # the balance's left side when nu is this breakpoint: sum_{l<k} (b_k - b_l)
+        level = layout.position_of_cell * table - below
+        inside = real & (level < rho * q[layout.row_of_cell])
+        m = np.bincount(layout.row_of_cell, weights=inside, minlength=rows).astype(np.int64)
+        total = cum[layout.row_start + np.maximum(m - 1, 0)] - row_base
+        nu_solve[layout.agents] = np.where(m > 0, (rho * q + total) / np.maximum(m, 1), np.inf)
+    nu_solve[quantity <= 0] = -np.inf
     nu = np.minimum(nu_solve, nu_cap)
-    if len(group):
-        v = np.maximum(0.0, (nu[group] - breakpoint) / rho)
+    taken = np.zeros(len(quantity))
+    if len(layout):
+        v = np.maximum(0.0, (nu[layout.group] - breakpoint) / rho)
         v[~np.isfinite(v)] = 0.0
-    taken = np.bincount(group, weights=v, minlength=n_groups) if len(group) else np.zeros(n_groups)
+        taken = np.bincount(layout.group, weights=v, minlength=len(quantity))
     w = np.where(nu_solve > nu_cap, np.maximum(quantity - taken, 0.0), 0.0)
     return v, w
 
@@ -531,44 +597,46 @@ class Side:
     proposals (items with `pair_owner`, `pair_breakpoint`) and its options (export and
     curtail for a seller, import and shed for a buyer). An option is either absent,
     linear (``coef`` = cost per kWh) or quadratic (shared with another peer: ``coef`` =
-    its breakpoint ``g - rho z``).
+    its breakpoint ``g - rho z``). `layout` (the water-filling table of the pair items
+    and the quadratic options) depends only on that structure; pass the one of an
+    earlier `Side` of the same negotiation to reuse it.
     """
 
     def __init__(self, quantity: np.ndarray, pair_owner: np.ndarray, pair_breakpoint: np.ndarray,
-                 options: dict[str, tuple[np.ndarray, bool, np.ndarray]]):
+                 options: dict[str, tuple[np.ndarray, bool, np.ndarray]], layout: WaterfillLayout | None = None):
         self.quantity = quantity
         self.pair_owner = pair_owner
         self.pair_breakpoint = pair_breakpoint
         self.options = options
         """name -> (available per prosumer, quadratic?, coef per prosumer)."""
+        self.quadratic = [(name, np.flatnonzero(available)) for name, (available, quad, _) in options.items() if quad]
+        self.linear = [name for name, (_, quad, _) in options.items() if not quad]
+        if layout is None:
+            group = np.concatenate([pair_owner, *[idx for _, idx in self.quadratic]]).astype(np.int64)
+            layout = WaterfillLayout(group, len(quantity))
+        self.layout = layout
 
 
 def vectorised_best_response(side: Side, rho: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Every prosumer's step on one side at once (closed form, `waterfill`)."""
     n = len(side.quantity)
-    groups, breakpoints, names = [side.pair_owner], [side.pair_breakpoint], []
     cap = np.full(n, np.inf)
     cheapest = np.full(n, -1)
-    linear = [name for name, (_, quad, _) in side.options.items() if not quad]
-    for name, (available, quad, coef) in side.options.items():
-        if quad:
-            idx = np.flatnonzero(available)
-            groups.append(idx)
-            breakpoints.append(coef[idx])
-            names.append((name, idx))
-        else:
-            c = np.where(available, coef, np.inf)
-            better = c < cap
-            cap = np.where(better, c, cap)
-            cheapest = np.where(better, linear.index(name), cheapest)
-    v, w = waterfill(np.concatenate(groups), np.concatenate(breakpoints), side.quantity, cap, rho)
+    for k, name in enumerate(side.linear):
+        available, _, coef = side.options[name]
+        c = np.where(available, coef, np.inf)
+        better = c < cap
+        cap = np.where(better, c, cap)
+        cheapest = np.where(better, k, cheapest)
+    breakpoints = [side.pair_breakpoint, *[side.options[name][2][idx] for name, idx in side.quadratic]]
+    v, w = waterfill(side.layout.group, np.concatenate(breakpoints), side.quantity, cap, rho, side.layout)
     n_pairs = len(side.pair_owner)
     out = {name: np.zeros(n) for name in side.options}
     offset = n_pairs
-    for name, idx in names:
+    for name, idx in side.quadratic:
         out[name][idx] = v[offset:offset + len(idx)]
         offset += len(idx)
-    for k, name in enumerate(linear):
+    for k, name in enumerate(side.linear):
         out[name] += np.where(cheapest == k, w, 0.0)
     return v[:n_pairs], out
 
@@ -724,6 +792,11 @@ class AdmmNegotiation:
     Exchanged each iteration: each prosumer's proposals for its active slots (and its
     import/export or curtail/shed proposals when those are shared), the pair prices
     lambda and the averages z. No agent sees another's bid, ask or quantity.
+
+    With ``admm_warm_start`` a negotiation opens at the prices and averages the last one
+    ended with on the slots active in both (the feedback's re-clearing of a round, and
+    the next round, start close to the answer); other slots open at the middle of the
+    pair's bid and ask, with nothing proposed.
     """
 
     def __init__(self, n: int, seller: np.ndarray, buyer: np.ndarray, options: BilateralOptions):
@@ -740,6 +813,17 @@ class AdmmNegotiation:
         self.models = ProsumerModels(n, sales, purchases) if options.admm_local_solver == "pyomo" else None
         self.history: list[tuple[float, float, float]] = []
         """(residual, move [kWh], rho) of each iteration of the last negotiation."""
+        self._last_price = np.full(len(seller), np.nan)
+        self._last_average = np.zeros(len(seller))
+        self._last_option_price: dict[str, np.ndarray] = {}
+        self._last_rho = 0.0
+
+    def reset(self) -> None:
+        """Forget the last negotiation (the next one opens cold)."""
+        self._last_price[:] = np.nan
+        self._last_average[:] = 0.0
+        self._last_option_price = {}
+        self._last_rho = 0.0
 
     def _best_response(self, sellers: Side, buyers: Side, active: np.ndarray, rho: float):
         if self.models is not None:
@@ -750,112 +834,133 @@ class AdmmNegotiation:
         return x, out_s, y, out_b
 
     def negotiate(self, d: RoundData) -> dict:
-        """Run the ADMM for one round; returns the allocation, prices and convergence figures."""
+        """Run the ADMM for one round; returns the allocation, prices and convergence figures.
+
+        Stopping rule: every pair's (and shared option's) two proposals agree to within
+        ``admm_tolerance_kwh`` (primal residual) and no price moved by more than
+        ``admm_price_tolerance_per_kwh`` in the last iteration (dual residual, rho times the
+        move of the averages); or ``admm_max_iterations``.
+        """
         opts, n, ctx = self.options, self.n, d.ctx
         active = np.flatnonzero(d.active)
         si, bj = self.seller[active], self.buyer[active]
         cost, value = d.cost[active], d.value[active]
         is_seller, is_buyer = d.supply > QTY_TOL, d.demand > QTY_TOL
         supply, demand = np.where(is_seller, d.supply, 0.0), np.where(is_buyer, d.demand, 0.0)
-        eps = OUTSIDE_EPSILON
 
         def mode(cap: float) -> str:
             return "absent" if cap <= QTY_TOL else ("linear" if cap >= UNLIMITED_KWH else "shared")
 
         import_mode, export_mode = mode(d.import_cap), mode(d.export_cap)
-        cut_mode = len(d.cuts) > 0
         sellers_idx, buyers_idx = np.flatnonzero(is_seller), np.flatnonzero(is_buyer)
-        dso = CutProjection(d.cuts, supply, demand, sellers_idx, buyers_idx) if cut_mode else None
-
-        rho = opts.admm_rho
-        lam = 0.5 * (cost + value)  # opening offer: the middle of each pair's bid and ask
-        x = np.zeros(len(active))
-        y = np.zeros(len(active))
-        z = np.zeros(len(active))
-        # shared options: prosumer copy p, other peer's copy o, average z, price mu (per prosumer)
-        shared = {}
-        if export_mode == "shared":
-            shared["exported"] = "outside"
-        if import_mode == "shared":
-            shared["imported"] = "outside"
-        if cut_mode:
-            shared["curtailed"] = shared["shed"] = "dso"
-        zs = {name: np.zeros(n) for name in shared}
-        mus = {name: np.zeros(n) for name in shared}
-        base_cost = {"exported": eps, "imported": eps, "curtailed": ctx.curtail_cost, "shed": ctx.voll_per_kwh}
+        dso = CutProjection(d.cuts, supply, demand, sellers_idx, buyers_idx) if len(d.cuts) else None
+        # options shared with another peer (outside party, DSO); the others have a linear cost
+        shared = [name for name, on in (("exported", export_mode == "shared"), ("imported", import_mode == "shared"),
+                                        ("curtailed", dso is not None), ("shed", dso is not None)) if on]
+        base_cost = {"exported": OUTSIDE_EPSILON, "imported": OUTSIDE_EPSILON, "curtailed": ctx.curtail_cost,
+                     "shed": ctx.voll_per_kwh}
         available = {"exported": is_seller & (export_mode != "absent"), "curtailed": is_seller,
                      "imported": is_buyer & (import_mode != "absent"), "shed": is_buyer}
-        converged, iterations, residual, move = False, 0, np.inf, np.inf
+
+        # consensus state, flat: averages z and prices of the pair slots, then of each shared
+        # option per prosumer (the prosumer pays its option's price to the other peer)
+        part = {"pairs": slice(0, len(active))}
+        for k, name in enumerate(shared):
+            part[name] = slice(len(active) + k * n, len(active) + (k + 1) * n)
+        z = np.zeros(len(active) + len(shared) * n)
+        price = np.zeros_like(z)
+        price[part["pairs"]] = 0.5 * (cost + value)  # opening offer: the middle of bid and ask
+        rho = opts.admm_rho
+        if opts.admm_warm_start and self._last_rho > 0:  # or where the last negotiation ended
+            last = self._last_price[active]
+            warm = np.isfinite(last)
+            price[part["pairs"]][warm] = last[warm]
+            cap = np.minimum(supply[si], demand[bj])
+            z[part["pairs"]][warm] = np.minimum(self._last_average[active][warm], cap[warm])
+            for name in shared:
+                if name in self._last_option_price:
+                    price[part[name]] = self._last_option_price[name]
+            rho = self._last_rho
+
+        tol, price_tol = opts.admm_tolerance_kwh, opts.admm_price_tolerance_per_kwh
+        layouts: dict[str, WaterfillLayout | None] = {"sellers": None, "buyers": None}
+        converged, residual, move = False, np.inf, np.inf
         self.history = history = []
-        out_s: dict[str, np.ndarray] = {}
-        out_b: dict[str, np.ndarray] = {}
-
-        def option(name: str, rho: float):
-            if name in shared:  # its proximal breakpoint g - rho z, g = cost + price
-                return available[name], True, base_cost[name] + mus[name] - rho * zs[name]
-            return available[name], False, np.full(n, base_cost[name])
-
         for iterations in range(1, opts.admm_max_iterations + 1):
-            sellers = Side(supply, si, (cost - lam) - rho * z,
-                           {k: option(k, rho) for k in ("exported", "curtailed")})
-            buyers = Side(demand, bj, (lam - value) - rho * z, {k: option(k, rho) for k in ("imported", "shed")})
+            lam, zp = price[part["pairs"]], z[part["pairs"]]
+            # an option's cost per kWh; a shared one's proximal breakpoint g - rho z, g = cost + price
+            options = {
+                name: (available[name], True, base_cost[name] + price[part[name]] - rho * z[part[name]])
+                if name in shared else (available[name], False, np.full(n, base_cost[name]))
+                for name in base_cost
+            }
+            # every prosumer's step (in parallel): its proposals, given the prices and averages
+            sellers = Side(supply, si, (cost - lam) - rho * zp, {k: options[k] for k in ("exported", "curtailed")},
+                           layouts["sellers"])
+            buyers = Side(demand, bj, (lam - value) - rho * zp, {k: options[k] for k in ("imported", "shed")},
+                          layouts["buyers"])
+            layouts["sellers"], layouts["buyers"] = sellers.layout, buyers.layout
             x, out_s, y, out_b = self._best_response(sellers, buyers, active, rho)
             mine = {**out_s, **out_b}
-            # the other peers' copies of the shared options
+            # the other peers' copies of the shared options: projections onto their limits
             other = {}
-            if "exported" in shared:
-                a = zs["exported"] + mus["exported"] / rho
-                other["exported"] = np.zeros(n)
-                other["exported"][sellers_idx] = project_capped(a[sellers_idx], d.export_cap)
-            if "imported" in shared:
-                a = zs["imported"] + mus["imported"] / rho
-                other["imported"] = np.zeros(n)
-                other["imported"][buyers_idx] = project_capped(a[buyers_idx], d.import_cap)
+            for name, cap, idx in (("exported", d.export_cap, sellers_idx), ("imported", d.import_cap, buyers_idx)):
+                if name in shared:
+                    other[name] = np.zeros(n)
+                    a = z[part[name]] + price[part[name]] / rho
+                    other[name][idx] = project_capped(a[idx], cap)
             if dso is not None:
-                a = np.r_[(zs["curtailed"] + mus["curtailed"] / rho)[sellers_idx],
-                          (zs["shed"] + mus["shed"] / rho)[buyers_idx]]
+                a = np.r_[(z[part["curtailed"]] + price[part["curtailed"]] / rho)[sellers_idx],
+                          (z[part["shed"]] + price[part["shed"]] / rho)[buyers_idx]]
                 o = dso.project(a)
                 other["curtailed"], other["shed"] = np.zeros(n), np.zeros(n)
                 other["curtailed"][sellers_idx] = o[:len(sellers_idx)]
                 other["shed"][buyers_idx] = o[len(sellers_idx):]
-            # averages and prices
-            alpha = ADMM_RELAXATION
-            z_new = alpha * 0.5 * (x + y) + (1 - alpha) * z
-            lam = lam + alpha * 0.5 * rho * (y - x)
-            residual = float(np.max(np.abs(x - y), initial=0.0))
+            # averages and prices: the payer's copy (buyer, prosumer) against the payee's
+            # (seller, outside party or DSO); over-relaxed (Boyd et al. 2011, sec. 3.4.3)
+            payer = np.concatenate([y, *[mine[k] for k in shared]])
+            payee = np.concatenate([x, *[other[k] for k in shared]])
+            z_new = ADMM_RELAXATION * 0.5 * (payer + payee) + (1 - ADMM_RELAXATION) * z
+            price = price + ADMM_RELAXATION * 0.5 * rho * (payer - payee)
+            residual = float(np.max(np.abs(payer - payee), initial=0.0))
             move = float(np.max(np.abs(z_new - z), initial=0.0))
             z = z_new
-            for name in shared:
-                zn = alpha * 0.5 * (mine[name] + other[name]) + (1 - alpha) * zs[name]
-                mus[name] = mus[name] + alpha * 0.5 * rho * (mine[name] - other[name])
-                residual = max(residual, float(np.max(np.abs(mine[name] - other[name]), initial=0.0)))
-                move = max(move, float(np.max(np.abs(zn - zs[name]), initial=0.0)))
-                zs[name] = zn
             history.append((residual, move, rho))
-            if residual <= opts.admm_tolerance_kwh and move <= opts.admm_tolerance_kwh:
+            primal, dual = residual / tol, rho * move / price_tol
+            if primal <= 1.0 and dual <= 1.0:
                 converged = True
                 break
-            if opts.admm_adaptive_rho and iterations % 10 == 0:
-                if residual > 10 * move:
-                    rho = min(2 * rho, 1e4 * opts.admm_rho)
-                elif move > 10 * residual:
-                    rho = max(rho / 2, 1e-4 * opts.admm_rho)
+            # residual balancing (Boyd et al. 2011, sec. 3.4.1), on the residuals scaled by their tolerances
+            if opts.admm_adaptive_rho and iterations % ADMM_RHO_PERIOD == 0:
+                if primal > ADMM_RHO_BALANCE * dual:
+                    rho = min(2 * rho, ADMM_RHO_RANGE * opts.admm_rho)
+                elif dual > ADMM_RHO_BALANCE * primal:
+                    rho = max(rho / 2, opts.admm_rho / ADMM_RHO_RANGE)
+
+        lam = price[part["pairs"]]
+        self._last_price[:] = np.nan
+        self._last_price[active] = lam
+        self._last_average[:] = 0.0
+        self._last_average[active] = z[part["pairs"]]
+        self._last_option_price = {name: price[part[name]].copy() for name in shared}
+        self._last_rho = rho
 
         # the trades both sides agree on; what either proposed beyond them falls back
         t = np.minimum(x, y)
         t[t < TRADE_ZERO_KWH] = 0.0
         sold = np.bincount(si, weights=t, minlength=n)
         bought = np.bincount(bj, weights=t, minlength=n)
-        alloc = {name: mine[name].copy() for name in ("exported", "curtailed", "imported", "shed")}
+        alloc = {name: mine.get(name, np.zeros(n)).copy() for name in ("exported", "curtailed", "imported", "shed")}
         for name in ("exported", "imported"):
             if name in shared:  # never more than the outside party agreed to
                 alloc[name] = np.maximum(np.minimum(mine[name], other[name]), 0.0)
-        rest_s = np.maximum(supply - sold - alloc["exported"] - alloc["curtailed"], 0.0)
-        rest_b = np.maximum(demand - bought - alloc["imported"] - alloc["shed"], 0.0)
+        # (quantities below QTY_TOL take no part in the negotiation: they fall back too)
+        rest_s = np.maximum(d.supply - sold - alloc["exported"] - alloc["curtailed"], 0.0)
+        rest_b = np.maximum(d.demand - bought - alloc["imported"] - alloc["shed"], 0.0)
         alloc["exported" if export_mode == "linear" else "curtailed"] += rest_s
         alloc["imported" if import_mode == "linear" else "shed"] += rest_b
         # a prosumer whose own proposals overshoot (by the tolerance) gives up its fallback first
-        for q, traded, names in ((supply, sold, ("exported", "curtailed")), (demand, bought, ("imported", "shed"))):
+        for q, traded, names in ((d.supply, sold, ("exported", "curtailed")), (d.demand, bought, ("imported", "shed"))):
             over = np.maximum(traded + alloc[names[0]] + alloc[names[1]] - q, 0.0)
             for name in names:
                 cut = np.minimum(over, alloc[name])
@@ -863,11 +968,11 @@ class AdmmNegotiation:
                 over -= cut
         trade = np.zeros(len(self.seller))
         trade[active] = t
-        price = np.full(len(self.seller), np.nan)
-        price[active] = lam
+        slot_price = np.full(len(self.seller), np.nan)
+        slot_price[active] = lam
         return {
             "trade_kwh": trade, "imported_kwh": alloc["imported"], "exported_kwh": alloc["exported"],
-            "shed_kwh": alloc["shed"], "curtailed_kwh": alloc["curtailed"], "price": price,
+            "shed_kwh": alloc["shed"], "curtailed_kwh": alloc["curtailed"], "price": slot_price,
             "converged": converged, "iterations": iterations, "residual_kwh": residual, "move_kwh": move,
             "rho": rho,
         }
