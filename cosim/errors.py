@@ -23,6 +23,8 @@ class InputError(Exception):
         super().__init__(self.format())
 
     def format(self) -> str:
+        if len(self.problems) == 1:
+            return f"{self.path}: {self.problems[0]}"
         lines = [f"{self.path}: {len(self.problems)} problem(s)"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)

@@ -73,7 +73,7 @@ from cosim.networks import (
 from cosim.prosumers import Batteries, Fleet, build_fleet, make_orders
 from cosim.results import Recorder
 from cosim.scenario import Scenario
-from cosim.settlement import parties, settle_matrix, settlement_frame
+from cosim.settlement import SETTLEMENT_COLUMNS, parties, settle_matrix, settlement_frame
 
 #: Network-cut slots in the clearing model.
 MAX_CUTS = 40
@@ -525,6 +525,7 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "iterations": o.iterations,
         "pf_converged": bool(s.converged),
         "cleared_kwh": r.cleared_kwh,
+        "p2p_paid": float(np.nan_to_num(r.buy_price_per_kwh) @ r.bought_kwh),
         "price_per_kwh": r.price_per_kwh,
         "grid_import_kwh": float(r.import_kwh.sum()) + r.operator_import_kwh,
         "grid_export_kwh": float(r.export_kwh.sum()) + r.operator_export_kwh,
@@ -700,12 +701,13 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         gr = outcome.gate
         if ledger is not None:
             t1, c1 = time.perf_counter(), time.thread_time()
-            frame = settlement_frame(t, party_names, party_buses, st[:, :9], physical=False)
+            frame = settlement_frame(t, party_names, party_buses, st[:, :len(SETTLEMENT_COLUMNS) - 3], physical=False)
             ledger.append(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes, outcome.result.trades, frame)
             outcome.timings["ledger"] += time.perf_counter() - t1
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
         t1 = time.perf_counter()
         row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0)
+        row["operator_bill"] = float(st[-1, 8])  # the market operator's surplus (-) or deficit (+)
         rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
                    outcome.attribution, rejections=gr.rejections if gr is not None else None)
         row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted

@@ -17,12 +17,14 @@ from cosim.markets import ClearingResult, MarketContext
 
 SETTLEMENT_COLUMNS = [
     "round", "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh",
-    "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill",
+    "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill", "membership_fees",
 ]
 #: Physical columns of prosumer rows (zero for other parties): consumption, PV
 #: generation, battery charging (negative: discharging) and the resulting net load
 #: ``load - pv + battery + curtailed - shed`` [kWh].
 PHYSICAL_COLUMNS = ["load_kwh", "pv_kwh", "battery_kwh", "net_load_kwh"]
+#: Key of `ClearingResult.info` holding each participant's membership fee this round [currency].
+MEMBERSHIP_FEE = "membership_fee"
 #: The market's own parties besides the prosumers and the outside party.
 DSO, MARKET_OPERATOR = "dso", "market_operator"
 
@@ -43,7 +45,8 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
 
     Prosumer n pays ``buy_price[n] bought[n] - sell_price[n] sold[n] + retail imported[n]
     - feed_in exported[n]`` for energy, plus ``charge_buy[n] bought[n] + charge_sell[n]
-    sold[n]`` in network charges. The outside party sells what the prosumers and the
+    sold[n]`` in network charges, plus any membership fee the mechanism charged this round
+    (``info["membership_fee"]``, per participant [currency], received by the operator). The outside party sells what the prosumers and the
     operator import and buys what they export; the DSO receives the network charges; the
     operator keeps what buyers pay minus what sellers get and pays for its own trades
     with the outside party (a community manager's net position).
@@ -58,7 +61,7 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     imported = r.import_kwh.sum() + op_import
     exported = r.export_kwh.sum() + op_export
     # columns: bought, sold, grid_import, grid_export, curtailed, shed, energy_cost,
-    # network_charges, bill, load, pv, battery, net_load
+    # network_charges, bill, membership_fees, load, pv, battery, net_load
     m[:n, 0], m[:n, 1], m[:n, 2], m[:n, 3] = r.bought_kwh, r.sold_kwh, r.import_kwh, r.export_kwh
     m[:n, 4], m[:n, 5] = r.curtailed_kwh, r.shed_kwh
     m[:n, 6] = p2p_paid - p2p_received + retail * r.import_kwh - feed_in * r.export_kwh
@@ -68,10 +71,14 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     m[n + 1, 7] = -charges.sum()
     m[n + 2, 0], m[n + 2, 1], m[n + 2, 2], m[n + 2, 3] = op_export, op_import, op_import, op_export
     m[n + 2, 6] = -(p2p_paid.sum() - p2p_received.sum()) + retail * op_import - feed_in * op_export
-    m[:, 8] = m[:, 6] + m[:, 7]
+    fees = r.info.get(MEMBERSHIP_FEE) if r.info else None
+    if fees is not None:  # members pay the operator (e.g. fixed_price's periodic fee)
+        m[:n, 9] = fees
+        m[n + 2, 9] = -float(np.sum(fees))
+    m[:, 8] = m[:, 6] + m[:, 7] + m[:, 9]
     if physical is not None:
-        m[:n, 9], m[:n, 10], m[:n, 11] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
-        m[:n, 12] = m[:n, 9] - m[:n, 10] + m[:n, 11] + r.curtailed_kwh - r.shed_kwh
+        m[:n, 10], m[:n, 11], m[:n, 12] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
+        m[:n, 13] = m[:n, 10] - m[:n, 11] + m[:n, 12] + r.curtailed_kwh - r.shed_kwh
     return m
 
 
@@ -94,5 +101,5 @@ def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, 
     m = settle_matrix(r, ctx, physical)
     bus = np.r_[np.asarray(buses, dtype=np.int64), -1, -1, -1]
     if physical is None:
-        return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m[:, :9], physical=False)
+        return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m[:, :10], physical=False)
     return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m)

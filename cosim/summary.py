@@ -24,8 +24,9 @@ def kpis(rounds: pd.DataFrame, bills: pd.Series, load_kwh: float, pv_kwh: float)
     shed = rounds.shed_kwh.sum()
     curtailed = rounds.curtailed_kwh.sum()
     traded = rounds.cleared_kwh.sum()
-    priced = rounds.dropna(subset=["price_per_kwh"])
-    mean_price = (priced.price_per_kwh * priced.cleared_kwh).sum() / priced.cleared_kwh.sum() if priced.cleared_kwh.sum() > 0 else np.nan
+    # what buyers paid per P2P kWh, weighted by volume (also for mechanisms whose traders
+    # pay different prices, where the round has no single price)
+    mean_price = rounds.p2p_paid.sum() / traded if traded > 0 else np.nan
     return {
         "prosumer_bills_total": _f(bills.sum()),
         "prosumer_bill_mean": _f(bills.mean()),
@@ -45,6 +46,7 @@ def kpis(rounds: pd.DataFrame, bills: pd.Series, load_kwh: float, pv_kwh: float)
         "curtailed_kwh": _f(curtailed),
         "shed_kwh": _f(shed),
         "network_charges": _f(rounds.network_charges.sum()),
+        "operator_bill": _f(rounds.operator_bill.sum()) if "operator_bill" in rounds else None,
         "failed_rounds": int((rounds.status != "ok").sum()),
         "mean_iterations": _f(rounds.iterations.mean()),
     }
