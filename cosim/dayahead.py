@@ -597,13 +597,21 @@ class DayAheadPlanner:
 
     # -- data ---------------------------------------------------------------------------
     def horizon(self, t0: int, state: dict[str, np.ndarray]) -> Horizon:
-        """The data of a solve starting at round t0 from the assets' present state."""
+        """The data of a solve starting at round t0 from the assets' present state.
+
+        ``state``: ``battery_kwh`` (batteries in `AssetSpec.battery_pos` order),
+        ``ev_kwh`` and ``shiftable_kwh`` (per slot) at the start of round t0; optional
+        ``battery_end_min_kwh``, the least energy each battery must end the horizon with
+        (default: ``storage.terminal_energy``).
+        """
         spec, n_t = self.spec, self.n_t
         f = spec.forecast_kw[t0 : t0 + n_t]
         if len(f) < n_t:  # past the precomputed range: repeat its last day
             f = np.vstack([f, np.resize(spec.forecast_kw[-n_t:], (n_t - len(f), f.shape[1]))])
         start = np.asarray(state["battery_kwh"], float)
         end_min = start.copy() if self.terminal == "start" else np.zeros_like(start)
+        if "battery_end_min_kwh" in state:  # a caller's own terminal condition
+            end_min = np.asarray(state["battery_end_min_kwh"], float)
         ses = {}
         parts = [(spec.evs, state.get("ev_kwh")), (spec.shiftables, state.get("shiftable_kwh"))]
         hs = [tb.horizon(t0, n_t, np.asarray(e, float), self.dt_h) for tb, e in parts if tb is not None]
