@@ -54,3 +54,15 @@ def test_missing_files_are_input_errors(runs, tmp_path):
     (broken / "rounds.parquet").unlink()
     with pytest.raises(InputError, match="rounds.parquet: missing"):
         write_comparison([runs[0], broken], tmp_path / "cmp")
+
+
+def test_cli_compare_writes_the_page_and_rejects_a_missing_run(runs, tmp_path, capsys):
+    from cosim.cli import main
+
+    out = tmp_path / "cli-cmp"
+    assert main(["compare", *map(str, runs), "--out", str(out)]) == 0
+    assert str(out / "compare.html") in capsys.readouterr().out
+    assert (out / "compare.html").exists()
+    assert main(["compare", str(runs[0]), str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
