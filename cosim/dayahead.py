@@ -95,6 +95,8 @@ PLAN_COLUMNS = [
     "round", "mode", "forecast", "status", "objective", "community_cost", "private_cost", "unserved_kwh",
     "overload_kwh", "iterations", "converged", "bound_gap", "central_objective", "gap", "solve_s",
 ]
+#: Schedules kept for the run's later variants (the oldest are dropped beyond this).
+CACHE_SIZE = 400
 _INF = highspy.kHighsInf
 
 
@@ -581,6 +583,8 @@ class DayAheadPlanner:
         self._central: FlexModel | None = None
         self._local: FlexModel | None = None
         self._cache: dict = {}
+        self.solves = 0
+        """Schedules actually solved (not taken from the cache)."""
 
     # -- models -------------------------------------------------------------------------
     @property
@@ -641,7 +645,9 @@ class DayAheadPlanner:
         if not sched.ok:
             logging.getLogger(__name__).warning("day-ahead schedule at round %d failed (%s); the rule runs "
                                                 "until the next schedule", t0, sched.status)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] >= t0}  # older ones are never asked again
+        self.solves += 1
+        if len(self._cache) >= CACHE_SIZE:  # forget the oldest
+            self._cache.pop(next(iter(self._cache)))
         self._cache[key] = sched
         return sched
 
