@@ -150,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own options, passed through untouched
+        from cosim.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
@@ -159,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err.format()}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `cosim ledger show RUN | head`
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         if getattr(args, "command", None) == "run":
             print("interrupted; no results folder was written. The last checkpoint (if a chunk of rounds was "

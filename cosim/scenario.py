@@ -199,6 +199,11 @@ class Adversary(_Frozen):
     overdelivery_share: Share = 0.0
     """The controller offers more than the prosumer can deliver or absorb; the prosumer
     then trades only with the outside party [0..1]."""
+    malformed_share: Share = 0.0
+    """A faulty controller first sends an order, signed with its own key, with a negative,
+    NaN or infinite quantity or price or an invalid side; its honest order follows [0..1]."""
+    unknown_share: Share = 0.0
+    """An outsider whose key is not in the genesis block submits an order [0..1]."""
 
 
 _VALIDATOR_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
