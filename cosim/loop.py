@@ -110,6 +110,8 @@ class Setup:
     grid_branches: pd.DataFrame
     participants: Participants
     gfu_bus: int | None = None
+    busbar_pos: int = 0
+    """Position of the LV busbar (the transformer's LV side) in `pf.buses`."""
 
 
 def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setup:
@@ -131,7 +133,8 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     pf = PowerFlow(net)
     pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
     participant_pos = pos.loc[fleet.table.bus].to_numpy()
-    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus)
+    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus,
+                 int(pos.loc[lv_busbar(net)]))
 
 
 @dataclass
@@ -319,11 +322,17 @@ class VariantRunner:
         n_bus = len(self.pf.buses)
         p = np.bincount(self.setup.participant_pos, weights=prosumer_kw, minlength=n_bus)
         q = np.bincount(self.setup.participant_pos, weights=load_kvar * served, minlength=n_bus)
+        # a community battery run by the market operator sits at the LV busbar
+        battery_kwh = r.info.get("battery_charge_kwh", 0.0) - r.info.get("battery_discharge_kwh", 0.0) if r.info else 0.0
+        if battery_kwh:
+            p[self.setup.busbar_pos] += battery_kwh / self.dt_h
         return p, q
 
-    def context(self) -> MarketContext:
+    def context(self, t: int) -> MarketContext:
         m = self.sc.market
         ctx = MarketContext(
+            round_no=t,
+            dt_h=self.dt_h,
             retail_price_per_kwh=m.retail_price_per_kwh,
             feed_in_price_per_kwh=m.feed_in_price_per_kwh,
             k=m.k,
@@ -397,7 +406,7 @@ class VariantRunner:
                 book = book[~is_passive]
         t1 = time.perf_counter()
         orders = OrderArrays.from_book(book, fleet.ids)
-        ctx = self.context()
+        ctx = self.context(t)
         market_ctx = ctx
         passive_kwh = None
         if passive is not None:
@@ -454,6 +463,9 @@ class VariantRunner:
             else:
                 r = fallback_result(orders, market_ctx, charges, fleet.ids)
                 r = self.outside_positions(r, passive.demand_kwh, passive.supply_kwh, ctx)
+            fees_due = getattr(self.mechanism, "fees_due", None)
+            if callable(fees_due):  # a membership fee falls due even when the clearing failed
+                r.info = {**r.info, "membership_fee": fees_due(t)}
         p, q, state, viol = check(r)
         n_initial = len(viol)
         iterations = 1

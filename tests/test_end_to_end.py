@@ -270,3 +270,26 @@ def test_cli_run_prints_report_path(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "out" / "report.html") in out
+
+
+def test_community_battery_is_in_the_power_flow(tmp_path):
+    """The community battery (run by the market operator) sits at the LV busbar: every
+    round, the bus injections the power flow saw add up to what the feeder bought from the
+    grid minus what it sold to it, battery included; and the battery does move energy."""
+    path = tmp_path / "community.yaml"
+    path.write_text(GRID_SCENARIO.replace("name: e2e-grid", "name: e2e-community").replace(
+        "market: {bidding: zero-intelligence}",
+        "market: {mechanism: community_sdr, options: {battery_kwh: 30, battery_kw: 10, initial_soc: 0.2}}",
+    ))
+    run = loop.run_scenario(path, out=tmp_path / "out", progress=False, report=False)
+    dt_h = 0.25
+    buses = pd.read_parquet(run / "buses.parquet").groupby("round").p_kw.sum() * dt_h
+    st = pd.read_parquet(run / "settlement.parquet")
+    grid = st[st.party == "grid"].set_index("round")
+    from_grid = grid.sold_kwh - grid.bought_kwh
+    np.testing.assert_allclose(buses.to_numpy(), from_grid.loc[buses.index].to_numpy(), atol=ENERGY_TOL_KWH)
+    prosumers = st[~st.party.isin(["grid", "dso", "market_operator"])]
+    members_net = (prosumers.bought_kwh + prosumers.grid_import_kwh - prosumers.sold_kwh
+                   - prosumers.grid_export_kwh).groupby(prosumers["round"]).sum()
+    battery = from_grid - members_net.loc[from_grid.index]
+    assert battery.abs().max() > 0.1, "the scenario should make the battery move"

@@ -135,6 +135,11 @@ class MarketContext:
     """Cost of curtailing a kWh; default: the feed-in tariff plus a small premium."""
     p2p: bool = True
     """False for the no-P2P baseline: everyone trades only with the outside party."""
+    round_no: int | None = None
+    """The round being cleared (None outside a run, e.g. ``cosim clear``); re-clearings of
+    a round under feedback carry the same number."""
+    dt_h: float | None = None
+    """Round length [h] (None outside a run)."""
 
     @property
     def curtail_cost(self) -> float:
