@@ -408,10 +408,13 @@ class AssetSpec:
 
 
 def transformer_limit_kw(net, scenario: Scenario) -> float | None:
-    """Community import/export limit for schedules: ``storage.transformer_limit_kw`` or the
-    MV/LV transformers' rating times ``feedback.max_loading_pct`` [kW at unity power factor]."""
+    """Community import/export limit for schedules: ``storage.transformer_limit_kw``; or,
+    islanded, the grid-forming unit's kW; or the MV/LV transformers' rating times
+    ``feedback.max_loading_pct`` [kW at unity power factor]."""
     if scenario.storage.transformer_limit_kw is not None:
         return float(scenario.storage.transformer_limit_kw)
+    if scenario.mode == "islanded":
+        return float(scenario.islanded.p_kw)
     if net is None or not len(net.trafo):
         return None
     return float(net.trafo.sn_mva.sum()) * 1000.0 * scenario.feedback.max_loading_pct / 100.0
@@ -544,6 +547,26 @@ class FlexibleAssets:
     def fresh(self) -> FlexibleAssets:
         """The same assets at their initial state, sharing the sessions and the planner."""
         return FlexibleAssets(self.spec, self.planner)
+
+    def get_state(self) -> dict:
+        """Everything carried from one round to the next (picklable; for checkpoints)."""
+        sessions = {name: (st.energy_kwh.copy(), st.end_kwh.copy(), st.last_row.copy())
+                    for name, st in (("ev", self.evs), ("shiftable", self.shiftables)) if st is not None}
+        return {"batteries": dataclasses.replace(self.batteries, soc=self.batteries.soc.copy()),
+                "sessions": sessions, "schedule": self.schedule, "plans": list(self.plans)}
+
+    def set_state(self, state: dict) -> None:
+        self.batteries = state["batteries"]
+        for name, (energy, end, last) in state["sessions"].items():
+            st = self.evs if name == "ev" else self.shiftables
+            st.energy_kwh, st.end_kwh, st.last_row = energy.copy(), end.copy(), last.copy()
+        self.schedule = state["schedule"]
+        self.plans = list(state["plans"])
+
+    @property
+    def records(self) -> bool:
+        """True if the fleet has any flexible asset (storage.parquet is then written)."""
+        return len(self.spec.battery_pos) > 0 or self.has_sessions
 
     @property
     def n(self) -> int:
@@ -696,8 +719,9 @@ class FlexibleAssets:
         for state in (self.evs, self.shiftables):
             if state is None:
                 continue
-            s = state.table.sessions.copy()
-            s["end_kwh"] = state.end_kwh
+            keep = state.table.sessions.start_round.to_numpy() < n  # not those after the run
+            s = state.table.sessions[keep].copy()
+            s["end_kwh"] = state.end_kwh[keep]
             s["shortfall_kwh"] = np.maximum(s.required_kwh - s.end_kwh, 0.0).where(s.end_round <= n, np.nan)
             s.loc[s.shortfall_kwh < ENERGY_TOL, "shortfall_kwh"] = 0.0
             status = np.where(s.end_round > n, "after run",
@@ -740,3 +764,52 @@ class FlexibleAssets:
             out["dayahead_failed"] = int((plans.status != "ok").sum())
             out["dayahead_iterations_max"] = int(plans.iterations.max())
         return out
+
+
+def summarize_storage(folder: str | Path) -> dict | None:
+    """Key figures of a run's flexible assets from its files (storage.parquet,
+    sessions.parquet, dayahead.parquet), for summary.json; None without storage.parquet.
+
+    Energies [kWh]: ``battery_charged_kwh``/``battery_discharged_kwh`` (grid side),
+    ``storage_losses_kwh`` (all assets), ``ev_charged_kwh``, ``ev_discharged_kwh`` (v2g),
+    ``shiftable_kwh``, ``ev_shortfall_kwh``; counts of EV sessions ended, served, and
+    infeasible requests; day-ahead solves, failures, the most iterations of a
+    distributed schedule and its largest certified gap.
+    """
+    folder = Path(folder)
+    path = folder / "storage.parquet"
+    if not path.is_file():
+        return None
+    rows = pd.read_parquet(path, columns=["round", "asset", "power_kw", "loss_kwh"])
+    dt_h = None
+    rounds = folder / "rounds.parquet"
+    if rounds.is_file():
+        t = pd.read_parquet(rounds, columns=["time"]).time
+        if len(t) > 1:
+            dt_h = float(pd.to_datetime(t).diff().median() / pd.Timedelta(hours=1))
+    dt_h = dt_h or 0.25
+
+    def energy(asset: str, sign: int) -> float:
+        p = rows.power_kw[rows.asset == asset]
+        return float(np.maximum(sign * p, 0.0).sum() * dt_h)
+
+    out = {
+        "battery_charged_kwh": energy("battery", 1), "battery_discharged_kwh": energy("battery", -1),
+        "ev_charged_kwh": energy("ev", 1), "ev_discharged_kwh": energy("ev", -1),
+        "shiftable_kwh": energy("shiftable", 1), "storage_losses_kwh": float(rows.loss_kwh.sum()),
+    }
+    sessions = folder / "sessions.parquet"
+    if sessions.is_file():
+        s = pd.read_parquet(sessions)
+        ev = s[(s.asset == "ev") & (s.status != "after run")]
+        out.update({"ev_sessions_ended": int(len(ev)), "ev_sessions_served": int((ev.status == "served").sum()),
+                    "ev_infeasible_requests": int((ev.status == "infeasible request").sum()),
+                    "ev_shortfall_kwh": float(ev.shortfall_kwh.sum())})
+    plans = folder / "dayahead.parquet"
+    if plans.is_file():
+        d = pd.read_parquet(plans)
+        if len(d):
+            out.update({"dayahead_solves": int(len(d)), "dayahead_failed": int((d.status != "ok").sum()),
+                        "dayahead_iterations_max": int(d.iterations.max()),
+                        "dayahead_bound_gap_max": float(d.bound_gap.max())})
+    return out
