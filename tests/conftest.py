@@ -4,11 +4,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from cosim.networks import build_net, load_network_spec
+
+# The same examples on every run, so that CI is reproducible; explore new ones with
+# HYPOTHESIS_PROFILE=explore (or pytest --hypothesis-seed=N).
+settings.register_profile("cosim", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cosim"))
 
 GRID_NETWORKS_DIR = Path(__file__).resolve().parent.parent / "networks"
 

@@ -461,7 +461,7 @@ def test_invariants_with_cuts_and_charges(persistent, case, seed):
     charges = Charges(rng.uniform(-0.02, 0.05, n), rng.uniform(-0.02, 0.05, n))
     battery = persistent["battery"]
     stored = battery.battery.soc_kwh if battery.clock.round_no < 0 else battery.battery._proposed_kwh
-    r = battery.clear(orders, RoundContext(**dataclasses.asdict(ctx), dt_h=1.0), cuts, charges)
+    r = battery.clear(orders, RoundContext(**{**dataclasses.asdict(ctx), "dt_h": 1.0}), cuts, charges)
     assert r.ok, r.status
     c, d = r.info["battery_charge_kwh"], r.info["battery_discharge_kwh"]
     assert c <= 2.0 + QTY_ABS and d <= 2.0 + QTY_ABS
