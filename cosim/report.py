@@ -36,7 +36,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-__all__ = ["write_report", "FIGURES", "MAX_POINTS"]
+__all__ = ["write_report", "FIGURES", "STORAGE_FIGURES", "MAX_POINTS"]
 
 #: Figures in the order they appear in the report; ``grid_forming`` only when islanded.
 FIGURES = (
@@ -51,6 +51,12 @@ FIGURES = (
     "network_charges",
     "grid_forming",
 )
+
+#: Figures of the flexible assets, after `FIGURES`, only when the run has storage.parquet;
+#: ``schedule_dispatch`` only when the assets followed a day-ahead schedule.
+STORAGE_FIGURES = ("storage_soc", "ev_charging", "schedule_dispatch")
+#: Columns the report needs from storage.parquet.
+STORAGE_COLUMNS = ("round", "asset", "power_kw", "scheduled_kw", "energy_kwh", "soc", "plugged")
 
 #: Longest time series [points] drawn round by round; longer runs are aggregated.
 MAX_POINTS = 1500
@@ -178,6 +184,8 @@ class _Run:
     grid_branches: pd.DataFrame | None
     timebase: _TimeBase
     notes: list[str] = field(default_factory=list)
+    #: per round of the main variant: flexible assets aggregated (`_reduce_storage`)
+    storage: pd.DataFrame | None = None
 
     @property
     def currency(self) -> str:
@@ -405,6 +413,12 @@ def _load_run(run_dir: pathlib.Path) -> _Run:
         raise InputError(
             run_dir / "rounds.parquet", ["rounds: expected at least one round, found none"]
         )
+    storage = None
+    if (run_dir / "storage.parquet").is_file():
+        table = _read_table(run_dir / "storage.parquet", STORAGE_COLUMNS, (), problems)
+        if problems:
+            raise InputError(run_dir, problems)
+        storage = _reduce_storage(table, rounds)
     return _Run(
         run_dir=run_dir,
         summary=summary,
@@ -413,7 +427,32 @@ def _load_run(run_dir: pathlib.Path) -> _Run:
         grid_branches=grid_branches,
         timebase=_time_base(rounds["time"]),
         notes=notes,
+        storage=storage,
     )
+
+
+def _reduce_storage(table: pd.DataFrame, rounds: pd.DataFrame) -> pd.DataFrame:
+    """Per round: battery state of charge (min, mean, max) [0..1] and power [kW]; EVs
+    plugged in [count], their mean state of charge and power; shiftable loads' power;
+    the scheduled powers (NaN under the rule) [kW]. Indexed like rounds, with ``time``."""
+    out = pd.DataFrame({"round": rounds["round"].to_numpy(), "time": rounds["time"].to_numpy()})
+    out = out.set_index("round")
+    for asset, prefix in (("battery", "bat"), ("ev", "ev"), ("shiftable", "sh")):
+        part = table[table["asset"].astype(str) == asset]
+        if part.empty:
+            continue
+        g = part.groupby("round")
+        out[f"{prefix}_kw"] = g["power_kw"].sum()
+        out[f"{prefix}_scheduled_kw"] = g["scheduled_kw"].sum(min_count=1)
+        if asset == "battery":
+            out["bat_soc_min"] = g["soc"].min()
+            out["bat_soc_mean"] = g["soc"].mean()
+            out["bat_soc_max"] = g["soc"].max()
+            out["bat_energy_kwh"] = g["energy_kwh"].sum()
+        elif asset == "ev":
+            out["ev_plugged"] = g["plugged"].sum()
+            out["ev_soc_mean"] = g["soc"].mean()  # NaN rows (cars away) are left out
+    return out.reset_index()
 
 
 # ------------------------------------------------------------------------- aggregation
@@ -1256,6 +1295,112 @@ def _fig_grid_forming(run: _Run, path: pathlib.Path) -> str:
     return f"The grid-forming unit is the slack of the islanded network; {soc_text}{p_text}."
 
 
+def _storage_series(run: _Run, cols: list[str], how: str = "mean") -> pd.DataFrame:
+    """Storage columns per round, or per bucket (mean or min/max) on long runs."""
+    st, tb = run.storage, run.timebase
+    cols = [c for c in cols if c in st.columns]
+    if tb.freq is None:
+        return st.set_index("time")[cols]
+    return st.groupby(st["time"].dt.floor(tb.freq))[cols].agg(how)
+
+
+def _fig_storage_soc(run: _Run, path: pathlib.Path) -> str:
+    st = run.storage
+    has_bat, has_ev = "bat_soc_mean" in st.columns, "ev_plugged" in st.columns
+    fig, axes = _subplots(2 if (has_bat and has_ev) else 1, 6.0 if (has_bat and has_ev) else 3.4)
+    base_axes = list(axes)
+    parts = []
+    ax = axes[0]
+    if has_bat:
+        lo = _storage_series(run, ["bat_soc_min"], "min")["bat_soc_min"] * 100.0
+        hi = _storage_series(run, ["bat_soc_max"], "max")["bat_soc_max"] * 100.0
+        mean = _storage_series(run, ["bat_soc_mean"])["bat_soc_mean"] * 100.0
+        ax.fill_between(lo.index, lo.to_numpy(float), hi.to_numpy(float), color="tab:green", alpha=0.25, lw=0,
+                        label="home batteries, lowest to highest")
+        ax.plot(mean.index, mean.to_numpy(float), color="tab:green", lw=1.2, label="home batteries, mean")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("state of charge [%]")
+        ax.set_title("State of charge of the home batteries" + (" (top) and of the EVs at home (bottom)" if has_ev
+                                                                 else ""))
+        ax.grid(alpha=0.3)
+        parts.append(f"home batteries between {np.nanmin(st.bat_soc_min) * 100:.0f} % and "
+                     f"{np.nanmax(st.bat_soc_max) * 100:.0f} % (mean {np.nanmean(st.bat_soc_mean) * 100:.0f} %)")
+        ax = axes[-1]
+    if has_ev:
+        soc = _storage_series(run, ["ev_soc_mean"])["ev_soc_mean"] * 100.0
+        plugged = _storage_series(run, ["ev_plugged"])["ev_plugged"]
+        ax.plot(soc.index, soc.to_numpy(float), color="tab:purple", lw=1.2, label="EVs at home, mean state of charge")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("state of charge [%]")
+        twin = ax.twinx()
+        twin.step(plugged.index, plugged.to_numpy(float), where="post", color="tab:gray", lw=0.9,
+                  label="EVs plugged in [count]")
+        twin.set_ylabel("EVs plugged in [count]")
+        twin.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        axes = [*axes, twin]
+        parts.append(f"up to {int(np.nanmax(st.ev_plugged))} EVs plugged in at once")
+    _time_axis(base_axes[-1], run)
+    _legend_below(fig, axes)
+    _save(fig, path)
+    return "State of charge over the run: " + "; ".join(parts) + " (storage.parquet)."
+
+
+def _fig_ev_charging(run: _Run, path: pathlib.Path) -> str:
+    st = run.storage
+    cols = [c for c in ("ev_kw", "sh_kw", "bat_kw") if c in st.columns]
+    data = _storage_series(run, cols)
+    fig, (ax,) = _subplots(1, 3.8)
+    labels = {"ev_kw": ("EV chargers", "tab:purple"), "sh_kw": ("shiftable loads", "tab:orange"),
+              "bat_kw": ("home batteries", "tab:green")}
+    for c in cols:
+        label, colour = labels[c]
+        ax.plot(data.index, data[c].to_numpy(float), color=colour, lw=1.1, label=label)
+    ax.axhline(0.0, color="black", lw=0.6)
+    unit = "kW" if run.timebase.freq is None else f"kW, mean per {run.timebase.unit}"
+    ax.set_ylabel(f"power, + charging [{unit}]")
+    ax.set_title("Power of the flexible assets, all prosumers together")
+    ax.grid(alpha=0.3)
+    _time_axis(ax, run)
+    _legend_below(fig, [ax])
+    _save(fig, path)
+    dt_h = run.resolution_min / 60.0 if math.isfinite(run.resolution_min) else float("nan")
+    texts = []
+    for c in cols:
+        charged = float(np.nansum(np.maximum(st[c], 0.0)) * dt_h)
+        texts.append(f"{labels[c][0]} drew {charged:,.1f} kWh")
+    return "Charging is positive, discharging (home batteries, EVs with vehicle-to-grid) negative; " + \
+        ", ".join(texts) + "."
+
+
+def _fig_schedule_dispatch(run: _Run, path: pathlib.Path) -> str:
+    st = run.storage
+    pairs = [(a, b, lab) for a, b, lab in (("bat_scheduled_kw", "bat_kw", "home batteries"),
+                                            ("ev_scheduled_kw", "ev_kw", "EV chargers"),
+                                            ("sh_scheduled_kw", "sh_kw", "shiftable loads"))
+             if a in st.columns and st[a].notna().any()]
+    fig, axes = _subplots(len(pairs), 2.6 * len(pairs) + 0.8)
+    texts = []
+    for ax, (sched, real, label) in zip(axes, pairs, strict=True):
+        data = _storage_series(run, [sched, real])
+        ax.plot(data.index, data[sched].to_numpy(float), color="tab:blue", lw=1.0, ls="--", label="day-ahead schedule")
+        ax.plot(data.index, data[real].to_numpy(float), color="tab:red", lw=1.0, label="realised")
+        ax.axhline(0.0, color="black", lw=0.6)
+        ax.set_ylabel(f"{label} [kW]")
+        ax.grid(alpha=0.3)
+        dev = np.abs(st[real] - st[sched])
+        texts.append(f"{label}: largest deviation {np.nanmax(dev):,.2f} kW")
+    axes[0].set_title("Day-ahead schedule against realised dispatch (all prosumers together)")
+    _time_axis(axes[-1], run)
+    _legend_below(fig, axes)
+    _save(fig, path)
+    strategy = (run.summary.get("storage") or {}).get("strategy") if isinstance(run.summary.get("storage"), dict) \
+        else None
+    head = f"The assets follow the {strategy} schedule" if strategy else "The assets follow the day-ahead schedule"
+    return (f"{head} as far as they physically can; the market trades what the forecast got wrong. "
+            + "; ".join(texts) + ".")
+
+
 _FIGURE_FUNCS: dict[str, Callable[[_Run, pathlib.Path], str]] = {
     "price_volume": _fig_price_volume,
     "grid_exchange": _fig_grid_exchange,
@@ -1267,6 +1412,9 @@ _FIGURE_FUNCS: dict[str, Callable[[_Run, pathlib.Path], str]] = {
     "network_map": _fig_network_map,
     "network_charges": _fig_network_charges,
     "grid_forming": _fig_grid_forming,
+    "storage_soc": _fig_storage_soc,
+    "ev_charging": _fig_ev_charging,
+    "schedule_dispatch": _fig_schedule_dispatch,
 }
 
 _FIGURE_TITLES = {
@@ -1280,6 +1428,9 @@ _FIGURE_TITLES = {
     "network_map": "Network map: worst voltage per bus",
     "network_charges": "Network charges",
     "grid_forming": "Grid-forming unit",
+    "storage_soc": "State of charge of batteries and EVs",
+    "ev_charging": "EV charging and flexible loads",
+    "schedule_dispatch": "Day-ahead schedule against realised dispatch",
 }
 
 
@@ -1287,6 +1438,11 @@ def _figures_for(run: _Run) -> list[str]:
     names = [n for n in FIGURES if n != "grid_forming"]
     if "gfu_soc" in run.market.rounds.columns:
         names.append("grid_forming")
+    st = run.storage
+    if st is not None and len(st.columns) > 2:
+        names += ["storage_soc", "ev_charging"]
+        if any(c.endswith("_scheduled_kw") and st[c].notna().any() for c in st.columns):
+            names.append("schedule_dispatch")
     return names
 
 
@@ -1454,6 +1610,45 @@ def _how_to_read(run: _Run) -> str:
     )
 
 
+#: Rows of the flexible-assets table: (summary.json storage key, label, unit, format).
+_STORAGE_ROWS = (
+    ("battery_charged_kwh", "Home batteries charged", "kWh", "energy"),
+    ("battery_discharged_kwh", "Home batteries discharged", "kWh", "energy"),
+    ("ev_charged_kwh", "EVs charged", "kWh", "energy"),
+    ("ev_discharged_kwh", "EVs discharged (vehicle-to-grid)", "kWh", "energy"),
+    ("shiftable_kwh", "Shiftable loads", "kWh", "energy"),
+    ("storage_losses_kwh", "Conversion losses", "kWh", "energy"),
+    ("ev_sessions_ended", "EV sessions ended in the run", "count", "count"),
+    ("ev_sessions_served", "EV sessions served by departure", "count", "count"),
+    ("ev_infeasible_requests", "EV requests no charger could meet", "count", "count"),
+    ("ev_shortfall_kwh", "Energy EVs missed at departure", "kWh", "energy"),
+    ("dayahead_solves", "Day-ahead schedules solved", "count", "count"),
+    ("dayahead_failed", "Day-ahead schedules failed", "count", "count"),
+    ("dayahead_iterations_max", "Most decomposition iterations in a day", "count", "count"),
+    ("dayahead_bound_gap_max", "Largest certified gap to the central optimum", "share", "plain"),
+)
+
+
+def _storage_html(run: _Run) -> str:
+    """The flexible assets' key figures (summary.json ``storage``), if the run has any."""
+    data = run.summary.get("storage")
+    if not isinstance(data, dict) or not data:
+        return ""
+    rows = []
+    for key, label, unit, kind in _STORAGE_ROWS:
+        value = _as_float(data.get(key))
+        if value is None:
+            continue
+        bad = key in ("ev_infeasible_requests", "ev_shortfall_kwh", "dayahead_failed") and value > 0
+        cls = "num bad" if bad else "num"
+        rows.append(f"<tr><th>{html.escape(label)} [{unit}]</th><td class='{cls}'>{_fmt(value, kind)}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Flexible assets</h2><p>Main run (P2P + feedback); EVs still plugged in when the run ends "
+            "are counted with what they had received by then.</p><table class='kpi'><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
 def _html(run: _Run, captions: dict[str, str]) -> str:
     s = run.summary
     esc = html.escape
@@ -1480,7 +1675,7 @@ def _html(run: _Run, captions: dict[str, str]) -> str:
             + "".join(f"<li>{esc(n)}</li>" for n in run.notes)
             + "</ul></div>"
         )
-    parts += ["<h2>Key figures</h2>", _kpi_table(run), "<h2>Figures</h2>"]
+    parts += ["<h2>Key figures</h2>", _kpi_table(run), _storage_html(run), "<h2>Figures</h2>"]
     for i, (name, caption) in enumerate(captions.items(), start=1):
         heading = _FIGURE_TITLES[name].format(grid=run.grid_name)
         parts.append(
@@ -1512,8 +1707,9 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
     """(Re)draw the report of a finished run.
 
     Reads only the files of the run folder, writes ``run_dir/figures/<name>.png`` (see
-    ``FIGURES``; ``grid_forming`` only in islanded runs) and ``run_dir/report.html``, a
-    single page that references the figures by relative path.
+    ``FIGURES``; ``grid_forming`` only in islanded runs; ``STORAGE_FIGURES`` only when
+    the run has ``storage.parquet``) and ``run_dir/report.html``, a single page that
+    references the figures by relative path.
 
     Parameters
     ----------

@@ -90,7 +90,9 @@ class SessionTable:
     eta_c, eta_d : charge and discharge efficiency per slot [0..1]
     v2g : whether the slot may discharge into the house
     sessions : one row per session, `SESSION_COLUMNS`; rounds count from the run's
-        first round, ``end_round`` exclusive (the asset is gone from ``end_round`` on)
+        first round, ``end_round`` exclusive (the asset is gone from ``end_round`` on); a
+        session already under way at the run's start has, as ``arrival_kwh``, the energy
+        full-power charging since its arrival would have given it by then
     active : [rounds x slots] row of `sessions` active in each round, -1 if none; covers
         the run and one day beyond it (the last schedule's horizon)
     """
@@ -117,6 +119,14 @@ class SessionTable:
         s = len(owner)
         sessions = sessions.sort_values(["slot", "start_round"], kind="stable").reset_index(drop=True)
         start = sessions.start_round.to_numpy(int)
+        # a session under way when the run starts has charged since its arrival (at full
+        # power until it held what it needs): it enters the run with that energy
+        before = np.maximum(-start, 0)
+        slot0 = sessions.slot.to_numpy(int)
+        arrival = sessions.arrival_kwh.to_numpy(float)
+        gained = np.minimum(np.maximum(sessions.required_kwh.to_numpy(float) - arrival, 0.0),
+                            np.asarray(eta_c, float)[slot0] * np.asarray(p_kw, float)[slot0] * dt_h * before)
+        sessions["arrival_kwh"] = np.minimum(arrival + gained, np.asarray(cap_kwh, float)[slot0])
         end = sessions.end_round.to_numpy(int)
         slot = sessions.slot.to_numpy(int)
         eff_rounds = np.minimum(end, n_ext) - np.maximum(start, 0)
@@ -766,7 +776,7 @@ class FlexibleAssets:
         return out
 
 
-def summarize_storage(folder: str | Path) -> dict | None:
+def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> dict | None:
     """Key figures of a run's flexible assets from its files (storage.parquet,
     sessions.parquet, dayahead.parquet), for summary.json; None without storage.parquet.
 
@@ -774,7 +784,8 @@ def summarize_storage(folder: str | Path) -> dict | None:
     ``storage_losses_kwh`` (all assets), ``ev_charged_kwh``, ``ev_discharged_kwh`` (v2g),
     ``shiftable_kwh``, ``ev_shortfall_kwh``; counts of EV sessions ended, served, and
     infeasible requests; day-ahead solves, failures, the most iterations of a
-    distributed schedule and its largest certified gap.
+    distributed schedule and its largest certified gap; with the scenario, its
+    ``strategy`` and ``forecast``.
     """
     folder = Path(folder)
     path = folder / "storage.parquet"
@@ -793,7 +804,8 @@ def summarize_storage(folder: str | Path) -> dict | None:
         p = rows.power_kw[rows.asset == asset]
         return float(np.maximum(sign * p, 0.0).sum() * dt_h)
 
-    out = {
+    out = {"strategy": scenario.storage.strategy, "forecast": scenario.storage.forecast} if scenario else {}
+    out |= {
         "battery_charged_kwh": energy("battery", 1), "battery_discharged_kwh": energy("battery", -1),
         "ev_charged_kwh": energy("ev", 1), "ev_discharged_kwh": energy("ev", -1),
         "shiftable_kwh": energy("shiftable", 1), "storage_losses_kwh": float(rows.loss_kwh.sum()),

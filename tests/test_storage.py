@@ -237,3 +237,34 @@ def test_storage_section_is_validated(tmp_path):
     with pytest.raises(Exception, match="resolution that divides 24h"):
         Scenario.model_validate({"name": "s", "network": "rural3", "resolution": "7min",
                                  "storage": {"strategy": "central"}})
+
+
+def test_report_draws_storage_figures_only_with_storage_parquet(fleet, tmp_path):
+    """The report adds state of charge, EV charging and schedule-against-dispatch figures
+    when the run has storage.parquet (here from a central schedule on rural3)."""
+    import dataclasses
+    import json
+
+    from test_report import make_run
+
+    from cosim.report import FIGURES, STORAGE_FIGURES, _figures_for, _load_run, write_report
+    from cosim.storage import summarize_storage
+
+    folder = make_run(tmp_path, days=1, resolution_min=60)
+    assert not set(_figures_for(_load_run(folder))) & set(STORAGE_FIGURES)
+    sc = scenario({"strategy": "central", "ev": {"share": 0.3}, "shiftable": {"share": 0.3}}, duration="1d")
+    day = dataclasses.replace(fleet, time=fleet.time[:24], load_kw=fleet.load_kw[:24],
+                              load_kvar=fleet.load_kvar[:24], pv_kw=fleet.pv_kw[:24])
+    assets = build_assets(sc, day)
+    _, rows = run(assets, day, sc)
+    rows.to_parquet(folder / "storage.parquet", index=False)
+    assets.sessions_table().to_parquet(folder / "sessions.parquet", index=False)
+    assets.dayahead_table().to_parquet(folder / "dayahead.parquet", index=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["storage"] = summarize_storage(folder, sc)
+    assert summary["storage"]["strategy"] == "central" and summary["storage"]["dayahead_solves"] == 1
+    (folder / "summary.json").write_text(json.dumps(summary))
+    html = write_report(folder).read_text()
+    for name in [n for n in FIGURES if n != "grid_forming"] + list(STORAGE_FIGURES):
+        assert (folder / "figures" / f"{name}.png").is_file(), name
+    assert "Flexible assets" in html and "Day-ahead schedule against realised dispatch" in html
