@@ -564,6 +564,9 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "orders_submitted": len(o.gate.submitted) if o.gate is not None and o.gate.submitted is not None else 0,
         "orders_rejected": len(o.gate.rejections) if o.gate is not None and o.gate.rejections is not None else 0,
     }
+    for key, value in (r.info or {}).items():  # the mechanism's own figures (VCG deficit, Nash gain, ...)
+        if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
+            row[f"info_{key}"] = float(value)
     if gfu is not None:
         row["gfu_p_kw"] = s.slack_p_kw
         row["gfu_soc"] = gfu.soc

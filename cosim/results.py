@@ -244,8 +244,11 @@ class Recorder:
 def merge_parts(parts: list[Path], dest: Path) -> None:
     """Concatenate parquet part files into `dest`, one part in memory at a time.
 
-    Parts with no rows only lend their schema when every part is empty; column types of
-    the others are cast to those of the first part that has rows."""
+    The merged schema is the union of the parts' columns, in order of first appearance
+    (a mechanism may report a figure only in some rounds); a part without a column gets
+    nulls there. Column types come from the first part with rows that has the column.
+    Parts with no rows only lend their schema when every part is empty."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not parts:
@@ -254,12 +257,21 @@ def merge_parts(parts: list[Path], dest: Path) -> None:
     if not full:
         os.replace(parts[0], dest)
         return
-    schema = pq.read_schema(full[0]).remove_metadata()
+    fields: dict[str, pa.Field] = {}
+    for p in full:
+        for f in pq.read_schema(p):
+            if f.name not in fields or pa.types.is_null(fields[f.name].type):
+                fields[f.name] = f
+    schema = pa.schema(list(fields.values()))
     with pq.ParquetWriter(dest, schema) as writer:
         for p in full:
             table = pq.read_table(p).replace_schema_metadata(None)
             if table.schema != schema:
-                table = table.select(schema.names).cast(schema)
+                columns = [
+                    table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+                    for f in schema
+                ]
+                table = pa.Table.from_arrays(columns, schema=schema)
             writer.write_table(table)
 
 

@@ -129,3 +129,30 @@ def test_resume_refuses_a_changed_scenario(reference, tmp_path, monkeypatch, cap
     changed.write_text(SCENARIO.replace("seed: 3", "seed: 12"))
     assert main(["run", str(changed), "--out", str(out), "--no-progress", "--resume"]) == 2
     assert "changed" in capsys.readouterr().err
+
+
+def test_merge_parts_takes_the_union_of_columns(tmp_path):
+    """A figure a mechanism reports only in some rounds becomes a column with nulls elsewhere."""
+    from cosim.results import merge_parts
+
+    a, b, c = tmp_path / "0.parquet", tmp_path / "1.parquet", tmp_path / "2.parquet"
+    pd.DataFrame({"round": [0, 1], "x": [1.0, 2.0]}).to_parquet(a, index=False)
+    pd.DataFrame({"round": pd.Series([], dtype="int64"), "x": pd.Series([], dtype=float)}).to_parquet(b, index=False)
+    pd.DataFrame({"round": [2], "x": [3.0], "info_gain": [0.5]}).to_parquet(c, index=False)
+    merge_parts([a, b, c], tmp_path / "all.parquet")
+    merged = pd.read_parquet(tmp_path / "all.parquet")
+    assert merged["round"].tolist() == [0, 1, 2]
+    assert merged.x.tolist() == [1.0, 2.0, 3.0]
+    assert merged.info_gain.isna().tolist() == [True, True, False] and merged.info_gain.iloc[2] == 0.5
+
+
+def test_mechanism_figures_reach_rounds_parquet(tmp_path):
+    """ClearingResult.info's numbers (here VCG's deficit and solve count) are columns
+    info_<key> of rounds.parquet."""
+    path = tmp_path / "vcg.yaml"
+    path.write_text(SCENARIO.replace("name: resume", "name: vcg").replace("duration: 6h", "duration: 2h")
+                    .replace("market: {bidding: zero-intelligence}", "market: {mechanism: vcg, bidding: zero-intelligence}"))
+    run = loop.run_scenario(path, out=tmp_path / "out", progress=False, report=False, chunk_rounds=3)
+    rounds = pd.read_parquet(run / "rounds.parquet")
+    assert {"info_vcg_deficit", "info_operator_surplus"} <= set(rounds.columns)
+    assert (rounds.info_vcg_deficit.dropna() >= -1e-9).all()
