@@ -32,7 +32,9 @@ A premium is written as the discount a buyer demands for the less preferred prod
 every c_ij >= 0 and a bid is the buyer's price for its most preferred product. c_ij is
 the buyer's valuation, not a payment: nobody collects it.
 
-Clearing (quantities per round [kWh]; eff_bid = bid - charge_buy, eff_ask = ask + charge_sell):
+Clearing (quantities per round [kWh]; eff_bid = bid - charge_buy, eff_ask = ask + charge_sell,
+with bids above the retail tariff counted as the tariff while the outside party can sell,
+and asks below the feed-in tariff counted as the tariff while it can buy):
 
     maximise  sum_s (eff_bid[j] - c_s - eff_ask[i]) t_s - voll sum shed - curtail_cost sum curtailed
               - epsilon sum (imported + exported)
@@ -53,13 +55,17 @@ constraint's dual. In the central LP above (one variable per trade) it is read o
 seller's balance: ``lambda_s = eff_ask[i] + nu_i``, nu_i the dual of seller i's balance
 (its rent per kWh); equivalently ``eff_bid[j] - c_s - mu_j``, mu_j the buyer's rent.
 The buyer pays lambda_s per kWh (plus its charge), the seller receives lambda_s (minus
-its charge): every trade is budget-balanced, and individually rational --
-``lambda_s + charge_buy[j] + c_s <= bid[j]`` and ``lambda_s - charge_sell[i] >= ask[i]`` --
-whenever the outside party's caps do not force a trade at a loss. A seller gets one price
-from all its buyers; a buyer pays less for energy it values less (farther, not green).
-Where the equilibrium prices are not unique (a trade's surplus is not pinned down by a
-competing order) the central mode returns the solver's vertex and the ADMM the point it
-converged to; quantities and welfare are the same.
+its charge): every trade is budget-balanced (``price_per_kwh == seller_price_per_kwh``),
+and individually rational -- ``lambda_s + charge_buy[j] + c_s <= bid[j]`` and
+``lambda_s - charge_sell[i] >= ask[i]``, so also ``lambda_s + charge_buy[j] <= retail`` and
+``lambda_s - charge_sell[i] >= feed_in`` while the outside party trades -- whenever the
+outside party's caps or the network cuts do not force a trade at a loss. A seller gets
+one price from all its buyers; a buyer pays less for energy it values less (farther, not
+green). Where the equilibrium prices are not unique (a trade's surplus is not pinned down
+by a competing order) the central mode returns the solver's vertex and the ADMM the point
+it converged to; welfare is the same, and so are the quantities where the optimum is
+unique (on a radial feeder, with distances that add up through the transformer, it often
+is not: several trade patterns then reach the same welfare).
 
 Decentralised mode (``solve: admm``). Each prosumer solves its own small problem (its
 balances, its proposals for its active slots, its outside, shed and curtail options)
@@ -70,18 +76,36 @@ sides' last proposals, and only proposals and prices are exchanged:
     z_s   <- (x_s + y_s) / 2
     lambda_s <- lambda_s + rho/2 (y_s - x_s)
 
-until every pair agrees to within `admm_tolerance_kwh` and z moves by less than that.
 Two more peers hold the round's shared limits: the outside party (when its caps are
 finite and positive) keeps its own copy of each participant's import and export and
 projects them onto its caps; the DSO (when there are network cuts) keeps its own copy of
 each participant's curtailment and shedding -- the only terms of the injection not fixed
 by the orders -- and projects them onto the cuts. Neither sees bids, asks or trades.
 Each prosumer's problem is solved either in closed form, vectorised over all prosumers
-(a separable quadratic over one balance: water-filling), or as its own persistent Pyomo
-model solved by HiGHS (``admm_local_solver: pyomo``, the same problem, much slower).
-The result's trades are ``min(x_s, y_s)``; what a participant proposed beyond that goes to
-its outside option (or is curtailed/shed where the outside party is capped), so balances
-hold exactly and the outside caps too; network cuts hold to within the tolerance.
+(a separable quadratic over one balance: water-filling, `waterfill`), or as its own
+persistent Pyomo model solved by HiGHS (``admm_local_solver: pyomo``, the same problem,
+much slower; the tests check that both give the same steps).
+
+Stopping rule: every pair's two proposals (and both copies of a shared option) agree to
+within ``admm_tolerance_kwh`` (primal residual, max over pairs) and no price moved by more
+than ``admm_price_tolerance_per_kwh`` in the last iteration (dual residual). rho is
+balanced between the two residuals, each scaled by its tolerance, every 10 iterations
+during the first 1,000 (Boyd et al. 2011, sec. 3.4.1); then it stays fixed, so the
+ADMM's convergence guarantee holds. A negotiation that reaches
+``admm_max_iterations`` without agreement is a failed clearing (status ``admm: no
+agreement ...``; the loop then trades everyone with the outside party, as for a solver
+failure). The result's trades are ``min(x_s, y_s)``; what a participant proposed beyond
+that goes to the outside party while its caps allow, else it is curtailed or shed, so
+balances and outside caps hold exactly; network cuts hold to within the tolerance.
+
+How close to the central optimum: the allocation differs from the agents' own proposals
+by at most the primal residual per slot, which costs at most that much times the dearest
+option it falls back to (VOLL where the outside party is capped); the audit
+(``admm_audit``, on by default) clears the same round centrally and reports the welfare gap
+in ``info["admm_gap"]`` [currency] with ``info["admm_iterations"]``. The tests bound the gap
+on random books by ``(active slots + 2 n) * admm_tolerance_kwh * max(voll, 1) +
+(total quantity) * admm_price_tolerance_per_kwh``, and check the trades against the
+central ones wherever the central optimum is unique.
 """
 
 from __future__ import annotations
@@ -127,6 +151,8 @@ ADMM_RELAXATION = 1.0
 #: (Boyd et al. 2011, sec. 3.4.1) [-].
 ADMM_RHO_PERIOD = 10
 ADMM_RHO_BALANCE = 10.0
+#: rho is adapted only during the first iterations, so that the ADMM converges [-].
+ADMM_RHO_ADAPT_UNTIL = 1000
 #: rho stays within this factor of its initial value `admm_rho` [-].
 ADMM_RHO_RANGE = 1e4
 
@@ -151,13 +177,13 @@ class BilateralOptions(MechanismOptions):
     admm_rho: float = Field(0.05, gt=0.0)
     """Initial ADMM penalty [currency/kWh^2]."""
     admm_adaptive_rho: bool = True
-    """Balance primal and dual residuals by doubling/halving rho (Boyd et al. 2011, 3.4.1)."""
+    """Balance primal and dual residuals by doubling/halving rho during the first 1,000 iterations (Boyd et al. 2011, 3.4.1)."""
     admm_tolerance_kwh: float = Field(1e-4, gt=0.0)
-    """Stop when every pair's proposals agree to within this and no average moves more [kWh]."""
+    """Stop when every pair's two proposals agree to within this (the primal residual) [kWh]."""
     admm_price_tolerance_per_kwh: float = Field(1e-4, gt=0.0)
     """Stop only when no price moves by more than this in an iteration (the dual residual) [currency/kWh]."""
-    admm_max_iterations: int = Field(5000, ge=1)
-    """Iteration limit of the ADMM; a round that hits it is still settled, with a status note."""
+    admm_max_iterations: int = Field(10000, ge=1)
+    """Iteration limit of the ADMM; a round that reaches it without agreement is a failed clearing."""
     admm_warm_start: bool = True
     """Open each negotiation at the prices and averages the last one ended with (see AdmmNegotiation)."""
     admm_local_solver: Literal["vectorised", "pyomo"] = "vectorised"
@@ -931,7 +957,7 @@ class AdmmNegotiation:
                 converged = True
                 break
             # residual balancing (Boyd et al. 2011, sec. 3.4.1), on the residuals scaled by their tolerances
-            if opts.admm_adaptive_rho and iterations % ADMM_RHO_PERIOD == 0:
+            if opts.admm_adaptive_rho and iterations % ADMM_RHO_PERIOD == 0 and iterations <= ADMM_RHO_ADAPT_UNTIL:
                 if primal > ADMM_RHO_BALANCE * dual:
                     rho = min(2 * rho, ADMM_RHO_RANGE * opts.admm_rho)
                 elif dual > ADMM_RHO_BALANCE * primal:
@@ -957,8 +983,13 @@ class AdmmNegotiation:
         # (quantities below QTY_TOL take no part in the negotiation: they fall back too)
         rest_s = np.maximum(d.supply - sold - alloc["exported"] - alloc["curtailed"], 0.0)
         rest_b = np.maximum(d.demand - bought - alloc["imported"] - alloc["shed"], 0.0)
-        alloc["exported" if export_mode == "linear" else "curtailed"] += rest_s
-        alloc["imported" if import_mode == "linear" else "shed"] += rest_b
+        # to the outside party while it has room, then curtailed or shed
+        for rest, outside, last, room in ((rest_s, "exported", "curtailed", d.export_cap),
+                                          (rest_b, "imported", "shed", d.import_cap)):
+            room = max(min(room, INACTIVE_RHS) - alloc[outside].sum(), 0.0)
+            share = min(1.0, room / rest.sum()) if rest.sum() > 0 else 0.0
+            alloc[outside] += share * rest
+            alloc[last] += (1.0 - share) * rest
         # a prosumer whose own proposals overshoot (by the tolerance) gives up its fallback first
         for q, traded, names in ((d.supply, sold, ("exported", "curtailed")), (d.demand, bought, ("imported", "shed"))):
             over = np.maximum(traded + alloc[names[0]] + alloc[names[1]] - q, 0.0)
@@ -1014,6 +1045,9 @@ class MultiBilateral(Mechanism):
         if len(cuts) > self.max_cuts:
             return failed_result(f"{len(cuts)} network cuts exceed the model's {self.max_cuts} slots", n, charges)
         d = RoundData(self, orders, ctx, cuts, charges)
+        if n == 0:  # nobody to clear
+            empty = {name: np.zeros(0) for name in ("imported_kwh", "exported_kwh", "shed_kwh", "curtailed_kwh")}
+            return self._result(d, {"trade_kwh": np.zeros(0), **empty}, np.zeros(0), 0.0, {"solve": "none"})
         if self.options.solve == "admm":
             return self._clear_admm(d)
         return self._clear_central(d)
@@ -1057,13 +1091,14 @@ class MultiBilateral(Mechanism):
                 info["admm_gap"] = best - welfare
                 info["admm_gap_rel"] = (best - welfare) / max(abs(best), 1e-9)
                 info["central_welfare"] = best
-        result = self._result(d, out, out["price"], welfare, info)
-        if not out["converged"]:
-            result.info["note"] = (
-                f"ADMM stopped at the iteration limit ({out['iterations']}), residual "
-                f"{out['residual_kwh']:.2e} kWh"
+        if not out["converged"]:  # no agreement: recorded as a failed clearing, like a solver failure
+            result = failed_result(
+                f"admm: no agreement within {out['iterations']} iterations (residual "
+                f"{out['residual_kwh']:.2e} kWh)", len(self.ids), d.charges,
             )
-        return result
+            result.info = info
+            return result
+        return self._result(d, out, out["price"], welfare, info)
 
     def welfare(self, d: RoundData, x: dict) -> float:
         """The clearing objective of an allocation [currency]."""
