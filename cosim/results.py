@@ -98,6 +98,7 @@ class Recorder:
         self.trafo_loading = np.full((size, len(self.trafos)), np.nan)
         self.settlement = np.zeros((size, len(self.parties), len(NUMERIC_COLUMNS)))
         self.trades: list[pd.DataFrame] = []
+        self.trade_rounds: list[int] = []
         self.attribution: list[pd.DataFrame] = []
         self.rejections: list[pd.DataFrame] = []
 
@@ -120,7 +121,8 @@ class Recorder:
         self.trafo_loading[i] = state.trafo_loading_pct
         self.settlement[i] = settlement
         if trades is not None and len(trades):
-            self.trades.append(trades.assign(round=row["round"]))
+            self.trades.append(trades)  # the round column is added when the chunk is written
+            self.trade_rounds.append(row["round"])
         if attribution is not None and len(attribution):
             self.attribution.append(attribution)
         if rejections is not None and len(rejections):
@@ -165,8 +167,9 @@ class Recorder:
         if not self.trades:
             types = {"round": "int64", "seller": object, "buyer": object}
             return pd.DataFrame({c: pd.Series(dtype=types.get(c, float)) for c in cols})
-        table = pd.concat(self.trades, ignore_index=True)[cols]
-        table["round"] = table["round"].astype(np.int64)
+        table = pd.concat(self.trades, ignore_index=True)
+        table["round"] = np.repeat(np.asarray(self.trade_rounds, dtype=np.int64), [len(t) for t in self.trades])
+        table = table[cols]
         table["seller"] = table.seller.astype(str)
         table["buyer"] = table.buyer.astype(str)
         return table
