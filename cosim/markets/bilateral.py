@@ -486,40 +486,51 @@ class CentralModel:
 
 
 # -- decentralised solution: consensus ADMM --------------------------------------------
-#: Padding of the water-filling layout: larger than any breakpoint [currency/kWh].
-WATERFILL_PAD = 1e30
 
 
 class WaterfillLayout:
-    """Where each item of a `waterfill` sits in a padded [agents with items x width] table.
+    """The items of a `waterfill` grouped by agent, and the order that sorts them.
 
-    Built once per negotiation (the items of each agent do not change between its
-    iterations), so each iteration sorts short rows instead of one long array.
+    Built once per negotiation (an agent's items do not change between its iterations).
+    Each call sorts the items by (agent, breakpoint) with a stable sort that starts from
+    the order of the previous call: breakpoints move little from one ADMM iteration to
+    the next, so the sort runs on nearly sorted data.
     """
 
     def __init__(self, group: np.ndarray, n_groups: int):
         group = np.asarray(group, dtype=np.int64)
         count = np.bincount(group, minlength=n_groups)
         self.n_groups = n_groups
-        self.agents = np.flatnonzero(count > 0)
-        """The agents with items, one row each."""
-        rank = np.cumsum(count > 0) - 1
         self.group = group
+        self.agents = np.flatnonzero(count > 0)
+        """The agents with items, one row each, in agent order."""
+        rank = np.cumsum(count > 0) - 1
         self.row = rank[group]
-        self.width = max(int(count.max(initial=0)), 1)
-        order = np.argsort(group, kind="stable")
-        start = np.cumsum(count) - count
-        self.col = np.empty(len(group), dtype=np.int64)
-        self.col[order] = np.arange(len(group)) - start[group[order]]
-        self.flat = self.row * self.width + self.col
-        """Index of each item in the flattened table."""
-        self.row_start = np.arange(len(self.agents)) * self.width
-        """Index of each row's first cell in the flattened table."""
-        self.row_of_cell = np.repeat(np.arange(len(self.agents)), self.width)
-        self.position_of_cell = np.tile(np.arange(self.width, dtype=float), len(self.agents))
+        """Row (rank among the agents with items) of each item."""
+        size = count[self.agents]
+        self.row_start = np.cumsum(size) - size
+        """Position of each row's first item once sorted."""
+        self.row_of_position = np.repeat(np.arange(len(self.agents)), size)
+        self.position_in_row = (np.arange(len(group)) - self.row_start[self.row_of_position]).astype(float)
+        self.order = np.argsort(self.row, kind="stable")
+        """Item at each sorted position (rows contiguous); updated by every call."""
+        self._same_row = np.diff(self.row_of_position) == 0
 
     def __len__(self) -> int:
         return len(self.group)
+
+    def sort(self, breakpoint: np.ndarray) -> np.ndarray:
+        """Order of the items by (row, breakpoint); remembers it for the next call."""
+        lo, hi = float(breakpoint.min()), float(breakpoint.max())
+        span = (hi - lo) * 2.0 + 1.0
+        key = self.row * span + (breakpoint - lo)
+        order = self.order[np.argsort(key[self.order], kind="stable")]
+        b = breakpoint[order]
+        # the combined key loses ties finer than its rounding: check, and sort exactly if so
+        if np.any((b[1:] < b[:-1]) & self._same_row):
+            order = np.lexsort((breakpoint, self.row))
+        self.order = order
+        return order
 
 
 def waterfill(group: np.ndarray, breakpoint: np.ndarray, quantity: np.ndarray, nu_cap: np.ndarray,
@@ -532,9 +543,8 @@ def waterfill(group: np.ndarray, breakpoint: np.ndarray, quantity: np.ndarray, n
     a linear cost (``nu_cap = inf`` when it has none). Stationarity gives
     ``v = max(0, (nu - breakpoint) / rho)`` with nu the balance's multiplier, the root of
     the increasing piecewise-linear ``sum_v max(0, nu - breakpoint_v) = rho quantity``,
-    capped by nu_cap. The root is found exactly by sorting each agent's breakpoints (rows
-    of a padded table, `WaterfillLayout`, built from `group` unless given). Returns
-    (v per item, w per agent).
+    capped by nu_cap. The root is found exactly by sorting each agent's breakpoints
+    (`WaterfillLayout`, built from `group` unless given). Returns (v per item, w per agent).
 
     >>> v, w = waterfill(np.array([0, 0, 1]), np.array([-1.0, 0.0, 0.0]), np.array([1.5, 5.0]),
     ...                  np.array([np.inf, 1.0]), 1.0)
@@ -547,21 +557,16 @@ def waterfill(group: np.ndarray, breakpoint: np.ndarray, quantity: np.ndarray, n
     nu_solve = np.full(len(quantity), np.inf)
     v = np.zeros(len(layout))
     if len(layout):
-        rows, width = len(layout.agents), layout.width
+        b = breakpoint[layout.sort(breakpoint)]
         q = quantity[layout.agents]
-        table = np.full(rows * width, WATERFILL_PAD)
-        table[layout.flat] = breakpoint
-        table = np.sort(table.reshape(rows, width), axis=1).ravel()
-        real = table < WATERFILL_PAD
-        # cumulative sums within each row, from one flat cumsum of the real breakpoints
-        cum = np.cumsum(np.where(real, table, 0.0))
-        row_base = np.r_[0.0, cum[layout.row_start[1:] - 1]] if rows else np.zeros(0)
-        below = cum - table - row_base[layout.row_of_cell]  # sum of the smaller breakpoints of the row
+        row, start = layout.row_of_position, layout.row_start
+        cum = np.cumsum(b)
+        base = cum[start] - b[start]  # sum of the rows before
+        below = cum - b - base[row]  # sum of the smaller breakpoints of the row
         # the balance's left side when nu is this breakpoint: sum_{l<k} (b_k - b_l)
-        level = layout.position_of_cell * table - below
-        inside = real & (level < rho * q[layout.row_of_cell])
-        m = np.bincount(layout.row_of_cell, weights=inside, minlength=rows).astype(np.int64)
-        total = cum[layout.row_start + np.maximum(m - 1, 0)] - row_base
+        level = layout.position_in_row * b - below
+        m = np.add.reduceat((level < rho * q[row]).astype(np.int64), start)
+        total = cum[start + np.maximum(m - 1, 0)] - base
         nu_solve[layout.agents] = np.where(m > 0, (rho * q + total) / np.maximum(m, 1), np.inf)
     nu_solve[quantity <= 0] = -np.inf
     nu = np.minimum(nu_solve, nu_cap)
