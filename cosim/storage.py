@@ -825,3 +825,14 @@ def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> d
                         "dayahead_iterations_max": int(d.iterations.max()),
                         "dayahead_bound_gap_max": float(d.bound_gap.max())})
     return out
+
+
+def flexible_consumption_kwh(folder: str | Path, dt_h: float) -> float:
+    """Energy EVs (net of vehicle-to-grid) and shiftable loads drew in a run, from its
+    storage.parquet (0 without it) [kWh]: consumption on top of the SimBench load profiles,
+    which self-sufficiency must count."""
+    path = Path(folder) / "storage.parquet"
+    if not path.is_file():
+        return 0.0
+    rows = pd.read_parquet(path, columns=["asset", "power_kw"])
+    return float(rows.power_kw[rows.asset.isin(["ev", "shiftable"])].sum() * dt_h)
