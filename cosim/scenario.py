@@ -531,6 +531,10 @@ def load_scenario(path: str | Path) -> Scenario:
         problems.append(
             f"network: expected a file networks/{network}.yaml or a path to one, found no such file"
         )
+    csv = scenario.storage.ev.sessions_csv if scenario is not None else None
+    if csv and not (Path(csv) if Path(csv).is_absolute() else path.parent / csv).is_file():
+        problems.append(f"storage.ev.sessions_csv: expected a CSV file (relative to the scenario file), "
+                        f"found no such file {csv!r}")
     if problems:
         raise InputError(path, problems)
     load_network_spec(network_file)  # raises its own InputError naming the network file

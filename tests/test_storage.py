@@ -232,6 +232,9 @@ def test_storage_section_is_validated(tmp_path):
     text = str(err.value)
     assert "storage.strategy" in text and "storage.ev.chargr_kw: unknown field" in text
     assert "energy_kwh <= power_kw x window" in text
+    path.write_text("name: s\nnetwork: rural3\nstorage:\n  ev: {sessions_csv: nowhere.csv}\n")
+    with pytest.raises(InputError, match="storage.ev.sessions_csv: expected a CSV file"):
+        load_scenario(path)
     ok = Scenario.model_validate({"name": "s", "network": "rural3", "storage": {"strategy": "central"}})
     assert ok.storage.ev.share == 0.0 and ok.storage.forecast == "perfect"
     with pytest.raises(Exception, match="resolution that divides 24h"):
