@@ -11,8 +11,9 @@ to a persistent HiGHS instance; each solve only writes the day's data into HiGHS
 (``changeColsBounds`` / ``changeRowsBounds`` / ``changeCoeff`` / ``changeColsCost``), as
 `cosim.markets.pool.PoolModel` does. The hand-over goes through Pyomo's linear
 standard-form compiler and ``passModel`` (about 4x faster than appsi's ``set_instance``
-for the tens of thousands of rows of a day at 15 min). For agent a (a prosumer with a flexible asset),
-battery b, session asset s (EV or shiftable load), period t of length dt [h]:
+for the tens of thousands of rows of a day at 15 min). For agent a (a prosumer with a
+flexible asset), battery b, session asset s (EV or shiftable load), period t of length
+dt [h]:
 
     e_b[t] = e_b[t-1] + eta_c dt ch_b[t] - dt / eta_d dis_b[t]              (battery_balance)
     e_s[t] = link_s[t] e_s[t-1] + start_s[t] + eta_c dt ch_s[t] - dt / eta_d dis_s[t]
@@ -27,8 +28,10 @@ with bounds 0 <= ch, dis <= p_kw (sessions: only while plugged in; discharge onl
 v2g), soc_min E <= e_b <= soc_max E, 0 <= e_s <= capacity (0 while away), e_b at the
 horizon's end >= its start (``storage.terminal_energy: start``). ``link`` is 1 while a
 session continues and 0 when one starts (``start`` then holds its arrival energy), so
-sessions are data, not structure. ``required`` is the energy due at a departure (or, for a
-session running past the horizon, what full power could not add after it).
+sessions are data, not structure. In a session's last round e_s >= the energy due at
+departure (for a session running past the horizon: what full power could not add after
+it); ``unserved`` >= 0, allowed only in that round and penalised, tops up what cannot be
+reached, so an impossible request never makes the schedule infeasible.
 
 Objectives (dt-weighted, currency):
 
@@ -58,8 +61,9 @@ Objectives (dt-weighted, currency):
   or constraint, so they are solved as one block-diagonal LP -- exactly what the
   meters would compute in parallel.
 
-All objectives add THROUGHPUT_EPSILON per kWh of charging and discharging and
-SPLIT_EPSILON per kWh of import and export (tie-breakers), and
+All objectives add THROUGHPUT_EPSILON per kWh of charging and discharging, the
+community ones SPLIT_EPSILON per kWh of each prosumer's import and export (tie-breakers),
+and
 ``storage.ev.shortfall_penalty_per_kwh`` per kWh an EV or shiftable load misses.
 """
 
