@@ -876,9 +876,9 @@ def test_trivial_rounds_skip_the_solver_with_the_solvers_answer(qty, price, side
     pool.update(orders, ctx, cuts, Charges.none(n))
     status_lp, x_lp, welfare_lp = pool.solve()
     assert status == status_lp == "ok"
-    for name in x:
-        np.testing.assert_allclose(x[name], x_lp[name], atol=1e-9, err_msg=name)
-    assert welfare == pytest.approx(welfare_lp, abs=1e-9)
+    for name in x:  # HiGHS is exact to its feasibility tolerance, the package's QTY_TOL
+        np.testing.assert_allclose(x[name], x_lp[name], atol=1e-7, err_msg=name)
+    assert welfare == pytest.approx(welfare_lp, abs=1e-7)
     # a cut, a capped outside party or a two-sided book with P2P are left to the solver
     one_cut = NetworkCuts(np.ones((1, n)), np.array([1.0]))
     assert pool.trivial_solution(orders, ctx, one_cut) is None
