@@ -35,7 +35,6 @@ from cosim.admission import (
     Adversary,
     Controllers,
     SignedOrder,
-    physical_limits,
 )
 from cosim.feedback import (
     MAX_FORCED_STEPS,
@@ -69,10 +68,11 @@ from cosim.networks import (
     lv_busbar,
     set_islanded,
 )
-from cosim.prosumers import Batteries, Fleet, build_fleet, make_orders
+from cosim.prosumers import Fleet, build_fleet, make_orders
 from cosim.results import Recorder
 from cosim.scenario import Scenario
 from cosim.settlement import SETTLEMENT_COLUMNS, parties, settle_matrix, settlement_frame
+from cosim.storage import FlexibleAssets, build_assets, flexible_consumption_kwh, summarize_storage
 
 #: Network-cut slots in the clearing model.
 MAX_CUTS = 40
@@ -112,12 +112,16 @@ class Setup:
     gfu_bus: int | None = None
     busbar_pos: int = 0
     """Position of the LV busbar (the transformer's LV side) in `pf.buses`."""
+    assets: FlexibleAssets | None = None
+    """Batteries, EVs, shiftable loads and their day-ahead planner; each variant runs a
+    `FlexibleAssets.fresh` copy (the planner and its schedules are shared)."""
 
 
 def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setup:
     spec = load_network_spec(find_network_file(scenario.network, scenario_path))
     net = build_net(spec)
     fleet = build_fleet(net, spec, scenario)
+    assets = build_assets(scenario, fleet, net, spec, scenario_path)
     bus = fleet.table.bus.to_numpy()
     participants = Participants(
         fleet.ids, bus, feeder_of_buses(net).loc[bus].to_numpy(), fleet.table.pv_kwp.to_numpy() > 0,
@@ -134,7 +138,7 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
     participant_pos = pos.loc[fleet.table.bus].to_numpy()
     return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus,
-                 int(pos.loc[lv_busbar(net)]))
+                 int(pos.loc[lv_busbar(net)]), assets)
 
 
 @dataclass
@@ -179,6 +183,8 @@ class RoundOutcome:
     """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
     gate: GateRound | None = None
     """The virtual layer's admission of the round's orders (None without it)."""
+    storage: pd.DataFrame | None = None
+    """The round's rows of storage.parquet (None without flexible assets)."""
 
 
 @dataclass
@@ -278,7 +284,8 @@ class VariantRunner:
         self.pf = setup.pf
         options = sc.market.options if variant.mechanism == sc.market.mechanism else None
         self.mechanism = get_mechanism(variant.mechanism)(setup.participants, max_cuts=MAX_CUTS, options=options)
-        self.batteries = Batteries.from_fleet(self.fleet, sc)
+        self.assets = setup.assets.fresh() if setup.assets is not None else build_assets(sc, self.fleet)
+        self.batteries = self.assets.batteries
         self.rng = np.random.default_rng(sc.seed + 1)
         self.gfu = None
         slack_limit = None
@@ -295,7 +302,7 @@ class VariantRunner:
     def get_state(self) -> dict:
         """Everything this runner carries from one round to the next (picklable)."""
         return {
-            "batteries": self.batteries,
+            "assets": self.assets.get_state(),
             "rng": self.rng.bit_generator.state,
             "gfu": self.gfu,
             "last_loss_factors": self.last_loss_factors,
@@ -304,7 +311,8 @@ class VariantRunner:
         }
 
     def set_state(self, state: dict) -> None:
-        self.batteries = state["batteries"]
+        self.assets.set_state(state["assets"])
+        self.batteries = self.assets.batteries
         self.rng.bit_generator.state = state["rng"]
         self.gfu = state["gfu"]
         self.last_loss_factors = state["last_loss_factors"]
@@ -345,11 +353,10 @@ class VariantRunner:
         return ctx
 
     # -- one round ----------------------------------------------------------------------
-    def physical_limits(self, load_kw: np.ndarray, pv_kw: np.ndarray) -> dict[str, tuple[float, float]]:
-        """id -> (most it can deliver, most it can absorb) this round [kWh], before the
-        battery rule has run."""
-        b = self.batteries
-        deliver, absorb = physical_limits(load_kw, pv_kw, b.soc, b.e_kwh, b.p_kw, b.efficiency, self.dt_h)
+    def physical_limits(self, t: int, load_kw: np.ndarray, pv_kw: np.ndarray) -> dict[str, tuple[float, float]]:
+        """id -> (most it can deliver, most it can absorb) in round t [kWh], before the
+        flexible assets have run (batteries, EVs, shiftable loads)."""
+        deliver, absorb = self.assets.limits_kwh(t, load_kw, pv_kw, self.dt_h)
         return dict(zip(self.fleet.ids, zip(deliver.tolist(), absorb.tolist(), strict=True), strict=True))
 
     def outside_positions(self, r: ClearingResult, demand_kwh: np.ndarray, supply_kwh: np.ndarray,
@@ -384,9 +391,9 @@ class VariantRunner:
         timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "settle": 0.0, "ledger": 0.0}
         t0 = time.perf_counter()
         load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
-        limits = self.physical_limits(load_kw, pv_kw) if self.gate is not None else None
+        limits = self.physical_limits(t, load_kw, pv_kw) if self.gate is not None else None
         net_kw = load_kw - pv_kw
-        battery_kw = self.batteries.self_consume(net_kw, dt_h)
+        battery_kw = self.assets.dispatch(t, net_kw, dt_h)  # batteries, EVs, shiftable loads
         net_kw = net_kw + battery_kw
         book = make_orders(
             fleet.ids, fleet.table.bus.to_numpy(), net_kw, dt_h, sc.market.bidding,
@@ -523,6 +530,7 @@ class VariantRunner:
         outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
         outcome.physical = {"load_kwh": load_kw * dt_h, "pv_kwh": pv_kw * dt_h, "battery_kwh": battery_kw * dt_h}
         outcome.gate = gate
+        outcome.storage = self.assets.storage_rows(t) if self.assets.records else None
         return outcome, book, ctx
 
 
@@ -699,7 +707,8 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
     party_names = parties(ids, OUTSIDE[sc.mode])
     party_buses = np.r_[setup.fleet.table.bus.to_numpy(np.int64), -1, -1, -1]
     rec = Recorder(folder, n, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names, party_buses,
-                   chunk_rounds=chunk_rounds, first_round=first, with_attribution=variant.folder == "")
+                   chunk_rounds=chunk_rounds, first_round=first, with_attribution=variant.folder == "",
+                   with_storage=variant.folder == "" and runner.assets.records)
     rec.drop_parts_from(first // rec.chunk_rounds)
     bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
                initial=first, total=n)
@@ -722,7 +731,8 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0)
         row["operator_bill"] = float(st[-1, 8])  # the market operator's surplus (-) or deficit (+)
         rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
-                   outcome.attribution, rejections=gr.rejections if gr is not None else None)
+                   outcome.attribution, rejections=gr.rejections if gr is not None else None,
+                   storage=outcome.storage)
         row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
         if gr is not None:  # the signed orders are in the block now
             gr.submitted = gr.outcomes = None
@@ -735,6 +745,9 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
             resume.on_chunk(runner, t + 1)
     bar.close()
     rec.finish()
+    if rec.with_storage:  # EV sessions, shiftable jobs and day-ahead solves of the run
+        rec.write_table("sessions", runner.assets.sessions_table())
+        rec.write_table("dayahead", runner.assets.dayahead_table())
 
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,
@@ -767,7 +780,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             setup.grid_buses.to_parquet(tmp / "grid_buses.parquet", index=False)
             setup.grid_branches.to_parquet(tmp / "grid_branches.parquet", index=False)
             setup.fleet.table.reset_index().to_parquet(tmp / "prosumers.parquet", index=False)
-        load_kwh = float(setup.fleet.load_kw.sum() * scenario.dt_h)
+        profile_load_kwh = float(setup.fleet.load_kw.sum() * scenario.dt_h)
+        # EVs and shiftable loads consume on top of the profiles (known once the main variant ran)
+        load_kwh = profile_load_kwh + flexible_consumption_kwh(tmp, scenario.dt_h)
         pv_kwh = float(setup.fleet.pv_kw.sum() * scenario.dt_h)
         finished = dict(ckpt.finished) if ckpt is not None else {}
         elapsed0 = ckpt.elapsed_s if ckpt is not None else 0.0
@@ -807,6 +822,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                              gate=gate if use_gate else None, chunk_rounds=chunk_rounds, resume=state)
             if ledger is not None:
                 ledger.close()
+            if main:
+                load_kwh = profile_load_kwh + flexible_consumption_kwh(vfolder, scenario.dt_h)
             rounds = pd.read_parquet(vfolder / "rounds.parquet")
             bills = bills_by_party(vfolder / "settlement.parquet")
             prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
@@ -847,6 +864,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "prosumer_bills": pd.DataFrame({name: f[1] for name, f in finished.items()}).round(6).to_dict(orient="index"),
             "timing": main_timing,
             "ledger_head": ledger_head,
+            "storage": summarize_storage(tmp, scenario),
         }
         write_json(tmp / "summary.json", summary)
         (tmp / CHECKPOINT).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from cosim.admission import REJECTION_COLUMNS
 from cosim.feedback import ATTRIBUTION_COLUMNS
 from cosim.markets import TRADE_COLUMNS
 from cosim.settlement import NUMERIC_COLUMNS, settlement_frame
+from cosim.storage import STORAGE_COLUMNS
 
 ROUND_COLUMNS = [
     "round", "time", "iterations", "pf_converged", "cleared_kwh", "price_per_kwh", "grid_import_kwh",
@@ -76,7 +77,7 @@ class Recorder:
 
     def __init__(self, folder: Path, n_rounds: int, buses: np.ndarray, lines: np.ndarray, trafos: np.ndarray,
                  parties: list[str], party_buses: np.ndarray, chunk_rounds: int = 672, first_round: int = 0,
-                 with_attribution: bool = True):
+                 with_attribution: bool = True, with_storage: bool = False):
         self.folder = Path(folder)
         self.n_rounds = n_rounds
         self.buses, self.lines, self.trafos = buses, lines, trafos
@@ -84,6 +85,7 @@ class Recorder:
         self.party_buses = np.asarray(party_buses, dtype=np.int64)
         self.chunk_rounds = max(int(chunk_rounds), 1)
         self.with_attribution = with_attribution
+        self.with_storage = with_storage
         self._start(first_round)
 
     def _start(self, first_round: int) -> None:
@@ -101,6 +103,7 @@ class Recorder:
         self.trade_rounds: list[int] = []
         self.attribution: list[pd.DataFrame] = []
         self.rejections: list[pd.DataFrame] = []
+        self.storage: list[pd.DataFrame] = []
 
     @property
     def next_round(self) -> int:
@@ -108,7 +111,8 @@ class Recorder:
         return self.first + len(self.rows)
 
     def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: np.ndarray,
-               attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None) -> None:
+               attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None,
+               storage: pd.DataFrame | None = None) -> None:
         """Add one round (`settlement`: `cosim.settlement.settle_matrix`). Once `full`, the
         caller writes the chunk with `flush`."""
         i = row["round"] - self.first
@@ -127,6 +131,8 @@ class Recorder:
             self.attribution.append(attribution)
         if rejections is not None and len(rejections):
             self.rejections.append(rejections)
+        if self.with_storage and storage is not None:
+            self.storage.append(storage)
 
     @property
     def full(self) -> bool:
@@ -192,6 +198,13 @@ class Recorder:
             return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in REJECTION_COLUMNS})
         return pd.concat(self.rejections, ignore_index=True)[REJECTION_COLUMNS]
 
+    def storage_table(self) -> pd.DataFrame:
+        """State of charge and power of every flexible asset, per round (`cosim.storage.STORAGE_COLUMNS`)."""
+        if not self.storage:
+            types = {"round": "int64", "id": object, "asset": object, "plugged": bool}
+            return pd.DataFrame({c: pd.Series(dtype=types.get(c, float)) for c in STORAGE_COLUMNS})
+        return pd.concat(self.storage, ignore_index=True)[STORAGE_COLUMNS]
+
     # -- writing ------------------------------------------------------------------------
     def tables(self) -> dict[str, pd.DataFrame]:
         tables = {
@@ -204,6 +217,8 @@ class Recorder:
         }
         if self.with_attribution:
             tables["attribution"] = self.attribution_table()
+        if self.with_storage:
+            tables["storage"] = self.storage_table()
         return tables
 
     def parts_dir(self, table: str) -> Path:
@@ -239,9 +254,17 @@ class Recorder:
         names = ["rounds", "buses", "branches", "trades", "settlement", "rejections"]
         if self.with_attribution:
             names.append("attribution")
+        if self.with_storage:
+            names.append("storage")
         for name in names:
             merge_parts(sorted(self.parts_dir(name).glob("*.parquet")), self.folder / f"{name}.parquet")
         shutil.rmtree(self.folder / ".parts", ignore_errors=True)
+
+    def write_table(self, name: str, table: pd.DataFrame) -> None:
+        """Write a whole-run table (e.g. ``sessions``, ``dayahead``) as ``<folder>/<name>.parquet``."""
+        tmp = self.folder / f"{name}.parquet.tmp"
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, self.folder / f"{name}.parquet")
 
 
 def merge_parts(parts: list[Path], dest: Path) -> None:

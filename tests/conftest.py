@@ -14,7 +14,7 @@ from cosim.networks import build_net, load_network_spec
 
 # The same examples on every run, so that CI is reproducible; explore new ones with
 # HYPOTHESIS_PROFILE=explore (or pytest --hypothesis-seed=N).
-settings.register_profile("cosim", derandomize=True, deadline=None)
+settings.register_profile("cosim", derandomize=True, deadline=None, database=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cosim"))
 
