@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage
 
 setup: $(STAMP)
 
@@ -45,6 +45,14 @@ compare: setup
 	@for m in $(COMPARE); do echo "== scenarios/rural3-$$m.yaml"; \
 	  $(BIN)/cosim run scenarios/rural3-$$m.yaml --out results/compare-runs/$$m --no-report || exit $$?; done
 	$(BIN)/cosim compare $(addprefix results/compare-runs/,$(COMPARE)) --out results/compare
+
+# no storage, the battery rule and the three day-ahead strategies, side by side in
+# results/compare-storage
+STORAGE := none rule private central distributed
+compare-storage: setup
+	@for s in $(STORAGE); do echo "== scenarios/rural3-storage-$$s.yaml"; \
+	  $(BIN)/cosim run scenarios/rural3-storage-$$s.yaml --out results/compare-runs/storage-$$s --no-report || exit $$?; done
+	$(BIN)/cosim compare $(addprefix results/compare-runs/storage-,$(STORAGE)) --out results/compare-storage
 
 lint: setup
 	$(BIN)/ruff check cosim tests
