@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import cosim.markets.stackelberg as stackelberg_module
@@ -244,20 +244,29 @@ def order_books(draw, n_min: int = 2, n_max: int = 6):
     return books(*[(s, round(q, 3), round(p, 4)) for s, q, p in zip(sides, qty, price, strict=True)])
 
 
+#: A book without a pure-strategy equilibrium (found by Hypothesis): one buyer, two sellers
+#: at cost 0.125, one of them offering only 0.125 kWh (see test_edgeworth_cycle_...).
+EDGEWORTH_BOOK = OrderArrays(np.array([0.0, 0.0, 0.25, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0, 0.125]),
+                             np.array([0.25, 0.25, 0.25, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 0.125, 0.125]))
+
+
 @settings(HYPOTHESIS, max_examples=20)
 @given(order_books(), st.sampled_from([0.3, 1.0, 2.5]))
+@example(EDGEWORTH_BOOK, 0.3)
 def test_equilibrium_is_a_nash_equilibrium(orders, curvature):
     """On random books no seller gains more than the tolerance by a unilateral deviation:
     neither on the mechanism's own grid (info) nor on a different grid checked here with
-    every buyer's response solved by its QP."""
+    every buyer's response solved by its QP (each seller's offer capping what a buyer takes
+    from it). Where no pure equilibrium exists (binding offers, Edgeworth cycles), the
+    mechanism must say so: not converged, not Nash, and the gain it reports is real --
+    found again here with the QPs."""
     r = clear(orders, options={"curvature": curvature})
-    assert r.info["converged"]
-    assert r.info["is_nash"] and r.info["ne_max_gain"] <= NE_TOL
     assert r.info["follower_gap_kwh"] <= 1e-6
     price = np.nan_to_num(r.info["seller_prices"])
     sellers = np.flatnonzero(np.isfinite(r.info["seller_prices"]))
     buyers = np.flatnonzero(orders.demand_kwh > 1e-7)
     if len(sellers) == 0 or len(buyers) == 0:
+        assert r.info["converged"] and r.info["is_nash"]
         return
     n = len(orders.demand_kwh)
     value = np.minimum(orders.bid_per_kwh, RETAIL)
@@ -278,12 +287,71 @@ def test_equilibrium_is_a_nash_equilibrium(orders, curvature):
         return (p[m] - cost[m]) * min(sold, orders.supply_kwh[m])
 
     ceiling = float(value[buyers].max())
+    if not (r.info["converged"] and r.info["is_nash"]):
+        assert not r.info["is_nash"] and r.info["ne_max_gain"] > NE_TOL
+        m = IDS.index(r.info["ne_max_gain_seller"])
+        base = payoff(price, m)
+        gains = []
+        for alt in np.linspace(cost[m], ceiling, 201):
+            dev = price.copy()
+            dev[m] = alt
+            gains.append(payoff(dev, m) - base)
+        assert max(gains) > NE_TOL
+        return
     for m in sellers:
         base = payoff(price, m)
         for alt in np.linspace(cost[m], ceiling, 9)[1:-1] + 0.0013:  # off the mechanism's grid
             dev = price.copy()
             dev[m] = alt
             assert payoff(dev, m) <= base + NE_TOL + 1e-6  # QP tolerance
+
+
+def test_edgeworth_cycle_when_a_rivals_offer_binds():
+    """EDGEWORTH_BOOK, curvature 0.3: one buyer (D = 0.25 kWh, alpha = 0.25,
+    w = 0.3 x 0.22 / 0.25 = 0.264, w D = 0.066), sellers A (1 kWh) and B (0.125 kWh), both
+    at cost c = 0.125. Hand-worked:
+
+    - at p = (0.191, 0.191) the buyer's level is (w D + 0.382) / 2 = 0.224 and it takes
+      0.125 kWh from each (B's offer and the need both bind); A earns 0.066 x 0.125 =
+      0.00825. If A raises its price to 0.2044 the buyer still cannot get more than
+      0.125 kWh from B, so A still sells 0.125 kWh and earns 0.0794 x 0.125 = 0.009925: a profitable deviation
+      (the old best response and Nash check, blind to B's cap, accepted (0.191, 0.191));
+    - A's best response to p_B <= 0.2148 is the residual-demand kink p_A = alpha - w x 0.125
+      = 0.217 (it sells the residual 0.125 kWh: payoff 0.0115); undercutting instead, with
+      both sellers active and the need binding, x_A = (w D + p_B - p_A) / (2 w), pays at
+      most (p_B + w D - c)^2 / (8 w), which beats 0.0115 only when p_B > 0.2148;
+    - B's best response to p_A in [0.195, 0.217] is p_A itself (the highest price at which
+      the buyer takes all of B's 0.125 kWh), and never above 0.217;
+    - so B never prices above 0.2148 while A prices at 0.217, nor A at 0.217 while B prices
+      above 0.2148: no pure-strategy equilibrium (an Edgeworth cycle: Edgeworth, 1925
+      [1897], "The pure theory of monopoly", Papers Relating to Political Economy, vol. 1;
+      Vives, 1999, "Oligopoly Pricing", MIT Press, ch. 5), in the game of Maharjan et al.
+      2013 with the utility of Samadi et al. 2010.
+
+    The mechanism must report that (not converged, not Nash, a real gain)."""
+    f = Followers(np.array([0.25]), np.array([0.264]), np.array([0.25]))
+    cost, offer = np.array([0.125, 0.125]), np.array([1.0, 0.125])
+    ceiling = 0.25
+    at = seller_payoffs(np.array([[0.191, 0.191], [0.2044, 0.191]]), cost, offer, f)[:, 0]
+    np.testing.assert_allclose(at, [0.00825, 0.009925], atol=1e-12)
+    p, v = best_response(0, np.array([0.0, 0.191]), cost, offer, f, ceiling)
+    assert p == pytest.approx(0.217, abs=1e-12) and v == pytest.approx(0.0115, abs=1e-12)
+    assert nash_gains(np.array([0.191, 0.191]), cost, offer, f, ceiling)[0] >= 0.009925 - 0.00825
+    # A's undercutting payoff (p_B + w D - c)^2 / (8 w) equals the kink's 0.0115 at p_B = threshold
+    threshold = 0.125 - 0.066 + np.sqrt(8 * 0.264 * 0.0115)
+    assert threshold == pytest.approx(0.2148, abs=1e-4)
+    for p_b in np.linspace(0.125, ceiling, 126):
+        br_a = best_response(0, np.array([0.0, p_b]), cost, offer, f, ceiling)[0]
+        br_b = best_response(1, np.array([br_a, 0.0]), cost, offer, f, ceiling)[0]
+        if p_b < threshold - 1e-6:
+            assert br_a == pytest.approx(0.217, abs=1e-9)
+        elif p_b > threshold + 1e-6:
+            assert br_a < 0.2148
+        assert br_b <= 0.217 + 1e-9
+        assert abs(br_b - p_b) > 1e-3  # no fixed point of B's response to A's response
+    r = clear(EDGEWORTH_BOOK, options={"curvature": 0.3})
+    assert not r.info["converged"] and not r.info["is_nash"] and r.info["ne_max_gain"] > NE_TOL
+    assert r.sold_kwh[4] <= 0.125 + QTY_ABS
 
 
 def test_anderson_acceleration_reaches_an_equilibrium_of_the_plain_iteration():

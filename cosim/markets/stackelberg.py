@@ -39,32 +39,51 @@ that is higher. Equivalently V_m = (p_m - c_m) y_m + const with unit cost c_m = 
 Its strategy is p_m in [c_m, max_n alpha_n]: below c_m it would sell at a loss, above the
 highest alpha nobody buys. A seller sells at most S_m: at a price where buyers want more,
 it sells S_m (such a price is never a best response -- raising it to the price at which
-demand equals S_m pays more -- so the rationing rule does not matter).
+demand equals S_m pays more -- so the rationing rule does not matter for the seller itself).
+A buyer takes at most S_k from any seller k, so when a rival's offer caps what a buyer
+takes from it, the buyer's residual need falls on the others: a seller can then price up
+to the buyer's level and still sell that residual (the residual-demand kink of
+Bertrand-Edgeworth competition).
 
 Followers' response (closed form, the QP's KKT conditions). For given prices, buyer n buys
-x_nm = max(0, L_n - p_m) / w_n with the "water level" L_n = alpha_n if that leaves
+x_nm = min(S_m, max(0, L_n - p_m) / w_n) with the "water level" L_n = alpha_n if that leaves
 sum_m x_nm <= D_n, else the L_n < alpha_n at which sum_m x_nm = D_n (`follower_response`).
+Each buyer treats each seller's offer as its own cap (as its QP does, `FollowerModel`);
+several buyers together may want more than a rival offers at a deviation, which the
+leaders' payoffs do not ration (at an equilibrium no seller is asked for more than it
+offers, see above).
 
 Leaders' equilibrium by iterated best response (Gauss-Seidel, each seller in turn, from
 every seller at its floor c_m, until no price moves more than ``price_tol_per_kwh``). A
-seller's best response is an exact 1-D search (`best_response`): with the others' prices
-fixed, each buyer's x_nm is piecewise linear in p_m, with breakpoints where the buyer's
-water level passes another seller's price, where its need stops binding and where x_nm
-reaches 0 -- all computed in closed form. So the seller's payoff (p - c) min(S, X(p)) is a
+seller's best response is an exact 1-D search (`best_response`, `_residual_demand`): with
+the others' prices fixed, each buyer's x_nm is piecewise linear in p_m, with breakpoints
+where the buyer's water level passes another seller's price or the price at which it takes
+all that seller offers, where its need stops binding, where x_nm reaches 0 and where it
+reaches S_m -- all computed in closed form. So the seller's payoff (p - c) min(S, X(p)) is a
 concave quadratic on each piece; the search evaluates it at every breakpoint, at every
 crossing of X(p) = S and at each piece's stationary point, and takes the best (the lowest
-price among ties). In this game a price rise by one seller shifts demand to the others
-and makes each one's demand less price-sensitive (strategic complements), so best
+price among ties). Without binding offers, a price rise by one seller shifts demand to the
+others and makes each one's demand less price-sensitive (strategic complements), so best
 responses rise with rivals' prices and the iteration from the floors rises monotonically
 towards the smallest equilibrium (Milgrom and Roberts, 1990, "Rationalizability, learning,
 and equilibrium in games with strategic complementarities", Econometrica 58(6):1255-1277;
 Vives, 1990, "Nash equilibrium with strategic complementarities", J. Math. Econ. 19:305-321).
+With binding offers that fails: a seller's best response can jump from the residual-demand
+kink (a high price, selling what a capped rival leaves) down to undercutting the rival, and
+a pure-strategy equilibrium need not exist (Edgeworth cycles: Edgeworth, 1925 [1897], "The
+pure theory of monopoly", Papers Relating to Political Economy, vol. 1, Macmillan; Dasgupta
+and Maskin, 1986, "The existence of equilibrium in discontinuous economic games, II:
+Applications", Rev. Econ. Stud. 53(1):27-41; Vives, 1999, "Oligopoly Pricing", MIT Press,
+ch. 5). The iteration then stops after ``max_sweeps`` at its last prices with info
+``converged`` and ``is_nash`` false (the Nash check below finds the profitable deviation):
+the round still clears at those prices, individually rational for both sides.
 
 Verification. The equilibrium is checked as a Nash equilibrium of the leaders: for every
 seller, ``ne_grid_points`` alternative prices evenly spaced on its strategy interval (and
 two close to its equilibrium price) are tried with the others' prices fixed; the buyers'
-response to each deviation is recomputed from scratch (`follower_response`, a code path
-independent of the best-response search). Info ``ne_max_gain`` is the largest gain found
+response to each deviation, every seller's offer capping what a buyer takes from it, is
+recomputed from scratch (`follower_response`, a code path independent of the
+best-response search). Info ``ne_max_gain`` is the largest gain found
 [currency], ``ne_max_gain_seller`` whose, ``is_nash`` whether it is at most
 ``ne_tolerance``.
 
@@ -140,16 +159,19 @@ class Followers:
     """D_n: most the buyer takes P2P [kWh]."""
 
 
-def follower_response(prices: np.ndarray, f: Followers) -> np.ndarray:
+def follower_response(prices: np.ndarray, f: Followers, offer: np.ndarray | None = None) -> np.ndarray:
     """Each buyer's purchase from each seller [kWh] at the given prices.
 
     `prices` is [sellers] or [batch x sellers]; the result is [buyers x sellers] or
-    [batch x buyers x sellers]. Buyer n buys max(0, L_n - p_m) / w_n from seller m, with
-    its water level L_n the lower of alpha_n and the level at which it buys D_n.
+    [batch x buyers x sellers]. Buyer n buys min(S_m, max(0, L_n - p_m) / w_n) from seller
+    m (S_m = `offer`, unbounded if None: the buyer cannot take more than a seller offers),
+    with its water level L_n the lower of alpha_n and the level at which it buys D_n.
 
     One buyer (alpha 0.30, w 0.11, D 2). Sellers at 0.19 and 0.25: at level 0.30 it buys
     1 + 0.4545 kWh < 2, so its need does not bind. Sellers at 0.10 and 0.12: level 0.30
-    would buy 3.45 kWh, so the level falls to 0.22, where it buys exactly 2 kWh.
+    would buy 3.45 kWh, so the level falls to 0.22, where it buys exactly 2 kWh. If the
+    first seller offers only 0.5 kWh, the level falls only to 0.285, where it takes
+    (0.285 - 0.12) / 0.11 = 1.5 kWh from the second:
 
     >>> f = Followers(np.array([0.30]), np.array([0.11]), np.array([2.0]))
     >>> x = follower_response(np.array([0.19, 0.25]), f)
@@ -157,6 +179,8 @@ def follower_response(prices: np.ndarray, f: Followers) -> np.ndarray:
     ([[1.0, 0.454545]], 1.454545455)
     >>> np.round(follower_response(np.array([0.10, 0.12]), f), 6).tolist()
     [[1.090909, 0.909091]]
+    >>> np.round(follower_response(np.array([0.10, 0.12]), f, np.array([0.5, 5.0])), 6).tolist()
+    [[0.5, 1.5]]
     """
     p = np.asarray(prices, float)
     batch = p.ndim == 2
@@ -165,27 +189,93 @@ def follower_response(prices: np.ndarray, f: Followers) -> np.ndarray:
     if s == 0 or len(f.need) == 0:
         out = np.zeros((g, len(f.need), s))
         return out if batch else out[0]
-    ps = np.sort(p, axis=1)  # [g x s]
-    cs = np.cumsum(ps, axis=1)
-    k = np.arange(1, s + 1)
-    # h_k: what the buyer would take (times w) at level = the k-th lowest price, from the
-    # k - 1 cheaper sellers; nondecreasing in k
-    h = k * ps - cs  # [g x s]
     wd = f.weight * f.need  # [b]
-    active = (h[:, None, :] < wd[None, :, None]).sum(axis=2)  # [g x b], >= 1
-    idx = np.maximum(active, 1) - 1
-    level = (wd[None, :] + np.take_along_axis(cs, idx, axis=1)) / (idx + 1)  # [g x b]
+    if offer is None:
+        ps = np.sort(p, axis=1)  # [g x s]
+        cs = np.cumsum(ps, axis=1)
+        k = np.arange(1, s + 1)
+        # h_k: what the buyer would take (times w) at level = the k-th lowest price, from the
+        # k - 1 cheaper sellers; nondecreasing in k
+        h = k * ps - cs  # [g x s]
+        active = (h[:, None, :] < wd[None, :, None]).sum(axis=2)  # [g x b], >= 1
+        idx = np.maximum(active, 1) - 1
+        level = (wd[None, :] + np.take_along_axis(cs, idx, axis=1)) / (idx + 1)  # [g x b]
+        level = np.minimum(level, f.value[None, :])
+        x = np.maximum(level[:, :, None] - p[:, None, :], 0.0) / f.weight[None, :, None]
+        return x if batch else x[0]
+    cap = np.asarray(offer, float)
+    # h(L) = sum_m clip(L - p_m, 0, w S_m): what the buyer takes (times w) at level L;
+    # piecewise linear, its slope rises by 1 at each p_m and falls by 1 at each p_m + w S_m
+    wcap = f.weight[:, None] * cap[None, :]  # [b x s]
+    nodes = np.concatenate([np.broadcast_to(p[:, None, :], (g, len(wd), s)),
+                            p[:, None, :] + wcap[None, :, :]], axis=2)  # [g x b x 2s]
+    step = np.concatenate([np.ones(s), -np.ones(s)])
+    order = np.argsort(nodes, axis=2, kind="stable")
+    nodes = np.take_along_axis(nodes, order, axis=2)
+    slope = np.cumsum(step[order], axis=2)  # slope of h just after each node
+    h = np.concatenate([np.zeros((g, len(wd), 1)),
+                        np.cumsum(slope[:, :, :-1] * np.diff(nodes, axis=2), axis=2)], axis=2)
+    j = (h < wd[None, :, None]).sum(axis=2)  # [g x b]: h(node j-1) < w D <= h(node j)
+    binds = j < 2 * s
+    jj = np.clip(j, 1, 2 * s - 1)
+    h0 = np.take_along_axis(h, (jj - 1)[:, :, None], axis=2)[:, :, 0]
+    h1 = np.take_along_axis(h, jj[:, :, None], axis=2)[:, :, 0]
+    z0 = np.take_along_axis(nodes, (jj - 1)[:, :, None], axis=2)[:, :, 0]
+    z1 = np.take_along_axis(nodes, jj[:, :, None], axis=2)[:, :, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = z0 + (wd[None, :] - h0) * (z1 - z0) / (h1 - h0)
+    level = np.where(binds & (j >= 1), level, np.inf)
     level = np.minimum(level, f.value[None, :])
-    x = np.maximum(level[:, :, None] - p[:, None, :], 0.0) / f.weight[None, :, None]
+    x = np.clip(level[:, :, None] - p[:, None, :], 0.0, wcap[None, :, :]) / f.weight[None, :, None]
     return x if batch else x[0]
 
 
 def seller_payoffs(prices: np.ndarray, cost: np.ndarray, offer: np.ndarray, f: Followers) -> np.ndarray:
     """Each seller's payoff (p_m - c_m) min(S_m, sum_n x_nm) at the given prices [currency]
-    (its value of the unsold rest, a constant, left out). Batched like `follower_response`."""
-    x = follower_response(prices, f)
+    (its value of the unsold rest, a constant, left out), the buyers responding with every
+    seller's offer as a cap. Batched like `follower_response`."""
+    x = follower_response(prices, f, offer)
     sold = np.minimum(x.sum(axis=-2), offer)
     return (np.asarray(prices, float) - cost) * sold
+
+
+def _residual_demand(t: np.ndarray, alpha: float, w: float, wd: float, s: float, q: np.ndarray,
+                     sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One buyer's purchase from a seller at prices `t` [kWh] (offer `s`), the other
+    sellers at prices `q` with offers `sq`, and the prices at which it is not linear in t.
+
+    With H(L) = sum_k clip(L - q_k, 0, w sq_k) what the buyer takes from the others (times
+    w) at level L, while the need binds and the buyer takes part of its purchase from the
+    seller, L solves L - t = w D - H(L): t(L) = L + H(L) - w D, increasing and piecewise
+    linear in L with nodes at the q_k and q_k + w sq_k. So L(t) is its piecewise-linear
+    inverse, and the purchase (times w) is min(clip(alpha - t, 0, w s), clip(w D - H(L(t)),
+    0, w s)): the first term when the need does not bind, the second when it does (the
+    clip at 0 where the others' offers cover the need at level L(t), at w s where the
+    seller sells the buyer all it has). The breakpoints in t: the images t(z) of the nodes
+    z of H (the level passes another seller's price, or the buyer takes all that seller
+    offers: the residual-demand kink), t(alpha) (the need stops binding), alpha and
+    alpha - w s, and the crossings of w D - H(L(t)) with 0 and w s.
+    """
+    z = np.unique(np.concatenate([q, q + w * sq]))
+    z = np.concatenate([[min(z.min(initial=alpha), alpha) - 10.0 - wd - w * s], z,
+                        [max(z.max(initial=alpha), alpha) + 10.0 + wd + w * s]])
+    hz = np.clip(z[:, None] - q[None, :], 0.0, w * sq[None, :]).sum(axis=1)
+    tz = z + hz - wd  # strictly increasing (slope >= 1)
+    g = wd - hz  # w D - H(L) at the nodes, nonincreasing along them
+
+    def purchase(tt: np.ndarray) -> np.ndarray:
+        level = np.interp(tt, tz, z)
+        bound = wd - np.interp(level, z, hz)
+        return np.minimum(np.clip(alpha - tt, 0.0, w * s), np.clip(bound, 0.0, w * s)) / w
+
+    cuts = [tz[1:-1], [alpha + np.interp(alpha, z, hz) - wd, alpha, alpha - w * s]]
+    for level_ in (0.0, w * s):  # where w D - H(L(t)) crosses 0 and w s
+        d = g - level_
+        k = np.flatnonzero((d[:-1] > 0) & (d[1:] <= 0))
+        if len(k):
+            frac = d[k] / (d[k] - d[k + 1])
+            cuts.append(tz[k] + frac * (tz[k + 1] - tz[k]))
+    return purchase(t), np.concatenate(cuts)
 
 
 def best_response(m: int, prices: np.ndarray, cost: np.ndarray, offer: np.ndarray, f: Followers,
@@ -193,10 +283,12 @@ def best_response(m: int, prices: np.ndarray, cost: np.ndarray, offer: np.ndarra
     """Seller m's payoff-maximising price against the others' `prices`, and its payoff.
 
     Exact: the buyers' demand X(t) for seller m at price t is piecewise linear with
-    breakpoints computed in closed form (see the module docstring), so the payoff
-    (t - c) min(S, X(t)) is a concave quadratic between consecutive breakpoints and
-    crossings of X = S; its maximum is at a breakpoint, a crossing or a piece's stationary
-    point, all of which are evaluated. Ties go to the lowest price.
+    breakpoints computed in closed form (`_residual_demand`; they include the prices at
+    which another seller's offer caps what a buyer takes from it, so that the buyer's
+    residual need falls on m), so the payoff (t - c) min(S, X(t)) is a concave quadratic
+    between consecutive breakpoints and crossings of X = S; its maximum is at a
+    breakpoint, a crossing or a piece's stationary point, all of which are evaluated. Ties
+    go to the lowest price.
 
     A monopolist against one buyer with linear demand (alpha - t) / w prices at
     (alpha + c) / 2 -- here (0.30 + 0.08) / 2:
@@ -209,44 +301,26 @@ def best_response(m: int, prices: np.ndarray, cost: np.ndarray, offer: np.ndarra
     c, s = float(cost[m]), float(offer[m])
     if c >= ceiling or s <= QTY_TOL:
         return c, 0.0
-    keep = f.value > c  # other buyers never buy from m at a price >= c
-    alpha, w = f.value[keep], f.weight[keep]
-    if len(alpha) == 0:
+    keep = np.flatnonzero(f.value > c)  # other buyers never buy from m at a price >= c
+    if len(keep) == 0:
         return c, 0.0
-    wd = w * f.need[keep]
     others = np.asarray(prices, float)
-    q = np.sort(np.concatenate([others[:m], others[m + 1:]]))
-    a_max = float(alpha.max())
-    q = q[q < a_max]  # sellers nobody would buy from do not shape the response
-    k = len(q)
-    lo = min(c, q[0] if k else c) - 1.0
-    hi = a_max + 1.0
-    # G(L) = sum_k max(0, L - q_k) + L: the buyer's purchase (times w) from the others plus
-    # its level, so that its level at price t solves G(L) = w D + t; nodes of G^-1
-    csum = np.cumsum(q)
-    g_at_q = np.arange(k) * q - (csum - q) + q
-    y_nodes = np.empty(k + 2)
-    l_nodes = np.empty(k + 2)
-    y_nodes[0] = l_nodes[0] = lo
-    y_nodes[1:-1], l_nodes[1:-1] = g_at_q, q
-    y_nodes[-1], l_nodes[-1] = (k + 1) * hi - (csum[-1] if k else 0.0), hi
+    q = np.concatenate([others[:m], others[m + 1:]])
+    sq = np.concatenate([np.asarray(offer, float)[:m], np.asarray(offer, float)[m + 1:]])
+    breaks = [np.array([c, ceiling])]
+    for n in keep:
+        _, cuts = _residual_demand(np.empty(0), float(f.value[n]), float(f.weight[n]),
+                                   float(f.weight[n] * f.need[n]), s, q, sq)
+        breaks.append(cuts)
+    breaks = np.concatenate(breaks)
 
-    def demand(t: np.ndarray) -> np.ndarray:
-        level = np.minimum(alpha[:, None], np.interp(wd[:, None] + t[None, :], y_nodes, l_nodes))
-        return (np.maximum(level - t[None, :], 0.0) / w[:, None]).sum(axis=0)
+    def demand(tt: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(tt))
+        for n in keep:
+            total += _residual_demand(tt, float(f.value[n]), float(f.weight[n]),
+                                      float(f.weight[n] * f.need[n]), s, q, sq)[0]
+        return total
 
-    # F(L) = G(L) - L: purchase (times w) from the others alone; the buyer stops buying from
-    # m at t = min(alpha, F^-1(w D))
-    if k:
-        stop = np.minimum(alpha, np.interp(wd, y_nodes[1:] - l_nodes[1:], l_nodes[1:]))
-    else:
-        stop = alpha
-    breaks = np.concatenate([
-        [c, ceiling],
-        (g_at_q[None, :] - wd[:, None])[q[None, :] < alpha[:, None]],  # level passes a rival's price
-        np.interp(alpha, l_nodes, y_nodes) - wd,  # the buyer's need stops binding
-        stop,  # the buyer stops buying from m
-    ])
     t = np.unique(breaks[(breaks >= c) & (breaks <= ceiling)])
     x = demand(t)
     d = x - s
@@ -516,7 +590,7 @@ class StackelbergPricing(Mechanism):
             gains = nash_gains(eq.prices, c_s, s_s, f, ceiling, o.ne_grid_points)
             worst = int(np.argmax(gains))
             price[game_sellers] = eq.prices
-            x_closed = follower_response(eq.prices, f)
+            x_closed = follower_response(eq.prices, f, s_s)
             payoff = seller_payoffs(eq.prices, c_s, s_s, f)
             info.update(sweeps=eq.sweeps, converged=eq.converged, last_price_change=eq.last_change,
                         ne_max_gain=float(gains[worst]), ne_max_gain_seller=self.ids[game_sellers[worst]],
