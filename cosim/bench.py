@@ -92,6 +92,9 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
     pp_lsg_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=True)
     median_round = float(rounds_table.round_ms.median())
     breakdown = {c: float(rounds_table[c].median()) for c in STAGES if c in rounds_table.columns}
+    for part in ("update_ms", "solve_ms"):  # the clearing's parts (the uniform auction reports them)
+        if f"info_{part}" in rounds_table.columns:
+            breakdown[f"clear_{part}"] = float(rounds_table[f"info_{part}"].median())
     result = {
         "scenario": scenario.name,
         "network": scenario.network,
