@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -145,6 +146,23 @@ def _figure_bills(runs: list[Run], path: Path, cur: str) -> None:
     plt.close(fig)
 
 
+def short_labels(runs: list[Run]) -> list[str]:
+    """One short tick label per run: the mechanism when every run has its own, else the
+    scenario name without the prefix all runs share (e.g. ``rural3-``)."""
+    mechanisms = [r.summary["mechanism"] for r in runs]
+    if len(set(mechanisms)) == len(runs):
+        return mechanisms
+    names = [r.summary["scenario"] for r in runs]
+    prefix = os.path.commonprefix(names) if len(runs) > 1 else ""
+    prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else ""
+    return [n[len(prefix):] or n for n in names]
+
+
+def _width(runs: list[Run], base_in: float) -> float:
+    """Figure width [in] that leaves each run's bars room beyond five runs."""
+    return min(base_in + max(len(runs) - 5, 0) * 1.2, 32.0)
+
+
 def _figure_bars(runs: list[Run], path: Path, cur: str) -> None:
     metrics = [
         ("welfare of P2P trades", f"[{cur}]", lambda r: r.welfare()),
@@ -152,8 +170,8 @@ def _figure_bars(runs: list[Run], path: Path, cur: str) -> None:
         ("curtailed", "[kWh]", lambda r: r.kpi("curtailed_kwh")),
         ("network charges", f"[{cur}]", lambda r: r.kpi("network_charges")),
     ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(13, 4))
-    labels = [f"{r.summary['scenario']}\n({r.summary['mechanism']})" for r in runs]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(_width(runs, 13.0), 4.5))
+    labels = short_labels(runs)
     for ax, (title, unit, fn) in zip(axes, metrics, strict=True):
         values = [fn(r) for r in runs]
         ax.bar(range(len(runs)), values, color="tab:blue")
@@ -168,8 +186,8 @@ def _figure_bars(runs: list[Run], path: Path, cur: str) -> None:
 
 
 def _figure_grid(runs: list[Run], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-    labels = [f"{r.summary['scenario']}\n({r.summary['mechanism']})" for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(_width(runs, 13.0), 4.5))
+    labels = short_labels(runs)
     x = np.arange(len(runs))
     with_fb = [r.kpi("peak_trafo_loading_pct") for r in runs]
     without = [r.variant("market_no_feedback", "peak_trafo_loading_pct") for r in runs]
