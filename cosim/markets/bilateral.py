@@ -121,7 +121,6 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field
-from pyomo.contrib.appsi.solvers import Highs as AppsiHighs
 from scipy.linalg import cholesky, solve_triangular
 from scipy.optimize import nnls
 
@@ -138,7 +137,7 @@ from cosim.markets.base import (
     Participants,
     outside_trades,
 )
-from cosim.markets.pool import INACTIVE_RHS, OUTSIDE_EPSILON
+from cosim.markets.pool import INACTIVE_RHS, OUTSIDE_EPSILON, attach_highs
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
 logging.getLogger("pyomo.contrib.solver").setLevel(logging.ERROR)
@@ -331,25 +330,12 @@ class CentralModel:
         self._define_balances(m, sales, purchases)
         self._define_network_cuts(m)
         self._define_objective(m)
-        self.solver = AppsiHighs()
-        self.solver.config.stream_solver = False
-        self.solver.highs_options = {"presolve": "off", "threads": 1, "output_flag": False}
-        self.solver.set_instance(m)
-        self.highs: highspy.Highs = self.solver._solver_model
-        self.highs.setOptionValue("output_flag", False)
-        self.highs.setOptionValue("presolve", "off")
+        self.solver, self.highs, self.col, self.row = attach_highs(
+            m, self.VARIABLES,
+            ("buyer_balance", "seller_balance", "injection_definition", "network_cut", "import_limit", "export_limit"),
+            presolve="off",
+        )
         self.highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
-        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
-        self.col = {
-            name: np.array([vmap[id(v)] for v in getattr(m, name).values()], dtype=np.int32)
-            for name in self.VARIABLES
-        }
-        self.row = {
-            name: np.array([cmap[c] for c in getattr(m, name).values()], dtype=np.int32)
-            for name in ("buyer_balance", "seller_balance", "injection_definition", "network_cut")
-        }
-        self.row["import_limit"] = np.array([cmap[m.import_limit]], dtype=np.int32)
-        self.row["export_limit"] = np.array([cmap[m.export_limit]], dtype=np.int32)
         #: cut coefficients now in HiGHS (all 1 as built); rows beyond `_cuts_in_use` are relaxed
         self._cut_coef = np.ones((max_cuts, n))
         self._cuts_in_use = 0

@@ -71,7 +71,6 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field, model_validator
-from pyomo.contrib.appsi.solvers import Highs
 
 from cosim.markets.base import (
     QTY_TOL,
@@ -85,7 +84,7 @@ from cosim.markets.base import (
     OrderArrays,
     outside_trades,
 )
-from cosim.markets.pool import INACTIVE_RHS
+from cosim.markets.pool import INACTIVE_RHS, attach_highs
 from cosim.markets.uniform import failed_result
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
@@ -221,20 +220,10 @@ class CommunityModel:
         self._define_balances(m)
         self._define_network_cuts(m)
         self._define_objective(m)
-        self.solver = Highs()
-        self.solver.config.stream_solver = False
-        self.solver.highs_options = {"presolve": "off", "threads": 1, "output_flag": False}
-        self.solver.set_instance(m)
-        self.highs: highspy.Highs = self.solver._solver_model
-        self.highs.setOptionValue("output_flag", False)
-        self.highs.setOptionValue("presolve", "off")
-        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
-        self.col = {name: np.array([vmap[id(v)] for v in getattr(m, name).values()], dtype=np.int32)
-                    for name in MEMBER_VARIABLES + MANAGER_VARIABLES}
-        self.row = {name: np.array([cmap[c] for c in getattr(m, name).values()], dtype=np.int32)
-                    for name in ("buyer_balance", "seller_balance", "network_cut")}
-        for name in ("import_limit", "export_limit"):
-            self.row[name] = np.array([cmap[getattr(m, name)]], dtype=np.int32)
+        self.solver, self.highs, self.col, self.row = attach_highs(
+            m, MEMBER_VARIABLES + MANAGER_VARIABLES,
+            ("buyer_balance", "seller_balance", "network_cut", "import_limit", "export_limit"), presolve="off",
+        )
         self._coef = np.ones((max_cuts, n))  # cut coefficients now in HiGHS
         self._cuts_in_use = max_cuts  # every slot starts with coefficient 1: reset on first update
         self.highs.changeObjectiveSense(highspy.ObjSense.kMaximize)

@@ -47,6 +47,28 @@ logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
 INACTIVE_RHS = 1e9
 #: Tie-breaking cost of trading with the outside party [currency/kWh].
 OUTSIDE_EPSILON = 1e-6
+def attach_highs(m: pyo.ConcreteModel, variables, constraints, **options) -> tuple[Highs, highspy.Highs, dict, dict]:
+    """Hand a Pyomo model to a persistent HiGHS instance, once per run.
+
+    Returns the appsi solver, its `highspy.Highs` (each round's data is written straight
+    into it: appsi's parameter sync is too slow), and the HiGHS column (row) indices of each
+    named variable (constraint), indexed or scalar, in index order. Output is off and HiGHS
+    runs on one thread; `options` (e.g. ``presolve="off"``) are set on both.
+    """
+    options = {"threads": 1, "output_flag": False, **options}
+    solver = Highs()
+    solver.config.stream_solver = False
+    solver.highs_options = dict(options)
+    solver.set_instance(m)
+    highs: highspy.Highs = solver._solver_model
+    for key, value in options.items():
+        highs.setOptionValue(key, value)
+    vmap, cmap = solver._pyomo_var_to_solver_var_map, solver._pyomo_con_to_solver_con_map
+    col = {name: np.array([vmap[id(v)] for v in getattr(m, name).values()], dtype=np.int32) for name in variables}
+    row = {name: np.array([cmap[c] for c in getattr(m, name).values()], dtype=np.int32) for name in constraints}
+    return solver, highs, col, row
+
+
 VARIABLES = ("bought_kwh", "sold_kwh", "imported_kwh", "exported_kwh", "shed_kwh", "curtailed_kwh", "injection_kwh")
 
 
@@ -65,21 +87,10 @@ class PoolModel:
         self._define_balances(m)
         self._define_network_cuts(m)
         self._define_objective(m)
-        self.solver = Highs()
-        self.solver.config.stream_solver = False
-        self.solver.highs_options = {"presolve": "off", "threads": 1, "output_flag": False}
-        self.solver.set_instance(m)
-        self.highs: highspy.Highs = self.solver._solver_model
-        self.highs.setOptionValue("output_flag", False)
-        self.highs.setOptionValue("presolve", "off")
-        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
-        self.col = {name: np.array([vmap[id(v)] for v in getattr(m, name).values()], dtype=np.int32) for name in VARIABLES}
-        self.row = {
-            name: np.array([cmap[c] for c in getattr(m, name).values()], dtype=np.int32)
-            for name in ("buyer_balance", "seller_balance", "network_cut")
-        }
-        self.row["import_limit"] = np.array([cmap[m.import_limit]], dtype=np.int32)
-        self.row["export_limit"] = np.array([cmap[m.export_limit]], dtype=np.int32)
+        self.solver, self.highs, self.col, self.row = attach_highs(
+            m, VARIABLES, ("buyer_balance", "seller_balance", "network_cut", "import_limit", "export_limit"),
+            presolve="off",
+        )
         self.highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
 
     # -- model pieces -------------------------------------------------------------------

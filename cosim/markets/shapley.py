@@ -108,7 +108,6 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field
-from pyomo.contrib.appsi.solvers import Highs
 from scipy.stats import norm
 
 from cosim.markets.base import (
@@ -123,7 +122,7 @@ from cosim.markets.base import (
     OrderArrays,
     outside_trades,
 )
-from cosim.markets.pool import PoolModel
+from cosim.markets.pool import PoolModel, attach_highs
 from cosim.markets.uniform import failed_result, merit_order_matching
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
@@ -264,16 +263,9 @@ class LeastCoreModel:
         )
         m.efficiency = pyo.Constraint(expr=sum(m.share[i] for i in m.I) == m.grand_value)
         m.least_excess = pyo.Objective(expr=m.epsilon, sense=pyo.minimize)
-        self.solver = Highs()
-        self.solver.highs_options = {"output_flag": False, "threads": 1}
-        self.solver.set_instance(m)
-        self.highs: highspy.Highs = self.solver._solver_model
-        self.highs.setOptionValue("output_flag", False)
-        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
-        self.share_col = np.array([vmap[id(m.share[i])] for i in m.I], dtype=np.int32)
-        self.eps_col = np.array([vmap[id(m.epsilon)]], dtype=np.int32)
-        self.rows = np.array([cmap[m.coalition_excess[s]] for s in m.S], dtype=np.int32)
-        self.eff_row = np.array([cmap[m.efficiency]], dtype=np.int32)
+        self.solver, self.highs, col, row = attach_highs(m, ("share", "epsilon"), ("coalition_excess", "efficiency"))
+        self.share_col, self.eps_col = col["share"], col["epsilon"]
+        self.rows, self.eff_row = row["coalition_excess"], row["efficiency"]
         self.n_col = self.highs.getNumCol()
 
     def _set_hessian(self, on: bool) -> None:

@@ -121,7 +121,6 @@ import numpy as np
 import pandas as pd
 import pyomo.environ as pyo
 from pydantic import Field
-from pyomo.contrib.appsi.solvers import Highs
 
 from cosim.markets.base import (
     QTY_TOL,
@@ -135,7 +134,7 @@ from cosim.markets.base import (
     OrderArrays,
     outside_trades,
 )
-from cosim.markets.pool import PoolModel
+from cosim.markets.pool import PoolModel, attach_highs
 from cosim.markets.uniform import failed_result
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
@@ -461,18 +460,11 @@ class FollowerModel:
         m.purchase_kwh = pyo.Var(m.M, domain=pyo.NonNegativeReals)
         m.need_limit = pyo.Constraint(expr=sum(m.purchase_kwh[j] for j in m.M) <= m.need_kwh)
         m.disutility = pyo.Objective(expr=sum(m.price_gap[j] * m.purchase_kwh[j] for j in m.M), sense=pyo.minimize)
-        self.solver = Highs()
-        self.solver.config.stream_solver = False
-        self.solver.highs_options = {"threads": 1, "output_flag": False}
-        self.solver.set_instance(m)
-        self.highs: highspy.Highs = self.solver._solver_model
-        self.highs.setOptionValue("output_flag", False)
+        self.solver, self.highs, col, row = attach_highs(m, ("purchase_kwh",), ("need_limit",))
         # the Hessian is positive definite (w > 0 on every column): no regularisation, which
         # would shift purchases by ~1e-7 / w from the buyer's optimum
         self.highs.setOptionValue("qp_regularization_value", 0.0)
-        vmap, cmap = self.solver._pyomo_var_to_solver_var_map, self.solver._pyomo_con_to_solver_con_map
-        self.col = np.array([vmap[id(m.purchase_kwh[j])] for j in m.M], dtype=np.int32)
-        self.need_row = np.array([cmap[m.need_limit]], dtype=np.int32)
+        self.col, self.need_row = col["purchase_kwh"], row["need_limit"]
         self.n_col = self.highs.getNumCol()
         self.highs.changeObjectiveSense(highspy.ObjSense.kMinimize)
         order = np.argsort(self.col)
