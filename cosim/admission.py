@@ -75,6 +75,10 @@ SIDES = ("buy", "sell")
 REJECTION_COLUMNS = ["round", "id", "reason", "side", "quantity_kwh", "price_per_kwh", "nonce"]
 #: Slack on the physical limits: absolute [kWh] and relative [-].
 LIMIT_TOL_KWH, LIMIT_TOL_REL = 1e-9, 1e-9
+#: The signature field of an order its controller has committed to but signs later, in
+#: the ledger (`Controllers.sign` with ``defer=True``). Never a valid Ed25519 signature,
+#: so such an order is admitted only on its controller's word (`Admission`, ``signer``).
+PENDING = b""
 
 
 class SignedOrder(NamedTuple):
@@ -137,8 +141,16 @@ class Controllers:
         self._made: dict[int, dict[bytes, tuple[str, bytes]]] = {}
         """round -> signature -> (id, signed bytes), for the last two rounds signed."""
 
-    def sign(self, round_no: int, rows: Sequence[tuple[str, str, float, float]]) -> list[SignedOrder]:
-        """Sign `rows` of (id, side, quantity_kwh, price_per_kwh) for round `round_no`."""
+    def sign(self, round_no: int, rows: Sequence[tuple[str, str, float, float]],
+             defer: bool = False) -> list[SignedOrder]:
+        """Sign `rows` of (id, side, quantity_kwh, price_per_kwh) for round `round_no`.
+
+        With `defer`, each controller only commits to its order (nonce, bytes) and the
+        signature field is `PENDING`: the ledger writer signs it with the same key when it
+        writes the round's block (`cosim.ledger.LedgerWriter`, in its own process beside
+        the rounds). Ed25519 signatures are deterministic (RFC 8032), so the ledger holds
+        the same bytes either way, and `cosim ledger verify` checks every one of them.
+        """
         round_no = int(round_no)
         made = self._made.get(round_no)
         if made is None:
@@ -150,6 +162,10 @@ class Controllers:
             nonce = next_nonce[id_]
             next_nonce[id_] = nonce + 1
             q, p = float(q), float(p)
+            if defer:
+                made[(id_, nonce)] = (side, q, p)
+                orders.append(SignedOrder(id_, side, q, p, round_no, nonce, PENDING))
+                continue
             message = order_message(round_no, nonce, id_, side, q, p)
             signature = keys[id_].sign(message)
             made[signature] = (id_, message)
@@ -158,9 +174,14 @@ class Controllers:
 
     def signed(self, order: SignedOrder) -> bool:
         """True if these controllers signed exactly this order (same id, same bytes, same
-        signature) in the current or the previous round. Ed25519 verification of such an
-        order with the controller's public key cannot fail (RFC 8032: a signature made
-        with a key verifies with its public key)."""
+        signature), or committed to exactly it with ``defer``, in the current or the
+        previous round. Ed25519 verification of such an order with the controller's
+        public key cannot fail (RFC 8032: a signature made with a key verifies with its
+        public key)."""
+        if order.signature == PENDING:
+            made = self._made.get(order.round)
+            return made is not None and made.get((order.id, order.nonce)) == (
+                order.side, order.quantity_kwh, order.price_per_kwh)
         for made in self._made.values():
             got = made.get(order.signature)
             if got is not None:

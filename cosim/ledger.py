@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.admission import ADMITTED, REASONS, REJECTION_COLUMNS, Admission, SignedOrder
+from cosim.admission import ADMITTED, PENDING, REASONS, REJECTION_COLUMNS, Admission, SignedOrder
 from cosim.errors import InputError
 from cosim.signing import (
     HASH_BYTES,
@@ -183,14 +183,16 @@ def leaves(table: str, rows: list[list]) -> list[bytes]:
     return [encode_record(tag, r) for r in rows]
 
 
-def seal(block: dict, keys: Mapping, signers: Sequence[str]) -> dict:
+def seal(block: dict, keys: Mapping, signers: Sequence[str], known: Mapping[str, list[bytes]] | None = None) -> dict:
     """Fill in a block's roots, hash and signatures from its rows.
 
     `keys` maps validator names to private keys; `signers` lists, in the genesis order,
     the validators who sign. The writer uses it with every validator; a test that plays
-    colluding validators uses it with theirs.
+    colluding validators uses it with theirs. `known` holds leaves of some tables that
+    the caller already encoded (the same bytes `leaves` gives).
     """
-    roots = {t: merkle_root(leaves(t, block[t])) for t in TABLES[block["kind"]]}
+    known = known or {}
+    roots = {t: merkle_root(known[t] if t in known else leaves(t, block[t])) for t in TABLES[block["kind"]]}
     header = header_record(block["height"], block["kind"], block["round"], block["time"],
                            bytes.fromhex(block["prev_hash"]), roots)
     digest = sha256(header)
@@ -231,17 +233,19 @@ class LedgerWriter:
     Parameters
     ----------
     path : the ledger file
-    seed : the scenario seed, from which the validators' keys are derived
+    seed : the scenario seed, from which the validators' keys are derived (and the
+        controllers' keys, to sign the orders they committed to with
+        `cosim.admission.PENDING`)
     validators : the validators' names, in order
     prosumer_keys : id -> 32-byte public key of each controller
     start : the run's start, the genesis block's time
+    parties, buses : the settlement's parties and their buses, in the row order of the
+        matrices `append_round` takes (`cosim.settlement.parties`)
     """
 
     def __init__(self, path: Path, seed: int, validators: Sequence[str], prosumer_keys: Mapping[str, bytes],
-                 start: str):
-        self.path = Path(path)
-        self.validators = list(validators)
-        self.keys = validator_keys(seed, self.validators)
+                 start: str, parties: Sequence[str] = (), buses: Sequence[int] = ()):
+        self._open(path, seed, validators, parties, buses)
         self._fh = self.path.open("w", encoding="ascii", newline="\n")
         self.height = 0
         self.head = GENESIS_PREV
@@ -250,34 +254,128 @@ class LedgerWriter:
         self._write({"height": 0, "kind": "genesis", "round": -1, "time": start, "prev_hash": GENESIS_PREV,
                      "keys": rows})
 
-    def _write(self, block: dict) -> str:
-        seal(block, self.keys, self.validators)
+    def _open(self, path, seed, validators, parties, buses) -> None:
+        self.path = Path(path)
+        self.seed = seed
+        self.validators = list(validators)
+        self.keys = validator_keys(seed, self.validators)
+        self.parties = [str(p) for p in parties]
+        self.buses = [int(b) for b in buses]
+        self._controller_keys: dict = {}
+
+    @classmethod
+    def resume(cls, path: Path, seed: int, validators: Sequence[str], height: int, head: str,
+               parties: Sequence[str] = (), buses: Sequence[int] = ()) -> LedgerWriter:
+        """A writer that carries on a chain cut back to its first `height` blocks (the
+        genesis block and the blocks of rounds 0 .. height - 2), whose head is `head`."""
+        self = cls.__new__(cls)
+        self._open(path, seed, validators, parties, buses)
+        keep = truncate_lines(self.path, height)
+        if keep != height:
+            raise RuntimeError(f"{self.path}: the checkpoint needs {height} blocks, the file has {keep}")
+        self._fh = self.path.open("a", encoding="ascii", newline="\n")
+        self.height = height
+        self.head = head
+        return self
+
+    def _write(self, block: dict, known: Mapping[str, list[bytes]] | None = None) -> str:
+        seal(block, self.keys, self.validators, known)
         self._fh.write(canonical_json(block) + "\n")
         self.head = block["hash"]
         self.height = block["height"] + 1
         return self.head
 
+    def _orders(self, orders: Sequence[SignedOrder], outcomes: Sequence[str]) -> tuple[list[list], list[bytes]]:
+        """The order rows and their Merkle leaves; an order committed with `PENDING` is
+        signed here, with its controller's key."""
+        rows, leaves_ = [], []
+        for o, outcome in zip(orders, outcomes, strict=True):
+            message = order_message(o.round, o.nonce, o.id, o.side, o.quantity_kwh, o.price_per_kwh)
+            signature = o.signature
+            if signature == PENDING:
+                key = self._controller_keys.get(o.id)
+                if key is None:
+                    key = self._controller_keys[o.id] = derive_key(self.seed, "prosumer", o.id)
+                signature = key.sign(message)
+            rows.append([o.id, o.side, json_real(o.quantity_kwh), json_real(o.price_per_kwh), o.round, o.nonce,
+                         signature.hex(), outcome])
+            leaves_.append(message + encode_field(signature) + encode_field(outcome))
+        return rows, leaves_
+
     def append(self, round_no: int, time: str, orders: Sequence[SignedOrder], outcomes: Sequence[str],
                trades: pd.DataFrame, settlement: pd.DataFrame) -> str:
-        """Add the block of one round; returns its hash."""
-        order_rows = [
-            [o.id, o.side, json_real(o.quantity_kwh), json_real(o.price_per_kwh), o.round, o.nonce,
-             o.signature.hex(), outcome]
-            for o, outcome in zip(orders, outcomes, strict=True)
-        ]
+        """Add the block of one round from its tables; returns its hash."""
+        order_rows, order_leaves = self._orders(orders, outcomes)
         return self._write({
             "height": self.height, "kind": "round", "round": int(round_no), "time": time, "prev_hash": self.head,
             "orders": order_rows,
             "trades": _columns(trades, TRADE_FIELDS, ROW_TYPES["trades"]),
             "settlement": _columns(settlement, SETTLEMENT_FIELDS, ROW_TYPES["settlement"]),
-        })
+        }, {"orders": order_leaves})
 
-    def flush(self) -> None:
-        """Put every block appended so far on disk (before a checkpoint counts them)."""
+    def append_round(self, round_no: int, time: str, orders: Sequence[SignedOrder], outcomes: Sequence[str],
+                     trades: tuple | None, settlement: np.ndarray) -> str:
+        """Add the block of one round from arrays (the loop's hot path); returns its hash.
+
+        `trades` is `trade_payload` of the round's trades; `settlement` the settlement
+        matrix (`cosim.settlement.settle_matrix`: one row per party of `parties`, the
+        columns of SETTLEMENT_FIELDS from bought_kwh to bill first).
+        """
+        order_rows, order_leaves = self._orders(orders, outcomes)
+        values = settlement[:, :len(SETTLEMENT_FIELDS) - 2]
+        if len(values) != len(self.parties):
+            raise ValueError(f"settlement: expected {len(self.parties)} party rows, found {len(values)}")
+        rows = _real_rows(values)
+        settlement_rows = [[p, b, *v] for p, b, v in zip(self.parties, self.buses, rows, strict=True)]
+        trade_rows = []
+        if trades is not None:
+            sellers, buyers, numbers = trades
+            trade_rows = [[s, b, *v] for s, b, v in zip(sellers, buyers, _real_rows(numbers), strict=True)]
+        return self._write({
+            "height": self.height, "kind": "round", "round": int(round_no), "time": time, "prev_hash": self.head,
+            "orders": order_rows, "trades": trade_rows, "settlement": settlement_rows,
+        }, {"orders": order_leaves})
+
+    def flush(self) -> tuple[int, str]:
+        """Put every block appended so far on disk (before a checkpoint counts them);
+        returns (blocks on disk, head hash)."""
         self._fh.flush()
+        return self.height, self.head
 
-    def close(self) -> None:
+    def close(self) -> tuple[int, str]:
+        """Close the file; returns (blocks written, head hash)."""
         self._fh.close()
+        return self.height, self.head
+
+
+def _real_rows(values: np.ndarray) -> list[list]:
+    """Rows of a float matrix as lists of floats, non-finite values as the ledger's text."""
+    rows = values.tolist()
+    if not np.isfinite(values).all():
+        rows = [[json_real(v) for v in r] for r in rows]
+    return rows
+
+
+def trade_payload(trades: pd.DataFrame | None) -> tuple | None:
+    """A round's trades as (sellers, buyers, float matrix of TRADE_FIELDS[2:]), what
+    `LedgerWriter.append_round` takes: cheaper than the table to hand to another process."""
+    if trades is None or not len(trades):
+        return None
+    numbers = np.column_stack([trades[f].to_numpy(dtype=float) for f in TRADE_FIELDS[2:]])
+    return [str(v) for v in trades["seller"].tolist()], [str(v) for v in trades["buyer"].tolist()], numbers
+
+
+def truncate_lines(path: Path, n: int) -> int:
+    """Cut a text file back to its first `n` lines; returns how many it kept."""
+    kept, offset = 0, 0
+    with open(path, "rb+") as fh:
+        for line in fh:
+            if kept == n or not line.endswith(b"\n"):
+                break
+            kept += 1
+            offset += len(line)
+        fh.truncate(offset)
+    return kept
 
 
 # -- verifying --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ from cosim.feedback import (
 )
 from cosim.grid.powerflow import GridState, PowerFlow
 from cosim.grid.sensitivities import AdjointSensitivities, loss_factors
-from cosim.ledger import LedgerWriter, rejection_rows, validator_keys
+from cosim.ledger import LedgerWriter, rejection_rows, trade_payload
+from cosim.ledger_process import LedgerProcess
 from cosim.markets import (
     ClearingResult,
     MarketContext,
@@ -71,7 +73,7 @@ from cosim.networks import (
 from cosim.prosumers import Fleet, build_fleet, make_orders
 from cosim.results import Recorder
 from cosim.scenario import Scenario
-from cosim.settlement import SETTLEMENT_COLUMNS, parties, settle_matrix, settlement_frame
+from cosim.settlement import parties, settle_matrix
 from cosim.storage import FlexibleAssets, build_assets, flexible_consumption_kwh, summarize_storage
 
 #: Network-cut slots in the clearing model.
@@ -220,6 +222,10 @@ class OrderGate:
         self.admission = Admission(self.controllers.public_keys, signer=self.controllers)
         self.adversary = Adversary(scenario.ledger.adversary, scenario.seed, self.controllers)
         self.done: dict[int, GateRound] = {}
+        self.defer = not self.adversary.active
+        """Whether the controllers only commit to their orders and the ledger signs them
+        (`cosim.admission.PENDING`), beside the rounds. Not with an adversary, whose
+        attacks copy signed orders."""
 
     def close(self) -> None:
         """Nothing to release (kept so that callers can treat the gate as a resource)."""
@@ -249,7 +255,7 @@ class OrderGate:
         c0 = time.thread_time()
         ids, sides = book["id"].tolist(), book["side"].tolist()
         qty, price = book["quantity_kwh"].tolist(), book["price_per_kwh"].tolist()
-        honest = self.controllers.sign(t, list(zip(ids, sides, qty, price, strict=True)))
+        honest = self.controllers.sign(t, list(zip(ids, sides, qty, price, strict=True)), defer=self.defer)
         submitted = self.adversary.attack(t, honest, limits) if self.adversary.active else honest
         outcomes = self.admission.admit(t, submitted, limits)
         planned = {i: (s, q, p) for i, s, q, p in zip(ids, sides, qty, price, strict=True)}
@@ -581,41 +587,21 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
     return row
 
 
-def open_ledger(setup: Setup, path: Path, gate: OrderGate) -> LedgerWriter:
+def open_ledger(setup: Setup, path: Path, gate: OrderGate, process: bool = True,
+                resume: tuple[int, str] | None = None) -> LedgerWriter | LedgerProcess:
     """A ledger for the run: its genesis block registers the controllers' and the
-    validators' public keys."""
+    validators' public keys. With `process`, the writer runs in a child process beside
+    the rounds (`cosim.ledger_process`); `resume` = (blocks, head) carries on a chain cut
+    back to its first blocks."""
     sc = setup.scenario
-    return LedgerWriter(path, sc.seed, sc.ledger.validators, gate.controllers.public_keys,
-                        setup.fleet.time[0].isoformat())
-
-
-class ResumedLedger(LedgerWriter):
-    """A ledger writer that carries on a chain cut back to its first `height` blocks (the
-    genesis block and the blocks of rounds 0 .. height - 2), whose head is `head`."""
-
-    def __init__(self, path: Path, seed: int, validators, height: int, head: str):
-        self.path = Path(path)
-        self.validators = list(validators)
-        self.keys = validator_keys(seed, self.validators)
-        keep = truncate_lines(self.path, height)
-        if keep != height:
-            raise RuntimeError(f"{self.path}: the checkpoint needs {height} blocks, the file has {keep}")
-        self._fh = self.path.open("a", encoding="ascii", newline="\n")
-        self.height = height
-        self.head = head
-
-
-def truncate_lines(path: Path, n: int) -> int:
-    """Cut a text file back to its first `n` lines; returns how many it kept."""
-    kept, offset = 0, 0
-    with open(path, "rb+") as fh:
-        for line in fh:
-            if kept == n or not line.endswith(b"\n"):
-                break
-            kept += 1
-            offset += len(line)
-        fh.truncate(offset)
-    return kept
+    ids = setup.fleet.ids
+    party_buses = np.r_[setup.fleet.table.bus.to_numpy(np.int64), -1, -1, -1]
+    common = (parties(ids, OUTSIDE[sc.mode]), party_buses.tolist())
+    if resume is not None:
+        args = (path, sc.seed, sc.ledger.validators, *resume, *common)
+        return LedgerProcess.resume(*args) if process else LedgerWriter.resume(*args)
+    args = (path, sc.seed, sc.ledger.validators, gate.controllers.public_keys, setup.fleet.time[0].isoformat(), *common)
+    return LedgerProcess.new(*args) if process else LedgerWriter(*args)
 
 
 # -- checkpoints ------------------------------------------------------------------------
@@ -676,7 +662,7 @@ class Progress:
 
 
 def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: bool = True,
-                     ledger: LedgerWriter | None = None, gate: OrderGate | None = None,
+                     ledger: LedgerWriter | LedgerProcess | None = None, gate: OrderGate | None = None,
                      chunk_rounds: int = CHUNK_ROUNDS, resume: Progress | None = None) -> None:
     """Run every round of one variant and write its parquet files into `folder`.
 
@@ -696,7 +682,7 @@ def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: boo
             gate.close()
 
 
-def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | None,
+def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | LedgerProcess | None,
               gate: OrderGate | None, chunk_rounds: int, resume: Progress) -> None:
     sc = setup.scenario
     runner = VariantRunner(setup, variant, gate)
@@ -723,8 +709,8 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         gr = outcome.gate
         if ledger is not None:
             t1, c1 = time.perf_counter(), time.thread_time()
-            frame = settlement_frame(t, party_names, party_buses, st[:, :len(SETTLEMENT_COLUMNS) - 3], physical=False)
-            ledger.append(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes, outcome.result.trades, frame)
+            ledger.append_round(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes,
+                                trade_payload(outcome.result.trades), st)
             outcome.timings["ledger"] += time.perf_counter() - t1
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
         t1 = time.perf_counter()
@@ -800,10 +786,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             ledger = None
             if main:
                 path = tmp / "ledger.jsonl"
-                if here and ckpt.ledger is not None:
-                    ledger = ResumedLedger(path, scenario.seed, scenario.ledger.validators, *ckpt.ledger)
-                else:
-                    ledger = open_ledger(setup, path, gate)
+                ledger = open_ledger(setup, path, gate, resume=ckpt.ledger if here else None)
                 stack.callback(ledger.close)
 
             def on_chunk(runner, next_round, index=index, ledger=ledger):
@@ -875,7 +858,10 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         stack.close()
         return folder.commit()
     except KeyboardInterrupt:
-        stack.close()
+        try:
+            stack.close()
+        except Exception as err:  # noqa: BLE001 - e.g. the ledger's process was killed too; the checkpoint stands
+            print(f"cosim: while stopping: {err}", file=sys.stderr)
         if (folder.tmp / CHECKPOINT).exists():
             folder.keep_for_resume()
         else:
