@@ -76,8 +76,8 @@ REJECTION_COLUMNS = ["round", "id", "reason", "side", "quantity_kwh", "price_per
 #: Slack on the physical limits: absolute [kWh] and relative [-].
 LIMIT_TOL_KWH, LIMIT_TOL_REL = 1e-9, 1e-9
 #: The signature field of an order its controller has committed to but signs later, in
-#: the ledger (`Controllers.sign` with ``defer=True``). Never a valid Ed25519 signature,
-#: so such an order is admitted only on its controller's word (`Admission`, ``signer``).
+#: the ledger (`Controllers.commit`, `Commitments.orders`). Never a valid Ed25519
+#: signature.
 PENDING = b""
 
 
@@ -138,55 +138,118 @@ class Controllers:
         self.keys = {i: derive_key(seed, "prosumer", i) for i in ids}
         self.public_keys = {i: public_bytes(k) for i, k in self.keys.items()}
         self.next_nonce = dict.fromkeys(ids, 0)
-        self._made: dict[int, dict[bytes, tuple[str, bytes]]] = {}
-        """round -> signature -> (id, signed bytes), for the last two rounds signed."""
+        self._made: dict[int, dict] = {}
+        """round -> signature -> (id, signed bytes), for the last two rounds signed (and
+        the round's `Commitments` under `COMMITTED`)."""
 
-    def sign(self, round_no: int, rows: Sequence[tuple[str, str, float, float]],
-             defer: bool = False) -> list[SignedOrder]:
-        """Sign `rows` of (id, side, quantity_kwh, price_per_kwh) for round `round_no`.
-
-        With `defer`, each controller only commits to its order (nonce, bytes) and the
-        signature field is `PENDING`: the ledger writer signs it with the same key when it
-        writes the round's block (`cosim.ledger.LedgerWriter`, in its own process beside
-        the rounds). Ed25519 signatures are deterministic (RFC 8032), so the ledger holds
-        the same bytes either way, and `cosim ledger verify` checks every one of them.
-        """
+    def sign(self, round_no: int, rows: Sequence[tuple[str, str, float, float]]) -> list[SignedOrder]:
+        """Sign `rows` of (id, side, quantity_kwh, price_per_kwh) for round `round_no`."""
         round_no = int(round_no)
-        made = self._made.get(round_no)
-        if made is None:
-            self._made = {r: m for r, m in self._made.items() if r >= round_no - 1}
-            made = self._made[round_no] = {}
+        made = self._round(round_no)
         keys, next_nonce = self.keys, self.next_nonce
         orders = []
         for id_, side, q, p in rows:
             nonce = next_nonce[id_]
             next_nonce[id_] = nonce + 1
             q, p = float(q), float(p)
-            if defer:
-                made[(id_, nonce)] = (side, q, p)
-                orders.append(SignedOrder(id_, side, q, p, round_no, nonce, PENDING))
-                continue
             message = order_message(round_no, nonce, id_, side, q, p)
             signature = keys[id_].sign(message)
             made[signature] = (id_, message)
             orders.append(SignedOrder(id_, side, q, p, round_no, nonce, signature))
         return orders
 
+    def _round(self, round_no: int) -> dict:
+        made = self._made.get(round_no)
+        if made is None:
+            self._made = {r: m for r, m in self._made.items() if r >= round_no - 1}
+            made = self._made[round_no] = {}
+        return made
+
+    def commit(self, round_no: int, ids: Sequence[str], buy: np.ndarray, quantity_kwh: np.ndarray,
+               price_per_kwh: np.ndarray) -> Commitments:
+        """Each controller commits to its order for round `round_no` (one per id; `buy`
+        True for a bid, False for an offer) and takes its next nonce, but does not sign
+        yet: the ledger signs each order with its controller's key when it writes the
+        round's block (`cosim.ledger.LedgerWriter`, in its own process beside the
+        rounds). Ed25519 signatures are deterministic (RFC 8032), so the ledger holds the
+        same bytes as if the controller had signed here, and `cosim ledger verify` checks
+        every one of them. The market admits commitments with
+        `Admission.admit_commitments`."""
+        round_no = int(round_no)
+        next_nonce = self.next_nonce
+        nonces = []
+        for i in ids:  # one after the other: a second order of an id takes the next nonce
+            n = next_nonce[i]
+            next_nonce[i] = n + 1
+            nonces.append(n)
+        nonces = np.array(nonces, dtype=np.int64)
+        c = Commitments(round_no, list(ids), nonces, np.asarray(buy, dtype=bool).copy(),
+                        np.asarray(quantity_kwh, dtype=float).copy(), np.asarray(price_per_kwh, dtype=float).copy())
+        self._round(round_no)[COMMITTED] = Commitments(c.round, list(c.ids), c.nonces.copy(), c.buy.copy(),
+                                                      c.quantity_kwh.copy(), c.price_per_kwh.copy())
+        return c
+
+    def committed(self, c: Commitments) -> np.ndarray:
+        """Per order of `c`: True if these controllers committed to exactly it (id, nonce,
+        side, quantity, price) for its round (`commit`)."""
+        made = self._made.get(c.round, {}).get(COMMITTED)
+        if made is None or made.ids != c.ids:
+            return np.zeros(len(c), dtype=bool)
+        return ((made.nonces == c.nonces) & (made.buy == c.buy)
+                & _same(made.quantity_kwh, c.quantity_kwh) & _same(made.price_per_kwh, c.price_per_kwh))
+
     def signed(self, order: SignedOrder) -> bool:
         """True if these controllers signed exactly this order (same id, same bytes, same
-        signature), or committed to exactly it with ``defer``, in the current or the
-        previous round. Ed25519 verification of such an order with the controller's
-        public key cannot fail (RFC 8032: a signature made with a key verifies with its
-        public key)."""
-        if order.signature == PENDING:
-            made = self._made.get(order.round)
-            return made is not None and made.get((order.id, order.nonce)) == (
-                order.side, order.quantity_kwh, order.price_per_kwh)
+        signature) in the current or the previous round. Ed25519 verification of such an
+        order with the controller's public key cannot fail (RFC 8032: a signature made
+        with a key verifies with its public key)."""
         for made in self._made.values():
             got = made.get(order.signature)
             if got is not None:
                 return got[0] == order.id and got[1] == order.message()
         return False
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise equality of two float arrays, NaN equal to NaN (same bits committed)."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+#: Key of a round's commitments among the signatures the controllers remember.
+COMMITTED = "committed"
+
+
+class Commitments:
+    """A round's orders as the controllers committed to them (`Controllers.commit`), as
+    arrays: one entry per order, in arrival order. Not signed yet: see `PENDING`."""
+
+    __slots__ = ("round", "ids", "nonces", "buy", "quantity_kwh", "price_per_kwh")
+
+    def __init__(self, round_no: int, ids: list[str], nonces: np.ndarray, buy: np.ndarray,
+                 quantity_kwh: np.ndarray, price_per_kwh: np.ndarray):
+        self.round = round_no
+        self.ids = ids
+        self.nonces = nonces
+        self.buy = buy
+        self.quantity_kwh = quantity_kwh
+        self.price_per_kwh = price_per_kwh
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self):
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __setstate__(self, state):
+        for f, v in zip(self.__slots__, state, strict=True):
+            setattr(self, f, v)
+
+    def orders(self) -> list[SignedOrder]:
+        """The orders, each with the signature `PENDING`."""
+        sides = ["buy" if b else "sell" for b in self.buy.tolist()]
+        return [SignedOrder(i, s, q, p, self.round, n, PENDING) for i, s, q, p, n in zip(
+            self.ids, sides, self.quantity_kwh.tolist(), self.price_per_kwh.tolist(), self.nonces.tolist(),
+            strict=True)]
 
 
 class Admission:
@@ -274,6 +337,52 @@ class Admission:
                 reason = ADMITTED
                 last[o.id] = o.nonce
                 seen.add(o.id)
+            outcomes.append(reason)
+        return outcomes
+
+    def admit_commitments(self, round_no: int, c: Commitments, deliver_kwh: np.ndarray | None = None,
+                          absorb_kwh: np.ndarray | None = None) -> list[str]:
+        """Outcome of each committed order (`Controllers.commit`), in order: the rules of
+        `admit`, in the same order, for orders whose signature the ledger makes later.
+        The signer must have committed to exactly the order (else ``bad_signature``).
+        `deliver_kwh` / `absorb_kwh` are the physical limits per order (None: no check).
+        """
+        n = len(c)
+        keys, last = self.keys, self.last_nonce
+        vouched = self.signer.committed(c) if self.signer is not None else np.zeros(n, dtype=bool)
+        q, p = c.quantity_kwh, c.price_per_kwh
+        with np.errstate(invalid="ignore"):
+            q_ok = np.isfinite(q) & (q >= 0.0)
+            p_ok = np.isfinite(p) & (p >= 0.0)
+            over = np.zeros(n, dtype=bool)
+            if deliver_kwh is not None:
+                limit = np.where(c.buy, absorb_kwh, deliver_kwh)
+                over = q > limit * (1.0 + LIMIT_TOL_REL) + LIMIT_TOL_KWH
+        seen: set[str] = set()
+        outcomes = []
+        right_round = c.round == round_no
+        for i, nonce, v, qk, pk, ov in zip(c.ids, c.nonces.tolist(), vouched.tolist(), q_ok.tolist(), p_ok.tolist(),
+                                           over.tolist(), strict=True):
+            if i not in keys:
+                reason = UNKNOWN_KEY
+            elif not v or i not in self._vouched:
+                reason = BAD_SIGNATURE
+            elif not right_round:
+                reason = WRONG_ROUND
+            elif nonce <= last.get(i, -1):
+                reason = REUSED_NONCE
+            elif i in seen:
+                reason = SECOND_ORDER
+            elif not qk:
+                reason = INVALID_QUANTITY
+            elif not pk:
+                reason = INVALID_PRICE
+            elif ov:
+                reason = EXCEEDS_LIMIT
+            else:
+                reason = ADMITTED
+                last[i] = nonce
+                seen.add(i)
             outcomes.append(reason)
         return outcomes
 

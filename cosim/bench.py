@@ -86,8 +86,14 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
             ledger.close()
             gate.close()
         wall_s = time.perf_counter() - t0
+        ledger_cpu_ms = getattr(ledger, "cpu_s", float("nan")) / rounds * 1000.0
         rounds_table = pd.read_parquet(Path(tmp) / "rounds.parquet")
         buses = pd.read_parquet(Path(tmp) / "buses.parquet")
+    with tempfile.TemporaryDirectory() as tmp:  # the same rounds without orders signed, admitted or chained
+        t0 = time.perf_counter()
+        simulate_variant(setup, variant, Path(tmp), progress=progress)
+        wall_no_ledger_s = time.perf_counter() - t0
+        no_ledger_ms = float(pd.read_parquet(Path(tmp) / "rounds.parquet", columns=["round_ms"]).round_ms.median())
     pp_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=False)
     pp_lsg_ms = pandapower_timeseries_ms(setup.pf.net, buses, rounds, lightsim2grid=True)
     median_round = float(rounds_table.round_ms.median())
@@ -109,6 +115,11 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
         "ratio_round_to_pandapower_step": median_round / pp_ms,
         "pandapower_lightsim2grid_run_timeseries_ms_per_step": pp_lsg_ms,
         "ratio_round_to_pandapower_lightsim2grid_step": median_round / pp_lsg_ms,
+        "ledger_process_cpu_ms_per_round": ledger_cpu_ms,
+        "median_round_without_ledger_ms": no_ledger_ms,
+        "mean_round_without_ledger_ms": wall_no_ledger_s / rounds * 1000.0,
+        "ledger_share_of_round": (median_round - no_ledger_ms) / median_round,
+        "ledger_share_of_wall": (wall_s - wall_no_ledger_s) / wall_s,
         "setup_s": setup_s,
         "wall_s": wall_s,
         "feedback_rounds": int((rounds_table.iterations > 1).sum()),
@@ -129,6 +140,12 @@ def format_bench(result: dict) -> str:
     ]
     for stage, ms in result["breakdown_median_ms"].items():
         lines.append(f"    {stage.removesuffix('_ms'):<22} {ms:8.2f} ms")
+    lines.append(f"  ledger process (signing, sealing, writing; beside the rounds): "
+                 f"{result['ledger_process_cpu_ms_per_round']:.2f} ms CPU per round")
+    lines.append(f"  without signing, admission and ledger: median round {result['median_round_without_ledger_ms']:.2f} ms "
+                 f"(mean {result['mean_round_without_ledger_ms']:.2f} ms); the ledger's share: "
+                 f"{100 * result['ledger_share_of_round']:.1f} % of the median round, "
+                 f"{100 * result['ledger_share_of_wall']:.1f} % of the wall time")
     lines += [
         f"  pandapower run_timeseries, its own Newton-Raphson: {result['pandapower_run_timeseries_ms_per_step']:7.2f} ms"
         f" per step (power flow only); ratio cosim/pandapower {result['ratio_round_to_pandapower_step']:.3f}",

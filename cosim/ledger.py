@@ -54,7 +54,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.admission import ADMITTED, PENDING, REASONS, REJECTION_COLUMNS, Admission, SignedOrder
+from cosim.admission import (
+    ADMITTED,
+    PENDING,
+    REASONS,
+    REJECTION_COLUMNS,
+    Admission,
+    Commitments,
+    SignedOrder,
+)
 from cosim.errors import InputError
 from cosim.signing import (
     HASH_BYTES,
@@ -285,9 +293,11 @@ class LedgerWriter:
         self.height = block["height"] + 1
         return self.head
 
-    def _orders(self, orders: Sequence[SignedOrder], outcomes: Sequence[str]) -> tuple[list[list], list[bytes]]:
+    def _orders(self, orders: Sequence[SignedOrder] | Commitments, outcomes: Sequence[str]) -> tuple[list[list], list[bytes]]:
         """The order rows and their Merkle leaves; an order committed with `PENDING` is
         signed here, with its controller's key."""
+        if isinstance(orders, Commitments):
+            orders = orders.orders()
         rows, leaves_ = [], []
         for o, outcome in zip(orders, outcomes, strict=True):
             message = order_message(o.round, o.nonce, o.id, o.side, o.quantity_kwh, o.price_per_kwh)
@@ -313,7 +323,8 @@ class LedgerWriter:
             "settlement": _columns(settlement, SETTLEMENT_FIELDS, ROW_TYPES["settlement"]),
         }, {"orders": order_leaves})
 
-    def append_round(self, round_no: int, time: str, orders: Sequence[SignedOrder], outcomes: Sequence[str],
+    def append_round(self, round_no: int, time: str, orders: Sequence[SignedOrder] | Commitments,
+                     outcomes: Sequence[str],
                      trades: tuple | None, settlement: np.ndarray) -> str:
         """Add the block of one round from arrays (the loop's hot path); returns its hash.
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cosim.admission import SignedOrder
+from cosim.admission import Commitments, SignedOrder
 from cosim.ledger import LedgerWriter
 
 #: Seconds `close` waits for the child to finish writing before it gives up on it.
@@ -53,7 +53,7 @@ def _serve(conn, how: str, args: tuple) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the loop's handler: a kill ends the child
     try:
         writer = LedgerWriter(*args) if how == "new" else LedgerWriter.resume(*args)
-        conn.send(("ok", writer.height, writer.head))
+        conn.send(("ok", writer.height, writer.head, *_usage()))
         while True:
             try:
                 msg = conn.recv()
@@ -63,15 +63,25 @@ def _serve(conn, how: str, args: tuple) -> None:
             if msg[0] == "block":
                 writer.append_round(*msg[1:])
             elif msg[0] == "flush":
-                conn.send(("ok", *writer.flush()))
+                conn.send(("ok", *writer.flush(), *_usage()))
             else:
-                conn.send(("ok", *writer.close()))
+                conn.send(("ok", *writer.close(), *_usage()))
                 return
     except BaseException:  # noqa: BLE001 - handed to the loop, which raises it
         try:
             conn.send(("error", traceback.format_exc()))
         except OSError:
             pass
+
+
+def _usage() -> tuple[float, float]:
+    """(CPU seconds, peak resident memory [MB]) of this process so far (Linux: kB)."""
+    import resource
+    import sys
+    import time
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return time.process_time(), peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
 
 
 class LedgerProcessError(RuntimeError):
@@ -83,7 +93,8 @@ class LedgerProcess:
 
     Open one with `LedgerProcess.new` (a new chain; arguments of `LedgerWriter`) or
     `LedgerProcess.resume` (arguments of `LedgerWriter.resume`). `height` and `head` are
-    those of the blocks on disk as of the last `flush` or `close`.
+    those of the blocks on disk as of the last `flush` or `close`; `cpu_s` and
+    `peak_rss_mb` the child's CPU time and peak memory as of then.
     """
 
     def __init__(self, how: str, args: tuple):
@@ -100,6 +111,7 @@ class LedgerProcess:
         child.close()
         self.path = args[0]
         self._closed = False
+        self.cpu_s = self.peak_rss_mb = 0.0
         self.height, self.head = self._reply()
 
     @classmethod
@@ -120,6 +132,7 @@ class LedgerProcess:
         if msg[0] == "error":
             self._closed = True
             raise LedgerProcessError(f"the ledger process for {self.path} failed:\n{msg[1]}")
+        self.cpu_s, self.peak_rss_mb = msg[3], msg[4]
         return msg[1], msg[2]
 
     def _send(self, msg: tuple) -> None:
@@ -131,11 +144,13 @@ class LedgerProcess:
             self._reply()
             raise
 
-    def append_round(self, round_no: int, time: str, orders: Sequence[SignedOrder], outcomes: Sequence[str],
+    def append_round(self, round_no: int, time: str, orders: Sequence[SignedOrder] | Commitments,
+                     outcomes: Sequence[str],
                      trades: tuple | None, settlement: np.ndarray) -> None:
         """Hand one round's block over (see `LedgerWriter.append_round`); its hash is
         known after the next `flush`."""
-        self._send(("block", round_no, time, list(orders), list(outcomes), trades,
+        orders = orders if isinstance(orders, Commitments) else list(orders)
+        self._send(("block", round_no, time, orders, list(outcomes), trades,
                     np.ascontiguousarray(settlement)))
 
     def flush(self) -> tuple[int, str]:

@@ -34,6 +34,7 @@ from cosim.admission import (
     ADMITTED,
     Admission,
     Adversary,
+    Commitments,
     Controllers,
     SignedOrder,
 )
@@ -70,7 +71,7 @@ from cosim.networks import (
     lv_busbar,
     set_islanded,
 )
-from cosim.prosumers import Fleet, build_fleet, make_orders
+from cosim.prosumers import Fleet, OrderBook, build_fleet, order_book
 from cosim.results import Recorder
 from cosim.scenario import Scenario
 from cosim.settlement import parties, settle_matrix
@@ -197,7 +198,7 @@ class GateRound:
     """Prosumers with a physical net position but no admitted order."""
     rejections: pd.DataFrame | None
     """The round's rows of rejections.parquet; None if nothing was rejected."""
-    submitted: list[SignedOrder] | None = None
+    submitted: list[SignedOrder] | Commitments | None = None
     """Every order that reached the market, in arrival order (None once recorded)."""
     outcomes: list[str] | None = None
     """``admitted`` or the rejection reason of each submitted order."""
@@ -217,6 +218,7 @@ class OrderGate:
 
     def __init__(self, scenario: Scenario, fleet: Fleet):
         self.controllers = Controllers(scenario.seed, fleet.ids)
+        self.ids = list(fleet.ids)
         # an order byte-identical to one these controllers just signed needs no second
         # signature check (same outcomes; `cosim ledger verify` checks every signature)
         self.admission = Admission(self.controllers.public_keys, signer=self.controllers)
@@ -224,8 +226,8 @@ class OrderGate:
         self.done: dict[int, GateRound] = {}
         self.defer = not self.adversary.active
         """Whether the controllers only commit to their orders and the ledger signs them
-        (`cosim.admission.PENDING`), beside the rounds. Not with an adversary, whose
-        attacks copy signed orders."""
+        (`cosim.admission.Controllers.commit`), beside the rounds. Not with an adversary,
+        whose attacks copy signed orders."""
 
     def close(self) -> None:
         """Nothing to release (kept so that callers can treat the gate as a resource)."""
@@ -249,13 +251,27 @@ class OrderGate:
         self.adversary.previous = state["adversary_previous"]
         self.done = dict(state["done"])
 
-    def round(self, t: int, book: pd.DataFrame, limits: dict[str, tuple[float, float]]) -> GateRound:
+    def round(self, t: int, book: OrderBook, deliver_kwh: np.ndarray, absorb_kwh: np.ndarray) -> GateRound:
+        """Admit round t's orders (`book`); `deliver_kwh` / `absorb_kwh` are each
+        prosumer's physical limits [kWh]."""
         if t in self.done:
             return self.done[t]
         c0 = time.thread_time()
-        ids, sides = book["id"].tolist(), book["side"].tolist()
-        qty, price = book["quantity_kwh"].tolist(), book["price_per_kwh"].tolist()
-        honest = self.controllers.sign(t, list(zip(ids, sides, qty, price, strict=True)), defer=self.defer)
+        fleet_ids = self.ids
+        ids = [fleet_ids[i] for i in book.pos.tolist()]
+        if self.defer:  # the controllers commit, the market admits, the ledger signs
+            submitted = self.controllers.commit(t, ids, book.buy, book.quantity_kwh, book.price_per_kwh)
+            outcomes = self.admission.admit_commitments(t, submitted, deliver_kwh[book.pos], absorb_kwh[book.pos])
+            admitted = np.array([o == ADMITTED for o in outcomes], dtype=bool)
+            passive_pos = book.pos[~admitted]
+            rejections = rejection_rows(t, submitted.orders(), outcomes) if not admitted.all() else None
+            gr = GateRound(frozenset(fleet_ids[i] for i in passive_pos.tolist()), rejections, submitted, outcomes)
+            gr.cpu_s = time.thread_time() - c0
+            return gr
+        sides = np.where(book.buy, "buy", "sell").tolist()
+        qty, price = book.quantity_kwh.tolist(), book.price_per_kwh.tolist()
+        limits = dict(zip(fleet_ids, zip(deliver_kwh.tolist(), absorb_kwh.tolist(), strict=True), strict=True))
+        honest = self.controllers.sign(t, list(zip(ids, sides, qty, price, strict=True)))
         submitted = self.adversary.attack(t, honest, limits) if self.adversary.active else honest
         outcomes = self.admission.admit(t, submitted, limits)
         planned = {i: (s, q, p) for i, s, q, p in zip(ids, sides, qty, price, strict=True)}
@@ -359,12 +375,6 @@ class VariantRunner:
         return ctx
 
     # -- one round ----------------------------------------------------------------------
-    def physical_limits(self, t: int, load_kw: np.ndarray, pv_kw: np.ndarray) -> dict[str, tuple[float, float]]:
-        """id -> (most it can deliver, most it can absorb) in round t [kWh], before the
-        flexible assets have run (batteries, EVs, shiftable loads)."""
-        deliver, absorb = self.assets.limits_kwh(t, load_kw, pv_kw, self.dt_h)
-        return dict(zip(self.fleet.ids, zip(deliver.tolist(), absorb.tolist(), strict=True), strict=True))
-
     def outside_positions(self, r: ClearingResult, demand_kwh: np.ndarray, supply_kwh: np.ndarray,
                           ctx: MarketContext) -> ClearingResult:
         """Add the net positions of prosumers without an admitted order to a clearing
@@ -392,33 +402,33 @@ class VariantRunner:
             r.trades = extra if r.trades is None or not len(r.trades) else pd.concat([r.trades, extra], ignore_index=True)
         return r
 
-    def run_round(self, t: int) -> tuple[RoundOutcome, pd.DataFrame, MarketContext]:
+    def run_round(self, t: int) -> tuple[RoundOutcome, OrderBook, MarketContext]:
         sc, fleet, dt_h = self.sc, self.fleet, self.dt_h
         timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "settle": 0.0, "ledger": 0.0}
         t0 = time.perf_counter()
         load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
-        limits = self.physical_limits(t, load_kw, pv_kw) if self.gate is not None else None
         net_kw = load_kw - pv_kw
+        if self.gate is not None:  # before the flexible assets run
+            deliver_kwh, absorb_kwh = self.assets.limits_kwh(t, load_kw, pv_kw, dt_h)
         battery_kw = self.assets.dispatch(t, net_kw, dt_h)  # batteries, EVs, shiftable loads
         net_kw = net_kw + battery_kw
-        book = make_orders(
-            fleet.ids, fleet.table.bus.to_numpy(), net_kw, dt_h, sc.market.bidding,
-            sc.market.retail_price_per_kwh, sc.market.feed_in_price_per_kwh, self.rng,
-        )
+        book = order_book(net_kw, dt_h, sc.market.bidding, sc.market.retail_price_per_kwh,
+                          sc.market.feed_in_price_per_kwh, self.rng)
         timings["orders"] += time.perf_counter() - t0
         gate = None
         passive = None
         if self.gate is not None:
             t1 = time.perf_counter()
-            gate = self.gate.round(t, book, limits)
+            gate = self.gate.round(t, book, deliver_kwh, absorb_kwh)
             timings["ledger"] += time.perf_counter() - t1
             timings["ledger_cpu"] = gate.cpu_s
             if gate.passive:
-                is_passive = book["id"].isin(gate.passive).to_numpy()
-                passive = OrderArrays.from_book(book[is_passive], fleet.ids)
-                book = book[~is_passive]
+                is_passive = np.array([fleet.ids[i] in gate.passive for i in book.pos.tolist()], dtype=bool)
+                passive = OrderArrays.from_positions(fleet.n, book.pos[is_passive], book.buy[is_passive],
+                                                     book.quantity_kwh[is_passive], book.price_per_kwh[is_passive])
+                book = OrderBook(*(x[~is_passive] for x in book))
         t1 = time.perf_counter()
-        orders = OrderArrays.from_book(book, fleet.ids)
+        orders = OrderArrays.from_positions(fleet.n, *book)
         ctx = self.context(t)
         market_ctx = ctx
         passive_kwh = None
@@ -816,6 +826,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                 variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
                 variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
                 variant_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
+                if isinstance(ledger, LedgerProcess):  # signing and sealing, beside the rounds
+                    variant_timing["ledger_process_cpu_s"] = ledger.cpu_s
+                    variant_timing["ledger_process_peak_rss_mb"] = ledger.peak_rss_mb
             finished[variant.name] = (
                 kpis(rounds, prosumer_bills, load_kwh, pv_kwh), prosumer_bills,
                 variant_timing, ledger.head if ledger is not None else None,

@@ -14,6 +14,7 @@ convention). All powers in kW, energies in kWh, prices in currency/kWh.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandapower as pp
@@ -195,6 +196,30 @@ class Batteries:
         return charge - discharge
 
 
+class OrderBook(NamedTuple):
+    """A round's orders as arrays, one entry per order (the loop's hot path)."""
+
+    pos: np.ndarray
+    """Position of the ordering prosumer in the fleet."""
+    buy: np.ndarray
+    """True for a bid, False for an offer."""
+    quantity_kwh: np.ndarray
+    price_per_kwh: np.ndarray
+
+
+def order_book(net_kw: np.ndarray, dt_h: float, bidding: str, retail_price_per_kwh: float,
+               feed_in_price_per_kwh: float, rng: np.random.Generator) -> OrderBook:
+    """One order per prosumer with a non-zero net position (see `make_orders`)."""
+    buying = net_kw > IDLE_KW
+    active = buying | (net_kw < -IDLE_KW)
+    if bidding == "truthful":
+        price = np.where(buying, retail_price_per_kwh, feed_in_price_per_kwh)
+    else:
+        price = rng.uniform(feed_in_price_per_kwh, retail_price_per_kwh, size=len(net_kw))
+    pos = np.flatnonzero(active)
+    return OrderBook(pos, buying[pos], np.abs(net_kw[pos]) * dt_h, price[pos])
+
+
 def make_orders(
     ids: list[str],
     buses: np.ndarray,
@@ -216,18 +241,13 @@ def make_orders(
     >>> book[["id", "side", "quantity_kwh", "price_per_kwh"]].values.tolist()
     [['a', 'buy', 0.5, 0.3], ['b', 'sell', 1.0, 0.08]]
     """
-    buying = net_kw > IDLE_KW
-    active = buying | (net_kw < -IDLE_KW)
-    if bidding == "truthful":
-        price = np.where(buying, retail_price_per_kwh, feed_in_price_per_kwh)
-    else:
-        price = rng.uniform(feed_in_price_per_kwh, retail_price_per_kwh, size=len(ids))
+    b = order_book(net_kw, dt_h, bidding, retail_price_per_kwh, feed_in_price_per_kwh, rng)
     return pd.DataFrame(
         {
-            "id": np.asarray(ids, dtype=object)[active],
-            "bus": np.asarray(buses)[active],
-            "side": np.where(buying[active], "buy", "sell"),
-            "quantity_kwh": np.abs(net_kw[active]) * dt_h,
-            "price_per_kwh": price[active],
+            "id": np.asarray(ids, dtype=object)[b.pos],
+            "bus": np.asarray(buses)[b.pos],
+            "side": np.where(b.buy, "buy", "sell"),
+            "quantity_kwh": b.quantity_kwh,
+            "price_per_kwh": b.price_per_kwh,
         }
     )

@@ -420,3 +420,40 @@ def test_the_rest_of_the_round_clears_normally(runs):
     admitted_c = orders_c[key].merge(passive.rename(columns={"round": "block_round"}), how="left", indicator=True)
     admitted_c = admitted_c[admitted_c._merge == "left_only"][key]
     pd.testing.assert_frame_equal(admitted_a.reset_index(drop=True), admitted_c.reset_index(drop=True))
+
+
+# -- committed orders (signed later, by the ledger) -------------------------------------
+_NUMBER = st.one_of(st.floats(0.0, 5.0), st.sampled_from([-1.0, math.nan, math.inf, -math.inf]))
+
+
+@settings(max_examples=150)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from(IDS), st.booleans(), _NUMBER, _NUMBER), max_size=8),
+    limit=st.floats(0.0, 4.0),
+    tamper=st.one_of(st.none(), st.integers(0, 7)),
+    round_no=st.integers(0, 3),
+    cleared=st.integers(0, 3),
+)
+def test_commitments_are_admitted_exactly_as_signed_orders(rows, limit, tamper, round_no, cleared):
+    """`Admission.admit_commitments` (the loop's path: the controllers commit, the ledger
+    signs later) gives each order the outcome `Admission.admit` gives the same orders
+    signed by the same controllers: duplicates, bad numbers, the physical limit, the
+    round, and an order changed after its controller committed to it (a bad signature)."""
+    ids = [r[0] for r in rows]
+    buy = np.array([r[1] for r in rows], dtype=bool)
+    q = np.array([r[2] for r in rows], dtype=float)
+    p = np.array([r[3] for r in rows], dtype=float)
+    committing, signing = Controllers(5, IDS), Controllers(5, IDS)
+    c = committing.commit(round_no, ids, buy, q, p)
+    signed = signing.sign(round_no, [(i, "buy" if b else "sell", qi, pi)
+                                     for i, b, qi, pi in zip(ids, buy, q, p, strict=True)])
+    if tamper is not None and tamper < len(rows):  # someone alters the order in transit
+        c.quantity_kwh[tamper] += 1.0
+        o = signed[tamper]
+        signed[tamper] = o._replace(quantity_kwh=o.quantity_kwh + 1.0)
+    limits = dict.fromkeys(IDS, (limit, limit))
+    got = Admission(committing.public_keys, signer=committing).admit_commitments(
+        cleared, c, np.full(len(rows), limit), np.full(len(rows), limit))
+    want = Admission(signing.public_keys).admit(cleared, signed, limits)
+    assert got == want
+    assert [o.signature for o in c.orders()] == [b""] * len(rows)

@@ -264,6 +264,18 @@ class OrderArrays:
         ask[idx[is_sell]] = price[is_sell]
         return cls(demand, supply, bid, ask)
 
+    @classmethod
+    def from_positions(cls, n: int, pos: np.ndarray, buy: np.ndarray, quantity_kwh: np.ndarray,
+                       price_per_kwh: np.ndarray, default_price: float = 0.0) -> OrderArrays:
+        """Place at most one order per participant (`pos`: participant positions, `buy`:
+        bid or offer); participants without an order get zeros."""
+        demand, supply = np.zeros(n), np.zeros(n)
+        bid, ask = np.full(n, default_price), np.full(n, default_price)
+        b, s = pos[buy], pos[~buy]
+        demand[b], bid[b] = quantity_kwh[buy], price_per_kwh[buy]
+        supply[s], ask[s] = quantity_kwh[~buy], price_per_kwh[~buy]
+        return cls(demand, supply, bid, ask)
+
 
 def outside_trades(r: ClearingResult, participants: list[str], ctx: MarketContext) -> list[tuple]:
     """Trade rows of each participant with the outside party, at retail and feed-in."""
