@@ -270,6 +270,11 @@ class LedgerWriter:
         self.parties = [str(p) for p in parties]
         self.buses = [int(b) for b in buses]
         self._controller_keys: dict = {}
+        # the leading fields of each party's settlement leaf (tag, party, bus) and the
+        # encodings of names and outcomes, which recur every round
+        self._settlement_heads = [_SETTLEMENT_HEAD + _text(p) + _BUS.pack(b"i", b)
+                                  for p, b in zip(self.parties, self.buses, strict=True)]
+        self._fields: dict[str, bytes] = {}
 
     @classmethod
     def resume(cls, path: Path, seed: int, validators: Sequence[str], height: int, head: str,
@@ -299,18 +304,29 @@ class LedgerWriter:
         if isinstance(orders, Commitments):
             orders = orders.orders()
         rows, leaves_ = [], []
+        keys, fields = self._controller_keys, self._fields
         for o, outcome in zip(orders, outcomes, strict=True):
-            message = order_message(o.round, o.nonce, o.id, o.side, o.quantity_kwh, o.price_per_kwh)
+            q, p = o.quantity_kwh, o.price_per_kwh
+            message = order_message(o.round, o.nonce, o.id, o.side, q, p)
             signature = o.signature
             if signature == PENDING:
-                key = self._controller_keys.get(o.id)
+                key = keys.get(o.id)
                 if key is None:
-                    key = self._controller_keys[o.id] = derive_key(self.seed, "prosumer", o.id)
+                    key = keys[o.id] = derive_key(self.seed, "prosumer", o.id)
                 signature = key.sign(message)
-            rows.append([o.id, o.side, json_real(o.quantity_kwh), json_real(o.price_per_kwh), o.round, o.nonce,
-                         signature.hex(), outcome])
-            leaves_.append(message + encode_field(signature) + encode_field(outcome))
+            rows.append([o.id, o.side, json_real(q), json_real(p), o.round, o.nonce, signature.hex(), outcome])
+            tail = fields.get(outcome)
+            if tail is None:
+                tail = fields[outcome] = encode_field(outcome)
+            sig = _SIGNATURE_FIELD + signature if len(signature) == SIGNATURE_BYTES else encode_field(signature)
+            leaves_.append(message + sig + tail)
         return rows, leaves_
+
+    def _text(self, name: str) -> bytes:
+        field = self._fields.get(name)
+        if field is None:
+            field = self._fields[name] = _text(name)
+        return field
 
     def append(self, round_no: int, time: str, orders: Sequence[SignedOrder], outcomes: Sequence[str],
                trades: pd.DataFrame, settlement: pd.DataFrame) -> str:
@@ -332,20 +348,29 @@ class LedgerWriter:
         matrix (`cosim.settlement.settle_matrix`: one row per party of `parties`, the
         columns of SETTLEMENT_FIELDS from bought_kwh to bill first).
         """
-        order_rows, order_leaves = self._orders(orders, outcomes)
+        known = {}
+        order_rows, known["orders"] = self._orders(orders, outcomes)
         values = settlement[:, :len(SETTLEMENT_FIELDS) - 2]
         if len(values) != len(self.parties):
             raise ValueError(f"settlement: expected {len(self.parties)} party rows, found {len(values)}")
         rows = _real_rows(values)
         settlement_rows = [[p, b, *v] for p, b, v in zip(self.parties, self.buses, rows, strict=True)]
+        tails = _real_fields(values)
+        if tails is not None:
+            known["settlement"] = [h + t for h, t in zip(self._settlement_heads, tails, strict=True)]
         trade_rows = []
         if trades is not None:
             sellers, buyers, numbers = trades
             trade_rows = [[s, b, *v] for s, b, v in zip(sellers, buyers, _real_rows(numbers), strict=True)]
+            tails = _real_fields(numbers)
+            if tails is not None:
+                text = self._text
+                known["trades"] = [_TRADE_HEAD + text(s) + text(b) + t
+                                   for s, b, t in zip(sellers, buyers, tails, strict=True)]
         return self._write({
             "height": self.height, "kind": "round", "round": int(round_no), "time": time, "prev_hash": self.head,
             "orders": order_rows, "trades": trade_rows, "settlement": settlement_rows,
-        }, {"orders": order_leaves})
+        }, known)
 
     def flush(self) -> tuple[int, str]:
         """Put every block appended so far on disk (before a checkpoint counts them);
@@ -365,6 +390,26 @@ def _real_rows(values: np.ndarray) -> list[list]:
     if not np.isfinite(values).all():
         rows = [[json_real(v) for v in r] for r in rows]
     return rows
+
+
+#: A real field of a record (`cosim.signing`): b"f" and a big-endian binary64.
+_REAL_FIELD = np.dtype([("tag", "S1"), ("value", ">f8")])
+_BUS = struct.Struct(">cq")
+_SIGNATURE_FIELD = b"b" + SIGNATURE_BYTES.to_bytes(4, "big")
+
+
+def _real_fields(values: np.ndarray) -> list[bytes] | None:
+    """Each row of a float matrix as its record fields (the bytes `encode_field` gives
+    each value, packed by numpy in one go); None if a value is not finite (such rows are
+    encoded from the ledger's text, see `leaves`)."""
+    if not np.isfinite(values).all():
+        return None
+    n, k = values.shape
+    packed = np.empty((n, k), dtype=_REAL_FIELD)
+    packed["tag"] = b"f"
+    packed["value"] = values
+    buf, width = packed.tobytes(), 9 * k
+    return [buf[i:i + width] for i in range(0, n * width, width)]
 
 
 def trade_payload(trades: pd.DataFrame | None) -> tuple | None:

@@ -50,7 +50,7 @@ from cosim.feedback import (
 )
 from cosim.grid.powerflow import GridState, PowerFlow
 from cosim.grid.sensitivities import AdjointSensitivities, loss_factors
-from cosim.ledger import LedgerWriter, rejection_rows, trade_payload
+from cosim.ledger import SETTLEMENT_FIELDS, LedgerWriter, rejection_rows, trade_payload
 from cosim.ledger_process import LedgerProcess
 from cosim.markets import (
     ClearingResult,
@@ -77,6 +77,8 @@ from cosim.scenario import Scenario
 from cosim.settlement import parties, settle_matrix
 from cosim.storage import FlexibleAssets, build_assets, flexible_consumption_kwh, summarize_storage
 
+#: Settlement columns in the ledger: bought_kwh .. bill (`cosim.ledger.SETTLEMENT_FIELDS`).
+N_LEDGER_SETTLEMENT = len(SETTLEMENT_FIELDS) - 2
 #: Network-cut slots in the clearing model.
 MAX_CUTS = 40
 OUTSIDE = {"grid-connected": "grid", "islanded": "grid_forming"}
@@ -720,7 +722,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         if ledger is not None:
             t1, c1 = time.perf_counter(), time.thread_time()
             ledger.append_round(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes,
-                                trade_payload(outcome.result.trades), st)
+                                trade_payload(outcome.result.trades), st[:, :N_LEDGER_SETTLEMENT])
             outcome.timings["ledger"] += time.perf_counter() - t1
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
         t1 = time.perf_counter()
