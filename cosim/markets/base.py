@@ -277,6 +277,18 @@ class OrderArrays:
         return cls(demand, supply, bid, ask)
 
 
+def trade_frame(rows: list[tuple]) -> pd.DataFrame:
+    """A trade table (TRADE_COLUMNS) from row tuples: what ``pd.DataFrame(rows,
+    columns=TRADE_COLUMNS)`` gives, built column by column (a few times faster)."""
+    if not rows:
+        return pd.DataFrame(rows, columns=TRADE_COLUMNS)
+    cols = list(zip(*rows, strict=True))
+    data = {"seller": np.array(cols[0], dtype=object), "buyer": np.array(cols[1], dtype=object)}
+    for name, col in zip(TRADE_COLUMNS[2:], cols[2:], strict=True):
+        data[name] = np.array(col, dtype=float)
+    return pd.DataFrame(data)
+
+
 def outside_trades(r: ClearingResult, participants: list[str], ctx: MarketContext) -> list[tuple]:
     """Trade rows of each participant with the outside party, at retail and feed-in."""
     rows = []
@@ -304,5 +316,5 @@ def fallback_result(orders: OrderArrays, ctx: MarketContext, charges: Charges, p
         "fallback", zeros, zeros, demand * imp_share, supply * exp_share, supply * (1 - exp_share),
         demand * (1 - imp_share), np.full(n, np.nan), np.full(n, np.nan), charges, float("nan"),
     )
-    result.trades = pd.DataFrame(outside_trades(result, participants, ctx), columns=TRADE_COLUMNS)
+    result.trades = trade_frame(outside_trades(result, participants, ctx))
     return result

@@ -17,7 +17,6 @@ import pandas as pd
 
 from cosim.markets.base import (
     QTY_TOL,
-    TRADE_COLUMNS,
     Charges,
     ClearingResult,
     MarketContext,
@@ -25,6 +24,7 @@ from cosim.markets.base import (
     NetworkCuts,
     OrderArrays,
     outside_trades,
+    trade_frame,
 )
 from cosim.markets.pool import PoolModel
 
@@ -162,7 +162,7 @@ class UniformDoubleAuction(Mechanism):
             for s, b, q in merit_order_matching(idx, r.bought_kwh, eff_bid, idx, r.sold_kwh, eff_ask)
         ]
         rows += outside_trades(r, self.ids, ctx)
-        return pd.DataFrame(rows, columns=TRADE_COLUMNS)
+        return trade_frame(rows)
 
 
 class NoP2P(UniformDoubleAuction):
