@@ -16,10 +16,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from cosim.loop import run_scenario
+    from cosim.loop import CHUNK_ROUNDS, run_scenario
 
     out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report,
-                       resume=args.resume)
+                       resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS)
     summary = json.loads((out / "summary.json").read_text())
     m, nf = summary["variants"]["market"], summary["variants"]["market_no_feedback"]
     print(f"results: {out}")
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip drawing the report")
     run.add_argument("--resume", action="store_true",
                      help="carry on an interrupted run of the same scenario from its last checkpoint")
+    run.add_argument("--chunk-rounds", type=_positive_int, default=None, metavar="N",
+                     help="rounds written to disk at a time, each chunk followed by a checkpoint "
+                          "(default 672, a week at 15 min; a resumed run keeps the interrupted run's)")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="validate scenario files without running them")
@@ -139,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rounds, at least 1, found {text!r}")
+    return value
 
 
 def _terminate(signum, frame):

@@ -156,3 +156,41 @@ def test_mechanism_figures_reach_rounds_parquet(tmp_path):
     rounds = pd.read_parquet(run / "rounds.parquet")
     assert {"info_vcg_deficit", "info_operator_surplus"} <= set(rounds.columns)
     assert (rounds.info_vcg_deficit.dropna() >= -1e-9).all()
+
+
+LONG = SCENARIO.replace("duration: 6h", "duration: 2d").replace("name: resume", "name: resume-long")
+
+
+def test_sigterm_keeps_the_checkpoint_and_resume_finishes(tmp_path):
+    """`cosim run` killed with SIGTERM (its whole process group, the ledger's process
+    included) exits 130 and keeps the partial folder with its checkpoint; `--resume`
+    then finishes the run with the results of an uninterrupted one, and the ledger
+    verifies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "long.yaml"
+    path.write_text(LONG)
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    cmd = [sys.executable, "-m", "cosim", "run", str(path), "--out", str(out), "--no-progress", "--no-report",
+           "--chunk-rounds", "8"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (partial / loop.CHECKPOINT).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert not out.exists() and (partial / loop.CHECKPOINT).exists()
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not partial.exists()
+    ok, message = verify(out)
+    assert ok, message
+    ref = loop.run_scenario(path, out=tmp_path / "ref", progress=False, report=False, chunk_rounds=8)
+    _same_results(ref, out)
