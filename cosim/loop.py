@@ -188,8 +188,9 @@ class RoundOutcome:
     """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
     gate: GateRound | None = None
     """The virtual layer's admission of the round's orders (None without it)."""
-    storage: pd.DataFrame | None = None
-    """The round's rows of storage.parquet (None without flexible assets)."""
+    storage: dict[str, np.ndarray] | None = None
+    """The round's rows of storage.parquet, one array per column (None without flexible
+    assets, and in the variants that do not record them)."""
 
 
 @dataclass
@@ -548,7 +549,7 @@ class VariantRunner:
         outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
         outcome.physical = {"load_kwh": load_kw * dt_h, "pv_kwh": pv_kw * dt_h, "battery_kwh": battery_kw * dt_h}
         outcome.gate = gate
-        outcome.storage = self.assets.storage_rows(t) if self.assets.records else None
+        outcome.storage = self.assets.storage_columns(t) if self.assets.records and self.variant.folder == "" else None
         return outcome, book, ctx
 
 

@@ -112,7 +112,7 @@ class Recorder:
 
     def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: np.ndarray,
                attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None,
-               storage: pd.DataFrame | None = None) -> None:
+               storage: pd.DataFrame | dict[str, np.ndarray] | None = None) -> None:
         """Add one round (`settlement`: `cosim.settlement.settle_matrix`). Once `full`, the
         caller writes the chunk with `flush`."""
         i = row["round"] - self.first
@@ -203,7 +203,10 @@ class Recorder:
         if not self.storage:
             types = {"round": "int64", "id": object, "asset": object, "plugged": bool}
             return pd.DataFrame({c: pd.Series(dtype=types.get(c, float)) for c in STORAGE_COLUMNS})
-        return pd.concat(self.storage, ignore_index=True)[STORAGE_COLUMNS]
+        if all(isinstance(part, dict) for part in self.storage):  # one table per chunk, column by column
+            return pd.DataFrame({c: np.concatenate([part[c] for part in self.storage]) for c in STORAGE_COLUMNS})
+        parts = [pd.DataFrame(part) if isinstance(part, dict) else part for part in self.storage]
+        return pd.concat(parts, ignore_index=True)[STORAGE_COLUMNS]
 
     # -- writing ------------------------------------------------------------------------
     def tables(self) -> dict[str, pd.DataFrame]:

@@ -680,6 +680,11 @@ class FlexibleAssets:
 
     def storage_rows(self, t: int) -> pd.DataFrame:
         """Rows of storage.parquet for round t (after `dispatch` of that round), `STORAGE_COLUMNS`."""
+        return pd.DataFrame(self.storage_columns(t))
+
+    def storage_columns(self, t: int) -> dict[str, np.ndarray]:
+        """`storage_rows` as one array per column of `STORAGE_COLUMNS` (the loop's hot
+        path: the recorder makes the table once per chunk)."""
         last = self._last
         if last.get("t") != t:
             raise ValueError(f"storage_rows({t}) expected after dispatch of round {t}, found round {last.get('t')}")
@@ -688,12 +693,13 @@ class FlexibleAssets:
         pos = self.spec.battery_pos
         b = self.batteries
         battery_kw, battery_loss = last["battery"]
-        parts = [pd.DataFrame({
-            "id": ids[pos], "asset": "battery", "power_kw": battery_kw[pos],
-            "scheduled_kw": plan["battery_kw"] if plan is not None else np.full(len(pos), np.nan),
-            "energy_kwh": b.energy_kwh[pos], "soc": b.soc[pos], "loss_kwh": battery_loss[pos], "plugged": True,
-            "required_kwh": np.nan, "shortfall_kwh": 0.0,
-        })]
+        nb = len(pos)
+        parts = [{
+            "id": ids[pos], "asset": np.full(nb, "battery", dtype=object), "power_kw": battery_kw[pos],
+            "scheduled_kw": plan["battery_kw"] if plan is not None else np.full(nb, np.nan),
+            "energy_kwh": b.energy_kwh[pos], "soc": b.soc[pos], "loss_kwh": battery_loss[pos],
+            "plugged": np.ones(nb, dtype=bool), "required_kwh": np.full(nb, np.nan), "shortfall_kwh": np.zeros(nb),
+        }]
         for name, state in (("ev", self.evs), ("shiftable", self.shiftables)):
             if state is None:
                 continue
@@ -704,16 +710,24 @@ class FlexibleAssets:
             req = np.where(plugged, tb.sessions.required_kwh.to_numpy(float)[rows], np.nan)
             ending = plugged & (tb.sessions.end_round.to_numpy(int)[rows] == t + 1)
             shortfall = np.where(ending, np.maximum(req - state.energy_kwh, 0.0), 0.0)
-            parts.append(pd.DataFrame({
-                "id": np.asarray(tb.ids, dtype=object), "asset": name, "power_kw": power,
+            parts.append({
+                "id": np.asarray(tb.ids, dtype=object), "asset": np.full(tb.n, name, dtype=object),
+                "power_kw": power,
                 "scheduled_kw": plan[f"{name}_kw"] if plan is not None else np.full(tb.n, np.nan),
                 "energy_kwh": np.where(plugged, state.energy_kwh, np.nan),
                 "soc": np.where(plugged, state.energy_kwh / tb.cap_kwh, np.nan), "loss_kwh": loss,
-                "plugged": plugged, "required_kwh": req, "shortfall_kwh": np.where(shortfall > ENERGY_TOL, shortfall, 0.0),
-            }))
-        table = pd.concat(parts, ignore_index=True)
-        table.insert(0, "round", np.int64(t))
-        return table[STORAGE_COLUMNS]
+                "plugged": plugged, "required_kwh": req,
+                "shortfall_kwh": np.where(shortfall > ENERGY_TOL, shortfall, 0.0),
+            })
+        n = sum(len(part["id"]) for part in parts)
+        columns = {"round": np.full(n, t, dtype=np.int64)}
+        for c in STORAGE_COLUMNS[1:]:
+            arrays = [np.asarray(part[c]) for part in parts]
+            columns[c] = np.concatenate(arrays) if len(arrays) > 1 else arrays[0].copy()
+        columns["plugged"] = columns["plugged"].astype(bool)
+        for c in ("power_kw", "scheduled_kw", "energy_kwh", "soc", "loss_kwh", "required_kwh", "shortfall_kwh"):
+            columns[c] = columns[c].astype(float)
+        return columns
 
     # -- after the run ------------------------------------------------------------------
     def sessions_table(self) -> pd.DataFrame:
