@@ -31,7 +31,9 @@ and the prosumers of prosumers.parquet, that the settlement, trades and rejectio
 the run's parquet files row by row, and that the head is summary.json's ``ledger_head``
 (catches a truncated chain). Any change to the file, even one character, fails at least
 one of these checks. It verifies every signature itself: the shortcut a run may take for
-its own controllers' orders (`cosim.admission.Admission`, ``signer``) is not used here.
+its own controllers' orders (`cosim.admission.Admission`, ``signer``) is not used here (on
+a long ledger, worker processes verify the signatures and admission is replayed with
+their results, see `verify`).
 
 What it does not do: it is not a distributed consensus network. The validators are
 simulated in one process from keys derived from the seed, so whoever has the scenario
@@ -44,12 +46,19 @@ somewhere else: any rewritten run has another head.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import datetime as dt
+import itertools
 import json
 import math
+import multiprocessing as mp
+import os
+import signal
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -80,6 +89,7 @@ from cosim.signing import (
     public_bytes,
     seal_message,
     sha256,
+    verify_signature,
 )
 
 GENESIS_PREV = "0" * 64
@@ -435,30 +445,98 @@ def truncate_lines(path: Path, n: int) -> int:
 
 
 # -- verifying --------------------------------------------------------------------------
+#: A ledger with fewer round blocks than this is verified in one process: starting the
+#: worker processes would cost more than they save.
+PARALLEL_MIN_BLOCKS = 200
+#: Blocks whose signatures one worker process checks in one go.
+CHUNK_BLOCKS = 64
+#: Rounds of the ledger compared with the run's parquet files at a time, while the chain
+#: is checked: the memory the comparison needs does not grow with the run.
+COMPARE_ROUNDS = 512
+
+
 class LedgerError(Exception):
     """The first thing found wrong in a ledger."""
 
 
+#: The exact Python types of each table's fields as `json` reads a well-formed row, and
+#: where its hex fields are, for `_check_rows`'s quick path.
+_ROW_SHAPES = {table: tuple({"s": str, "i": int, "r": float, "h": str}[t] for t in types)
+               for table, types in ROW_TYPES.items()}
+_HEX_FIELDS = {table: tuple(k for k, t in enumerate(types) if t == "h") for table, types in ROW_TYPES.items()}
+_HEX_DIGITS = "0123456789abcdef"
+
+
 def _check_rows(table: str, rows) -> None:
-    types = ROW_TYPES[table]
     if not isinstance(rows, list):
         raise LedgerError(f"{table} is not a list")
-    for k, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != len(types):
-            raise LedgerError(f"{table} row {k}: expected {len(types)} fields")
-        for v, t in zip(row, types, strict=True):
-            ok = (
-                (t == "s" and isinstance(v, str))
-                or (t == "i" and isinstance(v, int) and not isinstance(v, bool))
-                or (t == "r" and (type(v) is float or v in _NONFINITE))
-                or (t == "h" and isinstance(v, str) and _is_hex(v))
-            )
-            if not ok:
-                raise LedgerError(f"{table} row {k}: field {v!r} is not of type {t!r}")
+    # quick path: every row a list of exactly the expected types, hex fields hex (a subset
+    # of what `_check_row` accepts); otherwise every row is checked field by field, which
+    # names the first that is wrong
+    try:
+        quick = {(type(row), *map(type, row)) for row in rows} <= {(list, *_ROW_SHAPES[table])}
+        for j in _HEX_FIELDS[table]:
+            quick = quick and all(map(_is_hex, [row[j] for row in rows]))
+    except TypeError:  # a row that is not a sequence
+        quick = False
+    if not quick:
+        for k, row in enumerate(rows):
+            _check_row(table, k, row)
+
+
+def _check_row(table: str, k: int, row) -> None:
+    types = ROW_TYPES[table]
+    if not isinstance(row, list) or len(row) != len(types):
+        raise LedgerError(f"{table} row {k}: expected {len(types)} fields")
+    for v, t in zip(row, types, strict=True):
+        ok = (
+            (t == "s" and isinstance(v, str))
+            or (t == "i" and isinstance(v, int) and not isinstance(v, bool))
+            or (t == "r" and (type(v) is float or v in _NONFINITE))
+            or (t == "h" and isinstance(v, str) and _is_hex(v))
+        )
+        if not ok:
+            raise LedgerError(f"{table} row {k}: field {v!r} is not of type {t!r}")
 
 
 def _is_hex(v: str) -> bool:
-    return len(v) % 2 == 0 and all(c in "0123456789abcdef" for c in v)
+    """Lowercase hex digits, an even number of them (strip leaves nothing only if every
+    character is one of them)."""
+    return len(v) % 2 == 0 and not v.strip(_HEX_DIGITS)
+
+
+def _signed_orders(rows: list) -> list[SignedOrder]:
+    """A block's order rows as the orders admission replays (rows that passed `_check_rows`)."""
+    return [
+        SignedOrder(r[0], r[1], read_real(r[2]), read_real(r[3]), r[4], r[5], bytes.fromhex(r[6])) for r in rows
+    ]
+
+
+class _Signatures(NamedTuple):
+    """What a worker process found of one block's signatures (`_block_signatures`)."""
+
+    hash: str
+    """The block's hash as recorded, whose seal the signatures below were checked against."""
+    seals: frozenset
+    """The [validator, signature] pairs that are that validator's valid signature of the seal."""
+    orders: tuple | None
+    """Per order row: True if its signature is the registered key's signature of its bytes
+    (None if the rows could not be read as orders)."""
+
+
+class _Vouched:
+    """Stands in for the simulation's `Controllers` as the `signer` of the verifier's
+    `Admission`: it vouches for exactly the orders of the block being replayed whose
+    signatures a worker process verified (`ok`, ids of the order objects). Admission
+    verifies every other order's signature itself, so a missing or negative result of a
+    worker only means the signature is checked again here."""
+
+    def __init__(self, public_keys: Mapping[str, bytes]):
+        self.public_keys = public_keys
+        self.ok: set[int] = set()
+
+    def signed(self, order: SignedOrder) -> bool:
+        return id(order) in self.ok
 
 
 class _Verifier:
@@ -468,13 +546,16 @@ class _Verifier:
         self.validator_keys: dict = {}
         self.prosumer_keys: dict[str, bytes] = {}
         self.admission: Admission | None = None
+        self.vouched: _Vouched | None = None
         self.last_time: dt.datetime | None = None
         self.settlement: list[tuple] = []
         self.trades: list[tuple] = []
         self.rejections: list[tuple] = []
         self.rounds = 0
 
-    def block(self, line_no: int, raw: bytes) -> None:
+    def block(self, line_no: int, raw: bytes, signatures: _Signatures | None = None) -> None:
+        """Check one block; `signatures`, a worker's check of its signatures, spares
+        verifying again those it found valid."""
         try:
             text = raw.decode("ascii")
             block = json.loads(text)
@@ -501,9 +582,9 @@ class _Verifier:
             _check_rows(table, block[table])
         if kind == "genesis":
             self._registry(block["keys"])
-        self._seal(block)
+        self._seal(block, signatures)
         if kind == "round":
-            self._orders(block)
+            self._orders(block, signatures)
             r = block["round"]
             bills = math.fsum(row[10] for row in block["settlement"] if type(row[10]) is float)
             if not abs(bills) <= BALANCE_TOL:
@@ -546,9 +627,10 @@ class _Verifier:
                 self.prosumer_keys[name] = bytes.fromhex(key)
         if not self.validators:
             raise LedgerError("keys: no validators registered")
-        self.admission = Admission(self.prosumer_keys)
+        self.vouched = _Vouched(self.prosumer_keys)
+        self.admission = Admission(self.prosumer_keys, signer=self.vouched)
 
-    def _seal(self, block: dict) -> None:
+    def _seal(self, block: dict, signatures: _Signatures | None = None) -> None:
         roots = {t: merkle_root(leaves(t, block[t])) for t in TABLES[block["kind"]]}
         stored = block["roots"]
         if not isinstance(stored, dict) or set(stored) != set(roots):
@@ -576,7 +658,11 @@ class _Verifier:
         if order != sorted(set(order)):
             raise LedgerError("signatures: repeated or not in the validators' order")
         message = seal_message(digest)
+        # a worker checked these signatures of this hash with the same validators' keys
+        valid = signatures.seals if signatures is not None and signatures.hash == block["hash"] else ()
         for name, sig in sigs:
+            if (name, sig) in valid:
+                continue
             try:
                 self.validator_keys[name].verify(bytes.fromhex(sig), message)
             except Exception:
@@ -588,16 +674,21 @@ class _Verifier:
                 f"more than two thirds ({need})"
             )
 
-    def _orders(self, block: dict) -> None:
+    def _orders(self, block: dict, signatures: _Signatures | None = None) -> None:
         rows = block["orders"]
         for k, row in enumerate(rows):
             if row[7] != ADMITTED and row[7] not in REASONS:
                 raise LedgerError(f"orders row {k}: unknown outcome {row[7]!r}")
-        orders = [
-            SignedOrder(r[0], r[1], read_real(r[2]), read_real(r[3]), r[4], r[5], bytes.fromhex(r[6])) for r in rows
-        ]
+        orders = _signed_orders(rows)
         recorded = [r[7] for r in rows]
-        outcomes = self.admission.admit(block["round"], orders, recorded=recorded)
+        checked = signatures.orders if signatures is not None else None
+        if checked is not None and len(checked) == len(orders):
+            # the worker read the same line, so its rows are these rows, in this order
+            self.vouched.ok = {id(o) for o, ok in zip(orders, checked, strict=True) if ok is True}
+        try:
+            outcomes = self.admission.admit(block["round"], orders, recorded=recorded)
+        finally:
+            self.vouched.ok = set()
         for k, (got, want) in enumerate(zip(outcomes, recorded, strict=True)):
             if got != want:
                 raise LedgerError(
@@ -608,30 +699,182 @@ class _Verifier:
         ]
 
 
-def verify(run_dir: str | Path) -> tuple[bool, str]:
+# -- signatures in worker processes ------------------------------------------------------
+#: The registry of the ledger being verified, in a worker process: (prosumer id -> public
+#: key, validator -> public key).
+_WORKER_KEYS: tuple[dict, dict] = ({}, {})
+
+
+def _start_worker(prosumers: Mapping[str, bytes], validators: Mapping[str, bytes]) -> None:
+    global _WORKER_KEYS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what a Ctrl-C ends
+    _WORKER_KEYS = ({i: load_public_key(k) for i, k in prosumers.items()},
+                    {n: load_public_key(k) for n, k in validators.items()})
+
+
+def _chunk_signatures(lines: list[bytes]) -> list[_Signatures | None]:
+    """In a worker process: `_block_signatures` of each line."""
+    return [_block_signatures(raw) for raw in lines]
+
+
+def _block_signatures(raw: bytes) -> _Signatures | None:
+    """The Ed25519 checks of one block's line that `_Verifier` would make: each validator's
+    signature of the seal of the recorded hash, each order's signature with its id's
+    registered key. Nothing else is judged here; None if the line is not a block."""
+    prosumers, validators = _WORKER_KEYS
+    try:
+        block = json.loads(raw.decode("ascii"))
+        digest = block["hash"]
+        message = seal_message(bytes.fromhex(digest))
+    except Exception:  # noqa: BLE001 - the main process says what is wrong with the block
+        return None
+    seals = set()
+    try:
+        for name, sig in block["signatures"]:
+            key = validators.get(name)
+            if key is not None and verify_signature(key, bytes.fromhex(sig), message):
+                seals.add((name, sig))
+    except Exception:  # noqa: BLE001
+        pass  # what was found valid before a malformed entry is still valid
+    orders = None
+    if block.get("kind") == "round":
+        try:
+            orders = tuple(
+                o.id in prosumers and verify_signature(prosumers[o.id], o.signature, o.message())
+                for o in _signed_orders(block["orders"])
+            )
+        except Exception:  # noqa: BLE001
+            orders = None
+    return _Signatures(digest, frozenset(seals), orders)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _pool_context():
+    """Fork where there is fork (a worker starts in milliseconds and imports nothing);
+    spawn elsewhere."""
+    if "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def _read_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a file without their newline, one at a time."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            yield raw[:-1] if raw.endswith(b"\n") else raw
+
+
+def _blocks(path: Path, v: _Verifier, workers: int, chunk: int,
+            min_blocks: int) -> Iterator[tuple[int, bytes, _Signatures | None]]:
+    """(line number, line, signatures checked by a worker or None) of each block, in order.
+
+    The genesis block comes first, with None: `v` checks it and so learns the registry.
+    If at least `min_blocks` round blocks follow and `workers` > 0, `workers` processes
+    check the signatures of the rest, `chunk` blocks at a time and a few chunks ahead of
+    the caller, who checks each block in chain order as before. Closing the generator
+    stops the workers.
+    """
+    lines = _read_lines(path)
+    genesis = next(lines, None)
+    if genesis is None:
+        return
+    yield 1, genesis, None
+    head = list(itertools.islice(lines, min_blocks))
+    if workers < 1 or len(head) < min_blocks or not v.validator_keys:
+        for line_no, raw in enumerate(itertools.chain(head, lines), start=2):
+            yield line_no, raw, None
+        return
+    validators = {n: public_bytes(k) for n, k in v.validator_keys.items()}
+    source = itertools.chain(head, lines)
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=_pool_context(), initializer=_start_worker,
+            initargs=(dict(v.prosumer_keys), validators))
+    except Exception:  # noqa: BLE001 - no workers to be had: check everything here
+        pool = None
+    pending: collections.deque = collections.deque()
+
+    def submit() -> None:
+        part = list(itertools.islice(source, chunk))
+        if part:
+            try:
+                future = pool.submit(_chunk_signatures, part) if pool is not None else None
+            except Exception:  # noqa: BLE001 - e.g. a worker died: the caller checks these blocks itself
+                future = None
+            pending.append((part, future))
+
+    try:
+        for _ in range(2 * workers + 1):  # keep every worker busy while the caller catches up
+            submit()
+        line_no = 1
+        while pending:
+            part, future = pending.popleft()
+            submit()
+            try:
+                found = future.result() if future is not None else None
+            except Exception:  # noqa: BLE001 - a worker failed: the caller checks these blocks itself
+                found = None
+            if found is None or len(found) != len(part):
+                found = [None] * len(part)
+            for raw, signatures in zip(part, found, strict=True):
+                line_no += 1
+                yield line_no, raw, signatures
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def verify(run_dir: str | Path, *, workers: int | None = None, chunk: int = CHUNK_BLOCKS,
+           min_blocks: int = PARALLEL_MIN_BLOCKS) -> tuple[bool, str]:
     """Check a run's ledger; returns (intact, a message naming the first bad block).
 
-    See the module docstring for what is checked.
+    See the module docstring for what is checked. The ledger is read one line at a time
+    and its rows compared with the run's parquet files `COMPARE_ROUNDS` rounds at a time,
+    so memory does not grow with the run. If the ledger has at least `min_blocks` round
+    blocks, `workers` processes (default: one per CPU available, none if there is only
+    one) verify the Ed25519 signatures of its orders and seals, `chunk` blocks at a time,
+    while this process checks every block in chain order as it does without them: the
+    same checks, the same first bad block and the same message. A signature a worker found
+    valid is not verified twice; every other one is verified here.
     """
     run_dir = Path(run_dir)
     path = run_dir / "ledger.jsonl"
     if not path.exists():
         return False, f"{path}: no ledger"
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
+    with path.open("rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size:
+            fh.seek(size - 1)
+        last = fh.read(1)
+    if last != b"\n":
         return False, f"{path}: the last block is cut short (no newline at the end)"
-    lines = data[:-1].split(b"\n")
+    if workers is None:
+        workers = _cpus()
+        workers = workers if workers > 1 else 0
     v = _Verifier()
-    for line_no, raw in enumerate(lines, start=1):
-        try:
-            v.block(line_no, raw)
-        except Exception as err:  # anything that stops a block from being checked makes it bad
-            height = line_no - 1
-            what = "genesis block" if height == 0 else f"block {height} (round {height - 1})"
-            reason = str(err) if isinstance(err, LedgerError) else f"malformed ({type(err).__name__}: {err})"
-            return False, f"{what} at line {line_no}: {reason}"
+    files = _FileCheck(run_dir)  # opens the files at its first span, after the workers have started
+    blocks = _blocks(path, v, workers, chunk, min_blocks)
     try:
-        ok, message = _against_files(run_dir, v)
+        for line_no, raw, signatures in blocks:
+            try:
+                v.block(line_no, raw, signatures)
+            except Exception as err:  # anything that stops a block from being checked makes it bad
+                height = line_no - 1
+                what = "genesis block" if height == 0 else f"block {height} (round {height - 1})"
+                reason = str(err) if isinstance(err, LedgerError) else f"malformed ({type(err).__name__}: {err})"
+                return False, f"{what} at line {line_no}: {reason}"
+            files.take(v)
+    finally:
+        blocks.close()
+    try:
+        files.take(v, final=True)
+        ok, message = _against_files(run_dir, v, files)
     except Exception as err:  # an unreadable file of the run
         return False, f"the run's files cannot be checked against the ledger: {type(err).__name__}: {err}"
     if not ok:
@@ -640,7 +883,7 @@ def verify(run_dir: str | Path) -> tuple[bool, str]:
                   f"{len(v.validators)} validators (quorum {quorum(len(v.validators))}), head {v.prev[:16]}...")
 
 
-def _against_files(run_dir: Path, v: _Verifier) -> tuple[bool, str]:
+def _against_files(run_dir: Path, v: _Verifier, files: _FileCheck) -> tuple[bool, str]:
     head_block = f"block {v.rounds} (round {v.rounds - 1})" if v.rounds else "genesis block"
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
@@ -655,28 +898,15 @@ def _against_files(run_dir: Path, v: _Verifier) -> tuple[bool, str]:
     problem = _keys_from_seed(run_dir, v)
     if problem:
         return False, f"genesis block at line 1: {problem}"
-    for name in ("settlement", "trades", "rejections"):
-        if not (run_dir / f"{name}.parquet").exists():
+    for name in _FILE_TABLES:
+        if files.tables[name].missing:
             return False, f"{run_dir / name}.parquet: missing, so it cannot be checked against the ledger"
-    st = pd.read_parquet(run_dir / "settlement.parquet", columns=["round", *SETTLEMENT_FIELDS])
-    led = pd.DataFrame(v.settlement, columns=["round", *SETTLEMENT_FIELDS])
-    problem = _compare(led, st, ["round", "party"], SETTLEMENT_FIELDS[1:], "settlement")
-    if problem:
-        return False, problem
-    tr = pd.read_parquet(run_dir / "trades.parquet", columns=["round", *TRADE_FIELDS])
-    led = pd.DataFrame(v.trades, columns=["round", *TRADE_FIELDS])
-    for table in (tr, led):
-        table["k"] = table.groupby("round").cumcount()
-    problem = _compare(led, tr, ["round", "k"], TRADE_FIELDS, "trades")
-    if problem:
-        return False, problem
-    rj = pd.read_parquet(run_dir / "rejections.parquet", columns=REJECTION_COLUMNS)
-    led = pd.DataFrame(v.rejections, columns=REJECTION_COLUMNS)
-    for table in (rj, led):
-        table["k"] = table.groupby("round").cumcount()
-    problem = _compare(led, rj, ["round", "k"], REJECTION_COLUMNS[1:], "rejections")
-    if problem:
-        return False, problem
+    for name in _FILE_TABLES:
+        table = files.tables[name]
+        if table.error is not None:
+            raise table.error
+        if table.problem:
+            return False, table.problem
     return True, ""
 
 
@@ -708,6 +938,147 @@ def _keys_from_seed(run_dir: Path, v: _Verifier) -> str:
         if public_bytes(derive_key(seed, "prosumer", i)) != raw:
             return f"key of prosumer {i} is not the one the scenario's seed gives"
     return ""
+
+
+# -- the ledger against the run's parquet files ------------------------------------------
+#: Each table compared: (columns, the columns rows are matched on, fields compared). `k`
+#: is a row's place among its round's rows.
+_FILE_TABLES = {
+    "settlement": (["round", *SETTLEMENT_FIELDS], ["round", "party"], SETTLEMENT_FIELDS[1:]),
+    "trades": (["round", *TRADE_FIELDS], ["round", "k"], TRADE_FIELDS),
+    "rejections": (REJECTION_COLUMNS, ["round", "k"], REJECTION_COLUMNS[1:]),
+}
+#: Rows of a parquet file read in one batch.
+_BATCH_ROWS = 1 << 16
+
+
+class _FileCheck:
+    """The ledger's settlement, trades and rejections against the run's parquet files,
+    compared a span of rounds at a time while the chain is checked (`take`): the rows of
+    rounds a <= round < b of the ledger with those of the file (the first span also takes
+    the file's rows before round 0, the last every row of the file not taken yet). Rows
+    are matched on round and party (settlement) or round and place in the round (trades,
+    rejections), as a comparison of the whole tables would; as the spans go up in rounds,
+    the first row that differs in a span is the first of the table. What is found is kept
+    for `_against_files`, which reports it after the chain's and the summary's checks."""
+
+    def __init__(self, run_dir: Path, span: int | None = None):
+        self.run_dir = run_dir
+        self.span = COMPARE_ROUNDS if span is None else span
+        self.done = 0
+        self.tables: dict[str, _FileTable] = {}  # opened at the first comparison
+
+    def take(self, v: _Verifier, final: bool = False) -> None:
+        """Compare the rows `v` gathered since the last call, if they make a span (or if
+        `final`), and let `v` forget them."""
+        if not final and v.rounds - self.done < self.span:
+            return
+        if not self.tables:
+            self.tables = {name: _FileTable(self.run_dir / f"{name}.parquet", name, *spec)
+                           for name, spec in _FILE_TABLES.items()}
+        for name, table in self.tables.items():
+            table.compare(getattr(v, name), None if final else v.rounds)
+        v.settlement, v.trades, v.rejections = [], [], []
+        self.done = v.rounds
+
+
+class _FileTable:
+    """One table of `_FileCheck`. Its file is read in batches as the spans go up if its
+    round column is of integers that do not go down (as cosim writes it); otherwise it is
+    read whole as before: ordered by round (stable, so rows keep their order within a
+    round) if its rounds are integers, else kept whole with the ledger's rows and compared
+    at the end in one go."""
+
+    def __init__(self, path: Path, name: str, columns: list[str], on: list[str], fields: list[str]):
+        self.name, self.columns, self.on, self.fields = name, columns, on, fields
+        self.missing = not path.exists()
+        self.error: Exception | None = None
+        self.problem = ""
+        self.whole = False  # compared in one go at the end
+        self.kept: list[tuple] = []  # the ledger's rows, when compared in one go
+        self.rest: pd.DataFrame | None = None  # the file's rows not compared yet (in round order)
+        self.batches: Iterator | None = None  # the file's batches not read yet
+        if self.missing:
+            return
+        try:
+            try:
+                self._stream(path)
+                return
+            except Exception:  # noqa: BLE001 - read as before, which raises what is wrong with the file
+                self.batches = None
+            rows = pd.read_parquet(path, columns=columns)
+            r = rows["round"].to_numpy()
+            if r.dtype.kind in "iu":
+                self.rest = rows.iloc[np.argsort(r, kind="stable")]
+            else:
+                self.rest, self.whole = rows, True
+        except Exception as err:  # noqa: BLE001 - reported after the chain, see `_against_files`
+            self.error = err
+
+    def _stream(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path, pre_buffer=False)
+        schema = file.schema_arrow
+        fields = [schema.field(c) for c in self.columns]  # KeyError if a column is missing
+        if not pa.types.is_integer(schema.field("round").type):
+            raise ValueError("round is not a column of integers")
+        last = None
+        for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=["round"]):
+            rounds = batch.column(0)
+            if rounds.null_count:
+                raise ValueError("round has nulls")
+            r = rounds.to_numpy()
+            if len(r) and ((last is not None and r[0] < last) or (np.diff(r) < 0).any()):
+                raise ValueError("rounds go down")
+            last = r[-1] if len(r) else last
+        self.rest = pa.schema(fields).empty_table().to_pandas()
+        self.batches = file.iter_batches(batch_size=_BATCH_ROWS, columns=self.columns)
+
+    def _upto(self, end: int | None) -> pd.DataFrame:
+        """The file's rows not handed out yet whose round is below `end` (None: all)."""
+        import pyarrow as pa
+
+        parts = [self.rest]
+        while self.batches is not None and (end is None or not len(parts[-1]) or parts[-1]["round"].iat[-1] < end):
+            batch = next(self.batches, None)
+            if batch is None:
+                self.batches = None
+                break
+            parts.append(pa.Table.from_batches([batch]).to_pandas())
+        parts = [p for p in parts if len(p)] or parts[:1]
+        rows = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        cut = len(rows) if end is None else int(np.searchsorted(rows["round"].to_numpy(), end, side="left"))
+        self.rest = rows.iloc[cut:]
+        return rows.iloc[:cut]
+
+    def compare(self, ledger_rows: list[tuple], end: int | None) -> None:
+        """Compare `ledger_rows` (the ledger's rows of the rounds since the last call, up to
+        `end`; None: the last call) with the file's."""
+        if self.missing or self.error is not None:
+            return
+        try:
+            if self.problem:  # the first row that differs is known: read on only for an unreadable file
+                while end is None and self.batches is not None:
+                    if next(self.batches, None) is None:
+                        self.batches = None
+                return
+            if self.whole:
+                self.kept += ledger_rows
+                if end is not None:
+                    return
+                files, ledger_rows = self.rest, self.kept
+            else:
+                files = self._upto(end)
+            led = pd.DataFrame(ledger_rows, columns=self.columns)
+            if "k" in self.on:
+                files = files.copy()
+                for table in (files, led):
+                    table["k"] = table.groupby("round").cumcount()
+            self.problem = _compare(led, files, self.on, self.fields, self.name)
+        except Exception as err:  # noqa: BLE001
+            self.error = err
 
 
 def _compare(led: pd.DataFrame, files: pd.DataFrame, on: list[str], fields: list[str], name: str) -> str:

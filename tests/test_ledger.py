@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+import cosim.admission
+from cosim import ledger
 from cosim.admission import ADMITTED, SignedOrder
 from cosim.cli import main
 from cosim.ledger import (
@@ -493,3 +495,203 @@ def test_attack_scenario_file():
     assert min(adv.forged_share, adv.replay_share, adv.duplicate_share, adv.overdelivery_share) > 0
     text = ATTACK_SCENARIO.read_text()
     assert "more than two thirds" in text.lower() and "51 %" in text
+
+
+# -- verifying a long ledger: signatures in worker processes, files by spans of rounds ---
+#: Forces the parallel path on the short test run: two workers, two blocks a chunk.
+PARALLEL = {"workers": 2, "chunk": 2, "min_blocks": 0}
+
+
+def _same_verdicts(run: Path) -> tuple[bool, str]:
+    """verify's verdict in one process and with workers: they must be the same."""
+    sequential = verify(run, workers=0)
+    assert verify(run, **PARALLEL) == sequential
+    return sequential
+
+
+def _reseal(run: Path, blocks: list[dict], validators: list[str], signers: list[str] | None = None) -> None:
+    """Write `blocks`, every one re-sealed (by `signers`, default all validators) and
+    chained, and the head into summary.json: what is left wrong is what was edited."""
+    keys = validator_keys(SEED, validators)
+    prev = "0" * 64
+    for b in blocks:
+        b["prev_hash"] = prev
+        seal(b, keys, validators if signers is None else signers)
+        prev = b["hash"]
+    _write_lines(run, [canonical_json(b) for b in blocks])
+    summary = json.loads((run / "summary.json").read_text())
+    summary["ledger_head"] = prev
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def _forge_order_signature(block: dict) -> int:
+    """Flip one hex digit of the signature of an admitted order; returns its row."""
+    k = next(k for k, o in enumerate(block["orders"]) if o[7] == ADMITTED)
+    sig = block["orders"][k][6]
+    block["orders"][k][6] = ("1" if sig[0] != "1" else "2") + sig[1:]
+    return k
+
+
+def test_parallel_verify_of_an_intact_ledger(run, monkeypatch):
+    """Same verdict with workers, and the order signatures are verified in the workers:
+    the main process verifies again only those a worker did not find valid (the forged
+    ones of the attack)."""
+    calls = []
+    real = cosim.admission.verify_signature
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(cosim.admission, "verify_signature", counted)  # the main process's admission
+    ok, message = verify(run, workers=0)
+    assert ok, message
+    outcomes = [o[7] for b in _blocks(run)[1:] for o in b["orders"]]
+    assert len(calls) == len(outcomes) - outcomes.count("unknown_key")  # an unknown id has no key to verify with
+    calls.clear()
+    assert verify(run, **PARALLEL) == (ok, message)
+    assert len(calls) == outcomes.count("bad_signature") > 0
+    for chunk in (1, 3, 100):
+        assert verify(run, workers=1, chunk=chunk, min_blocks=0) == (ok, message)
+
+
+def test_parallel_verify_names_the_same_first_bad_block(run, tmp_path, attack_ledger):
+    """A forged order signature or seal in a late block, alone or after a break of the
+    chain in an earlier block: with workers the same block and the same message as in one
+    process, the earlier block first."""
+    validators = attack_ledger["validators"]
+    last = len(_blocks(run)) - 1
+
+    copy = Path(shutil.copytree(run, tmp_path / "order"))
+    blocks = _blocks(copy)
+    k = _forge_order_signature(blocks[last])
+    _reseal(copy, blocks, validators)
+    ok, message = _same_verdicts(copy)
+    assert not ok
+    assert message.startswith(f"block {last} (round {last - 1}) at line {last + 1}: order {k} of "), message
+    assert "is recorded as 'admitted', but admission gives 'bad_signature'" in message
+    lines = _lines(copy)
+    b = json.loads(lines[2])
+    b["prev_hash"] = "f" * 64  # the chain broken at block 2
+    lines[2] = canonical_json(b)
+    _write_lines(copy, lines)
+    ok, message = _same_verdicts(copy)
+    assert message == "block 2 (round 1) at line 3: prev_hash does not match the previous block's hash", message
+
+    copy = Path(shutil.copytree(run, tmp_path / "seal"))
+    blocks = _blocks(copy)
+    keys = validator_keys(SEED, validators)
+    keys[validators[1]] = derive_key(SEED, "validator", "impostor")
+    seal(blocks[last], keys, validators)
+    _write_lines(copy, [canonical_json(b) for b in blocks])
+    ok, message = _same_verdicts(copy)
+    assert message.startswith(f"block {last} (round {last - 1}) at line {last + 1}: "
+                              f"signature of validator {validators[1]} is not valid"), message
+    blocks[3]["time"] = blocks[2]["time"]  # an earlier block out of time order (and its hash off)
+    _write_lines(copy, [canonical_json(b) for b in blocks])
+    ok, message = _same_verdicts(copy)
+    assert message.startswith("block 3 (round 2) at line 4: time "), message
+
+
+def test_parallel_verify_of_random_edits(run, copy):
+    """Seeded one-character edits anywhere: the same verdict and message with workers."""
+    text = (run / "ledger.jsonl").read_text()
+    rnd = random.Random(7)
+    for _ in range(12):
+        i = rnd.randrange(len(text))
+        edited = text[:i] + rnd.choice([c for c in "0123456789abcdef,:[]" if c != text[i]]) + text[i + 1:]
+        (copy / "ledger.jsonl").write_text(edited)
+        ok, _ = _same_verdicts(copy)
+        assert not ok
+
+
+def test_worker_signature_checks(run):
+    """What a worker reports of a block: the valid seals and, per order, whether its
+    signature is valid; nothing for a line that is not a block."""
+    blocks = _blocks(run)
+    genesis = blocks[0]
+    ledger._start_worker({n: bytes.fromhex(k) for r, n, k in genesis["keys"] if r == "prosumer"},
+                         {n: bytes.fromhex(k) for r, n, k in genesis["keys"] if r == "validator"})
+    try:
+        b = blocks[3]
+        found = ledger._block_signatures(canonical_json(b).encode())
+        assert found.hash == b["hash"] and found.seals == {tuple(s) for s in b["signatures"]}
+        assert found.orders == tuple(o[7] not in ("bad_signature", "unknown_key") for o in b["orders"])
+        k = _forge_order_signature(b)
+        b["signatures"][0][1] = "0" * 128
+        found = ledger._block_signatures(canonical_json(b).encode())
+        assert not found.orders[k] and sum(found.orders) == sum(o[7] not in ("bad_signature", "unknown_key")
+                                                                for o in b["orders"]) - 1
+        assert found.seals == {tuple(s) for s in b["signatures"][1:]}
+        assert ledger._block_signatures(b"{not json") is None
+    finally:
+        ledger._WORKER_KEYS = ({}, {})
+
+
+@pytest.mark.parametrize("span", [1, 3])
+def test_files_compared_by_spans_of_rounds(run, copy, monkeypatch, span):
+    """The parquet files are compared with the ledger a span of rounds at a time: the same
+    verdicts and messages as one comparison of the whole tables, whatever the span, for
+    files in round order or not."""
+    def settlement_bill(d):
+        st = pd.read_parquet(d / "settlement.parquet")
+        st.loc[st.index[st["round"] == 4][2], "bill"] += 0.01
+        st.to_parquet(d / "settlement.parquet", index=False)
+
+    def shuffled(d):  # the rows in another order: the settlement is matched by party
+        st = pd.read_parquet(d / "settlement.parquet")
+        st.sample(frac=1.0, random_state=1).to_parquet(d / "settlement.parquet", index=False)
+
+    def trade_moved_last(d):  # a round's last trade moved to the end: still last of its round
+        tr = pd.read_parquet(d / "trades.parquet")
+        i = tr.index[tr["round"] == 1][-1]
+        pd.concat([tr.drop(index=i), tr.loc[[i]]]).to_parquet(d / "trades.parquet", index=False)
+
+    def trades_swapped(d):  # two trades of a round in the other order
+        tr = pd.read_parquet(d / "trades.parquet")
+        i = tr.index[tr["round"] == tr["round"].value_counts().idxmax()][:2]
+        tr.loc[i[::-1]] = tr.loc[i].to_numpy()
+        tr.to_parquet(d / "trades.parquet", index=False)
+
+    def extra_rows(d, r):
+        st = pd.read_parquet(d / "settlement.parquet")
+        pd.concat([st, st.iloc[[0]].assign(round=r)]).to_parquet(d / "settlement.parquet", index=False)
+
+    def float_rounds(d):
+        tr = pd.read_parquet(d / "trades.parquet")
+        tr.assign(round=tr["round"].astype(float)).to_parquet(d / "trades.parquet", index=False)
+
+    def rejection_dropped(d):
+        rj = pd.read_parquet(d / "rejections.parquet")
+        rj.drop(index=rj.index[len(rj) // 2]).to_parquet(d / "rejections.parquet", index=False)
+
+    def missing_column(d):
+        pd.read_parquet(d / "trades.parquet").drop(columns="buyer").to_parquet(d / "trades.parquet", index=False)
+
+    def truncated(d):
+        lines = _lines(d)
+        _write_lines(d, lines[:-2])
+        summary = json.loads((d / "summary.json").read_text())
+        summary["ledger_head"] = json.loads(lines[-3])["hash"]
+        summary["rounds"] = len(lines) - 3
+        (d / "summary.json").write_text(json.dumps(summary))
+
+    cases = [settlement_bill, shuffled, trade_moved_last, trades_swapped, lambda d: extra_rows(d, -1),
+             lambda d: extra_rows(d, 999), float_rounds, rejection_dropped, missing_column, truncated]
+    verdicts = []
+    for tamper in cases:
+        for name in ("ledger.jsonl", "summary.json", "settlement.parquet", "trades.parquet", "rejections.parquet"):
+            shutil.copy(run / name, copy / name)
+        tamper(copy)
+        whole = verify(copy)
+        monkeypatch.setattr(ledger, "COMPARE_ROUNDS", span)
+        assert verify(copy) == whole, tamper
+        if span > 1:
+            assert verify(copy, **PARALLEL) == whole, tamper
+        monkeypatch.undo()
+        verdicts.append(whole)
+    assert [ok for ok, _ in verdicts] == [False, True, True, False, False, False, True, False, False, False]
+    assert "block 5 (round 4): settlement row" in verdicts[0][1]
+    assert verdicts[4][1].startswith("block 0 (round -1): settlement row") and "only in settlement" in verdicts[4][1]
+    assert verdicts[5][1].startswith("block 1000 (round 999)")
+    assert "cannot be checked" in verdicts[8][1]
