@@ -42,6 +42,7 @@ from cosim.markets.shapley import (
     max_excess,
     shapley_exact,
     shapley_sampled,
+    share_prices,
     subset_matrix,
 )
 from cosim.settlement import MARKET_OPERATOR, settle
@@ -382,6 +383,20 @@ def test_least_core_is_in_the_core_when_the_core_is_not_empty(orders):
     assert r.info["player_shares"].sum() == pytest.approx(r.info["coalition_value"], abs=1e-6)
 
 
+def test_least_core_of_a_tiny_game_does_not_stall():
+    """A game worth 7.5e-5 in which only {0, 2} (and N) has a value: its core is
+    {x0 + x2 = 7.5e-5, x1 = 0, x >= 0}, which contains the target (v/2, 0, v/2). Solved
+    unnormalised, HiGHS's QP stage cycled on it without end (found by Hypothesis); the
+    least core is now solved for the game divided by its largest value, and the QP stage
+    has an iteration limit."""
+    a = 7.5e-5
+    v = np.array([0, 0, 0, 0, 0, a, 0, a])
+    status, eps, point = LeastCoreModel(3).solve(v, np.array([a / 2, 0.0, a / 2]))
+    assert status == "ok"
+    assert eps == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(point, [a / 2, 0.0, a / 2], atol=1e-12)
+
+
 _LEAST_CORE_6 = LeastCoreModel(6)
 
 
@@ -431,9 +446,96 @@ def test_bills_sum_to_zero_with_charges_cuts_and_caps(orders, data):
     r = clear(orders, ctx, cuts, charges)
     shares = r.info["shares"]
     if r.info["shapley_method"] == "exact":
-        assert np.all(shares >= -MONEY_ABS)
+        # the shares have the sign of the money the P2P trades create: negative where the
+        # caps or the cut make the coalition trade at a loss to avoid shedding or curtailment
+        assert np.all(shares * np.sign(r.info["share_scale"]) >= -MONEY_ABS)
         scaled = r.info["player_shares"].sum() * r.info["share_scale"]
         assert shares.sum() == pytest.approx(scaled, abs=1e-6)
+
+
+ISLANDED = MarketContext(RETAIL, FEED_IN, outside_party="grid_forming", import_cap_kwh=0.0, export_cap_kwh=0.0)
+
+
+def test_members_cover_a_loss_making_trade_forced_by_the_caps():
+    """Islanded (no import, no export): a buyer of 1 kWh bidding 0.25 and a seller of 1 kWh
+    asking 0.28 trade at a loss of 0.03 rather than shed (VoLL 10/kWh) and curtail. Alone
+    each is worth 0, so v(N) = 10 + curtail_cost - 0.03 and the Shapley value splits it in
+    half (Shapley, 1953); the money the trade creates is G = 0.25 - 0.28 = -0.03, so the
+    shares are scaled by G / v(N) to -0.015 each: the buyer pays 0.265, the seller gets
+    0.265 and the manager, which pays out the shares, breaks even (found by Hypothesis in
+    test_bills_sum_to_zero_with_charges_cuts_and_caps: the manager was left 0.03 short)."""
+    orders = books(("buy", 1.0, 0.25), ("sell", 1.0, 0.28))
+    r = clear(orders, ISLANDED)  # the contract, manager break-even included
+    v_grand = ISLANDED.voll_per_kwh + ISLANDED.curtail_cost - 0.03
+    assert r.bought_kwh[0] == pytest.approx(1.0, abs=QTY_ABS) and r.shed_kwh.sum() == pytest.approx(0.0)
+    assert r.info["coalition_value"] == pytest.approx(v_grand, abs=MONEY_ABS)
+    np.testing.assert_allclose(r.info["player_shares"], [v_grand / 2, v_grand / 2], atol=MONEY_ABS)
+    assert r.info["share_scale"] == pytest.approx(-0.03 / v_grand, rel=1e-9)
+    np.testing.assert_allclose(r.info["shares"], [-0.015, -0.015], atol=EXACT_ABS)
+    bills = settle(0, IDS[:2], np.full(2, -1), r, ISLANDED).set_index("party").bill
+    np.testing.assert_allclose(bills[IDS[:2]].to_numpy(), [0.265, -0.265], atol=EXACT_ABS)
+    assert bills[MARKET_OPERATOR] == pytest.approx(0.0, abs=EXACT_ABS)
+
+
+def test_share_of_a_member_with_nothing_traded_goes_to_the_members_that_trade():
+    """Islanded: one buyer of 1 kWh (bid 0.25), two sellers of 1 kWh (ask 0.10). The game
+    is the glove game scaled by v(N) = 10.15 + curtail_cost, so the Shapley value is
+    v(N) (2/3, 1/6, 1/6), and G = 0.15 scales it to (0.10, 0.025, 0.025). One seller
+    sells, the other is curtailed and has no kWh whose price could carry its 0.025: that
+    goes to the two who trade, pro rata to their shares (0.10 : 0.025), so the buyer's
+    share is 0.12, the selling seller's 0.03, and the manager breaks even (before, it kept
+    the 0.025)."""
+    orders = books(("buy", 1.0, 0.25), ("sell", 1.0, 0.10), ("sell", 1.0, 0.10))
+    r = clear(orders, ISLANDED)
+    v_grand = 10.15 + ISLANDED.curtail_cost
+    np.testing.assert_allclose(r.info["player_shares"], v_grand * np.array([2 / 3, 1 / 6, 1 / 6]), atol=MONEY_ABS)
+    seller = 1 + int(np.argmax(r.sold_kwh[1:]))
+    idle = 3 - seller
+    assert r.sold_kwh[seller] == pytest.approx(1.0, abs=QTY_ABS)
+    assert r.curtailed_kwh[idle] == pytest.approx(1.0, abs=QTY_ABS)
+    assert r.info["stranded_share"] == pytest.approx(0.025, abs=MONEY_ABS)
+    expected = np.zeros(3)
+    expected[[0, seller]] = [0.12, 0.03]
+    np.testing.assert_allclose(r.info["shares"], expected, atol=MONEY_ABS)
+    bills = settle(0, IDS[:3], np.full(3, -1), r, ISLANDED).set_index("party").bill
+    np.testing.assert_allclose(bills[[IDS[0], IDS[seller], IDS[idle]]].to_numpy(), [0.13, -0.13, 0.0], atol=MONEY_ABS)
+    assert bills[MARKET_OPERATOR] == pytest.approx(0.0, abs=EXACT_ABS)
+
+
+def test_money_the_tie_break_moves_is_carried_by_the_traders():
+    """Bid 0.25 against ask 0.25 plus a sell charge of 1e-7: trading loses 1e-7 of declared
+    welfare, but the pool's 1e-6 /kWh tie-break against outside trades still takes the P2P
+    trade, so v(N) = -1e-7 (nothing to share) while the trade moves G = -1e-7: the two
+    traders carry it pro rata to their P2P kWh (-5e-8 each) and the manager breaks even
+    (found by Hypothesis: the manager was left 1e-7 short)."""
+    orders = books(("buy", 1.0, 0.25), ("sell", 1.0, 0.25))
+    charges = Charges(np.zeros(2), np.array([0.0, 1e-7]))
+    r = clear(orders, charges=charges)  # the contract, manager break-even included
+    assert r.bought_kwh[0] == pytest.approx(1.0, abs=QTY_ABS)
+    assert r.info["coalition_value"] <= 0.0 and r.info["shapley_method"] == "trivial"
+    np.testing.assert_allclose(r.info["shares"], [-5e-8, -5e-8], atol=EXACT_ABS)
+
+
+def test_share_prices_pay_every_kwh_and_each_share_once():
+    """The manager's net position is exactly G - sum of shares: a member that buys a few
+    1e-8 kWh is still priced (not left at NaN, i.e. unpaid), and a member that both buys
+    and sells gets its share once, on the side with more kWh; every member's bill is its
+    reference bill minus its share."""
+    x = {"bought_kwh": np.array([5e-8, 0.0, 1.0]), "sold_kwh": np.array([0.0, 1.0, 0.5]),
+         "imported_kwh": np.array([0.0, 0.0, 0.2]), "exported_kwh": np.array([0.0, 0.3, 0.0])}
+    shares = np.array([0.0, 0.05, 0.1])
+    eff_bid, eff_ask = np.array([0.3, 0.0, 0.25]), np.array([0.0, 0.1, 0.12])
+    b = share_prices(x, shares, eff_bid, eff_ask, TRUTHFUL)
+    paid = np.nan_to_num(b.buy_price_per_kwh) * b.bought_kwh
+    received = np.nan_to_num(b.sell_price_per_kwh) * b.sold_kwh
+    bills = paid - received + RETAIL * b.import_kwh - FEED_IN * b.export_kwh
+    reference = (eff_bid * x["bought_kwh"] - eff_ask * x["sold_kwh"]
+                 + RETAIL * x["imported_kwh"] - FEED_IN * x["exported_kwh"])
+    np.testing.assert_allclose(bills, reference - shares, atol=EXACT_ABS)
+    manager = -(paid.sum() - received.sum()) + RETAIL * b.operator_import_kwh - FEED_IN * b.operator_export_kwh
+    money = eff_bid @ x["bought_kwh"] - eff_ask @ x["sold_kwh"]
+    assert manager == pytest.approx(shares.sum() - money, abs=EXACT_ABS)
+    assert b.unpaid_share == 0.0
 
 
 def test_no_member_pays_more_than_its_reference_bill():

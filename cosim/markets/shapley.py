@@ -55,7 +55,7 @@ declared price net of its network charge (buyer: bid - charge_buy; seller: ask +
 charge_sell) and its outside trades at retail / feed-in. With truthful bids and no
 charges the reference bill is exactly the stand-alone grid bill, so
 ``bill = stand-alone bill - share``. The coalition's manager (the settlement party
-``market_operator``) pays out the shares: a member with a positive share buys (sells) ALL
+``market_operator``) pays out the shares: a member with a non-zero share buys (sells) ALL
 its traded energy through the coalition -- its P2P kWh and, routed through the manager,
 what it would otherwise import (export), which the manager trades with the outside party
 (``operator_import_kwh`` / ``operator_export_kwh``) -- and its per-kWh price encodes the
@@ -64,15 +64,28 @@ bill (n = buyer, m = seller; b, a the declared prices, cb, cs the charges):
     buy_price[n]  = ((b[n] - cb[n]) p2p[n] + retail routed[n] - x[n]) / bought[n]
     sell_price[m] = ((a[m] + cs[m]) p2p[m] + feed_in routed[m] + x[m]) / sold[m]
 
-The manager's own bill is then exactly zero; settlement levies network charges on every
+(a member that both buys and sells has its share priced into the side with more kWh).
+The manager's own bill is then exactly zero (to rounding): the shares it pays out add up
+to exactly the money G the P2P trades create (below), and every price is computed from
+the same solution. Settlement levies network charges on every
 kWh traded in the market, the routed ones included (as in the community mechanisms).
 Members with a zero share keep their outside trades direct. Bid-level individual
 rationality (price + charge <= bid) holds on P2P kWh (x >= 0); what the coalition promises
 is that no member's energy bill exceeds its reference bill.
-Where the outside party's caps or network cuts make v(N) differ from the money the
-trades create, G = sum (b - cb) p2p - sum (a + cs) p2p (v(N) then also counts avoided
-shedding or curtailment, which no one pays for), the shares are scaled by G / v(N)
-(info ``share_scale``, 1 otherwise) so that the bills still add up.
+The shares are the allocation scaled by G / v(N) (info ``share_scale``), where
+G = sum (b - cb) p2p - sum (a + cs) p2p is the money the trades create: without caps or
+network cuts G = v(N) and the scale is 1 (up to the LP's rounding); where the outside
+party's caps or the cuts bind, v(N) also counts avoided shedding or curtailment, which no
+one pays for, and the scale differs. It is negative when those limits make the grand
+coalition trade P2P at a loss (an ask above the bid, taken to avoid shedding and
+curtailment): the members then cover the loss pro rata to their allocation, and each
+pays that much more than its reference bill -- no price could do better, as the reference
+bills then do not add up. A member left with no traded kWh (all its demand shed, all its
+supply curtailed) has no price to carry a share: its share goes to the members that
+trade, pro rata to theirs (info ``stranded_share``, the amount moved). Where v(N) is 0
+(nothing to share) and the P2P trades still move money -- the pool's 1e-6 /kWh tie-break
+takes a trade whose bid and ask (net of charges) are a hair apart, |G| <= 2e-6 per kWh --
+the traders carry G pro rata to their P2P kWh.
 
 Core (Gillies 1959, "Solutions to general non-zero-sum games", Contributions to the Theory
 of Games IV; Bondareva 1963; Shapley 1967). The allocation is in the core iff no coalition
@@ -134,8 +147,12 @@ MANAGER = "market_operator"
 VALUE_TOL = 1e-9
 #: An allocation is in the core when no coalition's excess exceeds this [currency].
 CORE_TOL = 1e-7
-#: Slack on eps* when the least-core LP's second stage holds eps at its optimum.
+#: Slack on eps* when the least-core LP's second stage holds eps at its optimum (in units
+#: of the game's largest coalition value: the least core is solved normalised).
 LEAST_CORE_SLACK = 1e-10
+#: Most iterations of the least-core QP stage. It takes a dozen on 6 players; on a game
+#: worth ~1e-4 solved unnormalised, HiGHS's QP solver was seen cycling without end.
+QP_ITERATION_LIMIT = 10_000
 
 
 # -- the game (pure functions) ----------------------------------------------------------------
@@ -267,6 +284,7 @@ class LeastCoreModel:
         self.share_col, self.eps_col = col["share"], col["epsilon"]
         self.rows, self.eff_row = row["coalition_excess"], row["efficiency"]
         self.n_col = self.highs.getNumCol()
+        self.highs.setOptionValue("qp_iteration_limit", QP_ITERATION_LIMIT)
 
     def _set_hessian(self, on: bool) -> None:
         h, n = self.highs, self.n_col
@@ -279,11 +297,24 @@ class LeastCoreModel:
             h.passHessian(n, 0, 1, np.zeros(n + 1, dtype=np.int32), np.zeros(0, dtype=np.int32), np.zeros(0))
 
     def solve(self, values: np.ndarray, target: np.ndarray) -> tuple[str, float, np.ndarray]:
-        """(status, eps*, least-core point nearest `target`) of the game `values[mask]`."""
-        h, inf = self.highs, highspy.kHighsInf
+        """(status, eps*, least-core point nearest `target`) of the game `values[mask]`.
+
+        Solved for the game divided by its largest |value| (the least core scales with the
+        game), so that HiGHS's absolute tolerances (1e-7) mean the same on a game worth 1e-4
+        as on one worth 10."""
         p = len(target)
         if p > self.slots:
             raise ValueError(f"{p} players exceed the least-core model's {self.slots} slots")
+        values, target = np.asarray(values, float), np.asarray(target, float)
+        unit = float(max(np.abs(values).max(initial=0.0), np.abs(target).max(initial=0.0)))
+        if not unit > 0.0:
+            unit = 1.0
+        status, eps, x = self._solve(values / unit, target / unit)
+        return status, eps * unit, x * unit
+
+    def _solve(self, values: np.ndarray, target: np.ndarray) -> tuple[str, float, np.ndarray]:
+        h, inf = self.highs, highspy.kHighsInf
+        p = len(target)
         masks = np.arange(1, 2**self.slots - 1)
         used = ((masks >> p) == 0) & (masks != 2**p - 1)  # proper coalitions of the p players
         lower = np.where(used, values[np.where(used, masks, 0)], -inf)
@@ -426,6 +457,10 @@ def share_prices(x: dict[str, np.ndarray], shares: np.ndarray, eff_bid: np.ndarr
     """Route each sharing member's outside trades through the manager and price its
     market kWh so that its energy bill is its reference bill minus its share.
 
+    A member that both buys and sells has its share priced into the side with more kWh;
+    a price is set wherever a member buys (sells) anything, however little, so that every
+    kWh is paid for.
+
     >>> x = {"bought_kwh": np.array([1.0, 0.0, 0.0]), "sold_kwh": np.array([0.0, 1.0, 0.0]),
     ...      "imported_kwh": np.array([1.0, 0.0, 0.0]), "exported_kwh": np.array([0.0, 0.0, 1.0])}
     >>> b = share_prices(x, np.array([0.1, 0.05, 0.0]), np.array([0.3, 0, 0]), np.array([0, 0.08, 0.08]),
@@ -434,24 +469,57 @@ def share_prices(x: dict[str, np.ndarray], shares: np.ndarray, eff_bid: np.ndarr
     ([2.0, 0.0, 0.0], 0.25, 0.13)
     >>> b.operator_import_kwh, b.export_kwh.tolist()
     (1.0, [0.0, 0.0, 1.0])
+
+    A negative share (the members covering a loss-making trade) raises the bill:
+
+    >>> b = share_prices(x, np.array([-0.1, -0.05, 0.0]), np.array([0.3, 0, 0]), np.array([0, 0.08, 0.08]),
+    ...                  MarketContext(0.3, 0.08))
+    >>> round(float(b.buy_price_per_kwh[0]), 6), round(float(b.sell_price_per_kwh[1]), 6), b.operator_import_kwh
+    (0.35, 0.03, 1.0)
     """
     p2p_b, p2p_s = x["bought_kwh"], x["sold_kwh"]
     imp, exp = x["imported_kwh"], x["exported_kwh"]
-    routed = shares > VALUE_TOL
+    routed = np.abs(shares) > VALUE_TOL
     bought = p2p_b + np.where(routed, imp, 0.0)
     sold = p2p_s + np.where(routed, exp, 0.0)
-    buyer_bill = eff_bid * p2p_b + ctx.retail_price_per_kwh * np.where(routed, imp, 0.0) - shares
-    seller_income = eff_ask * p2p_s + ctx.feed_in_price_per_kwh * np.where(routed, exp, 0.0) + shares
-    is_buyer = bought > QTY_TOL
-    is_seller = sold > QTY_TOL
+    on_buy_side = bought >= sold
+    buy_share = np.where(on_buy_side, shares, 0.0)
+    buyer_bill = eff_bid * p2p_b + ctx.retail_price_per_kwh * np.where(routed, imp, 0.0) - buy_share
+    seller_income = eff_ask * p2p_s + ctx.feed_in_price_per_kwh * np.where(routed, exp, 0.0) + (shares - buy_share)
+    is_buyer = bought > 0.0
+    is_seller = sold > 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         buy_price = np.where(is_buyer, buyer_bill / np.where(is_buyer, bought, 1.0), np.nan)
         sell_price = np.where(is_seller, seller_income / np.where(is_seller, sold, 1.0), np.nan)
-    unpaid = float(shares[routed & ~is_buyer & ~is_seller].sum())
+    unpaid = float(shares[~is_buyer & ~is_seller].sum())
     return CoalitionBills(
         bought, sold, np.where(routed, 0.0, imp), np.where(routed, 0.0, exp), buy_price, sell_price, routed,
         float(imp[routed].sum()), float(exp[routed].sum()), unpaid,
     )
+
+
+def carry_shares(x: dict[str, np.ndarray], shares: np.ndarray) -> tuple[np.ndarray, float]:
+    """Move the shares of members that have no traded kWh to carry them (everything shed
+    or curtailed, or a share too small to route and no P2P kWh) to the members that trade,
+    pro rata to their shares (to their traded kWh if those are all zero). The total is kept.
+    Returns the shares and the amount moved.
+
+    >>> x = {"bought_kwh": np.array([1.0, 0.0, 0.0]), "sold_kwh": np.array([0.0, 1.0, 0.0]),
+    ...      "imported_kwh": np.zeros(3), "exported_kwh": np.zeros(3)}
+    >>> shares, moved = carry_shares(x, np.array([0.1, 0.025, 0.025]))  # member 2: all curtailed
+    >>> shares.round(6).tolist(), round(moved, 6)
+    ([0.12, 0.03, 0.0], 0.025)
+    """
+    market = x["bought_kwh"] + x["sold_kwh"]
+    traded = market + x["imported_kwh"] + x["exported_kwh"]
+    carrier = (market > QTY_TOL) | ((np.abs(shares) > VALUE_TOL) & (traded > QTY_TOL))
+    stranded = ~carrier & (shares != 0.0)
+    if not stranded.any() or not carrier.any():
+        return shares, 0.0
+    moved = float(shares[stranded].sum())
+    out = np.where(carrier, shares, 0.0)
+    out[carrier] += split_group_share(moved, np.abs(out[carrier]), traded[carrier])
+    return out, moved
 
 
 def split_group_share(share: float, weights: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -651,12 +719,19 @@ class ShapleyCoalition(Mechanism):
     # -- the result -----------------------------------------------------------------------------
     def result(self, x: dict, shares: np.ndarray, game: PoolGame, w_grand: float, orders: OrderArrays,
                ctx: MarketContext, charges: Charges, info: dict) -> ClearingResult:
+        # the shares pay out exactly the money the P2P trades create (negative when caps or
+        # cuts make the grand coalition trade at a loss), so that the manager breaks even
         money = float(game.eff_bid @ x["bought_kwh"] - game.eff_ask @ x["sold_kwh"])
         v_grand = info["coalition_value"]
         scale = 1.0
-        if v_grand > VALUE_TOL and abs(money - v_grand) > 1e-9 * max(1.0, abs(v_grand)):
-            scale = max(money, 0.0) / v_grand
-        shares = shares * scale
+        if v_grand > VALUE_TOL:
+            scale = money / v_grand
+            shares = shares * scale
+        else:  # nothing to share; a trade the tie-break made can still move money (|G| <= 2e-6/kWh)
+            market = x["bought_kwh"] + x["sold_kwh"]
+            if market.sum() > 0.0:
+                shares = money * market / market.sum()
+        shares, stranded = carry_shares(x, shares)
         bills = share_prices(x, shares, game.eff_bid, game.eff_ask, ctx)
         result = ClearingResult(
             status="ok",
@@ -679,6 +754,7 @@ class ShapleyCoalition(Mechanism):
             shares=shares,
             internal_kwh=float(x["bought_kwh"].sum()),
             routed_kwh=float(bills.operator_import_kwh + bills.operator_export_kwh),
+            stranded_share=stranded,
             unpaid_share=bills.unpaid_share,
         )
         result.info = info
