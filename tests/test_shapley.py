@@ -30,7 +30,20 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import (
+    MARKET_FEED_IN,
+    MARKET_HYPOTHESIS,
+    MARKET_RETAIL,
+    market_books,
+    market_check_balances,
+    market_check_zero_sum,
+    market_count_builds,
+    market_draw_limits,
+    market_edge_books,
+    market_mechanism,
+    market_order_books,
+)
+from hypothesis import given
 from hypothesis import strategies as st
 
 import cosim.markets.shapley as shapley_module
@@ -53,46 +66,19 @@ QTY_ABS = 1e-6
 MONEY_ABS = 1e-7
 #: Tolerance on closed-form arithmetic [currency].
 EXACT_ABS = 1e-12
-RETAIL, FEED_IN = 0.30, 0.08
+RETAIL, FEED_IN = MARKET_RETAIL, MARKET_FEED_IN
 SPREAD = RETAIL - FEED_IN
 TRUTHFUL = MarketContext(RETAIL, FEED_IN)
 IDS = [f"p{i:02d}" for i in range(16)]
 
-HYPOTHESIS = settings(
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 
-
-# -- helpers ------------------------------------------------------------------------------------
-def books(*orders: tuple[str, float, float]) -> OrderArrays:
-    """Orders from (side, quantity_kwh, price_per_kwh) tuples, one per participant in order;
-    side ``idle`` gives a participant with no order."""
-    n = len(orders)
-    demand, supply, bid, ask = (np.zeros(n) for _ in range(4))
-    for i, (side, q, p) in enumerate(orders):
-        if side == "buy":
-            demand[i], bid[i] = q, p
-        elif side == "sell":
-            supply[i], ask[i] = q, p
-    return OrderArrays(demand, supply, bid, ask)
-
-
-#: Mechanisms kept across examples, as a run keeps one for all its rounds (this also checks
-#: that the persistent models are updated correctly from one book to the next).
-_MECHANISMS: dict[tuple, ShapleyCoalition] = {}
-
-
+# -- helpers (books, strategies and the shared checks: conftest.py) -------------------------------
 def mechanism(n: int, options: dict | None = None, participants=None) -> ShapleyCoalition:
+    """One mechanism per size and options, kept across tests and examples as a run keeps it
+    (with `participants`: a new one)."""
     if participants is not None:
         return ShapleyCoalition(participants, max_cuts=3, options=options)
-    key = (n, tuple(sorted((options or {}).items())))
-    if key not in _MECHANISMS:
-        _MECHANISMS[key] = ShapleyCoalition(IDS[:n], max_cuts=3, options=options)
-    return _MECHANISMS[key]
+    return market_mechanism(ShapleyCoalition, IDS[:n], 3, options)
 
 
 def clear(orders: OrderArrays, ctx: MarketContext = TRUTHFUL, cuts=None, charges=None, options=None,
@@ -105,11 +91,9 @@ def clear(orders: OrderArrays, ctx: MarketContext = TRUTHFUL, cuts=None, charges
 
 
 def check_invariants(r, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None, ids: list[str]):
-    """Balances, caps, cuts, the trade table and a zero-sum settlement."""
-    np.testing.assert_allclose(r.bought_kwh + r.import_kwh + r.shed_kwh, orders.demand_kwh, atol=QTY_ABS)
-    np.testing.assert_allclose(r.sold_kwh + r.export_kwh + r.curtailed_kwh, orders.supply_kwh, atol=QTY_ABS)
-    for name in ("bought_kwh", "sold_kwh", "import_kwh", "export_kwh", "shed_kwh", "curtailed_kwh"):
-        assert np.all(getattr(r, name) >= 0), name
+    """Balances, caps, cuts, the trade table and a zero-sum settlement in which the manager,
+    which passes the shares through, breaks even."""
+    market_check_balances(r, orders, QTY_ABS)
     # the coalition's pool: what members buy comes from members or through the manager
     assert r.bought_kwh.sum() + r.operator_export_kwh == pytest.approx(
         r.sold_kwh.sum() + r.operator_import_kwh, abs=QTY_ABS)
@@ -130,11 +114,7 @@ def check_invariants(r, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCu
         assert to_outside.get(pid, 0.0) == pytest.approx(r.export_kwh[i], abs=QTY_ABS)
     assert from_outside.get(MANAGER, 0.0) == pytest.approx(r.operator_import_kwh, abs=QTY_ABS)
     assert to_outside.get(MANAGER, 0.0) == pytest.approx(r.operator_export_kwh, abs=QTY_ABS)
-    s = settle(0, ids, np.full(len(ids), -1), r, ctx)
-    assert s.bill.sum() == pytest.approx(0.0, abs=1e-9)
-    # the manager passes the shares through: it breaks even
-    assert float(s.loc[s.party == MARKET_OPERATOR, "bill"].iloc[0]) == pytest.approx(0.0, abs=1e-9)
-    return s
+    return market_check_zero_sum(r, ids, ctx)
 
 
 def standalone_bill(orders: OrderArrays) -> np.ndarray:
@@ -204,7 +184,7 @@ def test_energy_glove_game_in_the_mechanism():
     are 0.22 x (2/3, 1/6, 1/6) and the core check finds them outside the core, short by
     0.22/6 (Maschler, Solan and Zamir, 2013, ch. 17-18). The least core is the core: the
     buyer takes the whole saving."""
-    orders = books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN), ("sell", 1.0, FEED_IN))
+    orders = market_books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN), ("sell", 1.0, FEED_IN))
     r = clear(orders)
     np.testing.assert_allclose(r.info["player_shares"], SPREAD * np.array([2 / 3, 1 / 6, 1 / 6]), atol=MONEY_ABS)
     assert r.info["core_check"] == "lp"
@@ -227,7 +207,7 @@ def test_hand_worked_three_player_energy_game():
     0 + 0 + 0) / 6 = 0.128333. Bills are the stand-alone grid bills minus the shares:
     a 0.6 - 0.238333 = 0.361667, b -0.08 - 0.073333, c -0.12 - 0.128333. The Shapley value
     is in the core here (every pair and single gets at least its value)."""
-    orders = books(("buy", 2.0, RETAIL), ("sell", 1.0, FEED_IN), ("sell", 1.5, FEED_IN))
+    orders = market_books(("buy", 2.0, RETAIL), ("sell", 1.0, FEED_IN), ("sell", 1.5, FEED_IN))
     r = clear(orders)
     expected = np.array([1.43, 0.44, 0.77]) / 6
     np.testing.assert_allclose(r.info["shares"], expected, atol=MONEY_ABS)
@@ -253,7 +233,7 @@ def games(draw, p_min: int = 2, p_max: int = 6):
     return p, values
 
 
-@HYPOTHESIS
+@MARKET_HYPOTHESIS
 @given(games())
 def test_shapley_axioms_on_random_games(game):
     """Efficiency, symmetry, null player and the definition (mean marginal contribution
@@ -276,22 +256,8 @@ def test_shapley_axioms_on_random_games(game):
     np.testing.assert_allclose(phi_ext[:p], phi, atol=1e-9)
 
 
-@st.composite
-def order_books(draw, n_min: int = 2, n_max: int = 7, truthful: bool = False):
-    n = draw(st.integers(n_min, n_max))
-    sides = draw(st.lists(st.sampled_from(["buy", "sell", "idle"]), min_size=n, max_size=n))
-    qty = draw(st.lists(st.floats(0.0, 3.0), min_size=n, max_size=n))
-    price = draw(st.lists(st.floats(FEED_IN, RETAIL), min_size=n, max_size=n))
-    orders = []
-    for s, q, pr in zip(sides, qty, price, strict=True):
-        if truthful:
-            pr = RETAIL if s == "buy" else FEED_IN
-        orders.append((s, round(q, 3), round(pr, 4)))
-    return books(*orders)
-
-
-@HYPOTHESIS
-@given(order_books())
+@MARKET_HYPOTHESIS
+@given(market_order_books())
 def test_shapley_axioms_in_the_mechanism(orders):
     """On random books: shares add up to v(N) (efficiency), a copy of a trader gets what
     the original gets (symmetry), and a seller whose ask exceeds every bid, like an idle
@@ -315,8 +281,8 @@ def test_shapley_axioms_in_the_mechanism(orders):
     assert np.all(shares >= -MONEY_ABS)  # monotone game
 
 
-@HYPOTHESIS
-@given(order_books(truthful=True))
+@MARKET_HYPOTHESIS
+@given(market_order_books(truthful=True))
 def test_truthful_values_have_the_closed_form(orders):
     """With tariff bids and no limits, v(S) = (retail - feed_in) min(D(S), S(S)) and
     every bill is the stand-alone grid bill minus the share."""
@@ -368,8 +334,8 @@ def test_sampled_shapley_on_the_glove_game():
 
 
 # -- core and least core ---------------------------------------------------------------------
-@HYPOTHESIS
-@given(order_books(n_min=3, n_max=7))
+@MARKET_HYPOTHESIS
+@given(market_order_books(n_min=3, n_max=7))
 def test_least_core_is_in_the_core_when_the_core_is_not_empty(orders):
     """The pool game without caps or cuts is a linear production game, whose core is never
     empty (Owen, 1975); the least-core allocation then lies in the core (Maschler, Peleg
@@ -400,7 +366,7 @@ def test_least_core_of_a_tiny_game_does_not_stall():
 _LEAST_CORE_6 = LeastCoreModel(6)
 
 
-@HYPOTHESIS
+@MARKET_HYPOTHESIS
 @given(games(p_min=2, p_max=6), st.lists(st.floats(-3, 3), min_size=6, max_size=6))
 def test_core_check_lp_matches_enumeration(game, x):
     """The core-membership LP returns the largest excess max_S v(S) - x(S) over every
@@ -416,7 +382,7 @@ def test_core_check_lp_matches_enumeration(game, x):
 
 def test_core_check_in_monte_carlo_mode_reports_sampled_coalitions():
     """Above exact_max_members the core check covers the coalitions the sampling visited."""
-    orders = books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN), ("sell", 1.0, FEED_IN), ("buy", 0.5, 0.25))
+    orders = market_books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN), ("sell", 1.0, FEED_IN), ("buy", 0.5, 0.25))
     r = clear(orders, options={"exact_max_members": 3, "mc_permutations": 50})
     assert r.info["shapley_method"] == "monte_carlo"
     assert r.info["core_check"] == "sampled coalitions"
@@ -426,23 +392,13 @@ def test_core_check_in_monte_carlo_mode_reports_sampled_coalitions():
 
 
 # -- the contract on random books, with charges, cuts and caps -------------------------------------
-@HYPOTHESIS
-@given(order_books(), st.data())
+@MARKET_HYPOTHESIS
+@given(market_order_books(), st.data())
 def test_bills_sum_to_zero_with_charges_cuts_and_caps(orders, data):
     """Random books, network charges (credits included), one network cut and, half the
     time, islanded caps: balances, caps, cuts and the trade table hold, and the settled
     bills of all parties sum to zero with the manager breaking even."""
-    n = len(orders.demand_kwh)
-    charges = Charges(np.array(data.draw(st.lists(st.floats(-0.02, 0.05), min_size=n, max_size=n))),
-                      np.array(data.draw(st.lists(st.floats(-0.02, 0.05), min_size=n, max_size=n))))
-    coef = np.array(data.draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n)))
-    rhs = data.draw(st.floats(0.0, 3.0))
-    cuts = NetworkCuts(coef[None, :], np.array([rhs]), ("cut",))
-    ctx = TRUTHFUL
-    if data.draw(st.booleans()):
-        ctx = MarketContext(RETAIL, FEED_IN, outside_party="grid_forming",
-                            import_cap_kwh=data.draw(st.floats(0.0, 2.0)),
-                            export_cap_kwh=data.draw(st.floats(0.0, 2.0)))
+    ctx, cuts, charges = market_draw_limits(data, len(orders.demand_kwh))
     r = clear(orders, ctx, cuts, charges)
     shares = r.info["shares"]
     if r.info["shapley_method"] == "exact":
@@ -464,7 +420,7 @@ def test_members_cover_a_loss_making_trade_forced_by_the_caps():
     shares are scaled by G / v(N) to -0.015 each: the buyer pays 0.265, the seller gets
     0.265 and the manager, which pays out the shares, breaks even (found by Hypothesis in
     test_bills_sum_to_zero_with_charges_cuts_and_caps: the manager was left 0.03 short)."""
-    orders = books(("buy", 1.0, 0.25), ("sell", 1.0, 0.28))
+    orders = market_books(("buy", 1.0, 0.25), ("sell", 1.0, 0.28))
     r = clear(orders, ISLANDED)  # the contract, manager break-even included
     v_grand = ISLANDED.voll_per_kwh + ISLANDED.curtail_cost - 0.03
     assert r.bought_kwh[0] == pytest.approx(1.0, abs=QTY_ABS) and r.shed_kwh.sum() == pytest.approx(0.0)
@@ -485,7 +441,7 @@ def test_share_of_a_member_with_nothing_traded_goes_to_the_members_that_trade():
     goes to the two who trade, pro rata to their shares (0.10 : 0.025), so the buyer's
     share is 0.12, the selling seller's 0.03, and the manager breaks even (before, it kept
     the 0.025)."""
-    orders = books(("buy", 1.0, 0.25), ("sell", 1.0, 0.10), ("sell", 1.0, 0.10))
+    orders = market_books(("buy", 1.0, 0.25), ("sell", 1.0, 0.10), ("sell", 1.0, 0.10))
     r = clear(orders, ISLANDED)
     v_grand = 10.15 + ISLANDED.curtail_cost
     np.testing.assert_allclose(r.info["player_shares"], v_grand * np.array([2 / 3, 1 / 6, 1 / 6]), atol=MONEY_ABS)
@@ -508,7 +464,7 @@ def test_money_the_tie_break_moves_is_carried_by_the_traders():
     trade, so v(N) = -1e-7 (nothing to share) while the trade moves G = -1e-7: the two
     traders carry it pro rata to their P2P kWh (-5e-8 each) and the manager breaks even
     (found by Hypothesis: the manager was left 1e-7 short)."""
-    orders = books(("buy", 1.0, 0.25), ("sell", 1.0, 0.25))
+    orders = market_books(("buy", 1.0, 0.25), ("sell", 1.0, 0.25))
     charges = Charges(np.zeros(2), np.array([0.0, 1e-7]))
     r = clear(orders, charges=charges)  # the contract, manager break-even included
     assert r.bought_kwh[0] == pytest.approx(1.0, abs=QTY_ABS)
@@ -541,7 +497,7 @@ def test_share_prices_pay_every_kwh_and_each_share_once():
 def test_no_member_pays_more_than_its_reference_bill():
     """With charges, each member's bill is its reference bill (P2P kWh at its own price net
     of its charge, the rest at the tariffs) minus a non-negative share."""
-    orders = books(("buy", 1.5, 0.28), ("buy", 0.7, 0.22), ("sell", 1.0, 0.10), ("sell", 2.0, 0.12))
+    orders = market_books(("buy", 1.5, 0.28), ("buy", 0.7, 0.22), ("sell", 1.0, 0.10), ("sell", 2.0, 0.12))
     charges = Charges(np.array([0.01, 0.02, 0.0, 0.0]), np.array([0.0, 0.0, 0.01, -0.005]))
     r = clear(orders, charges=charges)
     s = settle(0, IDS[:4], np.full(4, -1), r, TRUTHFUL).set_index("party")
@@ -562,7 +518,7 @@ def test_feeder_players_share_within_the_feeder():
     members pro rata to the energy each trades in the grand coalition."""
     ids = IDS[:5]
     parts = Participants(ids, np.arange(5), np.array([0, 0, 1, 1, 2]), np.zeros(5, dtype=bool))
-    orders = books(("buy", 1.0, RETAIL), ("sell", 0.5, FEED_IN), ("sell", 1.0, FEED_IN),
+    orders = market_books(("buy", 1.0, RETAIL), ("sell", 0.5, FEED_IN), ("sell", 1.0, FEED_IN),
                    ("buy", 1.0, RETAIL), ("idle", 0.0, 0.0))
     r = clear(orders, participants=parts, options={"players": "feeders"})
     assert r.info["shapley_players"] == "feeders"
@@ -589,7 +545,7 @@ def test_auto_players_switch_to_feeders_above_the_exact_limit():
     """players='auto' uses prosumers up to exact_max_members active traders, feeders above."""
     n = 6
     parts = Participants(IDS[:n], np.arange(n), np.array([0, 0, 0, 1, 1, 1]), np.zeros(n, dtype=bool))
-    orders = books(*[("buy", 1.0, RETAIL) if i % 2 else ("sell", 1.0, FEED_IN) for i in range(n)])
+    orders = market_books(*[("buy", 1.0, RETAIL) if i % 2 else ("sell", 1.0, FEED_IN) for i in range(n)])
     few = clear(orders, participants=parts)
     assert few.info["shapley_players"] == "prosumers"
     many = clear(orders, participants=parts, options={"exact_max_members": 4})
@@ -617,14 +573,7 @@ def test_each_coalition_value_is_one_solve_of_one_persistent_model(monkeypatch):
     """The pool model is built once per mechanism (not per coalition, not per round), and
     a round costs one solve for the grand coalition, one for the empty one (the stand-alone
     baseline) and one per proper coalition that has both a buyer and a seller."""
-    built = []
-    original = shapley_module.PoolModel
-
-    def counting_pool(*args, **kwargs):
-        built.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(shapley_module, "PoolModel", counting_pool)
+    built = market_count_builds(monkeypatch, shapley_module, "PoolModel")
     ids = IDS[:6]
     mech = ShapleyCoalition(ids, max_cuts=2)
     counter = CountingHighs(mech.pool.highs)
@@ -651,17 +600,7 @@ def test_each_coalition_value_is_one_solve_of_one_persistent_model(monkeypatch):
 
 
 # -- edge cases ----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "orders",
-    [
-        books(("idle", 0, 0), ("idle", 0, 0)),
-        books(("buy", 1.0, RETAIL), ("buy", 2.0, 0.2)),
-        books(("sell", 1.0, FEED_IN), ("sell", 2.0, 0.1)),
-        books(("buy", 0.0, RETAIL), ("sell", 0.0, FEED_IN)),
-        books(("buy", 1.0, 0.1), ("sell", 1.0, 0.2)),  # ask above bid: no saving
-    ],
-    ids=["empty", "buyers only", "sellers only", "zero quantities", "no overlap"],
-)
+@pytest.mark.parametrize("orders", market_edge_books())
 def test_edge_cases_trade_with_the_outside_party_only(orders):
     """Nothing to share: no P2P trade, zero shares, bills at the tariffs."""
     r = clear(orders)
@@ -674,7 +613,7 @@ def test_edge_cases_trade_with_the_outside_party_only(orders):
 
 def test_no_p2p_baseline_context():
     """With P2P switched off in the context, everyone trades with the grid and shares are 0."""
-    orders = books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN))
+    orders = market_books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN))
     ctx = MarketContext(RETAIL, FEED_IN, p2p=False)
     r = clear(orders, ctx)
     assert r.cleared_kwh == 0.0 and r.info["shares"].sum() == 0.0

@@ -25,11 +25,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from conftest import (
+    MARKET_FEED_IN,
+    MARKET_HYPOTHESIS,
+    MARKET_RETAIL,
+    market_books,
+    market_check_balances,
+    market_check_zero_sum,
+    market_count_builds,
+    market_draw_limits,
+    market_edge_books,
+    market_mechanism,
+    market_order_books,
+)
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import cosim.markets.stackelberg as stackelberg_module
-from cosim.markets import MECHANISMS, Charges, MarketContext, NetworkCuts, OrderArrays
+from cosim.markets import MECHANISMS, MarketContext, NetworkCuts, OrderArrays
 from cosim.markets.stackelberg import (
     FollowerModel,
     Followers,
@@ -40,7 +53,7 @@ from cosim.markets.stackelberg import (
     nash_gains,
     seller_payoffs,
 )
-from cosim.settlement import MARKET_OPERATOR, settle
+from cosim.settlement import settle
 
 #: Tolerance on quantities from the QPs [kWh].
 QTY_ABS = 1e-5
@@ -50,41 +63,16 @@ PRICE_ABS = 1e-7
 MONEY_ABS = 1e-6
 #: Largest gain a seller may find by deviating [currency] (the mechanism's default).
 NE_TOL = 1e-6
-RETAIL, FEED_IN = 0.30, 0.08
+RETAIL, FEED_IN = MARKET_RETAIL, MARKET_FEED_IN
 SPREAD = RETAIL - FEED_IN
 TRUTHFUL = MarketContext(RETAIL, FEED_IN)
 IDS = [f"p{i:02d}" for i in range(12)]
 
-HYPOTHESIS = settings(
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 
-
-# -- helpers ------------------------------------------------------------------------------------
-def books(*orders: tuple[str, float, float]) -> OrderArrays:
-    n = len(orders)
-    demand, supply, bid, ask = (np.zeros(n) for _ in range(4))
-    for i, (side, q, p) in enumerate(orders):
-        if side == "buy":
-            demand[i], bid[i] = q, p
-        elif side == "sell":
-            supply[i], ask[i] = q, p
-    return OrderArrays(demand, supply, bid, ask)
-
-
-_MECHANISMS: dict[tuple, StackelbergPricing] = {}
-
-
+# -- helpers (books, strategies and the shared checks: conftest.py) -------------------------------
 def mechanism(n: int, options: dict | None = None) -> StackelbergPricing:
-    """One mechanism per size and options, kept across examples as a run keeps it."""
-    key = (n, tuple(sorted((options or {}).items())))
-    if key not in _MECHANISMS:
-        _MECHANISMS[key] = StackelbergPricing(IDS[:n], max_cuts=2, options=options)
-    return _MECHANISMS[key]
+    """One mechanism per size and options, kept across tests and examples as a run keeps it."""
+    return market_mechanism(StackelbergPricing, IDS[:n], 2, options)
 
 
 def clear(orders: OrderArrays, ctx: MarketContext = TRUTHFUL, cuts=None, charges=None, options=None):
@@ -96,11 +84,9 @@ def clear(orders: OrderArrays, ctx: MarketContext = TRUTHFUL, cuts=None, charges
 
 
 def check_invariants(r, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None, ids: list[str]):
-    """Balances, caps, cuts, trade table, budget balance and a zero-sum settlement."""
-    np.testing.assert_allclose(r.bought_kwh + r.import_kwh + r.shed_kwh, orders.demand_kwh, atol=QTY_ABS)
-    np.testing.assert_allclose(r.sold_kwh + r.export_kwh + r.curtailed_kwh, orders.supply_kwh, atol=QTY_ABS)
-    for name in ("bought_kwh", "sold_kwh", "import_kwh", "export_kwh", "shed_kwh", "curtailed_kwh"):
-        assert np.all(getattr(r, name) >= 0), name
+    """Balances, caps, cuts, trade table, budget balance and a zero-sum settlement in which
+    the market operator breaks even."""
+    market_check_balances(r, orders, QTY_ABS)
     assert r.bought_kwh.sum() == pytest.approx(r.sold_kwh.sum(), abs=QTY_ABS)
     assert r.import_kwh.sum() <= ctx.import_cap_kwh + QTY_ABS
     assert r.export_kwh.sum() <= ctx.export_cap_kwh + QTY_ABS
@@ -114,10 +100,7 @@ def check_invariants(r, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCu
         assert p2p.energy_kwh[p2p.seller == pid].sum() == pytest.approx(r.sold_kwh[i], abs=QTY_ABS)
         assert t.energy_kwh[t.seller == ctx.outside_party][t.buyer == pid].sum() == pytest.approx(
             r.import_kwh[i], abs=QTY_ABS)
-    s = settle(0, ids, np.full(len(ids), -1), r, ctx)
-    assert s.bill.sum() == pytest.approx(0.0, abs=1e-9)
-    assert float(s.loc[s.party == MARKET_OPERATOR, "bill"].iloc[0]) == pytest.approx(0.0, abs=1e-9)
-    return s
+    return market_check_zero_sum(r, ids, ctx)
 
 
 # -- hand-worked equilibria -------------------------------------------------------------------
@@ -128,7 +111,7 @@ def test_one_seller_one_buyer_monopoly_price():
     (p - 0.08) x(p): p* = (0.30 + 0.08) / 2 = 0.19, x* = 1 kWh (von Stackelberg 1934;
     Tirole 1988, ch. 1). Bills: buyer 0.19 x 1 + 0.30 x 1 = 0.49; seller -0.19 - 0.08 x 2
     = -0.35; grid 0.16 - 0.30 = -0.14."""
-    orders = books(("buy", 2.0, RETAIL), ("sell", 3.0, FEED_IN))
+    orders = market_books(("buy", 2.0, RETAIL), ("sell", 3.0, FEED_IN))
     r = clear(orders)
     assert r.sell_price_per_kwh[1] == pytest.approx(0.19, abs=PRICE_ABS)
     assert r.price_per_kwh == pytest.approx(0.19, abs=PRICE_ABS)
@@ -146,7 +129,7 @@ def test_one_seller_one_buyer_with_binding_offer():
     offer, so the seller raises its price until the buyer wants exactly 0.5 kWh:
     p* = 0.30 - 0.11 x 0.5 = 0.245 (Maharjan et al. 2013: a seller prices so that demand
     meets the energy it has)."""
-    orders = books(("buy", 2.0, RETAIL), ("sell", 0.5, FEED_IN))
+    orders = market_books(("buy", 2.0, RETAIL), ("sell", 0.5, FEED_IN))
     r = clear(orders)
     assert r.sell_price_per_kwh[1] == pytest.approx(0.245, abs=PRICE_ABS)
     assert r.sold_kwh[1] == pytest.approx(0.5, abs=QTY_ABS)
@@ -160,7 +143,7 @@ def test_duopoly_with_a_binding_need():
     and the equilibrium is p1 = p2 = c + w D = 0.168, each selling 0.5 kWh; the level
     1.5 w D + c = 0.212 < 0.30 confirms that the need binds (hand-worked, in the game of
     Maharjan et al. 2013 with the utility of Samadi et al. 2010)."""
-    orders = books(("buy", 1.0, RETAIL), ("sell", 2.0, FEED_IN), ("sell", 2.0, FEED_IN))
+    orders = market_books(("buy", 1.0, RETAIL), ("sell", 2.0, FEED_IN), ("sell", 2.0, FEED_IN))
     r = clear(orders, options={"curvature": 0.4})
     np.testing.assert_allclose(r.sell_price_per_kwh[1:], [0.168, 0.168], atol=PRICE_ABS)
     np.testing.assert_allclose(r.sold_kwh[1:], [0.5, 0.5], atol=QTY_ABS)
@@ -171,8 +154,8 @@ def test_duopoly_with_a_binding_need():
 def test_competition_lowers_prices():
     """A second seller for the same buyer lowers the price the buyer pays (strategic
     substitutes in quantity, complements in price): more competition, lower prices."""
-    mono = clear(books(("buy", 1.0, RETAIL), ("sell", 2.0, FEED_IN), ("idle", 0, 0)), options={"curvature": 0.4})
-    duo = clear(books(("buy", 1.0, RETAIL), ("sell", 2.0, FEED_IN), ("sell", 2.0, FEED_IN)), options={"curvature": 0.4})
+    mono = clear(market_books(("buy", 1.0, RETAIL), ("sell", 2.0, FEED_IN), ("idle", 0, 0)), options={"curvature": 0.4})
+    duo = clear(market_books(("buy", 1.0, RETAIL), ("sell", 2.0, FEED_IN), ("sell", 2.0, FEED_IN)), options={"curvature": 0.4})
     assert duo.buy_price_per_kwh[0] < mono.buy_price_per_kwh[0] - 0.01
 
 
@@ -186,7 +169,7 @@ def followers(draw, b_max: int = 4):
     return Followers(value, curv * SPREAD / need, need)
 
 
-@HYPOTHESIS
+@MARKET_HYPOTHESIS
 @given(followers(), st.data())
 def test_best_response_beats_a_brute_force_search(f, data):
     """The exact best response is at least as good as any of 2001 evenly spaced prices
@@ -213,7 +196,7 @@ def test_best_response_beats_a_brute_force_search(f, data):
     assert v_best >= brute.max() - 1e-12
 
 
-@HYPOTHESIS
+@MARKET_HYPOTHESIS
 @given(followers(), st.lists(st.floats(0.0, 0.35), min_size=1, max_size=5))
 def test_closed_form_response_matches_the_buyer_qp(f, prices):
     """Each buyer's closed-form response equals the optimum of its Pyomo/HiGHS QP."""
@@ -235,13 +218,9 @@ _FOLLOWER_QP = FollowerModel(6)
 
 
 # -- the equilibrium on random books -----------------------------------------------------------
-@st.composite
-def order_books(draw, n_min: int = 2, n_max: int = 6):
-    n = draw(st.integers(n_min, n_max))
-    sides = draw(st.lists(st.sampled_from(["buy", "sell", "idle"]), min_size=n, max_size=n))
-    qty = draw(st.lists(st.floats(0.0, 2.0), min_size=n, max_size=n))
-    price = draw(st.lists(st.floats(FEED_IN, RETAIL), min_size=n, max_size=n))
-    return books(*[(s, round(q, 3), round(p, 4)) for s, q, p in zip(sides, qty, price, strict=True)])
+def order_books():
+    """Random books of 2 to 6 participants, at most 2 kWh each."""
+    return market_order_books(n_max=6, q_max=2.0)
 
 
 #: A book without a pure-strategy equilibrium (found by Hypothesis): one buyer, two sellers
@@ -250,7 +229,7 @@ EDGEWORTH_BOOK = OrderArrays(np.array([0.0, 0.0, 0.25, 0.0, 0.0]), np.array([0.0
                              np.array([0.25, 0.25, 0.25, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 0.125, 0.125]))
 
 
-@settings(HYPOTHESIS, max_examples=20)
+@settings(MARKET_HYPOTHESIS, max_examples=20)
 @given(order_books(), st.sampled_from([0.3, 1.0, 2.5]))
 @example(EDGEWORTH_BOOK, 0.3)
 def test_equilibrium_is_a_nash_equilibrium(orders, curvature):
@@ -373,7 +352,7 @@ def test_anderson_acceleration_reaches_an_equilibrium_of_the_plain_iteration():
 
 
 # -- rationality and the contract ------------------------------------------------------------
-@HYPOTHESIS
+@MARKET_HYPOTHESIS
 @given(order_books(), st.data())
 def test_individually_rational_and_zero_sum_with_charges_cuts_and_caps(orders, data):
     """Random books, network charges, one network cut and, half the time, islanded caps:
@@ -381,15 +360,7 @@ def test_individually_rational_and_zero_sum_with_charges_cuts_and_caps(orders, d
     their ask (net of charge), no prosumer's bill exceeds trading alone at the tariffs,
     and all bills sum to zero."""
     n = len(orders.demand_kwh)
-    charges = Charges(np.array(data.draw(st.lists(st.floats(-0.02, 0.05), min_size=n, max_size=n))),
-                      np.array(data.draw(st.lists(st.floats(-0.02, 0.05), min_size=n, max_size=n))))
-    coef = np.array(data.draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n)))
-    cuts = NetworkCuts(coef[None, :], np.array([data.draw(st.floats(0.0, 3.0))]), ("cut",))
-    ctx = TRUTHFUL
-    if data.draw(st.booleans()):
-        ctx = MarketContext(RETAIL, FEED_IN, outside_party="grid_forming",
-                            import_cap_kwh=data.draw(st.floats(0.0, 2.0)),
-                            export_cap_kwh=data.draw(st.floats(0.0, 2.0)))
+    ctx, cuts, charges = market_draw_limits(data, n)
     r = clear(orders, ctx, cuts, charges)
     assert r.info["is_nash"]
     t = r.trades
@@ -409,17 +380,7 @@ def test_individually_rational_and_zero_sum_with_charges_cuts_and_caps(orders, d
 
 
 # -- edge cases ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "orders",
-    [
-        books(("idle", 0, 0), ("idle", 0, 0)),
-        books(("buy", 1.0, RETAIL), ("buy", 2.0, 0.2)),
-        books(("sell", 1.0, FEED_IN), ("sell", 2.0, 0.1)),
-        books(("buy", 0.0, RETAIL), ("sell", 0.0, FEED_IN)),
-        books(("buy", 1.0, 0.1), ("sell", 1.0, 0.2)),
-    ],
-    ids=["empty", "buyers only", "sellers only", "zero quantities", "ask above bid"],
-)
+@pytest.mark.parametrize("orders", market_edge_books())
 def test_edge_cases_trade_with_the_outside_party_only(orders):
     r = clear(orders)
     assert r.cleared_kwh == pytest.approx(0.0, abs=QTY_ABS)
@@ -431,7 +392,7 @@ def test_edge_cases_trade_with_the_outside_party_only(orders):
 
 
 def test_no_p2p_context():
-    r = clear(books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN)), MarketContext(RETAIL, FEED_IN, p2p=False))
+    r = clear(market_books(("buy", 1.0, RETAIL), ("sell", 1.0, FEED_IN)), MarketContext(RETAIL, FEED_IN, p2p=False))
     assert r.cleared_kwh == 0.0
 
 
@@ -440,7 +401,7 @@ def test_without_an_outside_grid():
     unmatched (shed or curtailed at zero cost)."""
     ctx = MarketContext(0.3, 0.1, import_cap_kwh=0.0, export_cap_kwh=0.0, voll_per_kwh=0.0,
                         curtail_cost_per_kwh=0.0)
-    orders = books(("buy", 1.0, 0.3), ("sell", 2.0, 0.1))
+    orders = market_books(("buy", 1.0, 0.3), ("sell", 2.0, 0.1))
     r = clear(orders, ctx)
     assert 0.1 < r.sell_price_per_kwh[1] < 0.3
     assert r.import_kwh.sum() == 0.0 and r.export_kwh.sum() == 0.0
@@ -450,14 +411,7 @@ def test_without_an_outside_grid():
 def test_models_are_built_once_and_each_buyer_solved_once_per_clearing(monkeypatch):
     """The pool and the follower QP are built once per mechanism; a clearing solves the
     pool once and the follower QP once per buyer."""
-    built = []
-    original = stackelberg_module.FollowerModel
-
-    def counting(*args, **kwargs):
-        built.append(args)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(stackelberg_module, "FollowerModel", counting)
+    built = market_count_builds(monkeypatch, stackelberg_module, "FollowerModel")
     mech = StackelbergPricing(IDS[:5], max_cuts=2)
     solves = []
     real_solve = mech.followers.solve
