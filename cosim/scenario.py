@@ -142,6 +142,12 @@ class Feedback(_Frozen):
     """Voltage margin the linearised constraints aim inside the band [pu]."""
     margin_pct: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
     """Loading margin the linearised constraints aim below the limit [%]."""
+    curtailment_rule: Literal["sensitivity", "pro_rata", "equal_share"] = "sensitivity"
+    """Who is curtailed (or shed) when the re-clearings leave a violation:
+    ``sensitivity``: the prosumers where a kWh helps most (least energy);
+    ``pro_rata``: every prosumer that makes the violation worse, in proportion to its
+    available export (import, for shedding); ``equal_share``: the same fraction of PV
+    energy for every PV owner behind the violated element."""
 
     @model_validator(mode="after")
     def _charge_has_rate(self) -> Feedback:
@@ -160,6 +166,9 @@ class Islanded(_Frozen):
     """pandapower bus index of the grid-forming battery inverter; default: the transformer's LV bus."""
     p_kw: Annotated[float, Field(gt=0.0)] = 250.0
     """Inverter power limit, charging and discharging [kW]."""
+    s_kva: Annotated[float, Field(gt=0.0)] | None = None
+    """Inverter apparent power rating [kVA]: the slack's P and the reactive power it
+    supplies to the feeder together stay within it; default ``p_kw``."""
     e_kwh: Annotated[float, Field(gt=0.0)] = 1000.0
     """Usable storage capacity [kWh]."""
     initial_soc: Share = 0.5
