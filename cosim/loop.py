@@ -8,12 +8,14 @@ every order is signed by its controller and admitted or rejected by the market
 net position is traded with the outside party. After settlement the round's orders,
 trades and settlement go into a block of the ledger (`cosim.ledger`).
 
-Each run simulates three variants on the same physics:
+Each run simulates four variants on the same profiles, P2P or not crossed with network
+feedback or not, so that the effect of the market is seen apart from that of the PV:
 
 - ``market``: the scenario's mechanism with network feedback (the main results);
 - ``market_no_feedback``: the same market without feedback, to show what it would do;
 - ``baseline``: no P2P, every prosumer trades only with the grid (islanded: the
-  grid-forming unit), with feedback.
+  grid-forming unit), with feedback;
+- ``baseline_no_feedback``: no P2P and no feedback: what the PV alone does to the feeder.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ N_LEDGER_SETTLEMENT = len(SETTLEMENT_FIELDS) - 2
 #: Network-cut slots in the clearing model.
 MAX_CUTS = 40
 OUTSIDE = {"grid-connected": "grid", "islanded": "grid_forming"}
+#: Buses below this nominal voltage are the LV network [kV].
+LV_MAX_KV = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ def variants_for(scenario: Scenario) -> list[Variant]:
         Variant("market", scenario.market.mechanism, scenario.feedback.enabled, ""),
         Variant("market_no_feedback", scenario.market.mechanism, False, "no_feedback"),
         Variant("baseline", "none", scenario.feedback.enabled, "baseline"),
+        Variant("baseline_no_feedback", "none", False, "baseline_no_feedback"),
     ]
 
 
@@ -117,6 +122,9 @@ class Setup:
     gfu_bus: int | None = None
     busbar_pos: int = 0
     """Position of the LV busbar (the transformer's LV side) in `pf.buses`."""
+    lv: np.ndarray | None = None
+    """True for the LV buses of `pf.buses` (below 1 kV): the buses whose voltages
+    rounds.parquet and the summary report (not the MV slack bus)."""
     assets: FlexibleAssets | None = None
     """Batteries, EVs, shiftable loads and their day-ahead planner; each variant runs a
     `FlexibleAssets.fresh` copy (the planner and its schedules are shared)."""
@@ -142,8 +150,9 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     pf = PowerFlow(net)
     pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
     participant_pos = pos.loc[fleet.table.bus].to_numpy()
+    lv = net.bus.vn_kv.loc[pf.buses].to_numpy(float) < LV_MAX_KV
     return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus,
-                 int(pos.loc[lv_busbar(net)]), assets)
+                 busbar_pos=int(pos.loc[lv_busbar(net)]), assets=assets, lv=lv)
 
 
 @dataclass
@@ -156,11 +165,24 @@ class GridFormingUnit:
     soc_min: float
     soc_max: float
     efficiency: float
+    s_kva: float | None = None
+    """Apparent power rating [kVA]; None: ``p_kw``."""
+    q_kvar: float = 0.0
+    """Reactive power it supplied in the last power flow [kvar]."""
 
-    def caps_kwh(self, dt_h: float) -> tuple[float, float]:
-        """(most it can deliver, most it can absorb) this round [kWh]."""
-        deliver = min(self.p_kw * dt_h, max(self.soc - self.soc_min, 0.0) * self.e_kwh * self.efficiency)
-        absorb = min(self.p_kw * dt_h, max(self.soc_max - self.soc, 0.0) * self.e_kwh / self.efficiency)
+    def p_limit_kw(self, q_kvar: float | None = None) -> float:
+        """Most active power it can give or take with `q_kvar` of reactive power
+        (default: the last round's) within its kW and kVA ratings [kW]."""
+        q = self.q_kvar if q_kvar is None else q_kvar
+        s = self.p_kw if self.s_kva is None else self.s_kva
+        return min(self.p_kw, float(np.sqrt(max(s * s - q * q, 0.0))))
+
+    def caps_kwh(self, dt_h: float, p_kw: float | None = None) -> tuple[float, float]:
+        """(most it can deliver, most it can absorb) this round [kWh], within its power
+        rating (or `p_kw`) and its state-of-charge bounds."""
+        p = self.p_limit_kw() if p_kw is None else p_kw
+        deliver = min(p * dt_h, max(self.soc - self.soc_min, 0.0) * self.e_kwh * self.efficiency)
+        absorb = min(p * dt_h, max(self.soc_max - self.soc, 0.0) * self.e_kwh / self.efficiency)
         return deliver, absorb
 
     def step(self, p_kw: float, dt_h: float) -> None:
@@ -316,12 +338,16 @@ class VariantRunner:
         slack_limit = None
         if sc.mode == "islanded":
             isl = sc.islanded
-            self.gfu = GridFormingUnit(isl.p_kw, isl.e_kwh, isl.initial_soc, isl.soc_min, isl.soc_max, isl.efficiency)
+            self.gfu = GridFormingUnit(isl.p_kw, isl.e_kwh, isl.initial_soc, isl.soc_min, isl.soc_max, isl.efficiency,
+                                       isl.s_kva)
             slack_limit = isl.p_kw
         self.limits = Limits.from_feedback(sc.feedback, slack_limit)
         self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
         self.last_loss_factors = None
         self.last_state: GridState | None = None
+        self.last_price: float | None = None
+        """The last round's P2P price [currency/kWh], the signal of the ``price`` storage
+        strategy (None: nothing traded P2P, or a variant without a market)."""
 
     # -- checkpoints --------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -332,6 +358,7 @@ class VariantRunner:
             "gfu": self.gfu,
             "last_loss_factors": self.last_loss_factors,
             "last_state": self.last_state,
+            "last_price": self.last_price,
             "mechanism": self.mechanism.get_state(),
         }
 
@@ -342,6 +369,7 @@ class VariantRunner:
         self.gfu = state["gfu"]
         self.last_loss_factors = state["last_loss_factors"]
         self.last_state = state["last_state"]
+        self.last_price = state.get("last_price")
         self.mechanism.set_state(state["mechanism"])
 
     # -- physics helpers ----------------------------------------------------------------
@@ -360,6 +388,18 @@ class VariantRunner:
         if battery_kwh:
             p[self.setup.busbar_pos] += battery_kwh / self.dt_h
         return p, q
+
+    def limits_for(self, state: GridState) -> Limits:
+        """The limits a power flow's outcome is checked against: islanded, the slack's
+        active power limit is what its kVA rating leaves beside the reactive power it
+        supplies in that power flow."""
+        if self.gfu is None or not state.converged:
+            return self.limits
+        g = self.gfu
+        deliver_kwh, absorb_kwh = g.caps_kwh(self.dt_h, g.p_limit_kw(state.slack_q_kvar))
+        # one symmetric limit: the side the slack is on this round
+        limit_kwh = deliver_kwh if state.slack_p_kw >= 0 else absorb_kwh
+        return dataclasses.replace(self.limits, slack_p_kw=limit_kwh / self.dt_h)
 
     def context(self, t: int) -> MarketContext:
         m = self.sc.market
@@ -413,7 +453,7 @@ class VariantRunner:
         net_kw = load_kw - pv_kw
         if self.gate is not None:  # before the flexible assets run
             deliver_kwh, absorb_kwh = self.assets.limits_kwh(t, load_kw, pv_kw, dt_h)
-        battery_kw = self.assets.dispatch(t, net_kw, dt_h)  # batteries, EVs, shiftable loads
+        battery_kw = self.assets.dispatch(t, net_kw, dt_h, self.last_price)  # batteries, EVs, shiftable loads
         net_kw = net_kw + battery_kw
         book = order_book(net_kw, dt_h, sc.market.bidding, sc.market.retail_price_per_kwh,
                           sc.market.feed_in_price_per_kwh, self.rng)
@@ -471,7 +511,7 @@ class VariantRunner:
             p, q = self.bus_injections(r, net_kw, load_kw, load_kvar)
             s = self.pf.run(p, q)
             timings["pf"] += time.perf_counter() - t1
-            return p, q, s, find_violations(s, self.limits, self.pf.buses, self.pf.lines, self.pf.trafos)
+            return p, q, s, find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
 
         def sensitivities(s):
             t1 = time.perf_counter()
@@ -545,7 +585,12 @@ class VariantRunner:
             timings["sens"] += time.perf_counter() - t1
         if self.gfu is not None and state.converged:
             self.gfu.step(state.slack_p_kw, dt_h)
+            self.gfu.q_kvar = state.slack_q_kvar
         self.last_state = state
+        if self.variant.mechanism != "none" and r.cleared_kwh > QTY_TOL and np.isfinite(r.price_per_kwh):
+            self.last_price = float(r.price_per_kwh)
+        else:
+            self.last_price = None
         outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
         outcome.physical = {"load_kwh": load_kw * dt_h, "pv_kwh": pv_kw * dt_h, "battery_kwh": battery_kw * dt_h}
         outcome.gate = gate
@@ -554,8 +599,9 @@ class VariantRunner:
 
 
 def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
-              round_s: float) -> dict:
+              round_s: float, lv: np.ndarray | None = None) -> dict:
     r, s = o.result, o.state
+    vm_lv = s.vm_pu if lv is None else s.vm_pu[lv]
     row = {
         "round": t,
         "time": time_,
@@ -569,8 +615,8 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "curtailed_kwh": float(r.curtailed_kwh.sum()),
         "shed_kwh": float(r.shed_kwh.sum()),
         "losses_kwh": s.losses_kw * dt_h,
-        "vm_min_pu": float(np.nanmin(s.vm_pu)) if s.converged else np.nan,
-        "vm_max_pu": float(np.nanmax(s.vm_pu)) if s.converged else np.nan,
+        "vm_min_pu": float(np.nanmin(vm_lv)) if s.converged else np.nan,
+        "vm_max_pu": float(np.nanmax(vm_lv)) if s.converged else np.nan,
         "max_line_loading_pct": float(np.nanmax(s.line_loading_pct, initial=0.0)) if s.converged else np.nan,
         "max_trafo_loading_pct": float(np.nanmax(s.trafo_loading_pct, initial=0.0)) if s.converged else np.nan,
         "violations": len(o.violations),
@@ -596,6 +642,8 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
             row[f"info_{key}"] = float(value)
     if gfu is not None:
         row["gfu_p_kw"] = s.slack_p_kw
+        row["gfu_q_kvar"] = s.slack_q_kvar
+        row["gfu_s_kva"] = float(np.hypot(s.slack_p_kw, s.slack_q_kvar))
         row["gfu_soc"] = gfu.soc
     return row
 
@@ -717,7 +765,8 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
             runner.mechanism.reset_warm_start()
         outcome, book, ctx = runner.run_round(t)
         t1 = time.perf_counter()
-        st = settle_matrix(outcome.result, ctx, outcome.physical)
+        losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
+        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh)
         outcome.timings["settle"] = time.perf_counter() - t1
         gr = outcome.gate
         if ledger is not None:
@@ -727,7 +776,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
             outcome.timings["ledger"] += time.perf_counter() - t1
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
         t1 = time.perf_counter()
-        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0)
+        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
         row["operator_bill"] = float(st[-1, 8])  # the market operator's surplus (-) or deficit (+)
         rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
                    outcome.attribution, rejections=gr.rejections if gr is not None else None,
@@ -833,7 +882,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                     variant_timing["ledger_process_cpu_s"] = ledger.cpu_s
                     variant_timing["ledger_process_peak_rss_mb"] = ledger.peak_rss_mb
             finished[variant.name] = (
-                kpis(rounds, prosumer_bills, load_kwh, pv_kwh), prosumer_bills,
+                kpis(rounds, prosumer_bills, load_kwh, pv_kwh,
+                     scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None), prosumer_bills,
                 variant_timing, ledger.head if ledger is not None else None,
             )
             ckpt = None

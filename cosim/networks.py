@@ -30,6 +30,10 @@ def cache_dir() -> Path:
     return path
 
 
+#: SimBench's household loads (H0-*) have q_mvar / p_mw = 0.000790 / 0.002 = 0.395 [-].
+HOUSEHOLD_Q_PER_P = 0.395
+
+
 class InlineFeeder(BaseModel):
     """A hand-made radial feeder: a transformer and feeders of lines, a load at each bus."""
 
@@ -39,7 +43,10 @@ class InlineFeeder(BaseModel):
     feeders_km: list[list[Annotated[float, Field(gt=0.0)]]]
     """Per feeder, the lengths of its consecutive line sections [km]; one load at each bus."""
     load_p_kw: Annotated[float, Field(gt=0.0)] = 4.0
-    """Reference power the household load profiles are scaled by [kW]."""
+    """Reference power the household active-power profiles are scaled by [kW]."""
+    load_q_kvar: Annotated[float, Field(ge=0.0)] = 4.0 * HOUSEHOLD_Q_PER_P
+    """Reference reactive power the household reactive-power profiles are scaled by [kvar];
+    default SimBench's household ratio (q_mvar / p_mw = 0.395) times 4 kW."""
 
 
 class ProfileChoice(BaseModel):
@@ -72,6 +79,8 @@ class NetworkSpec(BaseModel):
     balanced_household_p_kw: Annotated[float, Field(gt=0.0)] = 4.0
     """Reference power of the balanced household load that replaces each asymmetric
     (per-phase) load, e.g. of the IEEE European LV feeder; the power flow is balanced [kW]."""
+    balanced_household_q_kvar: Annotated[float, Field(ge=0.0)] = 4.0 * HOUSEHOLD_Q_PER_P
+    """Its reference reactive power [kvar]; default SimBench's household ratio times 4 kW."""
 
     @model_validator(mode="after")
     def _source_fields(self) -> NetworkSpec:
@@ -144,7 +153,8 @@ def _inline_net(spec: InlineFeeder) -> pp.pandapowerNet:
         for s, length in enumerate(sections):
             bus = pp.create_bus(net, 0.4, name=f"F{f + 1} bus {s + 1}")
             pp.create_line(net, prev, bus, length, spec.line_std_type, name=f"F{f + 1} line {s + 1}")
-            pp.create_load(net, bus, p_mw=spec.load_p_kw / 1000, q_mvar=0.0, name=f"F{f + 1} load {s + 1}")
+            pp.create_load(net, bus, p_mw=spec.load_p_kw / 1000, q_mvar=spec.load_q_kvar / 1000,
+                           name=f"F{f + 1} load {s + 1}")
             prev = bus
     return net
 
@@ -164,7 +174,8 @@ def build_net(spec: NetworkSpec) -> pp.pandapowerNet:
     if "asymmetric_load" in net and len(net.asymmetric_load):
         asym = net.asymmetric_load
         for _, row in asym.iterrows():
-            pp.create_load(net, int(row.bus), p_mw=spec.balanced_household_p_kw / 1000.0, q_mvar=0.0, name=str(row["name"]))
+            pp.create_load(net, int(row.bus), p_mw=spec.balanced_household_p_kw / 1000.0,
+                           q_mvar=spec.balanced_household_q_kvar / 1000.0, name=str(row["name"]))
         net.asymmetric_load.drop(asym.index, inplace=True)
     if "asymmetric_sgen" in net and len(net.asymmetric_sgen):
         net.asymmetric_sgen.drop(net.asymmetric_sgen.index, inplace=True)

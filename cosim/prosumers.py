@@ -36,7 +36,8 @@ class Fleet:
 
     Attributes
     ----------
-    table : index ``id``; columns ``load``, ``bus``, ``p_ref_kw``, ``profile``, ``pv_kwp``,
+    table : index ``id``; columns ``load``, ``bus``, ``p_ref_kw``, ``q_ref_kvar`` (the load's
+        SimBench reference powers), ``profile``, ``pv_kwp``,
         ``pv_profile``, ``battery_kwh``, ``battery_kw``
     time : the rounds' start times
     load_kw, load_kvar, pv_kw : arrays [rounds x prosumers]
@@ -72,14 +73,15 @@ def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) ->
     pv_choices = [p for p in spec.profiles.pv if p in tables["pv"].columns] or list(tables["pv"].columns)
     has_pv = _pick(rng, n, scenario.prosumers.pv_share)
     has_battery = _pick(rng, n, scenario.prosumers.battery_share)
+    # SimBench's convention: P = pload profile x p_mw, Q = qload profile x q_mvar
     p_ref_kw = loads.p_mw.astype(float).to_numpy() * 1000.0
-    if spec.source == "inline":
-        p_ref_kw = np.full(n, spec.inline.load_p_kw)
+    q_ref_kvar = loads.q_mvar.astype(float).to_numpy() * 1000.0
     table = pd.DataFrame(
         {
             "load": loads.index.astype(int),
             "bus": loads.bus.astype(int).to_numpy(),
             "p_ref_kw": p_ref_kw,
+            "q_ref_kvar": q_ref_kvar,
             "profile": profiles,
             "pv_kwp": np.where(has_pv, scenario.prosumers.pv_kwp, 0.0),
             "pv_profile": rng.choice(pv_choices, size=n),
@@ -94,7 +96,7 @@ def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) ->
     }
     scale = scenario.prosumers.load_scale
     load_kw = cut["load_p"][profiles].to_numpy() * p_ref_kw * scale
-    load_kvar = cut["load_q"][profiles].to_numpy() * p_ref_kw * scale
+    load_kvar = cut["load_q"][profiles].to_numpy() * q_ref_kvar * scale
     pv_kw = cut["pv"][table.pv_profile.tolist()].to_numpy() * table.pv_kwp.to_numpy()
     return Fleet(table, cut["load_p"].index, load_kw, load_kvar, pv_kw)
 

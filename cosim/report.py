@@ -76,6 +76,21 @@ _VARIANTS = (
     ("market", None, "P2P + feedback"),
     ("market_no_feedback", "no_feedback", "P2P, no feedback"),
     ("baseline", "baseline", "No P2P (baseline)"),
+    ("baseline_no_feedback", "baseline_no_feedback", "No P2P, no feedback"),
+)
+
+#: Physical key figures two variants must share to have "the same physics", with the
+#: tolerance within which they count as equal (relative; absolute for voltages [pu]).
+_PHYSICS_KPIS = (
+    ("losses_kwh", "losses", 1e-6),
+    ("peak_trafo_loading_pct", "peak transformer loading", 1e-6),
+    ("max_line_loading_pct", "peak line loading", 1e-6),
+    ("vm_max_pu", "highest voltage", 1e-9),
+    ("vm_min_pu", "lowest voltage", 1e-9),
+    ("curtailed_kwh", "curtailment", 1e-6),
+    ("shed_kwh", "shedding", 1e-6),
+    ("grid_import_kwh", "import", 1e-6),
+    ("grid_export_kwh", "export", 1e-6),
 )
 
 #: Columns the report needs from each table (more columns are welcome).
@@ -141,6 +156,7 @@ _COLOURS = {
     "market": "tab:blue",
     "market_no_feedback": "tab:orange",
     "baseline": "tab:grey",
+    "baseline_no_feedback": "tab:brown",
     "limit": "tab:red",
 }
 
@@ -1482,6 +1498,59 @@ def _kpi_breach(key: str, value: float, summary: dict) -> bool:
     return False
 
 
+def same_physics(a: dict, b: dict) -> list[str]:
+    """The physical key figures (`_PHYSICS_KPIS`) on which two variants' summaries differ;
+    empty when their physics is the same.
+
+    >>> same_physics({"losses_kwh": 5.0, "vm_max_pu": 1.05}, {"losses_kwh": 5.0, "vm_max_pu": 1.05})
+    []
+    >>> same_physics({"losses_kwh": 5.0}, {"losses_kwh": 5.2})
+    ['losses']
+    """
+    differ = []
+    for key, label, tol in _PHYSICS_KPIS:
+        x, y = _as_float(a.get(key)), _as_float(b.get(key))
+        if x is None or y is None:
+            continue
+        scale = 1.0 if key.startswith("vm_") else max(abs(x), abs(y), 1.0)
+        if abs(x - y) > tol * scale:
+            differ.append(label)
+    return differ
+
+
+def _market_effect_html(run: _Run) -> str:
+    """In words: does the P2P market change what happens on the feeder, with and without
+    feedback? (Identical physics means the market only moved money.)"""
+    variants = run.summary.get("variants") if isinstance(run.summary.get("variants"), dict) else {}
+    lines = []
+    for p2p, base, what in (("market", "baseline", "with network feedback"),
+                            ("market_no_feedback", "baseline_no_feedback", "without network feedback")):
+        a, b = variants.get(p2p), variants.get(base)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            continue
+        differ = same_physics(a, b)
+        if not differ:
+            lines.append(f"{what.capitalize()}, the physics of the runs with and without P2P is identical "
+                         "(losses, loadings, voltages, curtailment, shedding, import and export): the market "
+                         "only moves money between the parties.")
+        else:
+            la, lb = _as_float(a.get("losses_kwh")), _as_float(b.get("losses_kwh"))
+            pa, pb = _as_float(a.get("peak_trafo_loading_pct")), _as_float(b.get("peak_trafo_loading_pct"))
+            detail = ""
+            if None not in (la, lb, pa, pb):
+                detail = (f" Losses {_fmt(la)} kWh with P2P against {_fmt(lb)} kWh without; peak transformer "
+                          f"loading {_fmt(pa)} % against {_fmt(pb)} %.")
+            lines.append(f"{what.capitalize()}, P2P trading changes the dispatch: the runs differ in "
+                         f"{', '.join(differ)}.{detail}")
+    nf = variants.get("baseline_no_feedback")
+    if isinstance(nf, dict) and _as_float(nf.get("violation_rounds")):
+        lines.append(f"Without P2P and without feedback, {int(nf['violation_rounds']):,d} rounds violate a limit: "
+                     "these come from the PV and the loads, not from the market.")
+    if not lines:
+        return ""
+    return "<p>" + " ".join(html.escape(x) for x in lines) + "</p>"
+
+
 def _kpi_table(run: _Run) -> str:
     summary = run.summary
     variants = summary.get("variants") if isinstance(summary.get("variants"), dict) else {}
@@ -1595,14 +1664,18 @@ def _how_to_read(run: _Run) -> str:
             f"{tb.unit}, voltages and loadings as the lowest and highest value in it."
         )
     return (
-        "<p>This report compares three simulations of the same scenario over the same period. "
+        "<p>This report compares four simulations of the same scenario over the same period: "
+        "P2P trading or not, crossed with network feedback or not. "
         f"<b>P2P + feedback</b> is the main run: prosumers trade energy with each other in a "
         f"local market{mech_text}; after every round an AC power flow checks bus voltages and "
         "line and transformer loadings, and any violation is fed back into the market as limits "
         "and network charges until the round is feasible — what still violates is curtailed. "
         "<b>P2P, no feedback</b> is the same market without that feedback: it shows what the "
         "market alone would do to the network. "
-        f"<b>No P2P (baseline)</b> has every prosumer trade only with the {grid}.</p>"
+        f"<b>No P2P (baseline)</b> has every prosumer trade only with the {grid}, with the same "
+        "feedback; <b>No P2P, no feedback</b> shows what the PV and the loads alone do to the "
+        "network. Comparing the columns with and without P2P separates the effect of the "
+        "market from that of the PV.</p>"
         "<p>Bills are positive when a prosumer pays. Voltages are per unit (pu) of the nominal "
         "voltage; loadings are in % of the rating. Cells shaded red in the table mark a "
         "limit exceeded, a violation, shed load or failed rounds. "
@@ -1675,7 +1748,8 @@ def _html(run: _Run, captions: dict[str, str]) -> str:
             + "".join(f"<li>{esc(n)}</li>" for n in run.notes)
             + "</ul></div>"
         )
-    parts += ["<h2>Key figures</h2>", _kpi_table(run), _storage_html(run), "<h2>Figures</h2>"]
+    parts += ["<h2>Key figures</h2>", _market_effect_html(run), _kpi_table(run), _storage_html(run),
+              "<h2>Figures</h2>"]
     for i, (name, caption) in enumerate(captions.items(), start=1):
         heading = _FIGURE_TITLES[name].format(grid=run.grid_name)
         parts.append(

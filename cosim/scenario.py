@@ -350,9 +350,16 @@ class Storage(_Frozen):
     (see `cosim.dayahead`) and the real-time rounds follow the schedule.
     """
 
-    strategy: Literal["rule", "private", "central", "distributed"] = "rule"
-    """rule: no schedule; private: each prosumer for its own cost; central: for the
-    community's cost within the transformer limit; distributed: central by dual decomposition."""
+    strategy: Literal["rule", "price", "private", "central", "distributed"] = "rule"
+    """rule: no schedule; price: the rule, and batteries also charge at full power from the
+    market while the last round's P2P price is at or below ``price_threshold_per_kwh``;
+    private: each prosumer for its own cost; central: for the community's cost within the
+    transformer limit; distributed: central by dual decomposition."""
+    price_threshold_per_kwh: Annotated[float, Field(ge=0.0)] | None = None
+    """``price`` strategy: the P2P price at or below which batteries charge from the market
+    [currency/kWh]; default midway between the feed-in tariff and the retail tariff times
+    the battery's round-trip efficiency (below it, a kWh bought now and used later to
+    avoid a retail purchase saves money)."""
     forecast: Literal["perfect", "persistence"] = "perfect"
     """Load and PV the schedule sees: the real ones, or those of 24 h earlier."""
     reschedule_every: Duration = dt.timedelta(hours=24)
@@ -401,7 +408,8 @@ class Scenario(_Frozen):
     """Network file in networks/ (name without .yaml) or a path to one."""
     mode: Literal["grid-connected", "islanded"] = "grid-connected"
     start: dt.datetime = dt.datetime(2016, 6, 13)
-    """First round [local time, 2016; SimBench profiles cover 2016]."""
+    """First round [local wall-clock time, Europe/Berlin with daylight saving, 2016]: it
+    selects the SimBench profile row labelled with this time (see `cosim.profiles`)."""
     duration: Duration = dt.timedelta(days=7)
     resolution: Duration = dt.timedelta(minutes=15)
     seed: int = 42
@@ -421,7 +429,7 @@ class Scenario(_Frozen):
                 f"storage.battery_soc_max, found {pr.battery_initial_soc} outside "
                 f"[{st.battery_soc_min}, {st.battery_soc_max}]"
             )
-        if st.strategy != "rule":
+        if st.strategy not in ("rule", "price"):
             day = dt.timedelta(hours=24)
             if day % self.resolution or st.reschedule_every % self.resolution:
                 raise ValueError(
@@ -439,7 +447,13 @@ class Scenario(_Frozen):
                 f"expected duration >= resolution, found {format_duration(self.duration)} < "
                 f"{format_duration(self.resolution)}"
             )
-        if self.start < PROFILE_START or self.start + self.duration > PROFILE_END:
+        from cosim.profiles import PROFILE_ROWS, PROFILE_STEP, profile_row
+
+        try:
+            first = profile_row(self.start)
+        except ValueError as err:
+            raise ValueError(f"expected start at a SimBench profile row (local time, 15-min steps, 2016): {err}") from None
+        if first + -(-self.duration // PROFILE_STEP) > PROFILE_ROWS:
             raise ValueError(
                 f"expected start and start + duration within the SimBench profile year "
                 f"2016-01-01 .. 2017-01-01, found {self.start} + {format_duration(self.duration)}"

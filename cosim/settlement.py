@@ -1,7 +1,8 @@
 """Settlement: who pays whom for one round, per party. Bills of all parties sum to zero.
 
 Parties: every prosumer, the outside party (``grid``; ``grid_forming`` when islanded),
-``dso`` (collects network charges) and ``market_operator`` (keeps the auction's surplus
+``dso`` (collects network charges and buys the network's losses from the outside party at
+the retail tariff: it recovers them through the charges or carries them as a cost) and ``market_operator`` (keeps the auction's surplus
 or covers its deficit, zero for budget-balanced mechanisms; as a community manager it
 also trades the community's net position with the outside party). A bill is positive
 when the party pays. For the outside party, bought/sold are what it bought from and sold
@@ -18,6 +19,7 @@ from cosim.markets import ClearingResult, MarketContext
 SETTLEMENT_COLUMNS = [
     "round", "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh",
     "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill", "membership_fees",
+    "losses_kwh", "losses_cost", "storage_rent",
 ]
 #: Physical columns of prosumer rows (zero for other parties): consumption, PV
 #: generation, battery charging (negative: discharging) and the resulting net load
@@ -39,7 +41,8 @@ def parties(ids: list[str], outside_party: str) -> list[str]:
     return [*ids, outside_party, DSO, MARKET_OPERATOR]
 
 
-def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.ndarray] | None = None,
+                  losses_kwh: float = 0.0, rent: np.ndarray | None = None) -> np.ndarray:
     """The round's settlement as a float matrix: one row per party (`parties`), one column
     per `NUMERIC_COLUMNS` entry. This is the hot path; `settle` wraps it in a table.
 
@@ -50,6 +53,12 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     operator import and buys what they export; the DSO receives the network charges; the
     operator keeps what buyers pay minus what sellers get and pays for its own trades
     with the outside party (a community manager's net position).
+
+    The network's `losses_kwh` this round (from the power flow) are bought by the DSO
+    from the outside party at the retail tariff (``losses_kwh``, ``losses_cost``; the
+    outside party's row shows them as sold, with a negative cost). `rent` is each
+    prosumer's payment for shared battery capacity this round (``storage_rent``
+    [currency], positive = pays, summing to zero). Every cost column enters the bill.
     """
     retail, feed_in = ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh
     n = len(r.bought_kwh)
@@ -61,7 +70,8 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     imported = r.import_kwh.sum() + op_import
     exported = r.export_kwh.sum() + op_export
     # columns: bought, sold, grid_import, grid_export, curtailed, shed, energy_cost,
-    # network_charges, bill, membership_fees, load, pv, battery, net_load
+    # network_charges, bill, membership_fees, losses_kwh, losses_cost, storage_rent,
+    # load, pv, battery, net_load
     m[:n, 0], m[:n, 1], m[:n, 2], m[:n, 3] = r.bought_kwh, r.sold_kwh, r.import_kwh, r.export_kwh
     m[:n, 4], m[:n, 5] = r.curtailed_kwh, r.shed_kwh
     m[:n, 6] = p2p_paid - p2p_received + retail * r.import_kwh - feed_in * r.export_kwh
@@ -75,10 +85,16 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     if fees is not None:  # members pay the operator (e.g. fixed_price's periodic fee)
         m[:n, 9] = fees
         m[n + 2, 9] = -float(np.sum(fees))
-    m[:, 8] = m[:, 6] + m[:, 7] + m[:, 9]
+    if losses_kwh:
+        m[n, 1] += losses_kwh
+        m[n, 10], m[n, 11] = losses_kwh, -retail * losses_kwh
+        m[n + 1, 2], m[n + 1, 10], m[n + 1, 11] = losses_kwh, losses_kwh, retail * losses_kwh
+    if rent is not None:
+        m[:n, 12] = rent
+    m[:, 8] = m[:, 6] + m[:, 7] + m[:, 9] + m[:, 11] + m[:, 12]
     if physical is not None:
-        m[:n, 10], m[:n, 11], m[:n, 12] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
-        m[:n, 13] = m[:n, 10] - m[:n, 11] + m[:n, 12] + r.curtailed_kwh - r.shed_kwh
+        m[:n, 13], m[:n, 14], m[:n, 15] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
+        m[:n, 16] = m[:n, 13] - m[:n, 14] + m[:n, 15] + r.curtailed_kwh - r.shed_kwh
     return m
 
 
@@ -96,10 +112,12 @@ def settlement_frame(round_no: int | np.ndarray, party: list[str], bus: np.ndarr
 
 
 def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext,
-           physical: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+           physical: dict[str, np.ndarray] | None = None, losses_kwh: float = 0.0,
+           rent: np.ndarray | None = None) -> pd.DataFrame:
     """The round's settlement table (`settle_matrix` with party names and buses)."""
-    m = settle_matrix(r, ctx, physical)
+    m = settle_matrix(r, ctx, physical, losses_kwh, rent)
     bus = np.r_[np.asarray(buses, dtype=np.int64), -1, -1, -1]
     if physical is None:
-        return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m[:, :10], physical=False)
+        return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m[:, :len(SETTLEMENT_COLUMNS) - 3],
+                                physical=False)
     return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m)

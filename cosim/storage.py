@@ -465,7 +465,7 @@ def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
                         "reaches %.1f kWh); they charge as far as they can and the shortfall is recorded",
                         len(bad), table.kind, bad.id.iloc[0], bad.required_kwh.iloc[0], bad.reachable_kwh.iloc[0])
     planner = None
-    if st.strategy != "rule":
+    if st.strategy not in ("rule", "price"):
         from cosim.dayahead import DayAheadPlanner
 
         history = None
@@ -533,6 +533,22 @@ class _SessionState:
         return charge - discharge, loss
 
 
+def price_threshold_per_kwh(scenario: Scenario) -> float:
+    """The ``price`` strategy's threshold [currency/kWh]: the scenario's, or midway between
+    the feed-in tariff and the retail tariff times the batteries' round-trip efficiency.
+
+    >>> from cosim.scenario import Scenario
+    >>> round(price_threshold_per_kwh(Scenario(name="x", network="feeder")), 6)  # (0.08 + 0.3 * 0.95**2) / 2
+    0.175375
+    """
+    st, m = scenario.storage, scenario.market
+    if st.price_threshold_per_kwh is not None:
+        return st.price_threshold_per_kwh
+    eta_c = st.battery_charge_efficiency or scenario.prosumers.battery_efficiency
+    eta_d = st.battery_discharge_efficiency or scenario.prosumers.battery_efficiency
+    return 0.5 * (m.feed_in_price_per_kwh + m.retail_price_per_kwh * eta_c * eta_d)
+
+
 class FlexibleAssets:
     """Batteries, EVs and shiftable loads of one variant, run round by round.
 
@@ -550,6 +566,7 @@ class FlexibleAssets:
         self.evs = _SessionState.start(spec.evs) if spec.evs is not None else None
         self.shiftables = _SessionState.start(spec.shiftables) if spec.shiftables is not None else None
         self.every = int(round(sc.storage.reschedule_every / sc.resolution))
+        self.price_threshold_per_kwh = price_threshold_per_kwh(sc)
         self.schedule = None
         self.plans: list[dict] = []
         self._last: dict = {}
@@ -604,7 +621,7 @@ class FlexibleAssets:
         h = t - s.t0
         return {"battery_kw": s.battery_kw[:, h], "ev_kw": s.ev_kw[:, h], "shiftable_kw": s.shiftable_kw[:, h]}
 
-    def dispatch(self, t: int, net_kw: np.ndarray, dt_h: float) -> np.ndarray:
+    def dispatch(self, t: int, net_kw: np.ndarray, dt_h: float, price_per_kwh: float | None = None) -> np.ndarray:
         """Run every flexible asset for round t; returns the power they add to each
         prosumer's net load [kW] (positive = consuming).
 
@@ -613,6 +630,8 @@ class FlexibleAssets:
         t : round number (from 0)
         net_kw : each prosumer's net load before flexible assets (load - PV) [kW]
         dt_h : round length [h]
+        price_per_kwh : the last round's P2P price [currency/kWh], for the ``price``
+            strategy; None (no P2P market, or nothing traded) runs the plain rule
         """
         if self.planner is not None and (self.schedule is None or t - self.schedule.t0 >= self.every):
             self._plan(t)
@@ -634,6 +653,8 @@ class FlexibleAssets:
             request = np.zeros(self.n)
             request[self.spec.battery_pos] = plan["battery_kw"]
             battery_kw = b.follow(request, dt_h)
+        elif self.strategy == "price" and price_per_kwh is not None and price_per_kwh <= self.price_threshold_per_kwh:
+            battery_kw = b.follow(np.full(self.n, np.inf), dt_h)  # cheap P2P energy: charge at full power
         else:
             battery_kw = b.self_consume(net_kw if flex is None else net_kw + flex, dt_h)
         loss = battery_kw * dt_h - (b.energy_kwh - before)

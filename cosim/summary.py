@@ -11,13 +11,15 @@ def _f(x) -> float | None:
     return None if np.isnan(x) else x
 
 
-def kpis(rounds: pd.DataFrame, bills: pd.Series, load_kwh: float, pv_kwh: float) -> dict:
+def kpis(rounds: pd.DataFrame, bills: pd.Series, load_kwh: float, pv_kwh: float,
+         voll_per_kwh: float | None = None) -> dict:
     """Key figures of one variant.
 
     self_sufficiency: share of the prosumers' consumption not bought from the outside
     party nor shed [0..1]. pv_self_consumption: share of PV generation used inside the
     community, i.e. neither exported nor curtailed [0..1]. `bills` is each prosumer's
-    total bill over the run [currency].
+    total bill over the run [currency]. lost_load_value: the energy shed valued at the
+    value of lost load `voll_per_kwh` [currency] (islanded runs; None otherwise).
     """
     imported = rounds.grid_import_kwh.sum()
     exported = rounds.grid_export_kwh.sum()
@@ -45,6 +47,7 @@ def kpis(rounds: pd.DataFrame, bills: pd.Series, load_kwh: float, pv_kwh: float)
         "violations": int(rounds.violations.sum()),
         "curtailed_kwh": _f(curtailed),
         "shed_kwh": _f(shed),
+        "lost_load_value": _f(shed * voll_per_kwh) if voll_per_kwh is not None else None,
         "network_charges": _f(rounds.network_charges.sum()),
         "operator_bill": _f(rounds.operator_bill.sum()) if "operator_bill" in rounds else None,
         "failed_rounds": int((rounds.status != "ok").sum()),

@@ -97,7 +97,7 @@ def run(request) -> Path:
 
 
 def _variants(run: Path) -> list[Path]:
-    return [run, run / "no_feedback", run / "baseline"]
+    return [run, run / "no_feedback", run / "baseline", run / "baseline_no_feedback"]
 
 
 def test_results_contract(run):
@@ -111,7 +111,7 @@ def test_results_contract(run):
     rounds = pd.read_parquet(run / "rounds.parquet")
     summary = json.loads((run / "summary.json").read_text())
     assert len(rounds) == summary["rounds"] > 0
-    assert set(summary["variants"]) == {"market", "market_no_feedback", "baseline"}
+    assert set(summary["variants"]) == {"market", "market_no_feedback", "baseline", "baseline_no_feedback"}
     assert summary["timing"]["median_round_ms"] > 0
     assert not [p for p in run.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
@@ -153,7 +153,42 @@ def test_bills_sum_to_zero(run):
     for folder in _variants(run):
         st = pd.read_parquet(folder / "settlement.parquet")
         assert st.groupby("round").bill.sum().abs().max() < MONEY_TOL
-        np.testing.assert_allclose(st.bill, st.energy_cost + st.network_charges, atol=MONEY_TOL)
+        np.testing.assert_allclose(
+            st.bill, st.energy_cost + st.network_charges + st.membership_fees + st.losses_cost + st.storage_rent,
+            atol=MONEY_TOL)
+
+
+def test_dso_buys_the_losses(run):
+    """The network's losses each round (from the power flow) are bought by the DSO from the
+    outside party at the retail tariff; it recovers them through the network charges or
+    carries them, and the bills still sum to zero."""
+    import yaml
+
+    retail = yaml.safe_load((run / "scenario.yaml").read_text())["market"]["retail_price_per_kwh"]
+    for folder in _variants(run):
+        rounds = pd.read_parquet(folder / "rounds.parquet").set_index("round")
+        st = pd.read_parquet(folder / "settlement.parquet")
+        dso = st[st.party == "dso"].set_index("round")
+        assert rounds.losses_kwh.sum() > 0
+        np.testing.assert_allclose(dso.losses_kwh, rounds.losses_kwh.loc[dso.index], atol=ENERGY_TOL_KWH)
+        np.testing.assert_allclose(dso.grid_import_kwh, dso.losses_kwh, atol=ENERGY_TOL_KWH)
+        np.testing.assert_allclose(dso.losses_cost, retail * dso.losses_kwh, atol=MONEY_TOL)
+        np.testing.assert_allclose(dso.bill, dso.losses_cost + dso.network_charges, atol=MONEY_TOL)
+        outside = st[(st.bus < 0) & ~st.party.isin(["dso", "market_operator"])].set_index("round")
+        np.testing.assert_allclose(outside.losses_cost, -dso.losses_cost.loc[outside.index], atol=MONEY_TOL)
+
+
+def test_voltages_are_those_of_the_lv_network(run):
+    """vm_min_pu / vm_max_pu of rounds.parquet are over the LV buses (below 1 kV) only,
+    not the MV slack bus with its fixed set point."""
+    grid = pd.read_parquet(run / "grid_buses.parquet")
+    lv = set(grid.bus[grid.vn_kv < 1.0])
+    assert len(lv) < len(grid)  # the MV bus exists and is left out
+    buses = pd.read_parquet(run / "buses.parquet")
+    on_lv = buses[buses.bus.isin(lv)].groupby("round").vm_pu
+    rounds = pd.read_parquet(run / "rounds.parquet").set_index("round")
+    np.testing.assert_allclose(rounds.vm_max_pu, on_lv.max().loc[rounds.index], atol=1e-12)
+    np.testing.assert_allclose(rounds.vm_min_pu, on_lv.min().loc[rounds.index], atol=1e-12)
 
 
 def _net_for(run: Path) -> pp.pandapowerNet:
@@ -286,7 +321,7 @@ def test_community_battery_is_in_the_power_flow(tmp_path):
     buses = pd.read_parquet(run / "buses.parquet").groupby("round").p_kw.sum() * dt_h
     st = pd.read_parquet(run / "settlement.parquet")
     grid = st[st.party == "grid"].set_index("round")
-    from_grid = grid.sold_kwh - grid.bought_kwh
+    from_grid = grid.sold_kwh - grid.bought_kwh - grid.losses_kwh  # the losses are sold to the DSO
     np.testing.assert_allclose(buses.to_numpy(), from_grid.loc[buses.index].to_numpy(), atol=ENERGY_TOL_KWH)
     prosumers = st[~st.party.isin(["grid", "dso", "market_operator"])]
     members_net = (prosumers.bought_kwh + prosumers.grid_import_kwh - prosumers.sold_kwh

@@ -54,6 +54,8 @@ class GridState:
     losses_kw: float
     V: np.ndarray | None = None
     """Internal complex voltages (fast path only), for sensitivities."""
+    slack_q_kvar: float = 0.0
+    """Reactive power the slack supplies [kvar]."""
 
 
 def _dS_dV(Ybus: sp.csr_matrix, V: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -252,10 +254,10 @@ class PowerFlow:
             ok, V = self._newton(Sbus, self.V0)
         if ok:
             self._V = V
-            return self._state_from_V(V, p_kw)
+            return self._state_from_V(V, p_kw, q_kvar)
         return self.run_pandapower(p_kw, q_kvar)
 
-    def _state_from_V(self, V: np.ndarray, p_kw: np.ndarray) -> GridState:
+    def _state_from_V(self, V: np.ndarray, p_kw: np.ndarray, q_kvar: np.ndarray | None = None) -> GridState:
         vm = np.where(self.in_service, np.abs(V[self.bus_internal]), np.nan)
         va = np.where(self.in_service, np.angle(V[self.bus_internal]), np.nan)
         If = np.abs(self.Yf @ V)
@@ -274,7 +276,10 @@ class PowerFlow:
         slack_kw = float(S[self.ref].real.sum() * self.baseMVA * 1000.0 + p_kw[at_ref].sum())
         # slack supplies the net load of in-service buses plus the losses
         losses_kw = slack_kw - float(p_kw[self.in_service].sum())
-        return GridState(True, "newton", vm, va, line, trafo, slack_kw, losses_kw, V)
+        slack_kvar = float(S[self.ref].imag.sum() * self.baseMVA * 1000.0)
+        if q_kvar is not None:
+            slack_kvar += float(np.asarray(q_kvar, float)[at_ref].sum())
+        return GridState(True, "newton", vm, va, line, trafo, slack_kw, losses_kw, V, slack_kvar)
 
     # -- the fallback -------------------------------------------------------------------
     def run_pandapower(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> GridState:
@@ -303,4 +308,5 @@ class PowerFlow:
             slack,
             slack - float(np.nansum(np.asarray(p_kw, float)[self.in_service])),
             net._ppc["internal"]["V"].copy() if net._ppc is not None else None,
+            float(net.res_ext_grid.q_mvar.sum() * 1000.0),
         )
