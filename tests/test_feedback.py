@@ -8,6 +8,7 @@ power flow after the injections are moved as the feedback says.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from cosim.feedback import (
     ATTRIBUTION_COLUMNS,
+    BEHIND_REL_TOL,
     CUTS_PER_ITERATION,
     FORCED_OVERSHOOT,
     Limits,
@@ -30,7 +32,7 @@ from cosim.feedback import (
     network_charges,
 )
 from cosim.grid.powerflow import GridState, PowerFlow
-from cosim.grid.sensitivities import compute_sensitivities
+from cosim.grid.sensitivities import Sensitivities, compute_sensitivities
 from cosim.markets import Charges, ClearingResult
 from cosim.networks import lv_busbar, set_islanded
 from cosim.scenario import Feedback
@@ -441,3 +443,238 @@ def test_sensitivity_charge_is_rate_times_loss_factor_difference(operating_point
         delta_losses.append(rerun(op, moved).losses_kw * DT_H)
     marginal_loss_per_kwh = (delta_losses[0] - delta_losses[1]) / (2 * TRADE_STEP_KWH)
     assert forward == pytest.approx(rate * marginal_loss_per_kwh, rel=1e-3)
+
+
+# -- curtailment rules (feedback.curtailment_rule) --------------------------------------------
+#
+# A hand-made linearisation: four participants at bus positions 0..3 and one violated voltage
+# at position 0. dV/dP per kW injected: 0.0025, 0.00125, 0.0005, 0 pu/kW, i.e. per kWh of a
+# 15-min round (x 1/DT_H) 0.01, 0.005, 0.002, 0 pu/kWh. Participant 3 is not behind the bus.
+# The excess is 0.0072 pu, so with the default margin (0.002 pu) and the overshoot (1.25) the
+# reductions must deliver need = (0.0072 + 0.002) * 1.25 = 0.0115 pu.
+
+HAND_G_PER_KW = np.array([0.0025, 0.00125, 0.0005, 0.0])
+HAND_HELP_PER_KWH = HAND_G_PER_KW / DT_H  # 0.01, 0.005, 0.002, 0
+HAND_NEED_PU = 0.0115
+HAND_ROOM_KWH = np.array([0.5, 2.0, 4.0, 3.0])  # available export (or import) per participant
+
+
+def hand_sens(g_per_kw: np.ndarray = HAND_G_PER_KW) -> Sensitivities:
+    n = len(g_per_kw)
+    dvm = np.zeros((n, n))
+    dvm[0] = g_per_kw
+    return Sensitivities(dvm, np.zeros((0, n)), np.zeros((0, n)), np.zeros(n), np.zeros(n))
+
+
+def hand_violation(kind: str) -> Violation:
+    if kind == "vm_max":
+        return Violation("vm_max", 100, 0, 1.10 + 0.0072, 1.10, +1)
+    return Violation("vm_min", 100, 0, 0.90 - 0.0072, 0.90, -1)
+
+
+def hand_result(kind: str, room_kwh: np.ndarray = HAND_ROOM_KWH) -> ClearingResult:
+    """Exporters (vm_max) or importers (vm_min) with `room_kwh`, half of it in P2P trades."""
+    injection = room_kwh if kind == "vm_max" else -room_kwh
+    r = clearing(injection / 2)
+    return dataclasses.replace(r, bought_kwh=r.import_kwh, sold_kwh=r.export_kwh)
+
+
+def hand_reduction(kind: str, rule: str, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """(reduction that fixes the hand case, the other one), by `rule`."""
+    fb = Feedback(curtailment_rule=rule)
+    assert (hand_violation(kind).excess + margin_for(hand_violation(kind), fb)) * FORCED_OVERSHOOT == pytest.approx(
+        HAND_NEED_PU)
+    curtail, shed = forced_reduction([hand_violation(kind)], hand_sens(), np.arange(4), hand_result(kind), DT_H,
+                                     fb, **kwargs)
+    return (curtail, shed) if kind == "vm_max" else (shed, curtail)
+
+
+@pytest.mark.parametrize("kind", ["vm_max", "vm_min"])
+def test_sensitivity_rule_on_the_hand_case(kind):
+    """Most helpful first: participant 0 gives all of its 0.5 kWh (0.005 pu), participant 1
+    the remaining 0.0065 pu at 0.005 pu/kWh = 1.3 kWh; 1.8 kWh in all."""
+    used, other = hand_reduction(kind, "sensitivity")
+    np.testing.assert_allclose(used, [0.5, 1.3, 0.0, 0.0], rtol=1e-12)
+    np.testing.assert_array_equal(other, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["vm_max", "vm_min"])
+def test_pro_rata_rule_on_the_hand_case(kind):
+    """The same fraction k of every available export (import) behind the bus: k (0.01 * 0.5 +
+    0.005 * 2 + 0.002 * 4) = k 0.023 = 0.0115 gives k = 0.5, so 0.25, 1, 2 kWh (3.25 kWh);
+    participant 3 (no sensitivity) gives nothing."""
+    used, other = hand_reduction(kind, "pro_rata")
+    np.testing.assert_allclose(used, [0.25, 1.0, 2.0, 0.0], rtol=1e-12)
+    np.testing.assert_array_equal(other, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["vm_max", "vm_min"])
+def test_equal_share_rule_on_the_hand_case(kind):
+    """The same fraction f of every PV energy (load, for shedding) behind the bus. Energies
+    1.6, 3.2, 7, 6 kWh: f (0.01 * 1.6 + 0.005 * 3.2 + 0.002 * 7) = f 0.046 = 0.0115 gives
+    f = 0.25, so 0.4, 0.8, 1.75 kWh (2.95 kWh), each a quarter of its energy."""
+    energy = np.array([1.6, 3.2, 7.0, 6.0])
+    used, other = hand_reduction(kind, "equal_share", pv_kwh=energy, load_kwh=energy)
+    np.testing.assert_allclose(used, [0.4, 0.8, 1.75, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(used[:3] / energy[:3], 0.25, rtol=1e-12)
+    np.testing.assert_array_equal(other, 0.0)
+
+
+def test_equal_share_caps_at_the_room_and_raises_the_fraction_of_the_others():
+    """PV 4, 3.2, 5 kWh but participant 0 exports only 0.5 kWh. Water-filling: at
+    f = 0.5 / 4 = 0.125 participant 0 is capped and gives 0.005 pu; the others give
+    0.0065 pu at f (0.005 * 3.2 + 0.002 * 5) = f 0.026, f = 0.25: 0.8 and 1.25 kWh."""
+    used, _ = hand_reduction("vm_max", "equal_share", pv_kwh=np.array([4.0, 3.2, 5.0, 6.0]),
+                             load_kwh=np.zeros(4))
+    np.testing.assert_allclose(used, [0.5, 0.8, 1.25, 0.0], rtol=1e-12)
+
+
+def test_equal_share_without_energies_shares_by_available_export_and_says_so():
+    with pytest.warns(UserWarning, match="equal_share without pv_kwh"):
+        used, _ = hand_reduction("vm_max", "equal_share")
+    np.testing.assert_allclose(used, hand_reduction("vm_max", "pro_rata")[0], rtol=1e-12)
+
+
+def test_sharing_rules_keep_out_what_is_not_behind_the_violation():
+    """Participant 2 helps by 0.0005 / 0.0025 = 20 % of participant 0 and is behind; at 5 %
+    (below BEHIND_REL_TOL) it is not, and pro_rata shares among 0 and 1 only:
+    k (0.01 * 0.5 + 0.005 * 2) = k 0.015 = 0.0115, k = 0.7667."""
+    g = HAND_G_PER_KW.copy()
+    g[2] = 0.05 * g[0]
+    assert 0.05 < BEHIND_REL_TOL < 0.2
+    curtail, _ = forced_reduction([hand_violation("vm_max")], hand_sens(g), np.arange(4), hand_result("vm_max"),
+                                  DT_H, Feedback(curtailment_rule="pro_rata"))
+    k = HAND_NEED_PU / 0.015
+    np.testing.assert_allclose(curtail, [0.5 * k, 2.0 * k, 0.0, 0.0], rtol=1e-12)
+
+
+def test_sharing_rules_take_the_rest_most_sensitive_first_when_the_room_runs_out():
+    """Behind the bus there is only 0.01 * 0.5 + 0.005 * 2 + 0.002 * 4 = 0.023 pu of room; a
+    need of 0.0115 pu fits, one of 0.0246 pu does not: everything behind is taken, and the
+    remaining 0.0016 pu comes from a participant below the threshold (most sensitive first):
+    0.0016 / 0.0008 = 2 kWh of its 3."""
+    g = np.array([0.0025, 0.00125, 0.0005, 0.0002])  # participant 3: 8 % of participant 0
+    v = Violation("vm_max", 100, 0, 1.10 + 0.0246 / FORCED_OVERSHOOT - 0.002, 1.10, +1)
+    curtail, _ = forced_reduction([v], hand_sens(g), np.arange(4), hand_result("vm_max"), DT_H,
+                                  Feedback(curtailment_rule="pro_rata"))
+    np.testing.assert_allclose(curtail[:3], HAND_ROOM_KWH[:3], rtol=1e-12)
+    assert curtail[3] == pytest.approx(2.0, rel=1e-9)
+    assert (g / DT_H) @ curtail == pytest.approx(0.0246, rel=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["sensitivity", "pro_rata", "equal_share"])
+def test_reductions_for_an_earlier_violation_count_for_a_later_one(rule):
+    """Two violations with the same gradient and excess: the reductions for the first
+    already fix the second to first order, so nothing is added for it."""
+    one = hand_reduction("vm_max", rule, pv_kwh=np.array([1.6, 3.2, 7.0, 6.0]), load_kwh=np.zeros(4))[0]
+    v = hand_violation("vm_max")
+    curtail, _ = forced_reduction([v, dataclasses.replace(v, element=101)], hand_sens(), np.arange(4),
+                                  hand_result("vm_max"), DT_H, Feedback(curtailment_rule=rule),
+                                  pv_kwh=np.array([1.6, 3.2, 7.0, 6.0]), load_kwh=np.zeros(4))
+    np.testing.assert_allclose(curtail, one, rtol=1e-12)
+
+
+def test_later_calls_add_to_the_same_fractions():
+    """The loop calls forced_reduction again with the reduced dispatch (curtailment so far in
+    result.curtailed_kwh): pro_rata's fractions are of the round's available export before
+    any forced curtailment, so two steps of k = 0.5 and 0.2 make 0.7 of it."""
+    fb = Feedback(curtailment_rule="pro_rata")
+    r0 = hand_result("vm_max")
+    first, _ = forced_reduction([hand_violation("vm_max")], hand_sens(), np.arange(4), r0, DT_H, fb)
+    r1 = dataclasses.replace(r0, export_kwh=r0.export_kwh - first / 2, sold_kwh=r0.sold_kwh - first / 2,
+                             curtailed_kwh=first)
+    v2 = Violation("vm_max", 100, 0, 1.10 + 0.2 * 0.023 / FORCED_OVERSHOOT - 0.002, 1.10, +1)
+    second, _ = forced_reduction([v2], hand_sens(), np.arange(4), r1, DT_H, fb)
+    np.testing.assert_allclose(first + second, 0.7 * np.array([0.5, 2.0, 4.0, 0.0]), rtol=1e-9)
+
+
+def test_an_unknown_rule_is_an_error():
+    fb = Feedback.model_construct(**{**Feedback().model_dump(), "curtailment_rule": "lottery"})
+    with pytest.raises(ValueError, match="curtailment_rule"):
+        forced_reduction([hand_violation("vm_max")], hand_sens(), np.arange(4), hand_result("vm_max"), DT_H, fb)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rule=st.sampled_from(["sensitivity", "pro_rata", "equal_share"]),
+    g=st.lists(st.floats(-1e-3, 1e-3), min_size=5, max_size=5),
+    room=st.lists(st.floats(0.0, 3.0), min_size=5, max_size=5),
+    pv=st.lists(st.floats(0.0, 5.0), min_size=5, max_size=5),
+    excess=st.floats(1e-4, 0.05),
+)
+def test_every_rule_removes_a_linear_violation_when_the_room_allows(rule, g, room, pv, excess):
+    """On random linearisations: reductions within the room, and to first order exactly the
+    need (excess plus margin, with the overshoot), or all the room where that is less."""
+    g, room = np.array(g), np.array(room)
+    v = Violation("vm_max", 100, 0, 1.10 + excess, 1.10, +1)
+    r = clearing(room)
+    fb = Feedback(curtailment_rule=rule)
+    curtail, shed = forced_reduction([v], hand_sens(g), np.arange(5), r, DT_H, fb, pv_kwh=np.array(pv),
+                                     load_kwh=np.ones(5))
+    assert (curtail >= 0).all() and (curtail <= room + 1e-12).all()
+    np.testing.assert_array_equal(shed, 0.0)  # nobody imports
+    help_ = g / DT_H
+    need = (excess + margin_for(v, fb)) * FORCED_OVERSHOOT
+    available = float(np.clip(help_, 0, None) @ room)
+    assert help_ @ curtail == pytest.approx(min(need, available), rel=1e-9, abs=1e-12)
+    assert curtail[help_ <= 0].sum() == 0.0  # nobody whose curtailment would not help
+
+
+def test_linearise_leaves_violations_to_forced_reduction_under_a_sharing_rule(operating_points):
+    op = operating_points("trafo")
+    for rule in ("pro_rata", "equal_share"):
+        cuts = linearise([op["violation"]], op["sens"], op["pos"], op["injection_kwh"], DT_H,
+                         Feedback(curtailment_rule=rule))
+        assert len(cuts) == 0 and cuts.coef.shape == (0, len(op["pos"]))
+    assert len(linearise([op["violation"]], op["sens"], op["pos"], op["injection_kwh"], DT_H, Feedback())) == 1
+
+
+@pytest.mark.parametrize("rule", ["sensitivity", "pro_rata", "equal_share"])
+@pytest.mark.parametrize(("kind", "action"), [("vm_max", "curtail"), ("vm_min", "shed"), ("line", "curtail"),
+                                              ("trafo", "curtail")])
+def test_every_rule_removes_the_violation_on_a_real_operating_point(operating_points, rule, kind, action):
+    """To first order exactly the need, and a real AC power flow keeps the limit after it."""
+    op = operating_points(kind)
+    v, fb = op["violation"], Feedback(curtailment_rule=rule)
+    result = clearing(op["injection_kwh"])
+    n = len(op["pos"])
+    energy = np.linspace(4.0, 9.0, n)  # PV (or load) energy of the round, distinct per participant
+    curtail, shed = forced_reduction([v], op["sens"], op["pos"], result, DT_H, fb, pv_kwh=energy, load_kwh=energy)
+    used, unused = (curtail, shed) if action == "curtail" else (shed, curtail)
+    room = result.export_kwh if action == "curtail" else result.import_kwh
+    np.testing.assert_array_equal(unused, 0.0)
+    assert (used >= 0).all() and (used <= room + 1e-12).all()
+    g = gradient(v, op["sens"])[op["pos"]] / DT_H
+    help_per_kwh = v.sign * g if action == "curtail" else -v.sign * g
+    need = (v.excess + margin_for(v, fb)) * FORCED_OVERSHOOT
+    assert help_per_kwh @ used == pytest.approx(need, rel=1e-9)
+    after = rerun(op, op["injection_kwh"] - curtail + shed)
+    assert v.sign * (quantity(after, v) - v.limit) < 0
+    behind = help_per_kwh > BEHIND_REL_TOL * help_per_kwh.max()
+    if rule == "pro_rata":  # proportional to the available export (import): one fraction
+        assert behind.sum() >= 2 and (used[behind] > 0).all() and (used[~behind] == 0).all()
+        fraction = used[behind] / room[behind]
+        np.testing.assert_allclose(fraction, fraction[0], rtol=1e-9)
+        assert 0 < fraction[0] < 1
+    elif rule == "equal_share":  # one fraction of the energy, for everyone behind
+        assert (used[~behind] == 0).all()
+        fraction = used[behind] / energy[behind]
+        uncapped = used[behind] < room[behind] - 1e-12
+        assert uncapped.sum() >= 2
+        np.testing.assert_allclose(fraction[uncapped], fraction[uncapped][0], rtol=1e-9)
+        assert (fraction[~uncapped] <= fraction[uncapped][0] + 1e-12).all()  # capped ones give all they have
+
+
+def test_sharing_rules_cost_energy_and_spread_it(operating_points):
+    """On the rural3 overvoltage: the sensitivity rule uses the least energy and takes it from
+    few; pro_rata and equal_share take more energy from everyone behind the bus."""
+    op = operating_points("vm_max")
+    result = clearing(op["injection_kwh"])
+    n = len(op["pos"])
+    out = {rule: forced_reduction([op["violation"]], op["sens"], op["pos"], result, DT_H,
+                                  Feedback(curtailment_rule=rule), pv_kwh=np.full(n, 9.0),
+                                  load_kwh=np.ones(n))[0]
+           for rule in ("sensitivity", "pro_rata", "equal_share")}
+    assert out["sensitivity"].sum() < out["pro_rata"].sum()
+    assert out["sensitivity"].sum() < out["equal_share"].sum()
+    assert (out["sensitivity"] > 0).sum() < (out["pro_rata"] > 0).sum()
