@@ -328,3 +328,27 @@ def test_community_battery_is_in_the_power_flow(tmp_path):
                    - prosumers.grid_export_kwh).groupby(prosumers["round"]).sum()
     battery = from_grid - members_net.loc[from_grid.index]
     assert battery.abs().max() > 0.1, "the scenario should make the battery move"
+
+
+def test_report_says_when_p2p_leaves_the_physics_unchanged(tmp_path):
+    """With no P2P market (mechanism ``none``) the runs with and without P2P are the same
+    simulation: the report says in words that the market only moves money; with a market
+    and price-responsive batteries, it names what P2P changes."""
+    from cosim.report import same_physics
+
+    path = tmp_path / "none.yaml"
+    path.write_text(GRID_SCENARIO.replace("name: e2e-grid", "name: e2e-none")
+                    .replace("market: {bidding: zero-intelligence}", "market: {mechanism: none}"))
+    run = loop.run_scenario(path, out=tmp_path / "out", progress=False, report=True)
+    v = json.loads((run / "summary.json").read_text())["variants"]
+    assert same_physics(v["market"], v["baseline"]) == []
+    assert same_physics(v["market_no_feedback"], v["baseline_no_feedback"]) == []
+    text = (run / "report.html").read_text()
+    assert text.count("the physics of the runs with and without P2P is identical") == 2
+
+    path.write_text(GRID_SCENARIO.replace("name: e2e-grid", "name: e2e-price").replace("08:00", "05:00")
+                    .replace("battery_share: 0.3", "battery_share: 0.6") + "storage: {strategy: price}\n")
+    run = loop.run_scenario(path, out=tmp_path / "out2", progress=False, report=True)
+    v = json.loads((run / "summary.json").read_text())["variants"]
+    assert "losses" in same_physics(v["market"], v["baseline"])
+    assert "P2P trading changes the dispatch" in (run / "report.html").read_text()
