@@ -1722,6 +1722,170 @@ def _storage_html(run: _Run) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+# ----------------------------------------------------------------------------- fairness
+
+#: The fairness section's figure (figures/<name>.png), drawn when a variant curtailed or shed.
+FAIRNESS_FIGURE = "fairness"
+#: Rows of the fairness table: (key of `cosim.fairness.fairness_figures`, label, unit, format);
+#: "{u}" is the unit of the normalised values.
+_FAIRNESS_ROWS = (
+    ("total_kwh", "Energy", "kWh", "energy"),
+    ("affected", "Prosumers affected, of {n}", "count", "count"),
+    ("mean", "Mean per prosumer", "{u}", "3f"),
+    ("max", "Largest per prosumer", "{u}", "3f"),
+    ("jain_index", "Jain's index (1 = equal)", "-", "3f"),
+    ("gini", "Gini coefficient (0 = equal)", "-", "3f"),
+    ("largest_share", "Largest share of the energy", "%", "fraction"),
+)
+
+
+def _fairness_tables(run: _Run, problems: list[str]) -> dict[str, pd.DataFrame]:
+    """Per variant with a settlement that has the needed columns: `cosim.fairness.per_prosumer`.
+    Tables without them go to ``problems``; none at all without prosumers.parquet."""
+    from cosim.fairness import FAIRNESS_PROSUMER_COLUMNS, FAIRNESS_SETTLEMENT_COLUMNS, per_prosumer
+
+    path = run.run_dir / "prosumers.parquet"
+    if not path.is_file():
+        return {}
+    prosumers = _read_table(path, FAIRNESS_PROSUMER_COLUMNS, (), problems)
+    out: dict[str, pd.DataFrame] = {}
+    for key, sub, _ in _VARIANTS:
+        if key not in run.variants:
+            continue
+        folder = run.run_dir if sub is None else run.run_dir / sub
+        settlement_path = folder / "settlement.parquet"
+        if prosumers is None or not settlement_path.is_file():
+            continue
+        settlement = _read_table(settlement_path, FAIRNESS_SETTLEMENT_COLUMNS, (), problems)
+        if settlement is not None:
+            out[key] = per_prosumer(settlement, prosumers)
+    return out
+
+
+def _curtailment_rule(run: _Run) -> str | None:
+    """The scenario's feedback.curtailment_rule, from the resolved scenario.yaml if any."""
+    path = run.run_dir / "scenario.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return str(data["feedback"]["curtailment_rule"])
+    except Exception:  # noqa: BLE001 - an older or hand-made run: the rule is just not named
+        return None
+
+
+def _fig_fairness(tables: dict[str, pd.DataFrame], labels: dict[str, str], path: pathlib.Path,
+                  shed: bool) -> None:
+    """Curtailment per kWp of each PV owner, sorted (one line per variant), and the same
+    for shedding per kWh of load when a variant shed."""
+    with plt.rc_context({"font.size": 9.5, "axes.titlesize": "medium"}):
+        fig, axes = _subplots(2 if shed else 1, 6.0 if shed else 3.6, sharex=False)
+        panels = [("curtailed_kwh_per_kwp", 1.0, "curtailed energy per kWp [kWh/kWp]",
+                   "PV owners, most curtailed first [rank]", "Curtailment per kWp of PV, per PV owner")]
+        if shed:
+            panels.append(("shed_kwh_per_kwh_load", 100.0, "shed energy per load [% of kWh]",
+                           "prosumers, most shed first [rank]", "Load shed per kWh of load, per prosumer"))
+        for ax, (col, scale, ylabel, xlabel, title) in zip(axes, panels, strict=True):
+            for key, table in tables.items():
+                values = np.sort(table[col].dropna().to_numpy(float))[::-1] * scale
+                if not len(values) or not values.any():
+                    continue
+                rank = np.arange(1, len(values) + 1)
+                if key == "market":
+                    ax.bar(rank, values, width=1.0, color=_COLOURS.get(key, "tab:blue"), alpha=0.55,
+                           label=labels[key])
+                else:
+                    ax.step(rank, values, where="mid", color=_COLOURS.get(key, "tab:grey"), lw=1.3,
+                            label=labels[key])
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.set_xlim(0.5, None)
+            ax.grid(alpha=0.3)
+        _legend_below(fig, axes)
+        _save(fig, path)
+
+
+def _fairness_section(run: _Run) -> str:
+    """Who carried the curtailment and the shedding: a table of `cosim.fairness` figures per
+    variant and a figure (figures/fairness.png, drawn here). Empty when the run folder
+    lacks prosumers.parquet or the settlement's load column; a sentence when nothing was
+    curtailed or shed."""
+    from cosim.fairness import fairness_figures
+
+    problems: list[str] = []
+    tables = _fairness_tables(run, problems)
+    fig_path = run.run_dir / "figures" / f"{FAIRNESS_FIGURE}.png"
+    if not tables:
+        fig_path.unlink(missing_ok=True)
+        if problems:
+            return ("<h2>Fairness of curtailment and shedding</h2><p>Left out: "
+                    + html.escape("; ".join(problems)) + ".</p>")
+        return ""
+    labels = {key: label for key, _, label in _VARIANTS}
+    figures = {
+        key: {
+            "curtailment": fairness_figures(t["curtailed_kwh"], t["curtailed_kwh_per_kwp"].dropna()),
+            "shedding": fairness_figures(t["shed_kwh"], t["shed_kwh_per_kwh_load"].dropna()),
+        }
+        for key, t in tables.items()
+    }
+    rule = _curtailment_rule(run)
+    rule_text = f" under the curtailment rule <code>{html.escape(rule)}</code>" if rule else ""
+    head = (
+        "<h2>Fairness of curtailment and shedding</h2>"
+        f"<p>Who carried the curtailed PV and the shed load{rule_text}. Curtailment is compared "
+        "per kWp of PV over every PV owner, shedding per kWh of load over every prosumer with load, "
+        "curtailed (shed) or not. Jain's index (Jain, Chiu and Hawe 1984) is 1 when all carry the "
+        "same and 1/n when one carries everything; the Gini coefficient is 0 when all carry the "
+        "same and 1 − 1/n when one does; the largest share is the largest single prosumer's part of "
+        "the energy.</p>"
+    )
+    parts = [head]
+    drew_any = False
+    for part, unit in (("curtailment", "kWh/kWp"), ("shedding", "kWh/kWh of load")):
+        keys = [k for k in figures if figures[k][part]["total_kwh"] > 0]
+        if not keys:
+            parts.append(f"<p>No variant had any {part}.</p>")
+            continue
+        drew_any = True
+        title = "Curtailed PV" if part == "curtailment" else "Shed load"
+        cols = "".join(f"<th>{html.escape(labels[k])}</th>" for k in keys)
+        rows = [f"<table class='kpi'><thead><tr><th>{title} [unit]</th>{cols}</tr></thead><tbody>"]
+        for key, label, row_unit, kind in _FAIRNESS_ROWS:
+            n = figures[keys[0]][part]["population"]
+            cells = []
+            for k in keys:
+                value = figures[k][part][key]
+                if value is None:
+                    text = _MISSING
+                else:
+                    text = f"{float(value):.3f}" if kind == "3f" else _fmt(float(value), kind)
+                if key == "largest_share" and figures[k][part]["largest_party"]:
+                    text += f" ({html.escape(figures[k][part]['largest_party'])})"
+                cells.append(f"<td class='num'>{text}</td>")
+            name = html.escape(label.format(n=n))
+            rows.append(f"<tr><th>{name} [{html.escape(row_unit.format(u=unit))}]</th>{''.join(cells)}</tr>")
+        rows.append("</tbody></table>")
+        parts.append("".join(rows))
+    if not drew_any:
+        fig_path.unlink(missing_ok=True)
+        return "".join(parts)
+    shed = any(figures[k]["shedding"]["total_kwh"] > 0 for k in figures)
+    _fig_fairness(tables, labels, fig_path, shed)
+    parts.append(
+        f"<figure id='{FAIRNESS_FIGURE}'><img src='figures/{FAIRNESS_FIGURE}.png' "
+        "alt='Curtailment per kWp per PV owner, sorted'><figcaption><b>Curtailment per kWp of PV "
+        "per PV owner, most curtailed first.</b> Bars: the main run; lines: the other variants that "
+        "curtailed. A flat profile is an equal share; a few tall bars mean a few owners carry it."
+        + (" The lower panel shows the shed load per kWh of each prosumer's load." if shed else "")
+        + "</figcaption></figure>"
+    )
+    return "".join(parts)
+
+
 def _html(run: _Run, captions: dict[str, str]) -> str:
     s = run.summary
     esc = html.escape
@@ -1749,7 +1913,7 @@ def _html(run: _Run, captions: dict[str, str]) -> str:
             + "</ul></div>"
         )
     parts += ["<h2>Key figures</h2>", _market_effect_html(run), _kpi_table(run), _storage_html(run),
-              "<h2>Figures</h2>"]
+              _fairness_section(run), "<h2>Figures</h2>"]
     for i, (name, caption) in enumerate(captions.items(), start=1):
         heading = _FIGURE_TITLES[name].format(grid=run.grid_name)
         parts.append(

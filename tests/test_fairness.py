@@ -188,3 +188,49 @@ def test_fairness_summary_names_missing_columns():
         fairness_summary(settlement.drop(columns="load_kwh"), prosumers)
     with pytest.raises(ValueError, match="prosumers: .*missing pv_kwp"):
         fairness_summary(settlement, prosumers.drop(columns="pv_kwp"))
+
+
+# -- the report's fairness section --------------------------------------------------------------
+
+
+def test_report_has_a_fairness_table_and_figure(tmp_path):
+    """On a synthetic run folder (tests/test_report.py) with prosumers.parquet and a settlement
+    in which p000 carries 3 kWh and p001 1 kWh of curtailment, all with 5 kWp: 0.6 and 0.2
+    kWh/kWp, the other three 0; Jain (0.8)^2 / (5 * 0.4) = 0.32; largest share 75 %."""
+    from test_report import make_run
+
+    from cosim.report import FAIRNESS_FIGURE, write_report
+
+    run = make_run(tmp_path, days=1, n_prosumers=5, variants=())
+    settlement = pd.read_parquet(run / "settlement.parquet")
+    settlement["load_kwh"] = np.where(settlement.party.str.startswith("p"), 0.25, 0.0)
+    first = settlement["round"] == 0
+    settlement.loc[first & (settlement.party == "p000"), "curtailed_kwh"] = 3.0
+    settlement.loc[first & (settlement.party == "p001"), "curtailed_kwh"] = 1.0
+    settlement.to_parquet(run / "settlement.parquet", index=False)
+    pd.DataFrame({"id": [f"p{i:03d}" for i in range(5)], "pv_kwp": 5.0}).to_parquet(run / "prosumers.parquet")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "<h2>Fairness of curtailment and shedding</h2>" in text
+    assert f"src='figures/{FAIRNESS_FIGURE}.png'" in text
+    assert (run / "figures" / f"{FAIRNESS_FIGURE}.png").read_bytes().startswith(b"\x89PNG")
+    section = text[text.index("<h2>Fairness"):text.index("<h2>Figures</h2>")]
+    assert "Energy [kWh]</th><td class='num'>4.0</td>" in section
+    assert "Prosumers affected, of 5 [count]</th><td class='num'>2</td>" in section
+    assert "[kWh/kWp]</th><td class='num'>0.600</td>" in section  # largest per kWp
+    assert "[-]</th><td class='num'>0.320</td>" in section  # Jain
+    assert f"{gini([0.6, 0.2, 0, 0, 0]):.3f}" in section
+    assert "75.0 (p000)" in section
+    assert "No variant had any shedding." in section
+
+
+def test_report_without_prosumers_table_has_no_fairness_section(tmp_path):
+    from test_report import make_run
+
+    from cosim.report import write_report
+
+    run = make_run(tmp_path, days=1, n_prosumers=3, variants=())
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "Fairness of curtailment" not in text
+    pd.DataFrame({"id": ["p000", "p001", "p002"], "pv_kwp": 5.0}).to_parquet(run / "prosumers.parquet")
+    text = write_report(run).read_text(encoding="utf-8")  # settlement without load_kwh
+    assert "Left out: settlement.parquet: expected columns" in text and "missing load_kwh" in text
