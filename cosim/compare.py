@@ -2,8 +2,9 @@
 
 Meant for comparing market designs on the same feeder and week: a table of key figures
 (bills, welfare, the operator's surplus or deficit, self-sufficiency, violations,
-curtailment, network charges, time per round) and figures of prices, bills per prosumer,
-the operator's balance, and the grid's limits. Reads only the runs' result files.
+curtailment and who carries it (`cosim.fairness`), network charges, time per round) and
+figures of prices, bills per prosumer, the operator's balance, the grid's limits and the
+curtailment per kWp of each PV owner. Reads only the runs' result files.
 """
 
 from __future__ import annotations
@@ -41,8 +42,16 @@ TABLE_ROWS = [
     ("peak transformer loading [%]", lambda r: r.kpi("peak_trafo_loading_pct")),
     ("rounds with violations, with feedback [-]", lambda r: r.kpi("violation_rounds")),
     ("rounds with violations, no feedback [-]", lambda r: r.variant("market_no_feedback", "violation_rounds")),
+    ("curtailment rule", lambda r: r.curtailment_rule()),
     ("curtailed [kWh]", lambda r: r.kpi("curtailed_kwh")),
+    ("PV owners curtailed [-]", lambda r: r.fairness("curtailment", "affected")),
+    ("curtailment per kWp, largest [kWh/kWp]", lambda r: r.fairness("curtailment", "max")),
+    ("curtailment per kWp, Jain's index [-]", lambda r: r.fairness("curtailment", "jain_index")),
+    ("curtailment per kWp, Gini coefficient [-]", lambda r: r.fairness("curtailment", "gini")),
+    ("largest share of the curtailment [%]", lambda r: 100 * r.fairness("curtailment", "largest_share")),
     ("shed [kWh]", lambda r: r.kpi("shed_kwh")),
+    ("shedding per kWh of load, Jain's index [-]", lambda r: r.fairness("shedding", "jain_index")),
+    ("largest share of the shedding [%]", lambda r: 100 * r.fairness("shedding", "largest_share")),
     ("network charges [{cur}]", lambda r: r.kpi("network_charges")),
     ("failed rounds [-]", lambda r: r.kpi("failed_rounds")),
     ("median time per round [ms]", lambda r: r.summary.get("timing", {}).get("median_round_ms", np.nan)),
@@ -61,6 +70,7 @@ class Run:
         self.summary = json.loads((self.path / "summary.json").read_text())
         self.label = f"{self.summary['scenario']} ({self.summary['mechanism']})"
         self._rounds = self._settlement = None
+        self._fairness: dict | None = None
 
     @property
     def rounds(self) -> pd.DataFrame:
@@ -92,6 +102,36 @@ class Run:
         bills = self.summary.get("prosumer_bills", {})
         diffs = [v.get("market", np.nan) - v.get("baseline", np.nan) for v in bills.values()]
         return float(np.sum(np.array(diffs) > 1e-6)) if diffs else np.nan
+
+    def fairness(self, part: str, key: str) -> float:
+        """A figure of `cosim.fairness.fairness_summary` (part ``curtailment`` or ``shedding``)
+        of the main variant; NaN if undefined or the run has no prosumers.parquet."""
+        if self._fairness is None:
+            from cosim.fairness import fairness_summary
+
+            path = self.path / "prosumers.parquet"
+            self._fairness = fairness_summary(self.settlement, pd.read_parquet(path)) if path.is_file() else {}
+        value = self._fairness.get(part, {}).get(key)
+        return np.nan if value is None else value
+
+    def per_kwp(self) -> np.ndarray:
+        """Curtailment per kWp of each PV owner, largest first [kWh/kWp] (empty without prosumers.parquet)."""
+        from cosim.fairness import per_prosumer
+
+        path = self.path / "prosumers.parquet"
+        if not path.is_file():
+            return np.zeros(0)
+        table = per_prosumer(self.settlement, pd.read_parquet(path))
+        return np.sort(table["curtailed_kwh_per_kwp"].dropna().to_numpy(float))[::-1]
+
+    def curtailment_rule(self) -> str:
+        """feedback.curtailment_rule of the run's resolved scenario.yaml ("–" if not there)."""
+        import yaml
+
+        try:
+            return str(yaml.safe_load((self.path / "scenario.yaml").read_text())["feedback"]["curtailment_rule"])
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return "–"
 
     def operator_surplus(self) -> float:
         st = self.settlement
@@ -211,6 +251,33 @@ def _figure_grid(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def _figure_fairness(runs: list[Run], path: Path) -> None:
+    """Who carries the curtailment: per-kWp curtailment per PV owner, sorted, per run; and
+    the energy curtailed against Jain's index of it."""
+    fig, axes = plt.subplots(1, 2, figsize=(_width(runs, 13.0), 4.5), width_ratios=(2, 1))
+    labels = short_labels(runs)
+    for i, (r, label) in enumerate(zip(runs, labels, strict=True)):
+        values = r.per_kwp()
+        axes[0].step(np.arange(1, len(values) + 1), values, where="mid", label=label, lw=1.4)
+        axes[1].scatter(r.fairness("curtailment", "jain_index"), r.kpi("curtailed_kwh"), s=40)
+        axes[1].annotate(label, (r.fairness("curtailment", "jain_index"), r.kpi("curtailed_kwh")),
+                         textcoords="offset points", xytext=(-60, 6 - 12 * (i % 3)), fontsize=8)
+    axes[0].set_xlabel("PV owners, most curtailed first [rank]")
+    axes[0].set_ylabel("curtailed energy per kWp [kWh/kWp]")
+    axes[0].set_title("Curtailment per kWp of PV, per PV owner", fontsize=10)
+    axes[0].legend(fontsize=8)
+    axes[1].set_xlabel("Jain's index of curtailment per kWp [-] (1 = equal)")
+    axes[1].set_ylabel("curtailed [kWh]")
+    axes[1].set_xlim(0.0, 1.05)
+    axes[1].set_ylim(bottom=0.0)
+    axes[1].set_title("Energy against fairness", fontsize=10)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_comparison(run_dirs: list[str | Path], out: str | Path = "results/compare") -> Path:
     """Draw the comparison of `run_dirs` into `out`/compare.html; returns its path."""
     if len(run_dirs) < 1:
@@ -223,6 +290,7 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path = "results/comp
     _figure_bills(runs, out / "figures" / "bills.png", cur)
     _figure_bars(runs, out / "figures" / "economics.png", cur)
     _figure_grid(runs, out / "figures" / "grid.png")
+    _figure_fairness(runs, out / "figures" / "fairness.png")
     header = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
     rows = "".join(
         f"<tr><td>{html.escape(label.format(cur=cur))}</td>" + "".join(f"<td>{_fmt(fn(r))}</td>" for r in runs) + "</tr>"
@@ -236,6 +304,8 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path = "results/comp
         ("bills.png", "Each prosumer's saving against trading only with the grid, sorted; below zero means worse off."),
         ("prices.png", "Hourly mean P2P price; mechanisms without a uniform price show none."),
         ("grid.png", "What each market would do to the feeder without feedback, and what it does with feedback."),
+        ("fairness.png", "Who carries the curtailment: each PV owner's curtailed energy per kWp, sorted (a flat "
+         "line is an equal share), and the energy curtailed against Jain's index of it (1 = all equal)."),
     ]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cosim comparison</title>
 <style>body{{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#222}}

@@ -226,11 +226,74 @@ def test_report_has_a_fairness_table_and_figure(tmp_path):
 def test_report_without_prosumers_table_has_no_fairness_section(tmp_path):
     from test_report import make_run
 
-    from cosim.report import write_report
+    from cosim.report import _fairness_section, _load_run
 
     run = make_run(tmp_path, days=1, n_prosumers=3, variants=())
-    text = write_report(run).read_text(encoding="utf-8")
-    assert "Fairness of curtailment" not in text
+    assert _fairness_section(_load_run(run)) == ""
     pd.DataFrame({"id": ["p000", "p001", "p002"], "pv_kwp": 5.0}).to_parquet(run / "prosumers.parquet")
-    text = write_report(run).read_text(encoding="utf-8")  # settlement without load_kwh
+    text = _fairness_section(_load_run(run))  # settlement without load_kwh
     assert "Left out: settlement.parquet: expected columns" in text and "missing load_kwh" in text
+
+
+# -- the rules in whole runs, and the comparison of them -----------------------------------------
+
+TINY_SCENARIO = """
+name: tiny-{rule}
+network: feeder
+start: 2016-07-21 12:00
+duration: 1h
+market: {{mechanism: uniform, bidding: zero-intelligence}}
+prosumers: {{pv_share: 1.0, pv_kwp: 12}}
+feedback: {{v_max_pu: 1.004, curtailment_rule: {rule}}}
+"""
+RULES = ("sensitivity", "pro_rata", "equal_share")
+
+
+@pytest.fixture(scope="module")
+def rule_runs(tmp_path_factory):
+    """The small feeder at noon with a band tight enough (1.004 pu) that PV must be curtailed,
+    once per curtailment rule."""
+    import warnings
+
+    from cosim import loop
+
+    base = tmp_path_factory.mktemp("rules")
+    out = {}
+    for rule in RULES:
+        path = base / f"{rule}.yaml"
+        path.write_text(TINY_SCENARIO.format(rule=rule))
+        with warnings.catch_warnings():  # equal_share warns while the loop gives it no PV energies
+            warnings.simplefilter("ignore", UserWarning)
+            out[rule] = loop.run_scenario(path, out=base / rule, progress=False, report=False)
+    return out
+
+
+def test_every_rule_keeps_the_limits_in_a_run_and_the_sharing_ones_spread_the_curtailment(rule_runs):
+    fair = {}
+    for rule, run in rule_runs.items():
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["variants"]["market"]["violation_rounds"] == 0, rule
+        assert summary["variants"]["market_no_feedback"]["violation_rounds"] > 0, rule
+        fair[rule] = fairness_summary(pd.read_parquet(run / "settlement.parquet"),
+                                      pd.read_parquet(run / "prosumers.parquet"))["curtailment"]
+        assert fair[rule]["total_kwh"] == pytest.approx(summary["variants"]["market"]["curtailed_kwh"], rel=1e-9)
+    sens = fair["sensitivity"]
+    for rule in ("pro_rata", "equal_share"):
+        assert fair[rule]["total_kwh"] > sens["total_kwh"]  # fairness costs energy
+        assert fair[rule]["affected"] == fair[rule]["population"] > sens["affected"]
+        assert fair[rule]["jain_index"] > sens["jain_index"]
+        assert fair[rule]["gini"] < sens["gini"]
+        assert fair[rule]["largest_share"] < sens["largest_share"]
+
+
+def test_comparison_shows_the_rules_energy_and_fairness(rule_runs, tmp_path):
+    from cosim.compare import write_comparison
+
+    page = write_comparison([rule_runs[r] for r in RULES], tmp_path / "cmp")
+    text = page.read_text()
+    for row in ("curtailment rule", "curtailment per kWp, Jain&#x27;s index [-]",
+                "curtailment per kWp, Gini coefficient [-]", "largest share of the curtailment [%]"):
+        assert row in text
+    for rule in RULES:
+        assert f"<td>{rule}</td>" in text
+    assert (tmp_path / "cmp" / "figures" / "fairness.png").stat().st_size > 1000
