@@ -191,6 +191,20 @@ class Batteries:
         discharge = np.minimum(np.maximum(-request_kw, 0.0), most_discharge)
         return self._apply(charge, discharge, dt_h)
 
+    def part(self, e_kwh, p_kw, soc, soc_min=0.0, soc_max=1.0) -> Batteries:
+        """Batteries with these ones' efficiencies and their own capacity [kWh], power
+        limit [kW], state of charge and bounds [0..1] (scalars or one per battery): a part
+        of these batteries run on its own account, as the owners' own accounts and the
+        winners' slices of `cosim.battery_auction.CapacityShares` are.
+
+        >>> b = Batteries(np.array([10.0]), np.array([5.0]), 0.9, np.array([0.5]))
+        >>> half = b.part(b.e_kwh / 2, b.p_kw / 2, np.array([0.0]))
+        >>> half.follow(np.array([9.0]), 1.0), half.energy_kwh  # 2.5 kW, 90 % stored
+        (array([2.5]), array([2.25]))
+        """
+        return Batteries(np.asarray(e_kwh, float), np.asarray(p_kw, float), self.efficiency, np.asarray(soc, float),
+                         soc_min, soc_max, self.charge_efficiency, self.discharge_efficiency)
+
     def _apply(self, charge: np.ndarray, discharge: np.ndarray, dt_h: float) -> np.ndarray:
         e_safe = np.where(self.e_kwh > 0, self.e_kwh, 1.0)
         delta = (charge * self.eta_charge - discharge / self.eta_discharge) * dt_h / e_safe

@@ -341,6 +341,28 @@ class Distributed(_Frozen):
     """Price iterations before a day is reported as not converged [-]."""
 
 
+class BatteryAuction(_Frozen):
+    """The home batteries' capacity shared each day by the auction of
+    `cosim.battery_auction` (after Tushar et al. 2016): households with a battery (owners)
+    offer the empty part of their usable capacity, households with PV and no battery
+    (facilities) bid for it; each winner gets a slice of the owners' batteries for the
+    day, charged from its surplus and discharged into its deficit, and pays the rent in
+    the day's first round. Needs ``storage.strategy`` ``rule`` or ``price``."""
+
+    enabled: bool = False
+    """Hold the auction each day and run the batteries' shared capacity by it."""
+    day_start_h: Annotated[float, Field(ge=0.0, lt=24.0)] = 6.0
+    """Hour of day at which an auction day starts [hour of day, local time]; the run's
+    first round also starts one. Near sunrise, when PV-charged batteries are at their
+    emptiest, owners have the most capacity to offer and little is left in expiring slices."""
+    max_demand_kwh: Annotated[float, Field(gt=0.0)] = 10.0
+    """Most capacity a facility asks for in a day [kWh]."""
+    value_per_kwh: Annotated[float, Field(ge=0.0)] | None = None
+    """What a kWh of storage capacity is worth for a day, before each household's seeded
+    preference factor U(0.5, 1.5) [currency/kWh per day]; default what one self-consumption
+    cycle saves: (retail - feed-in tariff) x charge x discharge efficiency of the batteries."""
+
+
 class Storage(_Frozen):
     """Batteries, EVs and shiftable loads, and how they are scheduled.
 
@@ -383,9 +405,15 @@ class Storage(_Frozen):
     ev: ElectricVehicles = ElectricVehicles()
     shiftable: ShiftableLoads = ShiftableLoads()
     distributed: Distributed = Distributed()
+    battery_auction: BatteryAuction = BatteryAuction()
 
     @model_validator(mode="after")
     def _bounds(self) -> Storage:
+        if self.battery_auction.enabled and self.strategy not in ("rule", "price"):
+            raise ValueError(
+                f"battery_auction: expected strategy rule or price (a day-ahead schedule plans the whole "
+                f"battery), found strategy {self.strategy}"
+            )
         if not self.battery_soc_min < self.battery_soc_max:
             raise ValueError(
                 f"expected battery_soc_min < battery_soc_max, found {self.battery_soc_min} >= "

@@ -31,12 +31,24 @@ Strategies (``storage.strategy``)
   and whatever the forecast got wrong is traded in the real-time market. If a schedule
   fails, the rule runs until the next one and the failure is in `dayahead_table`.
 
+Shared battery capacity (``storage.battery_auction``)
+----------------------------------------------------
+With the auction enabled (``rule`` or ``price`` only), each day the households with a
+battery share part of its capacity with households that have PV and no battery, by the
+auction of `cosim.battery_auction` (its docstring, *In runs*, gives the design): the
+owner's own account shrinks by what it shares, each winner's slice charges from the
+winner's surplus and discharges into its deficit, and the slices' power is added to the
+owner's net load, at the owner's bus, since the energy is in the owner's battery.
+`FlexibleAssets.rent_due` gives the rent of each round, `FlexibleAssets.battery_auction_table`
+the day's auctions; storage.parquet has one ``battery_share`` row per winner and round.
+
 Sign conventions: power positive when the asset consumes (charging); energies in kWh;
 ``soc`` is energy over capacity [0..1].
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import logging
@@ -46,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cosim.battery_auction import AuctionDays, CapacityShares
 from cosim.errors import InputError
 from cosim.prosumers import Batteries, Fleet
 from cosim.scenario import PROFILE_END, PROFILE_START, Scenario
@@ -59,6 +72,10 @@ log = logging.getLogger(__name__)
 #: ``soc`` energy over capacity, ``loss_kwh`` conversion losses in the round,
 #: ``plugged`` EV at home / shiftable window open (batteries: always), ``required_kwh``
 #: the session's energy target, ``shortfall_kwh`` what a session missed, in its last round.
+#: With the battery auction, a ``battery`` row is the physical battery (its own account and
+#: the slices it hosts) and each winner has a ``battery_share`` row: its slices together
+#: (their power, which flows at the owners' buses; energy; energy over the slices'
+#: capacity; losses).
 STORAGE_COLUMNS = [
     "round", "id", "asset", "power_kw", "scheduled_kw", "energy_kwh", "soc", "loss_kwh", "plugged",
     "required_kwh", "shortfall_kwh",
@@ -415,6 +432,8 @@ class AssetSpec:
     forecast_kw: np.ndarray | None = None
     """Forecast net load before flexible assets [rounds x prosumers] (scheduled strategies)."""
     transformer_limit_kw: float | None = None
+    auction: AuctionDays | None = None
+    """The battery auction's days (``storage.battery_auction.enabled``)."""
 
 
 def transformer_limit_kw(net, scenario: Scenario) -> float | None:
@@ -475,6 +494,13 @@ def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
         spec_ = dataclasses.replace(spec_, forecast_kw=forecast_net_kw(scenario, fleet, n_ext, history),
                                     transformer_limit_kw=transformer_limit_kw(net, scenario))
         planner = DayAheadPlanner(spec_)
+    if st.battery_auction.enabled:
+        history = None
+        if st.forecast == "persistence" and spec is not None:
+            code = spec.code if spec.source == "simbench" else spec.profiles.simbench_code
+            history = history_net_kw(scenario, fleet, code)
+        spec_ = dataclasses.replace(
+            spec_, auction=AuctionDays.build(scenario, fleet, forecast_net_kw(scenario, fleet, n_ext, history)))
     return FlexibleAssets(spec_, planner)
 
 
@@ -567,6 +593,7 @@ class FlexibleAssets:
         self.shiftables = _SessionState.start(spec.shiftables) if spec.shiftables is not None else None
         self.every = int(round(sc.storage.reschedule_every / sc.resolution))
         self.price_threshold_per_kwh = price_threshold_per_kwh(sc)
+        self.shares = CapacityShares.start(spec.auction, self.n) if spec.auction is not None else None
         self.schedule = None
         self.plans: list[dict] = []
         self._last: dict = {}
@@ -579,8 +606,11 @@ class FlexibleAssets:
         """Everything carried from one round to the next (picklable; for checkpoints)."""
         sessions = {name: (st.energy_kwh.copy(), st.end_kwh.copy(), st.last_row.copy())
                     for name, st in (("ev", self.evs), ("shiftable", self.shiftables)) if st is not None}
-        return {"batteries": dataclasses.replace(self.batteries, soc=self.batteries.soc.copy()),
-                "sessions": sessions, "schedule": self.schedule, "plans": list(self.plans)}
+        state = {"batteries": dataclasses.replace(self.batteries, soc=self.batteries.soc.copy()),
+                 "sessions": sessions, "schedule": self.schedule, "plans": list(self.plans)}
+        if self.shares is not None:
+            state["shares"] = copy.deepcopy(self.shares)
+        return state
 
     def set_state(self, state: dict) -> None:
         self.batteries = state["batteries"]
@@ -589,6 +619,8 @@ class FlexibleAssets:
             st.energy_kwh, st.end_kwh, st.last_row = energy.copy(), end.copy(), last.copy()
         self.schedule = state["schedule"]
         self.plans = list(state["plans"])
+        if self.shares is not None:
+            self.shares = copy.deepcopy(state["shares"])
 
     @property
     def records(self) -> bool:
@@ -649,7 +681,11 @@ class FlexibleAssets:
             flex = add if flex is None else flex + add
         b = self.batteries
         before = b.energy_kwh
-        if plan is not None:
+        if self.shares is not None:  # the battery auction (rule or price strategy only)
+            cheap = (self.strategy == "price" and price_per_kwh is not None
+                     and price_per_kwh <= self.price_threshold_per_kwh)
+            battery_kw = self.shares.dispatch(t, b, net_kw if flex is None else net_kw + flex, dt_h, cheap)
+        elif plan is not None:
             request = np.zeros(self.n)
             request[self.spec.battery_pos] = plan["battery_kw"]
             battery_kw = b.follow(request, dt_h)
@@ -740,6 +776,13 @@ class FlexibleAssets:
                 "plugged": plugged, "required_kwh": req,
                 "shortfall_kwh": np.where(shortfall > ENERGY_TOL, shortfall, 0.0),
             })
+        if self.shares is not None:  # the winners' slices of the battery auction
+            share = self.shares.share_columns()
+            k = len(share["id"])
+            parts.append(share | {
+                "asset": np.full(k, "battery_share", dtype=object), "scheduled_kw": np.full(k, np.nan),
+                "plugged": np.ones(k, dtype=bool), "required_kwh": np.full(k, np.nan), "shortfall_kwh": np.zeros(k),
+            })
         n = sum(len(part["id"]) for part in parts)
         columns = {"round": np.full(n, t, dtype=np.int64)}
         for c in STORAGE_COLUMNS[1:]:
@@ -787,6 +830,18 @@ class FlexibleAssets:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})
         return pd.DataFrame(self.plans)[PLAN_COLUMNS]
 
+    def rent_due(self, t: int) -> np.ndarray | None:
+        """Each prosumer's battery-auction rent in round t, after `dispatch` of round t
+        [currency, positive = pays; one entry per fleet prosumer, in fleet order]: the
+        day's auction payments in its first round (winners pay, owners receive, summing
+        to zero), zeros in the other rounds; None without ``storage.battery_auction``."""
+        return self.shares.rent_due(t) if self.shares is not None else None
+
+    def battery_auction_table(self) -> pd.DataFrame | None:
+        """Every day's battery auction, one row per party
+        (`cosim.battery_auction.AUCTION_COLUMNS`); None without ``storage.battery_auction``."""
+        return self.shares.table() if self.shares is not None else None
+
     def summary(self) -> dict:
         """Key figures of the flexible assets for summary.json."""
         sessions = self.sessions_table()
@@ -808,6 +863,12 @@ class FlexibleAssets:
             out["dayahead_solves"] = int(len(plans))
             out["dayahead_failed"] = int((plans.status != "ok").sum())
             out["dayahead_iterations_max"] = int(plans.iterations.max())
+        if self.shares is not None:
+            days = self.battery_auction_table()
+            owners = days[days.role == "owner"]
+            out["battery_auction_days"] = int(days.day.nunique()) if len(days) else 0
+            out["battery_shared_kwh"] = float(owners.quantity_kwh.sum())
+            out["battery_rent"] = float(owners.payment.clip(upper=0.0).sum() * -1.0)
         return out
 
 

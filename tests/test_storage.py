@@ -271,3 +271,90 @@ def test_report_draws_storage_figures_only_with_storage_parquet(fleet, tmp_path)
     for name in [n for n in FIGURES if n != "grid_forming"] + list(STORAGE_FIGURES):
         assert (folder / "figures" / f"{name}.png").is_file(), name
     assert "Flexible assets" in html and "Day-ahead schedule against realised dispatch" in html
+
+
+# -- the battery auction's shared capacity (storage.battery_auction) -------------------------
+
+
+def auction_scenario(strategy="rule", **auction) -> Scenario:
+    return scenario({"strategy": strategy, "battery_soc_min": 0.1, "battery_soc_max": 0.9,
+                     "battery_auction": {"enabled": True, **auction}}, duration="2d", resolution="1h")
+
+
+@pytest.mark.parametrize("strategy", ["rule", "price"])
+def test_shared_batteries_keep_every_account_in_bounds_and_conserve_energy(fleet, strategy):
+    """With the auction (rule, and price with cheap P2P energy every round): each owner's
+    physical battery holds its own account plus the slices it hosts and stays within
+    [soc_min, soc_max] of its capacity; the own account stays within the capacity left
+    after sharing, each slice within its capacity; energy is conserved (power x dt - loss
+    = change of stored energy, per battery and per winner's slices within a day); winners'
+    slices only charge from their surplus and only discharge into their deficit; rents
+    balance."""
+    sc = auction_scenario(strategy)
+    assets = build_assets(sc, fleet)
+    sh = assets.shares
+    b = assets.batteries
+    e, u = b.e_kwh, (b.soc_max - b.soc_min) * b.e_kwh
+    net = fleet.load_kw - fleet.pv_kw
+    prev_phys, prev_share, day = b.energy_kwh.copy(), {}, -1
+    own_before = None
+    shared_any = 0.0
+    for t in range(sc.n_rounds):
+        cheap = strategy == "price" and 10 <= t % 24 < 14  # cheap P2P energy around noon
+        kw = assets.dispatch(t, net[t], sc.dt_h, price_per_kwh=0.0 if cheap else None)
+        rows = pd.DataFrame(assets.storage_columns(t))
+        phys = b.energy_kwh
+        hosted = np.bincount(sh.host, weights=sh.energy_kwh, minlength=fleet.n)
+        own = phys - hosted
+        has = e > 0
+        assert (phys[has] >= b.soc_min * e[has] - KWH_TOL).all() and (phys[has] <= b.soc_max * e[has] + KWH_TOL).all()
+        assert (own[has] >= b.soc_min * e[has] - KWH_TOL).all()
+        assert (own[has] <= b.soc_min * e[has] + u[has] - sh.shared_kwh[has] + KWH_TOL).all()
+        assert ((sh.energy_kwh >= -KWH_TOL) & (sh.energy_kwh <= sh.cap_kwh + KWH_TOL)).all()
+        bat = rows[rows.asset == "battery"].set_index("id")
+        np.testing.assert_allclose(bat.power_kw * sc.dt_h - bat.loss_kwh,
+                                   (phys - prev_phys)[assets.spec.battery_pos], atol=1e-9)
+        np.testing.assert_allclose(kw[~has], 0.0, atol=0.0)  # no slice power at a winner's bus
+        share = rows[rows.asset == "battery_share"].set_index("id")
+        win = [fleet.ids.index(i) for i in share.index]
+        assert (share.power_kw[net[t][win] >= 0] <= 1e-12).all() and (share.power_kw[net[t][win] <= 0] >= -1e-12).all()
+        assert (share.power_kw.abs() <= np.abs(net[t][win]) + 1e-9).all()
+        if sh.day == day:  # the same slices as in the round before
+            before = pd.Series(prev_share, dtype=float).reindex(share.index, fill_value=0.0)
+            np.testing.assert_allclose(share.power_kw * sc.dt_h - share.loss_kwh, share.energy_kwh - before, atol=1e-9)
+        day, prev_phys, prev_share = sh.day, phys.copy(), share.energy_kwh.to_dict()
+        shared_any = max(shared_any, sh.shared_kwh.sum())
+        assert abs(assets.rent_due(t).sum()) < 1e-9
+        if cheap:  # every own account charges at its full power, as far as it has room
+            most = np.minimum(b.p_kw * (1.0 - sh.shared_kwh / np.where(u > 0, u, 1.0)),
+                              (b.soc_min * e + u - sh.shared_kwh - own_before) / (b.eta_charge * sc.dt_h))
+            np.testing.assert_allclose((kw - np.bincount(sh.host, weights=sh.last["power_kw"], minlength=fleet.n))[has],
+                                       most[has], atol=1e-9)
+        own_before = own
+    assert shared_any > 1.0
+
+
+def test_auction_off_leaves_the_dispatch_alone(fleet):
+    """The auction's fields present but disabled: the same dispatch, rows and state as the
+    default, and no rent or auction table."""
+    plain, off = build_assets(scenario(), fleet), build_assets(
+        scenario({"battery_auction": {"enabled": False, "day_start_h": 3}}), fleet)
+    net = fleet.load_kw - fleet.pv_kw
+    for t in range(24):
+        assert np.array_equal(plain.dispatch(t, net[t], 1.0), off.dispatch(t, net[t], 1.0))
+        assert pd.DataFrame(plain.storage_columns(t)).equals(pd.DataFrame(off.storage_columns(t)))
+    assert off.rent_due(0) is None and off.battery_auction_table() is None and "shares" not in off.get_state()
+
+
+def test_battery_auction_section_is_validated():
+    """The auction needs the rule or price strategy; its fields are checked."""
+    with pytest.raises(Exception, match="battery_auction: expected strategy rule or price"):
+        Scenario.model_validate({"name": "s", "network": "rural3",
+                                 "storage": {"strategy": "central", "battery_auction": {"enabled": True}}})
+    with pytest.raises(Exception, match="day_start_h"):
+        Scenario.model_validate({"name": "s", "network": "rural3", "storage": {"battery_auction": {"day_start_h": 24}}})
+    with pytest.raises(Exception, match="max_demand_kw"):
+        Scenario.model_validate({"name": "s", "network": "rural3", "storage": {"battery_auction": {"max_demand_kw": 3}}})
+    ok = Scenario.model_validate({"name": "s", "network": "rural3", "storage": {"strategy": "price",
+                                                                                 "battery_auction": {"enabled": True}}})
+    assert ok.storage.battery_auction.day_start_h == 6.0 and ok.storage.battery_auction.value_per_kwh is None
