@@ -1722,6 +1722,47 @@ def _storage_html(run: _Run) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
+def _battery_auction_html(run: _Run) -> str:
+    """The battery auction's days (battery_auction.parquet, `cosim.battery_auction.AUCTION_COLUMNS`),
+    if the run has them: per day, who shared and who won how much capacity, at what price,
+    for what rent; and the biggest winners of the run."""
+    path = run.run_dir / "battery_auction.parquet"
+    if not path.is_file():
+        return ""
+    days = pd.read_parquet(path)
+    if days.empty:
+        return ""
+    esc = html.escape
+    cur = esc(run.currency)
+    rows = []
+    for day, d in days.groupby("day", sort=True):
+        owners, facilities = d[d.role == "owner"], d[d.role == "facility"]
+        sharing, winners = owners[owners.quantity_kwh > 0], facilities[facilities.quantity_kwh > 0]
+        price = d.price_per_kwh.iloc[0]
+        rows.append(
+            f"<tr><td>{int(day)}</td><td>{esc(str(pd.Timestamp(d.time.iloc[0])))}</td>"
+            f"<td class='num'>{d.hours.iloc[0]:g}</td>"
+            f"<td class='num'>{len(sharing)} of {len(owners)}</td><td class='num'>{len(winners)} of {len(facilities)}</td>"
+            f"<td class='num'>{owners.offered_kwh.sum():,.1f}</td><td class='num'>{facilities.offered_kwh.sum():,.1f}</td>"
+            f"<td class='num'>{sharing.quantity_kwh.sum():,.2f}</td>"
+            f"<td class='num'>{'–' if pd.isna(price) else f'{price:.4f}'}</td>"
+            f"<td class='num'>{winners.payment.sum():,.2f}</td></tr>"
+        )
+    won = days[(days.role == "facility") & (days.quantity_kwh > 0)].groupby("id").agg(
+        kwh=("quantity_kwh", "sum"), rent=("payment", "sum")).sort_values("kwh", ascending=False).head(5)
+    top = ", ".join(f"{esc(str(i))} {r.kwh:.2f} kWh for {r.rent:.2f}" for i, r in won.iterrows())
+    return (
+        "<h2>Battery auction</h2><p>Main run (P2P + feedback). Each day the households with a battery offer "
+        "the empty part of it and the PV owners without one bid for slices of it (cosim.battery_auction, "
+        f"after Tushar et al. 2016); winners pay the rent [{cur}] in the day's first round. Capacities in kWh, "
+        f"prices in {cur}/kWh of capacity for the day.</p>"
+        "<table class='kpi'><thead><tr><th>Day</th><th>Start</th><th>Hours</th><th>Owners sharing</th>"
+        "<th>Winners</th><th>Offered</th><th>Asked</th><th>Shared</th><th>Price</th><th>Rent</th></tr></thead>"
+        "<tbody>" + "".join(rows) + "</tbody></table>"
+        + (f"<p>Largest winners of the run: {top}. Every party's row is in battery_auction.parquet.</p>" if top else "")
+    )
+
+
 # ----------------------------------------------------------------------------- fairness
 
 #: The fairness section's figure (figures/<name>.png), drawn when a variant curtailed or shed.
@@ -1913,7 +1954,7 @@ def _html(run: _Run, captions: dict[str, str]) -> str:
             + "</ul></div>"
         )
     parts += ["<h2>Key figures</h2>", _market_effect_html(run), _kpi_table(run), _storage_html(run),
-              _fairness_section(run), "<h2>Figures</h2>"]
+              _battery_auction_html(run), _fairness_section(run), "<h2>Figures</h2>"]
     for i, (name, caption) in enumerate(captions.items(), start=1):
         heading = _FIGURE_TITLES[name].format(grid=run.grid_name)
         parts.append(

@@ -328,3 +328,21 @@ def test_run_auction_keeps_the_physics(auction_run):
     np.testing.assert_allclose(out["hosted_kw"][:, owners].sum(axis=1), per_round, atol=1e-9)
     power = bat.pivot(index="round", columns="id", values="power_kw")[[fleet.ids[o] for o in owners]].to_numpy()
     np.testing.assert_allclose(out["battery_kwh"][:, owners], power * dt_h, atol=1e-12)
+
+
+def test_report_shows_the_battery_auction(auction_run, tmp_path):
+    """With battery_auction.parquet in the run folder the report has a section with each
+    day's shared capacity, price and rent; without it, none."""
+    from test_report import make_run
+
+    from cosim.report import write_report
+
+    _, _, days, _ = auction_run
+    folder = make_run(tmp_path, days=1, resolution_min=60)
+    assert "Battery auction" not in write_report(folder).read_text()
+    days.to_parquet(folder / "battery_auction.parquet", index=False)
+    html = write_report(folder).read_text()
+    assert "<h2>Battery auction</h2>" in html
+    day1 = days[days.day == 1]
+    assert f"{day1.price_per_kwh.iloc[0]:.4f}" in html
+    assert f"{day1.quantity_kwh[day1.role == 'owner'].sum():,.2f}" in html
