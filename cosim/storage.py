@@ -864,11 +864,7 @@ class FlexibleAssets:
             out["dayahead_failed"] = int((plans.status != "ok").sum())
             out["dayahead_iterations_max"] = int(plans.iterations.max())
         if self.shares is not None:
-            days = self.battery_auction_table()
-            owners = days[days.role == "owner"]
-            out["battery_auction_days"] = int(days.day.nunique()) if len(days) else 0
-            out["battery_shared_kwh"] = float(owners.quantity_kwh.sum())
-            out["battery_rent"] = float(owners.payment.clip(upper=0.0).sum() * -1.0)
+            out.update(auction_figures(self.battery_auction_table()))
         return out
 
 
@@ -880,8 +876,9 @@ def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> d
     ``storage_losses_kwh`` (all assets), ``ev_charged_kwh``, ``ev_discharged_kwh`` (v2g),
     ``shiftable_kwh``, ``ev_shortfall_kwh``; counts of EV sessions ended, served, and
     infeasible requests; day-ahead solves, failures, the most iterations of a
-    distributed schedule and its largest certified gap; with the scenario, its
-    ``strategy`` and ``forecast``.
+    distributed schedule and its largest certified gap; with battery_auction.parquet, the
+    auction's figures (`auction_figures`); with the scenario, its ``strategy`` and
+    ``forecast``.
     """
     folder = Path(folder)
     path = folder / "storage.parquet"
@@ -920,7 +917,22 @@ def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> d
             out.update({"dayahead_solves": int(len(d)), "dayahead_failed": int((d.status != "ok").sum()),
                         "dayahead_iterations_max": int(d.iterations.max()),
                         "dayahead_bound_gap_max": float(d.bound_gap.max())})
+    auction = folder / "battery_auction.parquet"
+    if auction.is_file():
+        out.update(auction_figures(pd.read_parquet(auction)))
     return out
+
+
+def auction_figures(days: pd.DataFrame) -> dict:
+    """Key figures of a run's battery auction (`cosim.battery_auction.AUCTION_COLUMNS`):
+    ``battery_auction_days``, capacity shared summed over the days ``battery_shared_kwh``
+    [kWh], rent paid ``battery_rent`` [currency], ``battery_auction_winners`` and
+    ``battery_auction_sharing_owners`` (households that won or shared on any day)."""
+    won = (days.role == "facility") & (days.quantity_kwh > 0)
+    shared = (days.role == "owner") & (days.quantity_kwh > 0)
+    return {"battery_auction_days": int(days.day.nunique()), "battery_shared_kwh": float(days.quantity_kwh[shared].sum()),
+            "battery_rent": float(days.payment[won].sum()), "battery_auction_winners": int(days.id[won].nunique()),
+            "battery_auction_sharing_owners": int(days.id[shared].nunique())}
 
 
 def flexible_consumption_kwh(folder: str | Path, dt_h: float) -> float:

@@ -298,6 +298,12 @@ def test_run_auction_is_individually_rational_and_rents_balance(auction_run):
         table = days[days.day == d].set_index("id").payment
         np.testing.assert_allclose(due[table.index], table, atol=MONEY_TOL)
         assert (due.drop(table.index) == 0).all()
+    from cosim.storage import auction_figures
+
+    figures = auction_figures(days)
+    assert figures["battery_auction_days"] == 3
+    assert figures["battery_rent"] == pytest.approx(np.clip(rent, 0.0, None).sum(), abs=MONEY_TOL)
+    assert figures["battery_shared_kwh"] == pytest.approx(winners.quantity_kwh.sum(), abs=KWH_TOL)
 
 
 def test_run_auction_keeps_the_physics(auction_run):
