@@ -53,15 +53,19 @@ With truthful reports:
   Parties left out pay and receive nothing.
 - *Budget balance.* The auctioneer pays the RUs exactly what the SFCs pay.
 - *Equilibrium.* At the price p no participating RU gains by sharing another quantity:
-  x_n(p) is its best response (the followers' side of the Stackelberg equilibrium).
+  x_n(p) is its best response (the followers' side of the Stackelberg equilibrium);
+  only when RUs are rationed at p = r_K would each rather share more.
 
 It is *not* strategy-proof, for either side. The bounds of the interval are set by the
 two parties the reduction leaves out, but the price inside it is where the *reported*
 supply curves of the participating RUs meet the *reported* demand of the participating
 SFCs, so reports move it:
 
-- a participating RU that inflates its preference K_n withholds capacity and raises p,
-  and with it its own utility whenever p lies strictly inside the interval;
+- a participating RU that inflates its preference K_n withholds capacity and raises p.
+  Whenever p lies strictly inside the interval and the RU shares part, but not all, of
+  its capacity, a small inflation pays: its share was a best response, so changing it
+  costs nothing to first order, while the price it is paid rises (the envelope
+  theorem). Larger ones can also pay by moving the breakeven;
 - a participating SFC that asks for less than it needs lowers p;
 - a party left out can misreport its way in (an RU by a lower K_n, an SFC by a higher
   bid) and then trades at a price strictly inside the new interval, below its true
