@@ -352,3 +352,25 @@ def test_report_shows_the_battery_auction(auction_run, tmp_path):
     day1 = days[days.day == 1]
     assert f"{day1.price_per_kwh.iloc[0]:.4f}" in html
     assert f"{day1.quantity_kwh[day1.role == 'owner'].sum():,.2f}" in html
+
+
+def test_small_inflation_pays_at_an_interior_price():
+    """The envelope argument of the module docstring: wherever the price lies strictly
+    inside [r_K, b_L] and an RU shares part, not all, of its capacity, reporting K 0.1 %
+    higher raises the price and its true utility (seeded random instances)."""
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(300):
+        no, nf = rng.integers(2, 9), rng.integers(2, 9)
+        e, k = rng.uniform(1.0, 10.0, no), rng.uniform(0.1, 5.0, no)
+        q, b = rng.uniform(0.5, 10.0, nf), rng.uniform(0.05, 1.0, nf)
+        c = clear(e, k, q, b)
+        lo, hi = c.interval
+        if np.isnan(c.price_per_kwh) or not lo + 1e-6 < c.price_per_kwh < hi - 1e-6:
+            continue
+        for i in np.flatnonzero(c.owner_in & (c.shared_kwh > 1e-6) & (c.shared_kwh < e - 1e-6)):
+            lie = clear(e, np.where(np.arange(no) == i, k * 1.001, k), q, b)
+            assert lie.price_per_kwh > c.price_per_kwh
+            assert _true_owner_utility(lie, i, e, k) > _true_owner_utility(c, i, e, k)
+            checked += 1
+    assert checked >= 20
