@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare compare-storage
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment
 
 setup: $(STAMP)
 
@@ -53,6 +53,20 @@ compare-storage: setup
 	@for s in $(STORAGE); do echo "== scenarios/rural3-storage-$$s.yaml"; \
 	  $(BIN)/cosim run scenarios/rural3-storage-$$s.yaml --out results/compare-runs/storage-$$s --no-report || exit $$?; done
 	$(BIN)/cosim compare $(addprefix results/compare-runs/storage-,$(STORAGE)) --out results/compare-storage
+
+# the default week under each curtailment rule (feedback.curtailment_rule), side by side in
+# results/compare-curtailment. sensitivity-forced is the sensitivity rule taken the way the
+# sharing rules go (forced curtailment with its overshoot, feedback.max_iterations: 1), so
+# that the cost of sharing shows apart from that of the overshoot.
+CURTAIL := sensitivity pro-rata equal-share
+compare-curtailment: setup
+	@for c in $(CURTAIL); do echo "== scenarios/rural3-curtail-$$c.yaml"; \
+	  $(BIN)/cosim run scenarios/rural3-curtail-$$c.yaml --out results/compare-runs/curtail-$$c --no-report || exit $$?; done
+	@mkdir -p results/compare-runs
+	sed -e 's/^name: .*/name: rural3-curtail-sensitivity-forced/' -e 's/^  max_iterations: .*/  max_iterations: 1/' \
+	  scenarios/rural3-curtail-sensitivity.yaml > results/compare-runs/curtail-sensitivity-forced.yaml
+	$(BIN)/cosim run results/compare-runs/curtail-sensitivity-forced.yaml --out results/compare-runs/curtail-sensitivity-forced --no-report
+	$(BIN)/cosim compare $(addprefix results/compare-runs/curtail-,$(CURTAIL) sensitivity-forced) --out results/compare-curtailment
 
 lint: setup
 	$(BIN)/ruff check cosim tests

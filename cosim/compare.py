@@ -269,7 +269,8 @@ def _figure_fairness(runs: list[Run], path: Path) -> None:
     axes[1].set_xlabel("Jain's index of curtailment per kWp [-] (1 = equal)")
     axes[1].set_ylabel("curtailed [kWh]")
     axes[1].set_xlim(0.0, 1.05)
-    axes[1].set_ylim(bottom=0.0)
+    top = max([r.kpi("curtailed_kwh") for r in runs if np.isfinite(r.kpi("curtailed_kwh"))], default=1.0)
+    axes[1].set_ylim(0.0, 1.15 * top if top > 0 else 1.0)
     axes[1].set_title("Energy against fairness", fontsize=10)
     for ax in axes:
         ax.grid(alpha=0.3)
