@@ -766,7 +766,8 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         outcome, book, ctx = runner.run_round(t)
         t1 = time.perf_counter()
         losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
-        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh)
+        rent = runner.assets.rent_due(t)  # shared battery capacity (storage.battery_auction), None without
+        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent)
         outcome.timings["settle"] = time.perf_counter() - t1
         gr = outcome.gate
         if ledger is not None:
@@ -796,6 +797,9 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
     if rec.with_storage:  # EV sessions, shiftable jobs and day-ahead solves of the run
         rec.write_table("sessions", runner.assets.sessions_table())
         rec.write_table("dayahead", runner.assets.dayahead_table())
+        auction = runner.assets.battery_auction_table()
+        if auction is not None:
+            rec.write_table("battery_auction", auction)
 
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,

@@ -374,3 +374,23 @@ def test_small_inflation_pays_at_an_interior_price():
             assert _true_owner_utility(lie, i, e, k) > _true_owner_utility(c, i, e, k)
             checked += 1
     assert checked >= 20
+
+
+def test_run_settles_the_rents(tmp_path):
+    """A whole run writes the rents into settlement.parquet's storage_rent (in the bill,
+    zero-sum each round with the other parties) and battery_auction.parquet beside it."""
+    import yaml
+
+    from cosim.loop import run_scenario
+
+    path = tmp_path / "auction.yaml"
+    path.write_text(yaml.safe_dump(RUN_SCENARIO))
+    run = run_scenario(path, out=tmp_path / "out", progress=False, report=False)
+    st = pd.read_parquet(run / "settlement.parquet")
+    days = pd.read_parquet(run / "battery_auction.parquet")
+    assert st.storage_rent.abs().sum() > 0
+    assert st.groupby("round").bill.sum().abs().max() < MONEY_TOL
+    assert st.groupby("round").storage_rent.sum().abs().max() < MONEY_TOL
+    paid = st.groupby("party").storage_rent.sum()
+    np.testing.assert_allclose(paid[days.id.unique()], days.groupby("id").payment.sum()[days.id.unique()],
+                               atol=MONEY_TOL)
