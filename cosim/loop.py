@@ -544,6 +544,8 @@ class VariantRunner:
         feedback = self.variant.feedback and status == "ok"
         while feedback and viol and iterations < sc.feedback.max_iterations and sens is not None:
             new = linearise(viol, sens, pos, r.injection_kwh, dt_h, sc.feedback)
+            if not len(new):  # a sharing curtailment rule: straight to forced curtailment
+                break
             cuts = cuts.extend(new)
             if len(cuts) > MAX_CUTS:  # keep the newest cuts
                 cuts = NetworkCuts(cuts.coef[-MAX_CUTS:], cuts.rhs[-MAX_CUTS:], cuts.labels[-MAX_CUTS:])
@@ -563,7 +565,8 @@ class VariantRunner:
                     sens = sensitivities(state)
                     if sens is None:
                         break
-                c, s_ = forced_reduction(viol, sens, pos, r, dt_h, sc.feedback)
+                c, s_ = forced_reduction(viol, sens, pos, r, dt_h, sc.feedback, pv_kwh=pv_kw * dt_h,
+                                         load_kwh=load_kw * dt_h)
                 forced_c += c
                 forced_s += s_
                 r_new = clear(reduce_orders(orders, forced_c, forced_s), cuts, forced_c, forced_s)
@@ -811,6 +814,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
     (Ctrl-C, SIGTERM, a kill) keeps it, and ``resume=True`` carries on from it with results
     identical to an uninterrupted run. Any other failure removes the partial folder.
     """
+    from cosim.fairness import fairness_summary
     from cosim.results import RunFolder, bills_by_party, write_json
     from cosim.scenario import load_scenario
     from cosim.summary import kpis, timing
@@ -918,6 +922,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "timing": main_timing,
             "ledger_head": ledger_head,
             "storage": summarize_storage(tmp, scenario),
+            "fairness": fairness_summary(
+                pd.read_parquet(tmp / "settlement.parquet", columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"]),
+                pd.read_parquet(tmp / "prosumers.parquet")),
         }
         write_json(tmp / "summary.json", summary)
         (tmp / CHECKPOINT).unlink(missing_ok=True)

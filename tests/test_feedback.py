@@ -450,8 +450,8 @@ def test_sensitivity_charge_is_rate_times_loss_factor_difference(operating_point
 # A hand-made linearisation: four participants at bus positions 0..3 and one violated voltage
 # at position 0. dV/dP per kW injected: 0.0025, 0.00125, 0.0005, 0 pu/kW, i.e. per kWh of a
 # 15-min round (x 1/DT_H) 0.01, 0.005, 0.002, 0 pu/kWh. Participant 3 is not behind the bus.
-# The excess is 0.0072 pu, so with the default margin (0.002 pu) and the overshoot (1.25) the
-# reductions must deliver need = (0.0072 + 0.002) * 1.25 = 0.0115 pu.
+# The excess is chosen so that with the default margin (0.002 pu) and the overshoot the
+# reductions must deliver need = (excess + 0.002) * FORCED_OVERSHOOT = 0.0115 pu.
 
 HAND_G_PER_KW = np.array([0.0025, 0.00125, 0.0005, 0.0])
 HAND_HELP_PER_KWH = HAND_G_PER_KW / DT_H  # 0.01, 0.005, 0.002, 0
@@ -467,9 +467,10 @@ def hand_sens(g_per_kw: np.ndarray = HAND_G_PER_KW) -> Sensitivities:
 
 
 def hand_violation(kind: str) -> Violation:
+    excess = HAND_NEED_PU / FORCED_OVERSHOOT - 0.002
     if kind == "vm_max":
-        return Violation("vm_max", 100, 0, 1.10 + 0.0072, 1.10, +1)
-    return Violation("vm_min", 100, 0, 0.90 - 0.0072, 0.90, -1)
+        return Violation("vm_max", 100, 0, 1.10 + excess, 1.10, +1)
+    return Violation("vm_min", 100, 0, 0.90 - excess, 0.90, -1)
 
 
 def hand_result(kind: str, room_kwh: np.ndarray = HAND_ROOM_KWH) -> ClearingResult:
