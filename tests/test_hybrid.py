@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -432,3 +432,219 @@ def test_models_are_built_once_and_updated(monkeypatch):
     np.testing.assert_allclose(again.bought_kwh, first.bought_kwh, atol=QTY_ABS)
     np.testing.assert_allclose(np.nan_to_num(again.buy_price_per_kwh), np.nan_to_num(first.buy_price_per_kwh),
                                atol=PRICE_ABS)
+
+
+# -- a trade reduction inside: truthfulness --------------------------------------------------
+#: McAfee's (1992, J. Econ. Theory 56(2):434-450, section 2) reduction case, unit orders:
+#: bids 17, 14, 13, 9, 6 and asks 1, 4, 5, 8, 13. k = 4, p0 = (6 + 13) / 2 = 9.5 > b4 = 9,
+#: so the 4th pair (B4, S4) is excluded; B1-B3 pay 9, S1-S3 get 8. Huang, Scheller-Wolf and
+#: Sycara (2002) exclude the same pair at the same prices.
+UNIT_BIDS = (17.0, 14.0, 13.0, 9.0, 6.0)
+UNIT_ASKS = (1.0, 4.0, 5.0, 8.0, 13.0)
+UNIT_IDS = [f"B{i + 1}" for i in range(5)] + [f"S{j + 1}" for j in range(5)]
+#: No outside party (as ``cosim clear`` without tariffs), or a grid above and below every order.
+UNIT_CONTEXTS = {
+    "no grid": MarketContext(1.0, 0.0, import_cap_kwh=0.0, export_cap_kwh=0.0, voll_per_kwh=0.0,
+                             curtail_cost_per_kwh=0.0),
+    "grid": MarketContext(20.0, 0.5),
+}
+REDUCING = ["mcafee", "huang"]
+
+
+def unit_book(b3: float = 13.0) -> OrderArrays:
+    """McAfee's book with B3 bidding `b3` (its value is 13)."""
+    return book(*[("buy", 1.0, b) for b in (*UNIT_BIDS[:2], b3, *UNIT_BIDS[3:])],
+                *[("sell", 1.0, s) for s in UNIT_ASKS])
+
+
+def p2p_utility(r, value: np.ndarray) -> np.ndarray:
+    """Each participant's utility from its P2P trades at its true value (bid or ask):
+    (value - price) per kWh bought plus (price - value) per kWh sold, as in test_auctions."""
+    return ((value - np.nan_to_num(r.buy_price_per_kwh)) * r.bought_kwh
+            + (np.nan_to_num(r.sell_price_per_kwh) - value) * r.sold_kwh)
+
+
+@pytest.mark.parametrize("ctx_name", list(UNIT_CONTEXTS))
+@pytest.mark.parametrize("inner", REDUCING)
+def test_reduced_pair_is_not_traded_again(inner, ctx_name):
+    """Issue 10, item 6, the reported case. McAfee's book in one community (worked by
+    hand above): B1-B3 buy at 9, S1-S3 sell at 8 inside, and the pair the trade reduction
+    excludes, B4 and S4, stays out of the second level: it goes to the outside party (or
+    is shed and curtailed when there is none), so nothing trades at the second level.
+    B3 (value 13) gets 13 - 9 = 4. Shading to 8.9 makes B3 the excluded buyer: it then
+    trades nothing P2P, utility 0. (Before the fix the excluded pair traded again at the
+    second level: B3 bought from S4 at (8 + 8.9) / 2 = 8.45, utility 4.55 > 4.)"""
+    ctx = UNIT_CONTEXTS[ctx_name]
+    market = HybridMarket(Participants.plain(UNIT_IDS), max_cuts=1, options={"inner": inner})
+    assert len(market.groups) == 1
+    value = unit_book().bid_per_kwh + unit_book().ask_per_kwh
+    truthful = market.clear(unit_book(), ctx)
+    assert truthful.ok, truthful.status
+    check_invariants(market, truthful, unit_book(), ctx)
+    np.testing.assert_allclose(truthful.bought_kwh, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0], atol=QTY_ABS)
+    np.testing.assert_allclose(truthful.sold_kwh, [0, 0, 0, 0, 0, 1, 1, 1, 0, 0], atol=QTY_ABS)
+    assert truthful.info["second_level_kwh"] == pytest.approx(0.0, abs=QTY_ABS)
+    np.testing.assert_allclose(truthful.info["kept_out_demand_kwh"], [0, 0, 0, 1, 0, 0, 0, 0, 0, 0], atol=QTY_ABS)
+    np.testing.assert_allclose(truthful.info["kept_out_supply_kwh"], [0, 0, 0, 0, 0, 0, 0, 0, 1, 0], atol=QTY_ABS)
+    b4, s4 = UNIT_IDS.index("B4"), UNIT_IDS.index("S4")
+    if ctx_name == "grid":
+        assert truthful.import_kwh[b4] == pytest.approx(1.0, abs=QTY_ABS)
+        assert truthful.export_kwh[s4] == pytest.approx(1.0, abs=QTY_ABS)
+    else:
+        assert truthful.shed_kwh[b4] == pytest.approx(1.0, abs=QTY_ABS)
+        assert truthful.curtailed_kwh[s4] == pytest.approx(1.0, abs=QTY_ABS)
+    assert p2p_utility(truthful, value)[2] == pytest.approx(4.0, abs=MONEY_ABS)
+    shaded = market.clear(unit_book(8.9), ctx)
+    assert shaded.ok, shaded.status
+    check_invariants(market, shaded, unit_book(8.9), ctx)
+    assert shaded.bought_kwh[2] == pytest.approx(0.0, abs=QTY_ABS)
+    assert p2p_utility(shaded, value)[2] == pytest.approx(0.0, abs=MONEY_ABS)
+
+
+def test_reduced_pair_stays_out_while_other_leftovers_trade_across_communities():
+    """McAfee's book in community A (feeder 0) and a lone seller X (feeder 1) asking 5.5,
+    grid at 20 / 0.5, worked by hand. Inside A, B1-B3 buy from S1-S3 (buyers pay 9,
+    sellers get 8, the operator keeps 3). The excluded pair B4 (9) and S4 (8) is kept out
+    of the second level: B4 imports, S4 exports. A's other unmatched orders, B5 (6) and S5
+    (13), do go to the second level: B5 buys X's kWh there. X is sold out and B5 served,
+    so the price interval is [5.5, min(6, 13)] = [5.5, 6]: price 5.75."""
+    ids = [*UNIT_IDS, "X"]
+    participants = Participants(ids, np.arange(11), np.array([0] * 10 + [1]), np.zeros(11, dtype=bool))
+    orders = book(*[("buy", 1.0, b) for b in UNIT_BIDS], *[("sell", 1.0, s) for s in (*UNIT_ASKS, 5.5)])
+    ctx = UNIT_CONTEXTS["grid"]
+    for inner in REDUCING:
+        market = HybridMarket(participants, max_cuts=1, options={"inner": inner})
+        r = market.clear(orders, ctx)
+        assert r.ok, r.status
+        table = check_invariants(market, r, orders, ctx)
+        np.testing.assert_allclose(r.bought_kwh, [1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0], atol=QTY_ABS)
+        np.testing.assert_allclose(r.sold_kwh, [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1], atol=QTY_ABS)
+        assert r.import_kwh[3] == pytest.approx(1.0, abs=QTY_ABS)  # B4
+        assert r.export_kwh[8] == pytest.approx(1.0, abs=QTY_ABS)  # S4
+        assert r.info["second_level_kwh"] == pytest.approx(1.0, abs=QTY_ABS)
+        assert r.buy_price_per_kwh[4] == pytest.approx(5.75, abs=PRICE_ABS)
+        assert r.sell_price_per_kwh[10] == pytest.approx(5.75, abs=PRICE_ABS)
+        assert table.bill[MARKET_OPERATOR] == pytest.approx(-3.0, abs=MONEY_ABS)
+
+
+#: Participants of the random books of the truthfulness search: one community (one feeder).
+TRUTH_N = 8
+TRUTH_IDS = [f"t{i}" for i in range(TRUTH_N)]
+#: Prices on a coarse grid so that ties are frequent [currency/kWh] (as in test_auctions).
+TRUTH_PRICES = tuple(float(p) for p in np.round(np.arange(0.04, 0.42, 0.04), 2))
+TRUTH_QTY = (0.5, 1.0, 1.5, 2.0, 3.0)
+#: Grid-connected with every order inside the tariffs, or no outside party at all.
+TRUTH_CONTEXTS = {"grid": MarketContext(0.45, 0.02), "no grid": UNIT_CONTEXTS["no grid"]}
+
+
+@pytest.fixture(scope="module")
+def truthful_markets():
+    """One-community hybrid markets with a trade reduction inside, each with the order
+    sizes for which its inner rule is truthful: McAfee along the kWh curves for unit
+    orders; Huang, and McAfee with ``k_counts: orders``, for any sizes."""
+    p = Participants.plain(TRUTH_IDS)
+    return {
+        "mcafee": (HybridMarket(p, max_cuts=1, options={"inner": "mcafee"}), True),
+        "mcafee_orders": (HybridMarket(p, max_cuts=1, options={"inner": "mcafee",
+                                                               "inner_options": {"k_counts": "orders"}}), False),
+        "huang": (HybridMarket(p, max_cuts=1, options={"inner": "huang"}), False),
+    }
+
+
+@st.composite
+def truth_books(draw):
+    """(sides, prices, sizes, trader): each participant buys, sells or stays out at a price
+    on the grid; sizes for the any-size rules; the trader whose misreports are searched."""
+    sides = np.array(draw(st.lists(st.sampled_from(["buy", "sell", "out"]), min_size=TRUTH_N, max_size=TRUTH_N)))
+    prices = np.array(draw(st.lists(st.sampled_from(TRUTH_PRICES), min_size=TRUTH_N, max_size=TRUTH_N)))
+    sizes = np.array(draw(st.lists(st.sampled_from(TRUTH_QTY), min_size=TRUTH_N, max_size=TRUTH_N)))
+    active = np.flatnonzero(sides != "out")
+    assume(len(active))
+    trader = int(draw(st.sampled_from(active.tolist())))
+    return sides, prices, sizes, trader
+
+
+def misreports(value: float, buyer: bool, prices: np.ndarray) -> list[float]:
+    """Every report that could move an outcome: just below, at and just above each price
+    in the book, 0 and 0.5, on the side that would pay (buyers shade, sellers inflate)."""
+    candidates = {0.0, 0.5, *(float(p) + d for p in prices for d in (-0.01, 0.0, 0.01))}
+    return sorted(p for p in candidates if (p < value - 1e-12 if buyer else p > value + 1e-12) and p >= 0.0)
+
+
+#: A case for McAfee on ranks, where rationing leaves crossing orders unmatched. Truthful,
+#: t1 (3 kWh at 0.04) sells 3 kWh at 0.12: utility 0.24. Inflating to 0.25, it drops out:
+#: the top two bids (0.36 for 1.5 kWh, 0.24 for 3 kWh) trade with the asks 0.08 and 0.12
+#: (1.5 kWh) at p0 = 0.225, and equal rationing leaves the 0.36 buyer with nothing, its
+#: bid still crossing t1's ask. Unless such rationed remainders are kept out of the second
+#: level as well, t1 sells them 1.5 kWh there at 0.25: utility 0.315.
+RATIONED = (np.array(["buy", "sell", "sell", "buy", "buy", "sell", "buy", "buy"]),
+            np.array([0.16, 0.04, 0.08, 0.04, 0.2, 0.12, 0.36, 0.24]),
+            np.array([1.0, 3.0, 0.5, 1.0, 0.5, 1.0, 1.5, 3.0]), 1)
+
+
+@HYPOTHESIS
+@given(case=truth_books(), ctx_name=st.sampled_from(list(TRUTH_CONTEXTS)))
+@example(case=RATIONED, ctx_name="no grid")
+def test_no_profitable_misreport_with_a_trade_reduction_inside(truthful_markets, case, ctx_name):
+    """McAfee (1992) and Huang, Scheller-Wolf and Sycara (2002): truthful reporting is a
+    dominant strategy, and the hybrid keeps it: the volume the inner trade reduction
+    removes is never traded again at the second level. In a hybrid of one community the
+    searched misreports of one trader -- a buyer shading its bid or a seller inflating its
+    ask to every price that could change the outcome -- never raise its P2P utility at its
+    true value. (Before the fix, the excluded pair traded again at the second level, and
+    this search found gains, e.g. a seller at 0.04 inflating to 0.05 in its first books;
+    `RATIONED` is the case that also needs McAfee's rationed remainders kept out.)"""
+    sides, prices, sizes, i = case
+    ctx = TRUTH_CONTEXTS[ctx_name]
+    for name, (market, unit) in truthful_markets.items():
+        qty = np.ones(TRUTH_N) if unit else sizes
+        orders = OrderArrays(np.where(sides == "buy", qty, 0.0), np.where(sides == "sell", qty, 0.0),
+                             prices.copy(), prices.copy())
+        truthful = market.clear(orders, ctx)
+        assert truthful.ok, truthful.status
+        base = p2p_utility(truthful, prices)[i]
+        for lie in misreports(prices[i], sides[i] == "buy", prices):
+            bid, ask = prices.copy(), prices.copy()
+            bid[i] = ask[i] = lie
+            r = market.clear(OrderArrays(orders.demand_kwh, orders.supply_kwh, bid, ask), ctx)
+            assert r.ok, r.status
+            gain = p2p_utility(r, prices)[i] - base
+            assert gain <= MONEY_ABS, f"{name}: {TRUTH_IDS[i]} ({sides[i]} at {prices[i]}) gains {gain} reporting {lie}"
+
+
+@pytest.mark.parametrize("inner", REDUCING)
+def test_across_communities_the_second_level_can_pay_a_misreport(inner):
+    """The limit of the property above, worked by hand: with several communities the
+    hybrid is not truthful, whatever the inner rule, because a member who trades inside
+    may do better at the second level. McAfee's book in community A, a lone seller X
+    (feeder 1) with 2 kWh at 5.5, grid at 20 / 0.5.
+
+    - Truthful: inside A, B1-B3 pay 9 (B4 and S4 excluded and kept out). At the second
+      level B5 (6) buys 1 kWh from X; X has 1 kWh unsold, so the price is 5.5. B3 gets
+      13 - 9 = 4.
+    - B3 bids 5.9: inside A only B1, B2, B4 (17, 14, 9) cross S1-S3 (1, 4, 5). McAfee:
+      p0 = (6 + 8) / 2 = 7 lies in [5, 9], all three trade at 7; Huang excludes B4 and S3
+      (kept out). Either way B3 is left unmatched, below every unmatched ask of A, so it is
+      not kept out: at the second level B5 and B3 buy X's 2 kWh, and with X sold out the
+      price is 5.5 + 0.5 x (5.9 - 5.5) = 5.7. B3 gets 13 - 5.7 = 7.3 > 4.
+
+    Sequential markets cannot prevent this: the second level serves a community's
+    unmatched buyers below the community's price exactly when another community's
+    unmatched sellers are cheaper, and any buyer inside can join them by shading."""
+    ids = [*UNIT_IDS, "X"]
+    participants = Participants(ids, np.arange(11), np.array([0] * 10 + [1]), np.zeros(11, dtype=bool))
+    market = HybridMarket(participants, max_cuts=1, options={"inner": inner})
+    ctx = UNIT_CONTEXTS["grid"]
+    value = np.r_[UNIT_BIDS, UNIT_ASKS, 5.5]
+    utility = {}
+    for b3 in (13.0, 5.9):
+        bids = (*UNIT_BIDS[:2], b3, *UNIT_BIDS[3:])
+        orders = book(*[("buy", 1.0, b) for b in bids], *[("sell", q, s) for q, s in
+                                                         zip((1, 1, 1, 1, 1, 2), (*UNIT_ASKS, 5.5), strict=True)])
+        r = market.clear(orders, ctx)
+        assert r.ok, r.status
+        check_invariants(market, r, orders, ctx)
+        utility[b3] = p2p_utility(r, value)[2]
+        assert r.buy_price_per_kwh[4] == pytest.approx(5.5 if b3 == 13.0 else 5.7, abs=PRICE_ABS)
+    assert utility[13.0] == pytest.approx(4.0, abs=MONEY_ABS)
+    assert utility[5.9] == pytest.approx(7.3, abs=MONEY_ABS)

@@ -17,7 +17,8 @@ managers trade with each other and with the upper level). Here, each round:
    uniform-price double auction (k-pricing, `UniformDoubleAuction`). A manager's bids
    and asks are its members' unmatched orders at their own prices (a stepped curve),
    so the second level clears the unmatched orders of all communities together and
-   each kWh stays attributed to the member behind it.
+   each kWh stays attributed to the member behind it. With a trade reduction inside
+   (``mcafee``, ``huang``) the members it excluded are kept out (see *Truthfulness*).
 3. **With the outside party**: what is still unmatched goes to the outside party at
    retail and feed-in within its caps (islanded: shed or curtailed beyond them). The
    managers pass it through at the tariffs, so it is recorded as each member's own
@@ -33,8 +34,46 @@ network feedback attributes each kWh to the members behind it); ``info`` also ho
 ``manager_trades`` (the second level as trades between managers: selling community,
 buying community, kWh, volume-weighted prices), ``community_price_per_kwh`` (each inner
 auction's clearing price), ``inner_kwh`` and ``second_level_kwh``, and per member
-``inner_bought_kwh`` / ``inner_sold_kwh``. Auctioneer surpluses or deficits of either
-level (e.g. pay-as-bid or VCG inside) are settled to ``market_operator``.
+``inner_bought_kwh`` / ``inner_sold_kwh`` and ``kept_out_demand_kwh`` /
+``kept_out_supply_kwh`` (what was kept out of the second level, zero unless the inner
+auction reduces trade). Auctioneer surpluses or deficits of either level (e.g. pay-as-bid,
+McAfee, Huang or VCG inside) are settled to ``market_operator``, so the bills still sum
+to zero.
+
+Truthfulness. McAfee's trade reduction (R. P. McAfee, 1992, "A dominant strategy double
+auction", J. Econ. Theory 56(2):434-450) and the multi-unit one of Huang, Scheller-Wolf
+and Sycara (2002, "Design of a multi-unit double auction e-market", Computational
+Intelligence 18(4):596-617) make truthful bidding dominant by giving up the marginal
+trade: the excluded pair would have set the price. If the second level traded that pair
+again, shading into it would pay: in McAfee's example (bids 17, 14, 13, 9, 6, asks 1, 4,
+5, 8, 13; buyers pay 9) the buyer of value 13 bidding 8.9 became the excluded buyer and
+bought from the excluded seller at the second level at 8.45, utility 4.55 instead of 4.
+So with ``inner: mcafee`` or ``huang``, every member whose unmatched order still crosses
+another unmatched order of its own community (`crossing_members`: the orders the
+reduction excluded, and with McAfee on ranks the rationed remainders that still cross)
+reaches the second level with a bid (ask) that never trades P2P: what it has left goes
+to the outside party at the tariffs (islanded: within the caps, else shed or curtailed),
+exactly as in the plain auction. What the reduction removed is never traded again.
+(Under network cuts, crossing orders that the cuts kept apart inside the community are
+kept out too.)
+
+The property this gives, and its limit:
+
+- A hybrid of one community is exactly its inner auction with the outside party behind
+  it (the community's other unmatched orders cannot cross), so it is dominant-strategy
+  truthful where the inner rule is: McAfee along the kWh curves for equal-size orders,
+  Huang and McAfee on ranks (``k_counts: orders``) for any sizes, prices reported for
+  the true quantities. Tested by a search for profitable misreports in tests/test_hybrid.py.
+- With several communities the whole is not truthful, whatever the inner rule. The
+  second level is a k-double auction, where a member whose order sets the price can gain
+  by misreporting (Satterthwaite and Williams, 1989, J. Econ. Theory 48), and it serves a community's unmatched buyers below
+  that community's price whenever another community's unmatched sellers are cheaper: a
+  buyer who trades inside may then do better by shading out of its community's trade
+  (and a seller by inflating). No sequential design avoids this; a market that is
+  truthful across communities must price every member off the whole market's curves,
+  which is what ``mcafee`` and ``huang`` on their own do. Inside a community the inner
+  rule still holds: what a member trades there and at what price follow it, and what the
+  reduction removed cannot be won back.
 
 Network cuts. A cut is linear in the injections, ``sum_n coef[k, n] inj[n] <= rhs[k]``,
 and the injections depend only on what is curtailed and shed, not on who trades with
@@ -64,6 +103,7 @@ from pydantic import field_validator, model_validator
 
 from cosim.errors import InputError
 from cosim.markets.auctions import MECHANISMS as AUCTION_MECHANISMS
+from cosim.markets.auctions import PRICE_SLACK, fill_in_merit_order, merit_order
 from cosim.markets.base import (
     QTY_TOL,
     TRADE_COLUMNS,
@@ -84,6 +124,9 @@ CHECK_TOL = 1e-6
 #: Shedding and curtailment costs inside a community when the round's are zero (no
 #: outside party): the inner auction must hand what it leaves to its manager [currency/kWh].
 INNER_PENALTY_PER_KWH = 1e-3
+#: Inner auctions that reduce trade (McAfee 1992; Huang, Scheller-Wolf and Sycara 2002):
+#: the members they exclude are kept out of the second level.
+TRADE_REDUCTIONS = ("huang", "mcafee")
 
 
 def double_auctions() -> list[str]:
@@ -152,6 +195,51 @@ def assign_communities(p: Participants, communities: str | dict[str, str]) -> li
     return [(name, np.array(idx, dtype=int)) for name, idx in groups.items()]
 
 
+def crossing_members(bid: np.ndarray, ask: np.ndarray, demand_kwh: np.ndarray,
+                     supply_kwh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The orders that could still trade with each other: walking down the bids and up the
+    asks in merit order (ties by member order) while a bid covers an ask. Returns
+    (buyers, sellers) as boolean masks of the members whose orders the walk reaches.
+
+    Applied to a community's unmatched orders after a trade reduction, these are the
+    orders it excluded (and, with McAfee's rule on ranks, the long side's rationed
+    remainders that still cross). McAfee's reduction case (bids 17, 14, 13, 9, 6, asks 1,
+    4, 5, 8, 13): the first three pairs trade, and of the unmatched orders B4 (9) and S4
+    (8) still cross, B5 (6) and S5 (13) do not:
+
+    >>> bid, ask = np.array([9.0, 6.0, 0.0, 0.0]), np.array([0.0, 0.0, 8.0, 13.0])
+    >>> demand, supply = np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0, 1.0])
+    >>> [m.tolist() for m in crossing_members(bid, ask, demand, supply)]
+    [[True, False, False, False], [False, False, True, False]]
+    """
+    bo = merit_order(bid, demand_kwh, descending=True)
+    so = merit_order(ask, supply_kwh, descending=False)
+    volume, i, j = 0.0, 0, 0
+    left_b = float(demand_kwh[bo[0]]) if len(bo) else 0.0
+    left_s = float(supply_kwh[so[0]]) if len(so) else 0.0
+    while i < len(bo) and j < len(so) and bid[bo[i]] >= ask[so[j]] - PRICE_SLACK:
+        q = min(left_b, left_s)
+        volume += q
+        left_b -= q
+        left_s -= q
+        if left_b <= QTY_TOL:
+            i += 1
+            left_b = float(demand_kwh[bo[i]]) if i < len(bo) else 0.0
+        if left_s <= QTY_TOL:
+            j += 1
+            left_s = float(supply_kwh[so[j]]) if j < len(so) else 0.0
+    buyers = fill_in_merit_order(bo, demand_kwh, volume) > QTY_TOL
+    sellers = fill_in_merit_order(so, supply_kwh, volume) > QTY_TOL
+    return buyers, sellers
+
+
+def never_price(orders: OrderArrays, charges: Charges, ctx: MarketContext) -> float:
+    """A price so far out that a bid at minus it (an ask at plus it) never trades P2P, not
+    even where the alternative is shedding and curtailing [currency/kWh]."""
+    prices = np.abs(np.r_[orders.bid_per_kwh, orders.ask_per_kwh, charges.buy, charges.sell, 0.0])
+    return float(2.0 * prices.max() + ctx.voll_per_kwh + ctx.curtail_cost + ctx.retail_price_per_kwh + 1.0)
+
+
 @dataclasses.dataclass
 class _Levels:
     """Both levels of one clearing, per participant."""
@@ -163,6 +251,8 @@ class _Levels:
     manager_trades: pd.DataFrame
     inner_bought_kwh: np.ndarray
     inner_sold_kwh: np.ndarray
+    kept_out_demand_kwh: np.ndarray
+    kept_out_supply_kwh: np.ndarray
 
 
 #: Columns of ``info['manager_trades']``: the second level as trades between managers.
@@ -196,7 +286,10 @@ class HybridMarket(Mechanism):
     """Hybrid P2P market: a double auction per community, a uniform auction between managers.
 
     Sousa et al., 2019, Renew. Sustain. Energy Rev. 104 (hybrid P2P market); see the
-    module docstring for the rules and the handling of network cuts.
+    module docstring for the rules, the handling of network cuts, and truthfulness with a
+    trade reduction inside (McAfee 1992; Huang, Scheller-Wolf and Sycara 2002): the
+    members it excludes are kept out of the second level, so a one-community hybrid is as
+    truthful as its inner rule; across communities the hybrid is not truthful.
     """
 
     name = "hybrid"
@@ -218,6 +311,7 @@ class HybridMarket(Mechanism):
         self.second = UniformDoubleAuction(self.participants, max_cuts)
         self.reference = PoolModel(len(self.ids), max_cuts)
         self.community_of = {self.ids[i]: name for name, idx in self.groups for i in idx}
+        self.reducing = o.inner in TRADE_REDUCTIONS
 
     def reset_warm_start(self) -> None:
         """Forget the warm starts of every model: each community's, the second level's and
@@ -274,6 +368,8 @@ class HybridMarket(Mechanism):
             "manager_trades": levels.manager_trades,
             "inner_bought_kwh": levels.inner_bought_kwh,
             "inner_sold_kwh": levels.inner_sold_kwh,
+            "kept_out_demand_kwh": levels.kept_out_demand_kwh,
+            "kept_out_supply_kwh": levels.kept_out_supply_kwh,
             "resolved": resolved,
         }
         return r
@@ -300,6 +396,7 @@ class HybridMarket(Mechanism):
         n = len(self.ids)
         bought1, sold1, curtailed1, shed1 = (np.zeros(n) for _ in range(4))
         paid1, received1 = np.zeros(n), np.zeros(n)
+        out_buy, out_sell = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         left_demand = np.array(orders.demand_kwh, float)
         left_supply = np.array(orders.supply_kwh, float)
         inner_ctx = dataclasses.replace(
@@ -328,15 +425,26 @@ class HybridMarket(Mechanism):
             left_demand[idx], left_supply[idx] = r.import_kwh, r.export_kwh
             paid1[idx] = np.nan_to_num(r.buy_price_per_kwh) * r.bought_kwh
             received1[idx] = np.nan_to_num(r.sell_price_per_kwh) * r.sold_kwh
+            if self.reducing and ctx.p2p:
+                out_buy[idx], out_sell[idx] = crossing_members(
+                    orders.bid_per_kwh[idx] - charges.buy[idx], orders.ask_per_kwh[idx] + charges.sell[idx],
+                    r.import_kwh, r.export_kwh,
+                )
             t = r.trades
             frames.append(t[(t.seller.to_numpy() != manager) & (t.buyer.to_numpy() != manager)])
             community_price[name] = r.price_per_kwh
         second_cuts = cuts
         if len(cuts):  # the inner trades' injections are fixed: move them to the right-hand side
             second_cuts = NetworkCuts(cuts.coef, cuts.rhs - cuts.coef @ (sold1 - bought1), cuts.labels)
-        r2 = self.second.clear(
-            OrderArrays(left_demand, left_supply, orders.bid_per_kwh, orders.ask_per_kwh), ctx, second_cuts, charges
-        )
+        second_bid, second_ask = orders.bid_per_kwh, orders.ask_per_kwh
+        if out_buy.any() or out_sell.any():
+            # members a trade reduction excluded reach the second level at prices that never
+            # trade P2P: their orders go to the outside party (or are shed and curtailed)
+            # in the same solve, under the same cuts and caps as everyone's
+            never = never_price(orders, charges, ctx)
+            second_bid = np.where(out_buy, -never, orders.bid_per_kwh)
+            second_ask = np.where(out_sell, never, orders.ask_per_kwh)
+        r2 = self.second.clear(OrderArrays(left_demand, left_supply, second_bid, second_ask), ctx, second_cuts, charges)
         if not r2.ok:
             return f"second level: {r2.status}"
         bought = bought1 + r2.bought_kwh
@@ -366,7 +474,8 @@ class HybridMarket(Mechanism):
             trades=trades,
         )
         return _Levels(result, float(bought1.sum()), float(r2.bought_kwh.sum()), community_price,
-                       manager_trades(r2.trades, self.community_of, ctx.outside_party), bought1, sold1)
+                       manager_trades(r2.trades, self.community_of, ctx.outside_party), bought1, sold1,
+                       np.where(out_buy, left_demand, 0.0), np.where(out_sell, left_supply, 0.0))
 
     @staticmethod
     def _violation(r: ClearingResult, ctx: MarketContext, cuts: NetworkCuts) -> bool:
