@@ -64,9 +64,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
-    from cosim.orderbook import clear_csv
+    from cosim.orderbook import ClearingFailed, clear_csv
 
-    table = clear_csv(args.bids, args.mechanism, k=args.k, retail=args.retail, feed_in=args.feed_in)
+    try:
+        table = clear_csv(args.bids, args.mechanism, k=args.k, retail=args.retail, feed_in=args.feed_in,
+                          network=args.network)
+    except ClearingFailed as err:  # valid input the mechanism could not clear: say so, write nothing
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     table.to_csv(sys.stdout, index=False, float_format="%.6g")
     return EXIT_OK
 
@@ -111,11 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=_cmd_validate)
 
     clear = sub.add_parser("clear", help="clear one order book with no network; trades CSV on stdout")
-    clear.add_argument("bids", help="CSV with columns id,side,quantity_kwh,price_per_kwh")
+    clear.add_argument("bids", help="CSV with columns id,side,quantity_kwh,price_per_kwh and optionally bus,green")
     clear.add_argument("--mechanism", default="uniform")
-    clear.add_argument("--k", type=float, default=0.5, help="k-pricing parameter [0..1]")
-    clear.add_argument("--retail", type=float, default=None, help="outside grid's selling price [currency/kWh]")
-    clear.add_argument("--feed-in", type=float, default=None, help="outside grid's buying price [currency/kWh]")
+    clear.add_argument("--k", type=number, default=0.5, help="k-pricing parameter [0..1]")
+    clear.add_argument("--retail", type=number, default=None,
+                       help="outside grid's selling price [currency/kWh] (required by the community mechanisms)")
+    clear.add_argument("--feed-in", type=number, default=None,
+                       help="outside grid's buying price [currency/kWh] (required by the community mechanisms)")
+    clear.add_argument("--network", default=None,
+                       help="network whose buses the bids file's bus column names (bilateral's distance "
+                            "and feeder premiums)")
     clear.set_defaults(func=_cmd_clear)
 
     led = sub.add_parser("ledger", help="verify or show a run's ledger")
@@ -142,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
     return parser
+
+
+class _Written(float):
+    """A number option that keeps the text it was written as (``text``), for messages."""
+
+    text: str
+
+
+def number(text: str) -> float:
+    """argparse type of a number option: a float that remembers how it was written, so that
+    a message says ``found 1e9``, as typed, not ``found 1000000000.0``."""
+    value = _Written(text)
+    value.text = text.strip()
+    return value
 
 
 def _positive_int(text: str) -> int:

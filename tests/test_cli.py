@@ -9,6 +9,7 @@ traceback, nothing written.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cosim.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from cosim.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, main
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -236,6 +237,233 @@ def test_python_m_cosim_bad_input_exits_2(tmp_path):
     assert proc.returncode == EXIT_BAD_INPUT
     assert "quantity_kwh" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# -- cosim clear edge cases, through the installed command (issue 10, item 8) -------------
+#: The `cosim` command of the interpreter running the tests (the project's .venv/bin/cosim).
+COSIM = Path(sys.executable).parent / "cosim"
+COMMUNITY_MECHANISMS = ["community_sdr", "community_mmr", "bill_sharing", "fixed_price"]
+
+
+def cosim_clear(tmp_path: Path, *argv, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """``cosim clear ARGV`` in a fresh process, run from `tmp_path`, importing this working
+    tree's cosim (PYTHONPATH), whichever tree the virtualenv's editable install points at."""
+    command = [str(COSIM)] if COSIM.exists() else [sys.executable, "-m", "cosim"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [*pythonpath, REPO]))}
+    return subprocess.run([*command, "clear", *map(str, argv)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300, env=env)
+
+
+def assert_bad_input(proc: subprocess.CompletedProcess, *expected: str) -> None:
+    """Exit 2, nothing on stdout, one message holding every `expected` text, no traceback,
+    and no numpy repr of a value."""
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("error: ")
+    for text in expected:
+        assert text in proc.stderr, f"{text!r} not in {proc.stderr!r}"
+    assert "Traceback" not in proc.stderr
+    assert "np." not in proc.stderr and "float64" not in proc.stderr
+
+
+@pytest.mark.parametrize("mechanism", COMMUNITY_MECHANISMS)
+def test_clear_community_mechanism_without_grid_exits_2_naming_both_options(tmp_path, mechanism):
+    """Community prices are set by the grid's tariffs: no --retail/--feed-in is an error, not
+    an empty trade list."""
+    proc = cosim_clear(tmp_path, "--mechanism", mechanism, DATA / "clear_overlap.csv")
+    assert_bad_input(proc, str(DATA / "clear_overlap.csv"), "--retail", "--feed-in", mechanism,
+                     "found no --retail and no --feed-in")
+
+
+def test_clear_community_mechanism_with_one_tariff_names_the_missing_one(tmp_path):
+    proc = cosim_clear(tmp_path, "--mechanism", "community_sdr", "--retail", "0.30", DATA / "clear_overlap.csv")
+    assert_bad_input(proc, "--feed-in: expected --retail R and --feed-in F", "found no --feed-in")
+    assert "no --retail" not in proc.stderr
+
+
+def test_clear_community_mechanism_with_grid_clears(tmp_path):
+    """With both tariffs the same book clears (exit 0, the output's columns)."""
+    proc = cosim_clear(tmp_path, "--mechanism", "community_sdr", "--retail", "0.30", "--feed-in", "0.05",
+                       DATA / "clear_overlap.csv")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    trades = read_trades(proc.stdout)
+    assert list(trades.columns) == CLEAR_COLUMNS and len(trades) > 0
+
+
+@pytest.mark.parametrize("mechanism", ["uniform", "mcafee", "bilateral"])
+def test_clear_quantity_beyond_the_limit_exits_2(tmp_path, mechanism):
+    """1e300 kWh used to clear to an empty CSV (and to hang mcafee): now it is refused with
+    the documented range, the row and the value as written."""
+    bids = write(tmp_path, "bids.csv", HEADER + "A,buy,1e300,0.30\nC,sell,2,0.10\n")
+    proc = cosim_clear(tmp_path, "--mechanism", mechanism, bids)
+    assert_bad_input(proc, str(bids), "row 2, quantity_kwh: expected a number from 0 to 10000 [kWh], found 1e300")
+
+
+def test_clear_side_total_beyond_the_limit_exits_2(tmp_path):
+    """101 sell orders of 1e4 kWh: each is within range, their 1.01e6 kWh total is not."""
+    rows = "".join(f"S{i},sell,1e4,0.10\n" for i in range(101))
+    bids = write(tmp_path, "bids.csv", HEADER + "A,buy,1e4,0.30\n" + rows)
+    proc = cosim_clear(tmp_path, bids)
+    assert_bad_input(proc, "quantity_kwh: expected the sell orders to total at most 1e+06 kWh, found 1.01e+06 kWh")
+    assert "buy orders" not in proc.stderr
+
+
+def test_clear_prices_and_tariffs_beyond_the_limit_exit_2(tmp_path):
+    bids = write(tmp_path, "bids.csv", HEADER + "A,buy,1,1e4\nC,sell,1,-2000\n")
+    proc = cosim_clear(tmp_path, bids)
+    assert_bad_input(proc, "2 problem(s)",
+                     "row 2, price_per_kwh: expected a number from -1000 to 1000 [currency/kWh], found 1e4",
+                     "row 3, price_per_kwh: expected a number from -1000 to 1000 [currency/kWh], found -2000")
+    proc = cosim_clear(tmp_path, "--retail", "1e9", "--feed-in", "0.05", DATA / "clear_overlap.csv")
+    assert_bad_input(proc, "--retail: expected a number from -1000 to 1000 [currency/kWh], found 1e9")
+
+
+def test_clear_at_the_limits_clears(tmp_path):
+    """A bids 1000 for 1e4 kWh, C asks -1000 for 1e4 kWh (both at the limits): the uniform
+    auction trades all 1e4 kWh at -1000 + k (1000 - (-1000)) = 0 with k = 0.5."""
+    bids = write(tmp_path, "bids.csv", HEADER + "A,buy,1e4,1000\nC,sell,10000,-1000\n")
+    proc = cosim_clear(tmp_path, bids)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    want = pd.DataFrame([["A", "C", 1e4, 0.0, 0.0]], columns=CLEAR_COLUMNS)
+    assert_trades_equal(read_trades(proc.stdout), want)
+
+
+def test_clear_solver_failure_exits_1_with_a_message_and_no_csv(tmp_path):
+    """A mechanism that reports a failed clearing (injected into the real command through a
+    sitecustomize module) gives exit 1 and a message naming the mechanism and the solver's
+    status; nothing, not even a header, on stdout."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "from cosim.markets import Charges, uniform\n"
+        "def _fail(self, orders, ctx, cuts=None, charges=None):\n"
+        "    n = len(self.ids)\n"
+        "    return uniform.failed_result('solver: time limit reached', n, Charges.none(n))\n"
+        "uniform.UniformDoubleAuction.clear = _fail\n"
+    )
+    proc = cosim_clear(tmp_path, DATA / "clear_overlap.csv", pythonpath=(hook,))
+    assert proc.returncode == EXIT_FAILURE, proc.stderr
+    assert proc.stdout == ""
+    assert "uniform could not clear this book (solver: time limit reached)" in proc.stderr
+    assert str(DATA / "clear_overlap.csv") in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_clear_stackelberg_solver_failure_ends_with_a_message(tmp_path):
+    """A real failure: 1e4 kWh against a 0.0005 tariff spread makes the followers' QP nearly
+    flat (curvature x 0.0005 / 1e4), and HiGHS's QP solver cycled on it without end. The
+    command must end: with trades (exit 0) or, as with the HiGHS of this writing, with exit
+    1 and a message naming the failure; never an empty CSV."""
+    bids = write(tmp_path, "bids.csv", HEADER + "A,buy,1e4,1000\nC,sell,1e4,-1000\n")
+    proc = cosim_clear(tmp_path, "--mechanism", "stackelberg", "--retail", "0.001", "--feed-in", "0.0005", bids)
+    assert "Traceback" not in proc.stderr
+    if proc.returncode == EXIT_OK:
+        assert len(read_trades(proc.stdout)) > 0
+    else:
+        assert proc.returncode == EXIT_FAILURE, proc.stderr
+        assert proc.stdout == ""
+        assert "stackelberg could not clear this book (follower" in proc.stderr
+
+
+def test_clear_messages_show_values_as_written(tmp_path):
+    """Bad cells are quoted as the file has them (`nan`, `inf`, `1e300`, `-0.5`), options as
+    plain numbers (`nan`), never as ``np.float64(...)``; problems come row by row."""
+    bids = write(tmp_path, "bids.csv",
+                 HEADER + "A,buy,nan,0.30\nB,buy,1,inf\nC,sell,-0.5,0.10\nD,sell,1e300,NaN\nE,sell,1,\n")
+    proc = cosim_clear(tmp_path, bids)
+    assert_bad_input(
+        proc, "6 problem(s)",
+        "row 2, quantity_kwh: expected a finite number, found nan",
+        "row 3, price_per_kwh: expected a finite number, found inf",
+        "row 4, quantity_kwh: expected a number from 0 to 10000 [kWh], found -0.5",
+        "row 5, quantity_kwh: expected a number from 0 to 10000 [kWh], found 1e300",
+        "row 5, price_per_kwh: expected a finite number, found NaN",
+        "row 6, price_per_kwh: expected a finite number, found an empty cell",
+    )
+    lines = proc.stderr.splitlines()[1:]
+    assert [int(line.split(",")[0].split()[-1]) for line in lines] == [2, 3, 4, 5, 5, 6]
+    proc = cosim_clear(tmp_path, "--k", "nan", "--retail", "inf", "--feed-in", "0.05", DATA / "clear_overlap.csv")
+    assert_bad_input(proc, "--k: expected a number in [0, 1], found nan", "--retail:", "found inf")
+
+
+PAIR = "A,buy,1,0.205\nC,sell,1,0.20\n"
+
+
+@pytest.mark.parametrize("grid", [[], ["--retail", "0.30", "--feed-in", "0.05"]], ids=["no-grid", "grid"])
+def test_clear_bilateral_pair_without_bus_or_green_trades_as_under_uniform(tmp_path, grid):
+    """A bids 0.205, C asks 0.20 for 1 kWh each, and the file says nothing of buses or green:
+    no premium applies, so the 0.005 of surplus is traded under bilateral as under uniform
+    (1 kWh; uniform's price 0.20 + 0.5 x 0.005 = 0.2025). bilateral's price is its LP's
+    vertex: only its bounds are hand-worked, ask 0.20 <= price <= bid 0.205, the same for
+    buyer and seller."""
+    bids = write(tmp_path, "bids.csv", HEADER + PAIR)
+    uniform = read_trades(cosim_clear(tmp_path, *grid, bids).stdout)
+    assert_trades_equal(uniform, pd.DataFrame([["A", "C", 1.0, 0.2025, 0.2025]], columns=CLEAR_COLUMNS))
+    proc = cosim_clear(tmp_path, "--mechanism", "bilateral", *grid, bids)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    trades = read_trades(proc.stdout)
+    assert trades[["buyer", "seller", "quantity_kwh"]].values.tolist() == [["A", "C", 1.0]]
+    assert 0.20 - PRINT_ABS <= trades.price_per_kwh[0] <= 0.205 + PRINT_ABS
+    assert trades.price_per_kwh[0] == trades.seller_price_per_kwh[0]
+
+
+def test_clear_bilateral_green_column(tmp_path):
+    """A bids 0.205 for 1 kWh; C (green false) and D (green true) ask 0.20 for 1 kWh. C's
+    energy costs A the green premium 0.01 > the 0.005 of surplus, D's costs nothing: A buys
+    its 1 kWh from D. With D's cell empty (unknown: no premium) the same; with D false too,
+    nobody trades."""
+    head = "id,side,quantity_kwh,price_per_kwh,green\n"
+    for d_green, want in (("true", [["A", "D", 1.0]]), ("", [["A", "D", 1.0]]), ("0", [])):
+        bids = write(tmp_path, "bids.csv", head + f"A,buy,1,0.205,\nC,sell,1,0.20,false\nD,sell,1,0.20,{d_green}\n")
+        proc = cosim_clear(tmp_path, "--mechanism", "bilateral", bids)
+        assert proc.returncode == EXIT_OK, proc.stderr
+        assert read_trades(proc.stdout)[["buyer", "seller", "quantity_kwh"]].values.tolist() == want, d_green
+
+
+def test_clear_bilateral_bus_column_with_network(tmp_path):
+    """networks/feeder.yaml: feeder 1 is buses 2-5, 0.08 km apart; feeder 2 is buses 6-8,
+    0.10 km apart, both from the busbar (bus 1). A (bus 2) bids 0.205 for 1 kWh; C (bus 3,
+    0.08 km away) asks 0.20, D (bus 8, 0.08 + 0.30 = 0.38 km away, on the other feeder) asks
+    0.199. Premiums: C 0.01 x 0.08 = 0.0008, so A's surplus is 0.205 - 0.0008 - 0.20 =
+    0.0042 > 0; D 0.01 x 0.38 + 0.005 = 0.0088, surplus 0.205 - 0.0088 - 0.199 = -0.0028.
+    A buys 1 kWh from C at a price between C's ask 0.20 and 0.205 - 0.0008 = 0.2042;
+    uniform, blind to the network, sells it D's cheaper kWh."""
+    bids = write(tmp_path, "bids.csv", "id,side,quantity_kwh,price_per_kwh,bus\n"
+                                       "A,buy,1,0.205,2\nC,sell,1,0.20,3\nD,sell,1,0.199,8\n")
+    proc = cosim_clear(tmp_path, "--mechanism", "bilateral", "--network", "feeder", bids)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    trades = read_trades(proc.stdout)
+    assert trades[["buyer", "seller", "quantity_kwh"]].values.tolist() == [["A", "C", 1.0]]
+    assert 0.20 - PRINT_ABS <= trades.price_per_kwh[0] <= 0.2042 + PRINT_ABS
+    uniform = read_trades(cosim_clear(tmp_path, "--network", "feeder", bids).stdout)
+    assert uniform[["buyer", "seller", "quantity_kwh"]].values.tolist() == [["A", "D", 1.0]]
+
+
+def test_clear_bad_bus_and_green_cells_exit_2(tmp_path):
+    bids = write(tmp_path, "bids.csv", "id,side,quantity_kwh,price_per_kwh,bus,green\n"
+                                       "A,buy,1,0.205,2.5,yes\nC,sell,1,0.20,,false\nD,sell,1,0.20,-3,TRUE\n"
+                                       "E,sell,1,0.20,x,1\n")
+    proc = cosim_clear(tmp_path, "--mechanism", "bilateral", "--network", "feeder", bids)
+    assert_bad_input(
+        proc, str(bids), "5 problem(s)",
+        "row 2, bus: expected a bus number (a whole number >= 0), found 2.5",
+        "row 2, green: expected true, false, 1 or 0 (or an empty cell: unknown), found 'yes'",
+        "row 3, bus: expected a bus number, as other rows give one",
+        "row 4, bus: expected a bus number (a whole number >= 0), found -3",
+        "row 5, bus: expected a bus number (a whole number >= 0), found 'x'",
+    )
+
+
+def test_clear_bus_needs_a_network_that_has_it(tmp_path):
+    bids = write(tmp_path, "bids.csv", "id,side,quantity_kwh,price_per_kwh,bus\nA,buy,1,0.205,2\nC,sell,1,0.20,99\n")
+    assert_bad_input(cosim_clear(tmp_path, "--mechanism", "bilateral", bids),
+                     "bus: expected --network NAME", "found buses and no --network")
+    assert_bad_input(cosim_clear(tmp_path, "--mechanism", "bilateral", "--network", "feeder", bids),
+                     "row 3, bus: expected a bus of network 'feeder' (0..8), found 99")
+    assert_bad_input(cosim_clear(tmp_path, "--network", "nosuchnet", bids),
+                     "--network: expected a file in networks/", "'nosuchnet'")
+    assert_bad_input(cosim_clear(tmp_path, "--network", "feeder", DATA / "clear_overlap.csv"),
+                     "bus: expected a bus column")
 
 
 # -- scenario validation ------------------------------------------------------------------
