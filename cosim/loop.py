@@ -51,10 +51,11 @@ from cosim.feedback import (
     reduce_orders,
 )
 from cosim.grid.powerflow import GridState, PowerFlow
-from cosim.grid.sensitivities import AdjointSensitivities, loss_factors
+from cosim.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
 from cosim.ledger import SETTLEMENT_FIELDS, LedgerWriter, rejection_rows, trade_payload
 from cosim.ledger_process import LedgerProcess
 from cosim.markets import (
+    Charges,
     ClearingResult,
     MarketContext,
     NetworkCuts,
@@ -213,6 +214,45 @@ class RoundOutcome:
     storage: dict[str, np.ndarray] | None = None
     """The round's rows of storage.parquet, one array per column (None without flexible
     assets, and in the variants that do not record them)."""
+
+
+@dataclass
+class RoundState:
+    """What one round carries from stage to stage."""
+
+    t: int
+    load_kw: np.ndarray
+    load_kvar: np.ndarray
+    pv_kw: np.ndarray
+    net_kw: np.ndarray
+    """Net load after the flexible assets [kW]."""
+    battery_kw: np.ndarray
+    """Power of the flexible assets, positive when consuming [kW]."""
+    book: OrderBook
+    limits_kwh: tuple[np.ndarray, np.ndarray] | None
+    """(most each prosumer can deliver, absorb) before dispatch [kWh], for admission."""
+    timings: dict
+    gate: GateRound | None = None
+    passive: OrderArrays | None = None
+    orders: OrderArrays | None = None
+    ctx: MarketContext | None = None
+    market_ctx: MarketContext | None = None
+    """The context the mechanism sees (less the passive prosumers' share of the outside party)."""
+    charges: Charges | None = None
+    cuts: NetworkCuts | None = None
+    status: str = "ok"
+
+
+@dataclass
+class Checked:
+    """A clearing and the grid check of its dispatch."""
+
+    result: ClearingResult
+    p_kw: np.ndarray
+    q_kvar: np.ndarray
+    state: GridState
+    violations: list
+    sens: Sensitivities | None = None
 
 
 @dataclass
@@ -446,159 +486,210 @@ class VariantRunner:
         return r
 
     def run_round(self, t: int) -> tuple[RoundOutcome, OrderBook, MarketContext]:
+        """One round, stage by stage (pandapower's control loop, with the feedback as an
+        explicit fixed point): controllers -> admission -> clearing and grid check ->
+        feedback (re-clear with cuts) -> forced curtailment or shedding -> bookkeeping."""
+        rd = self.controllers(t)
+        self.admit(rd)
+        self.market_inputs(rd)
+        chk, attribution = self.first_clearing(rd)
+        n_initial = len(chk.violations)
+        iterations = 1
+        if self.variant.feedback and rd.status == "ok":
+            chk, iterations = self.feedback(rd, chk)
+            if chk.violations:
+                chk = self.force(rd, chk)
+        return self.finish(rd, chk, iterations, n_initial, attribution)
+
+    # -- the round's stages ---------------------------------------------------------------
+    def controllers(self, t: int) -> RoundState:
+        """The flexible assets run, then each prosumer's controller makes its order."""
         sc, fleet, dt_h = self.sc, self.fleet, self.dt_h
-        timings = {"orders": 0.0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "settle": 0.0, "ledger": 0.0}
         t0 = time.perf_counter()
         load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
         net_kw = load_kw - pv_kw
+        limits = None
         if self.gate is not None:  # before the flexible assets run
-            deliver_kwh, absorb_kwh = self.assets.limits_kwh(t, load_kw, pv_kw, dt_h)
+            limits = self.assets.limits_kwh(t, load_kw, pv_kw, dt_h)
         battery_kw = self.assets.dispatch(t, net_kw, dt_h, self.last_price)  # batteries, EVs, shiftable loads
         net_kw = net_kw + battery_kw
         book = order_book(net_kw, dt_h, sc.market.bidding, sc.market.retail_price_per_kwh,
                           sc.market.feed_in_price_per_kwh, self.rng)
-        timings["orders"] += time.perf_counter() - t0
-        gate = None
-        passive = None
-        if self.gate is not None:
-            t1 = time.perf_counter()
-            gate = self.gate.round(t, book, deliver_kwh, absorb_kwh)
-            timings["ledger"] += time.perf_counter() - t1
-            timings["ledger_cpu"] = gate.cpu_s
-            if gate.passive:
-                is_passive = np.array([fleet.ids[i] in gate.passive for i in book.pos.tolist()], dtype=bool)
-                passive = OrderArrays.from_positions(fleet.n, book.pos[is_passive], book.buy[is_passive],
-                                                     book.quantity_kwh[is_passive], book.price_per_kwh[is_passive])
-                book = OrderBook(*(x[~is_passive] for x in book))
+        timings = {"orders": time.perf_counter() - t0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "settle": 0.0,
+                   "ledger": 0.0}
+        return RoundState(t=t, load_kw=load_kw, load_kvar=load_kvar, pv_kw=pv_kw, net_kw=net_kw,
+                          battery_kw=battery_kw, book=book, limits_kwh=limits, timings=timings)
+
+    def admit(self, rd: RoundState) -> None:
+        """The virtual layer: orders are signed and admitted; prosumers without an admitted
+        order become passive (they trade their net position with the outside party)."""
+        if self.gate is None:
+            return
         t1 = time.perf_counter()
-        orders = OrderArrays.from_positions(fleet.n, *book)
-        ctx = self.context(t)
-        market_ctx = ctx
-        passive_kwh = None
-        if passive is not None:
-            # the mechanism sees the outside party's capacity that passive prosumers leave
-            market_ctx = dataclasses.replace(
-                ctx,
-                import_cap_kwh=max(ctx.import_cap_kwh - passive.demand_kwh.sum(), 0.0),
-                export_cap_kwh=max(ctx.export_cap_kwh - passive.supply_kwh.sum(), 0.0),
+        rd.gate = self.gate.round(rd.t, rd.book, *rd.limits_kwh)
+        rd.timings["ledger"] += time.perf_counter() - t1
+        rd.timings["ledger_cpu"] = rd.gate.cpu_s
+        if rd.gate.passive:
+            book, ids = rd.book, self.fleet.ids
+            is_passive = np.array([ids[i] in rd.gate.passive for i in book.pos.tolist()], dtype=bool)
+            rd.passive = OrderArrays.from_positions(self.fleet.n, book.pos[is_passive], book.buy[is_passive],
+                                                    book.quantity_kwh[is_passive], book.price_per_kwh[is_passive])
+            rd.book = OrderBook(*(x[~is_passive] for x in book))
+
+    def market_inputs(self, rd: RoundState) -> None:
+        """The order arrays, the market context (what passive prosumers leave of the outside
+        party's capacity) and the network charges from the last operating point."""
+        t1 = time.perf_counter()
+        rd.orders = OrderArrays.from_positions(self.fleet.n, *rd.book)
+        rd.ctx = rd.market_ctx = self.context(rd.t)
+        if rd.passive is not None:
+            rd.market_ctx = dataclasses.replace(
+                rd.ctx,
+                import_cap_kwh=max(rd.ctx.import_cap_kwh - rd.passive.demand_kwh.sum(), 0.0),
+                export_cap_kwh=max(rd.ctx.export_cap_kwh - rd.passive.supply_kwh.sum(), 0.0),
             )
-        pos = self.setup.participant_pos
-        charges = network_charges(
-            sc.feedback.charge_method, sc.feedback.charge_rate_per_kwh, self.last_loss_factors, pos
-        )
-        timings["orders"] += time.perf_counter() - t1
+        fb = self.sc.feedback
+        rd.charges = network_charges(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors,
+                                     self.setup.participant_pos)
+        rd.cuts = NetworkCuts.empty(self.fleet.n)
+        rd.timings["orders"] += time.perf_counter() - t1
 
-        def clear(order_arrays, cuts, curtail=None, shed=None):
-            nonlocal passive_kwh
-            t1 = time.perf_counter()
-            if passive is None:
-                r = self.mechanism.clear(order_arrays, ctx, cuts, charges)
-            else:
-                demand, supply = passive.demand_kwh, passive.supply_kwh
-                if curtail is not None:
-                    demand, supply = np.maximum(demand - shed, 0.0), np.maximum(supply - curtail, 0.0)
-                # cuts bound the whole injection; the mechanism controls all but the passive part
-                passive_kwh = supply - demand
-                market_cuts = NetworkCuts(cuts.coef, cuts.rhs - cuts.coef @ passive_kwh, cuts.labels)
-                r = self.mechanism.clear(order_arrays, market_ctx, market_cuts, charges)
-                if r.ok:
-                    r = self.outside_positions(r, demand, supply, ctx)
-            timings["clear"] += time.perf_counter() - t1
-            return r
+    def clear(self, rd: RoundState, orders: OrderArrays, curtail: np.ndarray | None = None,
+              shed: np.ndarray | None = None) -> ClearingResult:
+        """Clear `orders` under the round's cuts; passive prosumers' positions (less any
+        forced `curtail`/`shed` [kWh]) go to the outside party."""
+        t1 = time.perf_counter()
+        passive = rd.passive
+        if passive is None:
+            r = self.mechanism.clear(orders, rd.ctx, rd.cuts, rd.charges)
+        else:
+            demand, supply = passive.demand_kwh, passive.supply_kwh
+            if curtail is not None:
+                demand, supply = np.maximum(demand - shed, 0.0), np.maximum(supply - curtail, 0.0)
+            # cuts bound the whole injection; the mechanism controls all but the passive part
+            cuts = rd.cuts
+            market_cuts = NetworkCuts(cuts.coef, cuts.rhs - cuts.coef @ (supply - demand), cuts.labels)
+            r = self.mechanism.clear(orders, rd.market_ctx, market_cuts, rd.charges)
+            if r.ok:
+                r = self.outside_positions(r, demand, supply, rd.ctx)
+        rd.timings["clear"] += time.perf_counter() - t1
+        return r
 
-        def check(r):
-            t1 = time.perf_counter()
-            p, q = self.bus_injections(r, net_kw, load_kw, load_kvar)
-            s = self.pf.run(p, q)
-            timings["pf"] += time.perf_counter() - t1
-            return p, q, s, find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
+    def check(self, rd: RoundState, r: ClearingResult) -> Checked:
+        """The grid check: one AC power flow of the dispatch and the limits it violates."""
+        t1 = time.perf_counter()
+        p, q = self.bus_injections(r, rd.net_kw, rd.load_kw, rd.load_kvar)
+        s = self.pf.run(p, q)
+        rd.timings["pf"] += time.perf_counter() - t1
+        viol = find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
+        return Checked(r, p, q, s, viol)
 
-        def sensitivities(s):
-            t1 = time.perf_counter()
-            sens = AdjointSensitivities(self.pf, s) if s.V is not None else None
-            timings["sens"] += time.perf_counter() - t1
-            return sens
+    def sensitivities(self, rd: RoundState, chk: Checked) -> Sensitivities | None:
+        """Sensitivities at the checked operating point (None without the fast path's voltages)."""
+        t1 = time.perf_counter()
+        chk.sens = AdjointSensitivities(self.pf, chk.state) if chk.state.V is not None else None
+        rd.timings["sens"] += time.perf_counter() - t1
+        return chk.sens
 
-        status = "ok"
-        cuts = NetworkCuts.empty(fleet.n)
-        r = clear(orders, cuts)
+    def first_clearing(self, rd: RoundState) -> tuple[Checked, pd.DataFrame | None]:
+        """Clear without cuts (a failed clearing falls back to the outside party), check it,
+        and attribute its violations to its trades."""
+        r = self.clear(rd, rd.orders)
         if not r.ok:
-            status = r.status
-            if passive is None:
-                r = fallback_result(orders, ctx, charges, fleet.ids)
-            else:
-                r = fallback_result(orders, market_ctx, charges, fleet.ids)
-                r = self.outside_positions(r, passive.demand_kwh, passive.supply_kwh, ctx)
+            rd.status = r.status
+            r = fallback_result(rd.orders, rd.market_ctx, rd.charges, self.fleet.ids)
+            if rd.passive is not None:
+                r = self.outside_positions(r, rd.passive.demand_kwh, rd.passive.supply_kwh, rd.ctx)
             fees_due = getattr(self.mechanism, "fees_due", None)
             if callable(fees_due):  # a membership fee falls due even when the clearing failed
-                r.info = {**r.info, "membership_fee": fees_due(t)}
-        p, q, state, viol = check(r)
-        n_initial = len(viol)
-        iterations = 1
+                r.info = {**r.info, "membership_fee": fees_due(rd.t)}
+        chk = self.check(rd, r)
         attribution = None
-        sens = None
-        if viol:
-            sens = sensitivities(state)
-            if sens is not None:
-                attribution = attribute(t, 1, viol, sens, self.bus_pos_of, r.trades, dt_h)
-        feedback = self.variant.feedback and status == "ok"
-        while feedback and viol and iterations < sc.feedback.max_iterations and sens is not None:
-            new = linearise(viol, sens, pos, r.injection_kwh, dt_h, sc.feedback)
+        if chk.violations and self.sensitivities(rd, chk) is not None:
+            attribution = attribute(rd.t, 1, chk.violations, chk.sens, self.bus_pos_of, r.trades, self.dt_h)
+        return chk, attribution
+
+    def feedback(self, rd: RoundState, chk: Checked) -> tuple[Checked, int]:
+        """The fixed point: while a limit is violated and fewer than ``max_iterations``
+        clearings were made, linearise the violations into cuts and clear again. Returns
+        the last good check and the number of clearings."""
+        fb, iterations = self.sc.feedback, 1
+        while chk.violations and iterations < fb.max_iterations and chk.sens is not None:
+            new = linearise(chk.violations, chk.sens, self.setup.participant_pos, chk.result.injection_kwh,
+                            self.dt_h, fb)
             if not len(new):  # a sharing curtailment rule: straight to forced curtailment
                 break
-            cuts = cuts.extend(new)
-            if len(cuts) > MAX_CUTS:  # keep the newest cuts
-                cuts = NetworkCuts(cuts.coef[-MAX_CUTS:], cuts.rhs[-MAX_CUTS:], cuts.labels[-MAX_CUTS:])
-            r_new = clear(orders, cuts)
+            rd.cuts = newest_cuts(rd.cuts.extend(new), MAX_CUTS)
+            r = self.clear(rd, rd.orders)
             iterations += 1
-            if not r_new.ok:
-                status = f"iteration {iterations}: {r_new.status}"
+            if not r.ok:
+                rd.status = f"iteration {iterations}: {r.status}"
                 break
-            r = r_new
-            p, q, state, viol = check(r)
-            sens = sensitivities(state) if viol else None
-        if feedback and viol:  # curtail or shed at the most sensitive buses, then check again
-            forced_c = np.zeros(fleet.n)
-            forced_s = np.zeros(fleet.n)
-            for _ in range(MAX_FORCED_STEPS):
-                if sens is None:
-                    sens = sensitivities(state)
-                    if sens is None:
-                        break
-                c, s_ = forced_reduction(viol, sens, pos, r, dt_h, sc.feedback, pv_kwh=pv_kw * dt_h,
-                                         load_kwh=load_kw * dt_h)
-                forced_c += c
-                forced_s += s_
-                r_new = clear(reduce_orders(orders, forced_c, forced_s), cuts, forced_c, forced_s)
-                if not r_new.ok:
-                    status = f"forced curtailment: {r_new.status}"
-                    break
-                r_new.curtailed_kwh = r_new.curtailed_kwh + forced_c
-                r_new.shed_kwh = r_new.shed_kwh + forced_s
-                r = r_new
-                p, q, state, viol = check(r)
-                sens = None
-                if not viol:
-                    break
-        if not state.converged:
-            status = "power flow did not converge" if status == "ok" else status
-        if sc.feedback.charge_method == "sensitivity" and state.V is not None:
+            chk = self.check(rd, r)
+            if chk.violations:
+                self.sensitivities(rd, chk)
+        return chk, iterations
+
+    def force(self, rd: RoundState, chk: Checked) -> Checked:
+        """Curtail or shed by the scenario's curtailment rule, a power flow after each of at
+        most ``MAX_FORCED_STEPS`` steps, until nothing is violated."""
+        n, dt_h = self.fleet.n, self.dt_h
+        forced_c, forced_s = np.zeros(n), np.zeros(n)
+        for _ in range(MAX_FORCED_STEPS):
+            if chk.sens is None and self.sensitivities(rd, chk) is None:
+                break
+            c, s_ = forced_reduction(chk.violations, chk.sens, self.setup.participant_pos, chk.result, dt_h,
+                                     self.sc.feedback, pv_kwh=rd.pv_kw * dt_h, load_kwh=rd.load_kw * dt_h)
+            forced_c += c
+            forced_s += s_
+            r = self.clear(rd, reduce_orders(rd.orders, forced_c, forced_s), forced_c, forced_s)
+            if not r.ok:
+                rd.status = f"forced curtailment: {r.status}"
+                break
+            r.curtailed_kwh = r.curtailed_kwh + forced_c
+            r.shed_kwh = r.shed_kwh + forced_s
+            chk = self.check(rd, r)
+            if not chk.violations:
+                break
+        return chk
+
+    def finish(self, rd: RoundState, chk: Checked, iterations: int, n_initial: int,
+               attribution: pd.DataFrame | None) -> tuple[RoundOutcome, OrderBook, MarketContext]:
+        """What the round leaves for the next one (loss factors, the grid-forming unit's
+        state of charge, the P2P price) and its outcome."""
+        state, r, dt_h = chk.state, chk.result, self.dt_h
+        if not state.converged and rd.status == "ok":
+            rd.status = "power flow did not converge"
+        if self.sc.feedback.charge_method == "sensitivity" and state.V is not None:
             t1 = time.perf_counter()
             self.last_loss_factors = loss_factors(self.pf, state)  # for the next round's charges
-            timings["sens"] += time.perf_counter() - t1
+            rd.timings["sens"] += time.perf_counter() - t1
         if self.gfu is not None and state.converged:
             self.gfu.step(state.slack_p_kw, dt_h)
             self.gfu.q_kvar = state.slack_q_kvar
         self.last_state = state
-        if self.variant.mechanism != "none" and r.cleared_kwh > QTY_TOL and np.isfinite(r.price_per_kwh):
-            self.last_price = float(r.price_per_kwh)
-        else:
-            self.last_price = None
-        outcome = RoundOutcome(r, state, p, q, iterations, viol, n_initial, status, attribution, timings)
-        outcome.physical = {"load_kwh": load_kw * dt_h, "pv_kwh": pv_kw * dt_h, "battery_kwh": battery_kw * dt_h}
-        outcome.gate = gate
-        outcome.storage = self.assets.storage_columns(t) if self.assets.records and self.variant.folder == "" else None
-        return outcome, book, ctx
+        traded = self.variant.mechanism != "none" and r.cleared_kwh > QTY_TOL and np.isfinite(r.price_per_kwh)
+        self.last_price = float(r.price_per_kwh) if traded else None
+        outcome = RoundOutcome(r, state, chk.p_kw, chk.q_kvar, iterations, chk.violations, n_initial, rd.status,
+                               attribution, rd.timings)
+        outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
+                            "battery_kwh": rd.battery_kw * dt_h}
+        outcome.gate = rd.gate
+        records = self.assets.records and self.variant.folder == ""
+        outcome.storage = self.assets.storage_columns(rd.t) if records else None
+        return outcome, rd.book, rd.ctx
+
+
+def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
+    """The newest `slots` cuts (the clearing model has that many cut slots).
+
+    >>> c = NetworkCuts(np.eye(3), np.arange(3.0), ("a", "b", "c"))
+    >>> newest_cuts(c, 2).labels, len(newest_cuts(c, 5))
+    (('b', 'c'), 3)
+    """
+    if len(cuts) <= slots:
+        return cuts
+    return NetworkCuts(cuts.coef[-slots:], cuts.rhs[-slots:], cuts.labels[-slots:])
 
 
 def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
