@@ -30,8 +30,8 @@ report: setup
 
 # time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000
 bench: setup
-	$(BIN)/python -m cosim.bench --rounds $(or $(ROUNDS),2000)
-	$(BIN)/python -m cosim.bench_bilateral --prosumers 100 250 500 1000 --rounds 20
+	$(BIN)/python -m cosim.bench.timing --rounds $(or $(ROUNDS),2000)
+	$(BIN)/python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds 20
 
 # a whole year of the default scenario (35,136 rounds): wall time and peak memory in
 # results/rural3-year/summary.json; an interrupted run carries on with RESUME=1

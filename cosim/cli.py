@@ -10,13 +10,13 @@ import argparse
 import json
 import sys
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from cosim.loop import CHUNK_ROUNDS, run_scenario
+    from cosim.sim.loop import CHUNK_ROUNDS, run_scenario
 
     out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report,
                        resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS)
@@ -41,7 +41,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from cosim.compare import write_comparison
+    from cosim.reporting.compare import write_comparison
 
     path = write_comparison(args.run_dirs, out=args.out)
     print(f"comparison: {path}")
@@ -49,13 +49,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from cosim.bench import main as bench_main
+    from cosim.bench.timing import main as bench_main
 
     return bench_main(args.bench_args)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from cosim.scenario import load_scenario
+    from cosim.config.scenario import load_scenario
 
     for path in args.scenarios:
         s = load_scenario(path)
@@ -64,7 +64,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(args: argparse.Namespace) -> int:
-    from cosim.orderbook import ClearingFailed, clear_csv
+    from cosim.config.bids import ClearingFailed, clear_csv
 
     try:
         table = clear_csv(args.bids, args.mechanism, k=args.k, retail=args.retail, feed_in=args.feed_in,
@@ -77,8 +77,7 @@ def _cmd_clear(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
-    from cosim import ledger
-
+    from cosim.virtual import ledger
     if args.ledger_command == "verify":
         ok, message = ledger.verify(args.run_dir)
         print(message)
@@ -89,7 +88,7 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from cosim.report import write_report
+    from cosim.reporting.report import write_report
 
     print(f"report: {write_report(args.run_dir)}")
     return EXIT_OK
@@ -147,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default="results/compare", help="folder of the comparison (default results/compare)")
     cmp_.set_defaults(func=_cmd_compare)
 
-    bench = sub.add_parser("bench", help="time per round against pandapower's run_timeseries (see cosim.bench)",
+    bench = sub.add_parser("bench", help="time per round against pandapower's run_timeseries (see cosim.bench.timing)",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own options, passed through untouched
-        from cosim.bench import main as bench_main
+        from cosim.bench.timing import main as bench_main
 
         return bench_main(argv[1:])
     parser = build_parser()

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from cosim.networks import build_net, load_network_spec
+from cosim.physical.networks import build_net, load_network_spec
 
 # The same examples on every run, so that CI is reproducible; explore new ones with
 # HYPOTHESIS_PROFILE=explore (or pytest --hypothesis-seed=N). "The same" holds for the same
 # selection of test files only: Hypothesis (>= 6.131) also draws, now and then, constants it
 # finds in the source of the project modules loaded at the time (not in test files), so a test
 # file that imports another cosim module changes the examples of the tests that run after it
-# (test_auctions.py imports cosim.scenario, whose constants made the Shapley contract test
+# (test_auctions.py imports cosim.config.scenario, whose constants made the Shapley contract test
 # draw the loss-making islanded trade that it skipped when run alone). To reproduce a
 # Hypothesis failure, run the same list of files.
 settings.register_profile("cosim", derandomize=True, deadline=None, database=None)
@@ -50,7 +50,7 @@ def grid_cigre_lv_net():
 # -- market_: order books and the clearing contract, shared by the mechanism tests ---------------
 # (test_shapley.py, test_stackelberg.py). Plain functions, imported by name (``from conftest
 # import ...``): order books are built at import time, in parametrize lists and strategies.
-# cosim.markets and cosim.settlement are imported inside the functions, so that a session that
+# cosim.markets and cosim.sim.settlement are imported inside the functions, so that a session that
 # does not test a market does not load them (Hypothesis draws constants from the project
 # modules loaded, see above).
 MARKET_RETAIL, MARKET_FEED_IN = 0.30, 0.08
@@ -167,7 +167,7 @@ def market_check_zero_sum(r, ids: list[str], ctx):
     """Settle the round: all bills sum to zero and the market operator breaks even. Both
     hold to rounding: each party's bill is computed from the same prices and quantities, so
     the solver's tolerances cancel out. Returns the settlement table."""
-    from cosim.settlement import MARKET_OPERATOR, settle
+    from cosim.sim.settlement import MARKET_OPERATOR, settle
 
     s = settle(0, ids, np.full(len(ids), -1), r, ctx)
     assert s.bill.sum() == pytest.approx(0.0, abs=1e-9)

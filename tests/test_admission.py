@@ -1,4 +1,4 @@
-"""Order admission (`cosim.admission`): every bad order is rejected with its reason, in
+"""Order admission (`cosim.virtual.admission`): every bad order is rejected with its reason, in
 rejections.parquet and in the ledger, and the rest of the round clears as if it had never
 been sent."""
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim import loop
-from cosim.admission import (
+from cosim.sim import loop
+from cosim.virtual.admission import (
     ADMITTED,
     BAD_SIGNATURE,
     EXCEEDS_LIMIT,
@@ -32,8 +32,8 @@ from cosim.admission import (
     SignedOrder,
     physical_limits,
 )
-from cosim.ledger import verify
-from cosim.signing import derive_key, verify_signature
+from cosim.virtual.ledger import verify
+from cosim.virtual.signing import derive_key, verify_signature
 
 IDS = ["P000", "P001", "P002"]
 ROOMY = {i: (100.0, 100.0) for i in IDS}
@@ -357,7 +357,7 @@ def test_rejections_agree_with_the_ledger_and_are_right(runs):
     for c in ("id", "reason", "side", "nonce"):
         np.testing.assert_array_equal(rj[c].astype(str), rejected[c if c != "reason" else "outcome"].astype(str))
     genesis = {row[1]: bytes.fromhex(row[2]) for row in _blocks(attacked)[0]["keys"] if row[0] == "prosumer"}
-    from cosim.signing import order_message
+    from cosim.virtual.signing import order_message
 
     for o in rejected.itertuples():
         msg = order_message(o.round, o.nonce, o.id, o.side, o.quantity_kwh, o.price_per_kwh)

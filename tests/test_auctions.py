@@ -7,7 +7,7 @@
   the same rule (`oracle_*` below: merit-order crossing, McAfee's test, equal rationing,
   Clarke pivot by re-solving the crossing without each trader); individual rationality;
   bills of all parties (``market_operator`` and the outside party included) sum to zero in
-  `cosim.settlement.settle` with the operator's bill exactly minus the auction's surplus;
+  `cosim.sim.settlement.settle` with the operator's bill exactly minus the auction's surplus;
   efficiency (``vcg`` and ``pay_as_bid`` reach ``uniform``'s welfare, ``mcafee`` loses at
   most the marginal trade); truthfulness of ``mcafee`` and ``vcg`` for single-unit traders
   (no sampled misreport of the price raises a trader's utility), and of ``huang`` and
@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import cosim.markets.pool as pool_module
 from cosim.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from cosim.config.scenario import load_scenario
 from cosim.markets import (
     MECHANISMS,
     Charges,
@@ -47,8 +48,7 @@ from cosim.markets.auctions import (
     trade_reduction,
 )
 from cosim.markets.uniform import UniformDoubleAuction
-from cosim.scenario import load_scenario
-from cosim.settlement import MARKET_OPERATOR, settle
+from cosim.sim.settlement import MARKET_OPERATOR, settle
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

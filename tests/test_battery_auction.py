@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim.battery_auction import (
+from cosim.flex.battery_auction import (
     AUCTION_COLUMNS,
     RESULT_COLUMNS,
     best_response,
@@ -31,7 +31,7 @@ PRICE_TOL = 1e-9
 def test_hand_worked_example():
     """Hand-worked on the mechanism of W. Tushar, B. Chai, C. Yuen, S. Huang, D. B. Smith,
     H. V. Poor and Z. Yang, 2016, "Energy storage sharing in smart grid: a modified
-    auction-based approach", IEEE Trans. Smart Grid 7(3), as cosim.battery_auction reads it.
+    auction-based approach", IEEE Trans. Smart Grid 7(3), as cosim.flex.battery_auction reads it.
 
     RUs a-d, 2 kWh each, K = 0.3, 0.45, 0.6, 1.5: reservation prices 0.1, 0.15, 0.2, 0.5.
     SFCs x (1.5 kWh, 0.9), y (1 kWh, 0.8), z (3 kWh, 0.6). The efficient trade ends at RU c
@@ -123,10 +123,10 @@ def test_individually_rational_budget_balanced_and_clearing(owners, sfcs):
 def test_on_rural3_fleet():
     """Battery owners of the rural3 fleet share with PV owners that have none: individually
     rational and budget balanced on real SimBench profiles."""
-    from cosim.battery_auction import auction_from_fleet
-    from cosim.networks import REPO_NETWORKS, build_net, load_network_spec
-    from cosim.prosumers import build_fleet
-    from cosim.scenario import Scenario
+    from cosim.config.scenario import Scenario
+    from cosim.flex.battery_auction import auction_from_fleet
+    from cosim.physical.fleet import build_fleet
+    from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
 
     spec = load_network_spec(REPO_NETWORKS / "rural3.yaml")
     sc = Scenario.model_validate({"name": "t", "network": "rural3", "start": "2016-07-21", "duration": "1d",
@@ -251,8 +251,8 @@ def auction_run():
     """The main variant (P2P with feedback) of RUN_SCENARIO, round by round, with what the
     loop records: storage rows, each round's rent, the physical battery energy the
     settlement sees, the clearing result and the power the slices put at each owner."""
-    from cosim.loop import VariantRunner, prepare, variants_for
-    from cosim.scenario import Scenario
+    from cosim.config.scenario import Scenario
+    from cosim.sim.loop import VariantRunner, prepare, variants_for
 
     sc = Scenario.model_validate(RUN_SCENARIO)
     setup = prepare(sc)
@@ -298,7 +298,7 @@ def test_run_auction_is_individually_rational_and_rents_balance(auction_run):
         table = days[days.day == d].set_index("id").payment
         np.testing.assert_allclose(due[table.index], table, atol=MONEY_TOL)
         assert (due.drop(table.index) == 0).all()
-    from cosim.storage import auction_figures
+    from cosim.flex.assets import auction_figures
 
     figures = auction_figures(days)
     assert figures["battery_auction_days"] == 3
@@ -341,7 +341,7 @@ def test_report_shows_the_battery_auction(auction_run, tmp_path):
     day's shared capacity, price and rent; without it, none."""
     from test_report import make_run
 
-    from cosim.report import write_report
+    from cosim.reporting.report import write_report
 
     _, _, days, _ = auction_run
     folder = make_run(tmp_path, days=1, resolution_min=60)
@@ -381,7 +381,7 @@ def test_run_settles_the_rents(tmp_path):
     zero-sum each round with the other parties) and battery_auction.parquet beside it."""
     import yaml
 
-    from cosim.loop import run_scenario
+    from cosim.sim.loop import run_scenario
 
     path = tmp_path / "auction.yaml"
     path.write_text(yaml.safe_dump(RUN_SCENARIO))

@@ -37,7 +37,7 @@ from cosim.markets.bilateral import (
     waterfill,
 )
 from cosim.markets.pool import OUTSIDE_EPSILON
-from cosim.settlement import DSO, MARKET_OPERATOR, settle
+from cosim.sim.settlement import DSO, MARKET_OPERATOR, settle
 
 #: Tolerance on quantities of the central LP [kWh] (HiGHS's feasibility tolerance is 1e-7).
 QTY_ABS = 1e-6

@@ -51,7 +51,7 @@ from cosim.markets.community import (
     mmr_prices,
     sdr_prices,
 )
-from cosim.settlement import MARKET_OPERATOR, settle
+from cosim.sim.settlement import MARKET_OPERATOR, settle
 
 #: Tolerance on quantities [kWh] (the solver's feasibility tolerance is 1e-7).
 QTY_ABS = 1e-6

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from cosim import loop
-from cosim.compare import write_comparison
-from cosim.errors import InputError
+from cosim.config.errors import InputError
+from cosim.reporting.compare import write_comparison
+from cosim.sim import loop
 
 SCENARIO = """
 name: {name}

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cosim.dayahead import (
+from cosim.config.scenario import Scenario
+from cosim.flex.assets import build_assets
+from cosim.flex.dayahead import (
     SPLIT_EPSILON,
     THROUGHPUT_EPSILON,
     FlexModel,
@@ -17,10 +19,8 @@ from cosim.dayahead import (
     grid_cost,
     private_costs,
 )
-from cosim.networks import REPO_NETWORKS, build_net, load_network_spec
-from cosim.prosumers import build_fleet
-from cosim.scenario import Scenario
-from cosim.storage import build_assets
+from cosim.physical.fleet import build_fleet
+from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
 
 DAY = "2016-07-21"
 #: Relative tolerance of the distributed schedule against the central optimum [-].

@@ -20,10 +20,16 @@ import pandapower as pp
 import pandas as pd
 import pytest
 
-from cosim import loop
 from cosim.cli import main
-from cosim.ledger import verify
-from cosim.networks import build_net, find_network_file, load_network_spec, lv_busbar, set_islanded
+from cosim.physical.networks import (
+    build_net,
+    find_network_file,
+    load_network_spec,
+    lv_busbar,
+    set_islanded,
+)
+from cosim.sim import loop
+from cosim.virtual.ledger import verify
 
 VM_TOL_PU = 1e-6
 ENERGY_TOL_KWH = 1e-6
@@ -334,7 +340,7 @@ def test_report_says_when_p2p_leaves_the_physics_unchanged(tmp_path):
     """With no P2P market (mechanism ``none``) the runs with and without P2P are the same
     simulation: the report says in words that the market only moves money; with a market
     and price-responsive batteries, it names what P2P changes."""
-    from cosim.report import same_physics
+    from cosim.reporting.report import same_physics
 
     path = tmp_path / "none.yaml"
     path.write_text(GRID_SCENARIO.replace("name: e2e-grid", "name: e2e-none")

@@ -1,4 +1,4 @@
-"""Tests of cosim.fairness on hand-worked inputs.
+"""Tests of cosim.reporting.fairness on hand-worked inputs.
 
 Jain's index: R. Jain, D.-M. Chiu, W. R. Hawe, "A quantitative measure of fairness and
 discrimination for resource allocation in shared computer systems", DEC TR-301, 1984:
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim.fairness import (
+from cosim.reporting.fairness import (
     curtailment_per_kwp,
     fairness_summary,
     gini,
@@ -199,7 +199,7 @@ def test_report_has_a_fairness_table_and_figure(tmp_path):
     kWh/kWp, the other three 0; Jain (0.8)^2 / (5 * 0.4) = 0.32; largest share 75 %."""
     from test_report import make_run
 
-    from cosim.report import FAIRNESS_FIGURE, write_report
+    from cosim.reporting.report import FAIRNESS_FIGURE, write_report
 
     run = make_run(tmp_path, days=1, n_prosumers=5, variants=())
     settlement = pd.read_parquet(run / "settlement.parquet")
@@ -226,7 +226,7 @@ def test_report_has_a_fairness_table_and_figure(tmp_path):
 def test_report_without_prosumers_table_has_no_fairness_section(tmp_path):
     from test_report import make_run
 
-    from cosim.report import _fairness_section, _load_run
+    from cosim.reporting.report import _fairness_section, _load_run
 
     run = make_run(tmp_path, days=1, n_prosumers=3, variants=())
     assert _fairness_section(_load_run(run)) == ""
@@ -255,8 +255,7 @@ def rule_runs(tmp_path_factory):
     once per curtailment rule."""
     import warnings
 
-    from cosim import loop
-
+    from cosim.sim import loop
     base = tmp_path_factory.mktemp("rules")
     out = {}
     for rule in RULES:
@@ -287,7 +286,7 @@ def test_every_rule_keeps_the_limits_in_a_run_and_the_sharing_ones_spread_the_cu
 
 
 def test_comparison_shows_the_rules_energy_and_fairness(rule_runs, tmp_path):
-    from cosim.compare import write_comparison
+    from cosim.reporting.compare import write_comparison
 
     page = write_comparison([rule_runs[r] for r in RULES], tmp_path / "cmp")
     text = page.read_text()

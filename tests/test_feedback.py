@@ -1,4 +1,4 @@
-"""Tests of cosim.feedback: violations, linear cuts, forced curtailment, attribution, charges.
+"""Tests of cosim.sim.feedback: violations, linear cuts, forced curtailment, attribution, charges.
 
 Violations are checked on hand-made grid states; cuts, forced reduction and charges on real
 operating points of the small feeder and SimBench rural3, and re-checked with a real AC
@@ -16,7 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim.feedback import (
+from cosim.config.scenario import Feedback
+from cosim.markets import Charges, ClearingResult
+from cosim.physical.grid.powerflow import GridState, PowerFlow
+from cosim.physical.grid.sensitivities import Sensitivities, compute_sensitivities
+from cosim.physical.networks import lv_busbar, set_islanded
+from cosim.sim.feedback import (
     ATTRIBUTION_COLUMNS,
     BEHIND_REL_TOL,
     CUTS_PER_ITERATION,
@@ -31,11 +36,6 @@ from cosim.feedback import (
     margin_for,
     network_charges,
 )
-from cosim.grid.powerflow import GridState, PowerFlow
-from cosim.grid.sensitivities import Sensitivities, compute_sensitivities
-from cosim.markets import Charges, ClearingResult
-from cosim.networks import lv_busbar, set_islanded
-from cosim.scenario import Feedback
 
 #: Length of a round [h].
 DT_H = 0.25

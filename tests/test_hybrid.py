@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 from cosim.markets import MECHANISMS, Charges, MarketContext, NetworkCuts, OrderArrays, Participants
 from cosim.markets import pool as pool_module
 from cosim.markets.hybrid import (
@@ -35,7 +35,7 @@ from cosim.markets.hybrid import (
     assign_communities,
     double_auctions,
 )
-from cosim.settlement import DSO, MARKET_OPERATOR, settle
+from cosim.sim.settlement import DSO, MARKET_OPERATOR, settle
 
 #: Tolerance on quantities [kWh] (the solver's feasibility tolerance is 1e-7).
 QTY_ABS = 1e-6

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from cosim import loop
+from cosim.sim import loop
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3-islanded-winter.yaml"
-#: The feedback treats a slack within 1 W of its limit as kept (`cosim.feedback.SLACK_TOL`);
+#: The feedback treats a slack within 1 W of its limit as kept (`cosim.sim.feedback.SLACK_TOL`);
 #: over the rounds the unit spends at its lower bound that is at most a few Wh of 1 MWh.
 P_TOL_KW, SOC_TOL, ENERGY_TOL_KWH, MONEY_TOL = 1e-3, 1e-5, 1e-6, 1e-9
 

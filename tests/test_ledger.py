@@ -1,4 +1,4 @@
-"""The ledger (`cosim.ledger`): `cosim ledger verify` passes an intact run and catches any
+"""The ledger (`cosim.virtual.ledger`): `cosim ledger verify` passes an intact run and catches any
 tampering with the chain, its blocks or the run's files; a false block needs a quorum of
 colluding validators; `cosim ledger show` prints a block."""
 
@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-import cosim.admission
-from cosim import ledger
-from cosim.admission import ADMITTED, SignedOrder
+import cosim.virtual.admission
 from cosim.cli import main
-from cosim.ledger import (
+from cosim.sim.loop import run_scenario
+from cosim.virtual import ledger
+from cosim.virtual.admission import ADMITTED, SignedOrder
+from cosim.virtual.ledger import (
     SETTLEMENT_FIELDS,
     TRADE_FIELDS,
     LedgerWriter,
@@ -30,8 +31,7 @@ from cosim.ledger import (
     validator_keys,
     verify,
 )
-from cosim.loop import run_scenario
-from cosim.signing import derive_key, public_bytes
+from cosim.virtual.signing import derive_key, public_bytes
 
 ATTACK_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3-ledger-attack.yaml"
 SEED = 9
@@ -486,7 +486,7 @@ def test_cli_show_a_broken_ledger(run, copy, capsys):
 def test_attack_scenario_file():
     """The shipped attack scenario: validators and an adversary, the quorum condition
     stated in its comments."""
-    from cosim.scenario import load_scenario
+    from cosim.config.scenario import load_scenario
 
     sc = load_scenario(ATTACK_SCENARIO)
     assert sc.n_rounds == 96 and len(sc.ledger.validators) == 5
@@ -537,13 +537,13 @@ def test_parallel_verify_of_an_intact_ledger(run, monkeypatch):
     the main process verifies again only those a worker did not find valid (the forged
     ones of the attack)."""
     calls = []
-    real = cosim.admission.verify_signature
+    real = cosim.virtual.admission.verify_signature
 
     def counted(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(cosim.admission, "verify_signature", counted)  # the main process's admission
+    monkeypatch.setattr(cosim.virtual.admission, "verify_signature", counted)  # the main process's admission
     ok, message = verify(run, workers=0)
     assert ok, message
     outcomes = [o[7] for b in _blocks(run)[1:] for o in b["orders"]]

@@ -1,4 +1,4 @@
-"""The ledger's own process (`cosim.ledger_process`): the loop hands each round's rows to
+"""The ledger's own process (`cosim.virtual.ledger_process`): the loop hands each round's rows to
 a child that signs the controllers' orders, seals and writes the block. Its file must be
 byte for byte the one a writer in the loop makes with orders the controllers signed
 themselves, and a failure in the child must reach the loop."""
@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosim.admission import PENDING
-from cosim.ledger import verify
-from cosim.ledger_process import LedgerProcess, LedgerProcessError
-from cosim.loop import OrderGate, open_ledger, prepare, run_scenario, simulate_variant, variants_for
-from cosim.scenario import load_scenario
+from cosim.config.scenario import load_scenario
+from cosim.sim.loop import (
+    OrderGate,
+    open_ledger,
+    prepare,
+    run_scenario,
+    simulate_variant,
+    variants_for,
+)
+from cosim.virtual.admission import PENDING
+from cosim.virtual.ledger import verify
+from cosim.virtual.ledger_process import LedgerProcess, LedgerProcessError
 
 SCENARIO = """
 name: ledger-process

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cosim.errors import InputError
-from cosim.grid.powerflow import PowerFlow
-from cosim.networks import (
+from cosim.config.errors import InputError
+from cosim.physical.grid.powerflow import PowerFlow
+from cosim.physical.networks import (
     REPO_NETWORKS,
     build_net,
     grid_tables,

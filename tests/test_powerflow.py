@@ -1,4 +1,4 @@
-"""Tests of cosim.grid.powerflow: the fast Newton-Raphson path against pandapower.
+"""Tests of cosim.physical.grid.powerflow: the fast Newton-Raphson path against pandapower.
 
 The reference is an independent pandapower power flow: a fresh copy of the configured net
 with the same per-bus injections placed as ordinary loads (`pp.create_load`) and solved by
@@ -14,8 +14,8 @@ import numpy as np
 import pandapower as pp
 import pytest
 
-from cosim.grid.powerflow import PowerFlow
-from cosim.networks import lv_busbar, set_islanded
+from cosim.physical.grid.powerflow import PowerFlow
+from cosim.physical.networks import lv_busbar, set_islanded
 
 #: Agreement with the pandapower reference: voltage [pu], angle [rad], loading [%], power [kW].
 VM_TOL_PU = 1e-6

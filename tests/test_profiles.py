@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cosim.profiles import profile_tables, slice_profile
+from cosim.physical.profiles import profile_tables, slice_profile
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def simbench_rural3():
 
 
 def _fleet(start: dt.datetime, duration: dt.timedelta = dt.timedelta(days=1)):
-    from cosim.networks import build_net, load_network_spec
-    from cosim.prosumers import build_fleet
-    from cosim.scenario import Scenario
+    from cosim.config.scenario import Scenario
+    from cosim.physical.fleet import build_fleet
+    from cosim.physical.networks import build_net, load_network_spec
 
     spec = load_network_spec(Path(__file__).resolve().parent.parent / "networks" / "rural3.yaml")
     scenario = Scenario(name="q", network="rural3", start=start, duration=duration)
@@ -101,7 +101,7 @@ def test_start_selects_the_row_simbench_labels_with_it(simbench_rural3, label):
 
 def test_time_labels_are_simbench_s(simbench_rural3):
     """cosim's label of every profile row is SimBench's own, jump and repeat included."""
-    from cosim.profiles import PROFILE_ROWS, row_labels
+    from cosim.physical.profiles import PROFILE_ROWS, row_labels
 
     net, _ = simbench_rural3
     simbench = pd.to_datetime(net.profiles["load"]["time"], format="%d.%m.%Y %H:%M")
@@ -127,7 +127,7 @@ def test_pv_peaks_at_solar_noon_in_local_time(start, noon_h):
 
 
 def test_start_in_the_hour_daylight_saving_skips_is_refused():
-    from cosim.scenario import Scenario
+    from cosim.config.scenario import Scenario
 
     with pytest.raises(ValueError, match="does not exist in local time"):
         Scenario(name="x", network="feeder", start=dt.datetime(2016, 3, 27, 2, 30))

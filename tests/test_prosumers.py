@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim.networks import REPO_NETWORKS, build_net, load_network_spec
-from cosim.prosumers import Batteries, build_fleet, make_orders
-from cosim.scenario import Scenario
+from cosim.config.scenario import Scenario
+from cosim.physical.fleet import Batteries, build_fleet, make_orders
+from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
 
 
 @settings(max_examples=80, deadline=None)

@@ -1,4 +1,4 @@
-"""Tests of cosim.report on small synthetic run folders that follow the results contract."""
+"""Tests of cosim.reporting.report on small synthetic run folders that follow the results contract."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cosim.errors import InputError
-from cosim.report import FIGURES, MAX_POINTS, _load_run, _time_base, write_report
+from cosim.config.errors import InputError
+from cosim.reporting.report import FIGURES, MAX_POINTS, _load_run, _time_base, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE_FIGURES = [n for n in FIGURES if n != "grid_forming"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cosim import loop
 from cosim.cli import main
-from cosim.ledger import verify
+from cosim.sim import loop
+from cosim.virtual.ledger import verify
 
 # feedback binds (tight voltage and loading limits), zero-intelligence bids use the
 # random generator, batteries carry state: everything a checkpoint must restore
@@ -133,7 +133,7 @@ def test_resume_refuses_a_changed_scenario(reference, tmp_path, monkeypatch, cap
 
 def test_merge_parts_takes_the_union_of_columns(tmp_path):
     """A figure a mechanism reports only in some rounds becomes a column with nulls elsewhere."""
-    from cosim.results import merge_parts
+    from cosim.io.results import merge_parts
 
     a, b, c = tmp_path / "0.parquet", tmp_path / "1.parquet", tmp_path / "2.parquet"
     pd.DataFrame({"round": [0, 1], "x": [1.0, 2.0]}).to_parquet(a, index=False)

@@ -1,4 +1,4 @@
-"""Tests of cosim.grid.sensitivities against finite differences of the AC power flow.
+"""Tests of cosim.physical.grid.sensitivities against finite differences of the AC power flow.
 
 The voltage sensitivities come from the inverse of the Newton-Raphson power-flow Jacobian
 at the operating point (one LU factorisation, one solve per injection bus), the standard
@@ -18,9 +18,13 @@ import copy
 import numpy as np
 import pytest
 
-from cosim.grid.powerflow import PowerFlow
-from cosim.grid.sensitivities import AdjointSensitivities, compute_sensitivities, loss_factors
-from cosim.networks import lv_busbar, set_islanded
+from cosim.physical.grid.powerflow import PowerFlow
+from cosim.physical.grid.sensitivities import (
+    AdjointSensitivities,
+    compute_sensitivities,
+    loss_factors,
+)
+from cosim.physical.networks import lv_busbar, set_islanded
 
 #: Finite-difference step [kW injected].
 FD_STEP_KW = 0.2

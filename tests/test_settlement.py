@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cosim.markets import Charges, MarketContext, OrderArrays
 from cosim.markets.base import fallback_result
 from cosim.markets.uniform import NoP2P, UniformDoubleAuction
-from cosim.settlement import DSO, MARKET_OPERATOR, settle
+from cosim.sim.settlement import DSO, MARKET_OPERATOR, settle
 
 N = 12
 MONEY_TOL = 1e-9

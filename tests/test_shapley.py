@@ -58,7 +58,7 @@ from cosim.markets.shapley import (
     share_prices,
     subset_matrix,
 )
-from cosim.settlement import MARKET_OPERATOR, settle
+from cosim.sim.settlement import MARKET_OPERATOR, settle
 
 #: Tolerance on quantities [kWh] (HiGHS's feasibility tolerance is 1e-7).
 QTY_ABS = 1e-6

@@ -1,4 +1,4 @@
-"""Keys, canonical encoding and Merkle trees of the virtual layer (`cosim.signing`)."""
+"""Keys, canonical encoding and Merkle trees of the virtual layer (`cosim.virtual.signing`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim.signing import (
+from cosim.virtual.signing import (
     EMPTY_ROOT,
     KDF_SALT,
     ORDER_TAG,

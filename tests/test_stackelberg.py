@@ -53,7 +53,7 @@ from cosim.markets.stackelberg import (
     nash_gains,
     seller_payoffs,
 )
-from cosim.settlement import settle
+from cosim.sim.settlement import settle
 
 #: Tolerance on quantities from the QPs [kWh].
 QTY_ABS = 1e-5

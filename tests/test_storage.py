@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cosim.admission import physical_limits
-from cosim.errors import InputError
-from cosim.networks import REPO_NETWORKS, build_net, load_network_spec
-from cosim.prosumers import Batteries, build_fleet
-from cosim.scenario import Scenario
-from cosim.storage import STORAGE_COLUMNS, SessionTable, _SessionState, build_assets
+from cosim.config.errors import InputError
+from cosim.config.scenario import Scenario
+from cosim.flex.assets import STORAGE_COLUMNS, SessionTable, _SessionState, build_assets
+from cosim.physical.fleet import Batteries, build_fleet
+from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
+from cosim.virtual.admission import physical_limits
 
 #: Energy balance tolerance [kWh].
 KWH_TOL = 1e-9
@@ -222,7 +222,7 @@ def test_bad_sessions_csv_lists_every_problem(fleet, tmp_path):
 
 def test_storage_section_is_validated(tmp_path):
     """Unknown fields and impossible settings of the storage section are named."""
-    from cosim.scenario import load_scenario
+    from cosim.config.scenario import load_scenario
 
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nnetwork: rural3\nstorage:\n  strategy: magic\n  battery_soc_min: 0.9\n"
@@ -250,8 +250,14 @@ def test_report_draws_storage_figures_only_with_storage_parquet(fleet, tmp_path)
 
     from test_report import make_run
 
-    from cosim.report import FIGURES, STORAGE_FIGURES, _figures_for, _load_run, write_report
-    from cosim.storage import summarize_storage
+    from cosim.flex.assets import summarize_storage
+    from cosim.reporting.report import (
+        FIGURES,
+        STORAGE_FIGURES,
+        _figures_for,
+        _load_run,
+        write_report,
+    )
 
     folder = make_run(tmp_path, days=1, resolution_min=60)
     assert not set(_figures_for(_load_run(folder))) & set(STORAGE_FIGURES)

@@ -18,7 +18,7 @@ they are not clamped to the outside tariffs (the controllers bid inside them any
 
 What buyers pay and sellers receive need not match: the difference is the auctioneer's
 surplus (or deficit) and is settled to ``market_operator`` automatically (its bill is
-``-(sum paid - sum received)``, see `cosim.settlement`). ``info["operator_surplus"]``
+``-(sum paid - sum received)``, see `cosim.sim.settlement`). ``info["operator_surplus"]``
 holds it for the round [currency].
 
 Trade reduction removes P2P volume from an efficient allocation. The reduced allocation

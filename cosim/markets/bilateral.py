@@ -106,7 +106,7 @@ in ``info["admm_gap"]`` [currency] with ``info["admm_iterations"]``. The tests b
 on random books by ``(active slots + 2 n) * admm_tolerance_kwh * max(voll, 1) +
 (total quantity) * admm_price_tolerance_per_kwh``, and check the trades against the
 central ones wherever the central optimum is unique. On the benchmark's books
-(`cosim.bench_bilateral`, default tolerances) the relative welfare gap stayed below
+(`cosim.bench.bilateral`, default tolerances) the relative welfare gap stayed below
 3e-4 from 100 to 1,000 prosumers.
 """
 

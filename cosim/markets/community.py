@@ -91,7 +91,7 @@ logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)
 
 #: The community manager's party name (settlement's ``MARKET_OPERATOR``; not imported
-#: from cosim.settlement, which imports this package).
+#: from cosim.sim.settlement, which imports this package).
 MANAGER = "market_operator"
 #: Tie-breaking cost of a kWh traded with the outside party [currency/kWh].
 OUTSIDE_COST = 1e-5

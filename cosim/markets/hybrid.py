@@ -101,7 +101,7 @@ import numpy as np
 import pandas as pd
 from pydantic import field_validator, model_validator
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 from cosim.markets.auctions import MECHANISMS as AUCTION_MECHANISMS
 from cosim.markets.auctions import PRICE_SLACK, fill_in_merit_order, merit_order
 from cosim.markets.base import (

@@ -141,7 +141,7 @@ from cosim.markets.uniform import failed_result, merit_order_matching
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
 
 #: The coalition manager's party name (settlement's ``MARKET_OPERATOR``; not imported
-#: from cosim.settlement, which imports this package).
+#: from cosim.sim.settlement, which imports this package).
 MANAGER = "market_operator"
 #: Values and shares below this count as zero [currency].
 VALUE_TOL = 1e-9

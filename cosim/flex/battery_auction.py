@@ -107,7 +107,7 @@ a per-round market mechanism of `cosim.markets`.
 In runs (``storage.battery_auction``)
 -------------------------------------
 With ``storage.battery_auction.enabled`` the home batteries' capacity is shared by the
-auction each day, and `cosim.storage.FlexibleAssets.dispatch` runs it (`CapacityShares`):
+auction each day, and `cosim.flex.assets.FlexibleAssets.dispatch` runs it (`CapacityShares`):
 
 - *Days.* An auction day starts at the run's first round and at the first round of
   every day at ``day_start_h`` (local time); the auction is held in its first round.
@@ -431,7 +431,7 @@ def capacity_value_per_kwh(scenario) -> float:
     ``storage.battery_auction.value_per_kwh``, or by default what one self-consumption
     cycle of it saves, (retail - feed-in) x charge x discharge efficiency.
 
-    >>> from cosim.scenario import Scenario
+    >>> from cosim.config.scenario import Scenario
     >>> round(capacity_value_per_kwh(Scenario(name="x", network="feeder")), 6)  # (0.3 - 0.08) * 0.95**2
     0.19855
     """
@@ -502,7 +502,7 @@ class AuctionDays:
     def build(cls, scenario, fleet, forecast_kw: np.ndarray) -> AuctionDays:
         """The days of a run (see the module docstring, *In runs*) from its scenario, fleet
         and the forecast of every prosumer's net load before flexible assets
-        [rounds x prosumers] [kW] (`cosim.storage.forecast_net_kw`)."""
+        [rounds x prosumers] [kW] (`cosim.flex.assets.forecast_net_kw`)."""
         ba = scenario.storage.battery_auction
         n = scenario.n_rounds
         times = pd.DatetimeIndex(fleet.time[:n])

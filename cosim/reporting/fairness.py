@@ -1,7 +1,7 @@
 """Fairness of curtailment and load shedding among the prosumers of a run.
 
 Who carries the curtailment (and, islanded, the shedding) is a question regulators and
-DSOs ask of every curtailment rule (`cosim.feedback.forced_reduction`). The figures here
+DSOs ask of every curtailment rule (`cosim.sim.feedback.forced_reduction`). The figures here
 are pure functions of the run's tables:
 
 - **per-kWp curtailment** of PV owner i: ``c_i / P_i`` [kWh/kWp], its curtailed energy

@@ -1,6 +1,6 @@
 """Scaling benchmark of the multi-bilateral market (`bilateral`): time per round against prosumers.
 
-``python -m cosim.bench_bilateral --prosumers 100 250 500 1000 --rounds N`` clears N
+``python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds N`` clears N
 random order books at each size, centrally (one LP, persistent HiGHS) and by consensus
 ADMM (closed-form prosumer steps, warm-started from the previous round), and writes
 results/bench/bilateral.json and a table.
@@ -32,7 +32,7 @@ import numpy as np
 from cosim.markets.base import MarketContext, OrderArrays, Participants
 from cosim.markets.bilateral import MultiBilateral
 
-#: Network-cut slots of the models, as in the co-simulation loop (`cosim.loop.MAX_CUTS`).
+#: Network-cut slots of the models, as in the co-simulation loop (`cosim.sim.loop.MAX_CUTS`).
 MAX_CUTS = 40
 RETAIL_PER_KWH, FEED_IN_PER_KWH = 0.30, 0.08
 
@@ -125,7 +125,7 @@ def run(prosumers: list[int], rounds: int, out: str | Path = "results/bench", se
         sizes.append(bench_size(n, rounds, seed, options))
         print(format_row(sizes[-1]), file=sys.stderr, flush=True)
     result = {
-        "command": f"python -m cosim.bench_bilateral --prosumers {' '.join(map(str, prosumers))} --rounds {rounds}"
+        "command": f"python -m cosim.bench.bilateral --prosumers {' '.join(map(str, prosumers))} --rounds {rounds}"
                    f" --seed {seed}" + (f" --max-partners {options['max_partners']}" if options else ""),
         "rounds": rounds,
         "seed": seed,
@@ -167,7 +167,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosim.bench_bilateral", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cosim.bench.bilateral", description=__doc__.splitlines()[0])
     parser.add_argument("--prosumers", type=int, nargs="+", default=[100, 250, 500, 1000])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ loads and ``storage.strategy: rule``.
 
 Assets
 ------
-- **Batteries** (`cosim.prosumers.Batteries`): kWh capacity, kW limit, charge and
+- **Batteries** (`cosim.physical.fleet.Batteries`): kWh capacity, kW limit, charge and
   discharge efficiency, state-of-charge bounds.
 - **EVs** and **shiftable loads** are *session assets* (`SessionTable`): each must reach
   an energy by a deadline. An EV session runs from arrival to departure; it starts with
@@ -26,7 +26,7 @@ Strategies (``storage.strategy``)
   (uncontrolled charging); shiftable loads run at full power from the window's start;
   batteries then self-consume on the net load that includes both.
 - ``private``, ``central``, ``distributed``: every ``reschedule_every`` a
-  `cosim.dayahead.DayAheadPlanner` schedules all assets for the next 24 h against the
+  `cosim.flex.dayahead.DayAheadPlanner` schedules all assets for the next 24 h against the
   forecast; the rounds then follow that schedule (as far as the assets physically can),
   and whatever the forecast got wrong is traded in the real-time market. If a schedule
   fails, the rule runs until the next one and the failure is in `dayahead_table`.
@@ -35,7 +35,7 @@ Shared battery capacity (``storage.battery_auction``)
 ----------------------------------------------------
 With the auction enabled (``rule`` or ``price`` only), each day the households with a
 battery share part of its capacity with households that have PV and no battery, by the
-auction of `cosim.battery_auction` (its docstring, *In runs*, gives the design): the
+auction of `cosim.flex.battery_auction` (its docstring, *In runs*, gives the design): the
 owner's own account shrinks by what it shares, each winner's slice charges from the
 winner's surplus and discharges into its deficit, and the slices' power is added to the
 owner's net load, at the owner's bus, since the energy is in the owner's battery.
@@ -58,10 +58,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.battery_auction import AuctionDays, CapacityShares
-from cosim.errors import InputError
-from cosim.prosumers import Batteries, Fleet
-from cosim.scenario import PROFILE_END, PROFILE_START, Scenario
+from cosim.config.errors import InputError
+from cosim.config.scenario import PROFILE_END, PROFILE_START, Scenario
+from cosim.flex.battery_auction import AuctionDays, CapacityShares
+from cosim.physical.fleet import Batteries, Fleet
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ def history_net_kw(scenario: Scenario, fleet: Fleet, profile_code: str) -> np.nd
     Cut from the same SimBench profiles as the fleet; a run that starts on 2016-01-01
     takes the last day of 2016 instead (the profiles cover 2016 only).
     """
-    from cosim.profiles import profile_tables, slice_profile
+    from cosim.physical.profiles import profile_tables, slice_profile
 
     day = dt.timedelta(days=1)
     start = scenario.start - day
@@ -455,7 +455,7 @@ def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
 
     Parameters
     ----------
-    scenario, fleet : the run's scenario and fleet (`cosim.prosumers.build_fleet`)
+    scenario, fleet : the run's scenario and fleet (`cosim.physical.fleet.build_fleet`)
     net : the pandapower net (for the transformer rating of central schedules)
     spec : the `NetworkSpec` (for the profiles of the day before the run, persistence forecasts)
     scenario_path : the scenario file (``storage.ev.sessions_csv`` is relative to it)
@@ -485,7 +485,7 @@ def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
                         len(bad), table.kind, bad.id.iloc[0], bad.required_kwh.iloc[0], bad.reachable_kwh.iloc[0])
     planner = None
     if st.strategy not in ("rule", "price"):
-        from cosim.dayahead import DayAheadPlanner
+        from cosim.flex.dayahead import DayAheadPlanner
 
         history = None
         if st.forecast == "persistence" and spec is not None:
@@ -563,7 +563,7 @@ def price_threshold_per_kwh(scenario: Scenario) -> float:
     """The ``price`` strategy's threshold [currency/kWh]: the scenario's, or midway between
     the feed-in tariff and the retail tariff times the batteries' round-trip efficiency.
 
-    >>> from cosim.scenario import Scenario
+    >>> from cosim.config.scenario import Scenario
     >>> round(price_threshold_per_kwh(Scenario(name="x", network="feeder")), 6)  # (0.08 + 0.3 * 0.95**2) / 2
     0.175375
     """
@@ -700,7 +700,7 @@ class FlexibleAssets:
 
     def limits_kwh(self, t: int, load_kw: np.ndarray, pv_kw: np.ndarray, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
         """Most each prosumer can deliver and absorb in round t, before dispatch [kWh]
-        (what `cosim.admission.physical_limits` computes, with EVs and shiftable loads).
+        (what `cosim.virtual.admission.physical_limits` computes, with EVs and shiftable loads).
 
         Batteries: power limit and state of charge within its bounds; EVs and shiftable
         loads: the charger or appliance power while plugged in / in the window (and the
@@ -824,7 +824,7 @@ class FlexibleAssets:
 
     def dayahead_table(self) -> pd.DataFrame:
         """One row per day-ahead solve: round, mode, forecast, status, costs, iterations, time."""
-        from cosim.dayahead import PLAN_COLUMNS
+        from cosim.flex.dayahead import PLAN_COLUMNS
 
         if not self.plans:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})
@@ -839,7 +839,7 @@ class FlexibleAssets:
 
     def battery_auction_table(self) -> pd.DataFrame | None:
         """Every day's battery auction, one row per party
-        (`cosim.battery_auction.AUCTION_COLUMNS`); None without ``storage.battery_auction``."""
+        (`cosim.flex.battery_auction.AUCTION_COLUMNS`); None without ``storage.battery_auction``."""
         return self.shares.table() if self.shares is not None else None
 
     def summary(self) -> dict:
@@ -924,7 +924,7 @@ def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> d
 
 
 def auction_figures(days: pd.DataFrame) -> dict:
-    """Key figures of a run's battery auction (`cosim.battery_auction.AUCTION_COLUMNS`):
+    """Key figures of a run's battery auction (`cosim.flex.battery_auction.AUCTION_COLUMNS`):
     ``battery_auction_days``, capacity shared summed over the days ``battery_shared_kwh``
     [kWh], rent paid ``battery_rent`` [currency], ``battery_auction_winners`` and
     ``battery_auction_sharing_owners`` (households that won or shared on any day)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 from cosim.markets import MECHANISMS, MarketContext, OrderArrays, Participants, get_mechanism
 
 #: Columns an order CSV must have.
@@ -195,7 +195,7 @@ def participants_of(path: str | Path, book: pd.DataFrame, network: str | None) -
     if network is None:
         raise InputError(path, ["bus: expected --network NAME, the network whose buses these are "
                                 "(it gives their line distances and feeders), found buses and no --network"])
-    from cosim.networks import (
+    from cosim.physical.networks import (
         build_net,
         feeder_of_buses,
         find_network_file,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.loop import OrderGate, open_ledger, prepare, simulate_variant, variants_for
-from cosim.scenario import PROFILE_END, Scenario, load_scenario
+from cosim.config.scenario import PROFILE_END, Scenario, load_scenario
+from cosim.sim.loop import OrderGate, open_ledger, prepare, simulate_variant, variants_for
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3-summer-pv.yaml"
 STAGES = ["orders_ms", "clear_ms", "pf_ms", "sens_ms", "settle_ms", "ledger_ms", "record_ms"]

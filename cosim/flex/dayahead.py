@@ -78,7 +78,7 @@ import numpy as np
 import pyomo.environ as pyo
 from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
-from cosim.storage import AssetSpec
+from cosim.flex.assets import AssetSpec
 
 #: Tie-breaking cost of battery and charger throughput [currency/kWh].
 THROUGHPUT_EPSILON = 1e-5

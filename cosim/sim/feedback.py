@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cosim.grid.powerflow import GridState
-from cosim.grid.sensitivities import Sensitivities
+from cosim.config.scenario import Feedback
 from cosim.markets import Charges, ClearingResult, NetworkCuts, OrderArrays
-from cosim.scenario import Feedback
+from cosim.physical.grid.powerflow import GridState
+from cosim.physical.grid.sensitivities import Sensitivities
 
 #: Forced curtailment/shedding steps after the last clearing.
 MAX_FORCED_STEPS = 4

@@ -24,7 +24,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from cosim.networks import cache_dir
+from cosim.physical.networks import cache_dir
 
 #: SimBench profiles cover the leap year 2016 at 15-min resolution.
 PROFILE_STEP = dt.timedelta(minutes=15)

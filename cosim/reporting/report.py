@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 
 matplotlib.use("Agg")
 
@@ -1723,7 +1723,7 @@ def _storage_html(run: _Run) -> str:
 
 
 def _battery_auction_html(run: _Run) -> str:
-    """The battery auction's days (battery_auction.parquet, `cosim.battery_auction.AUCTION_COLUMNS`),
+    """The battery auction's days (battery_auction.parquet, `cosim.flex.battery_auction.AUCTION_COLUMNS`),
     if the run has them: per day, who shared and who won how much capacity, at what price,
     for what rent; and the biggest winners of the run."""
     path = run.run_dir / "battery_auction.parquet"
@@ -1753,7 +1753,7 @@ def _battery_auction_html(run: _Run) -> str:
     top = ", ".join(f"{esc(str(i))} {r.kwh:.2f} kWh for {r.rent:.2f}" for i, r in won.iterrows())
     return (
         "<h2>Battery auction</h2><p>Main run (P2P + feedback). Each day the households with a battery offer "
-        "the empty part of it and the PV owners without one bid for slices of it (cosim.battery_auction, "
+        "the empty part of it and the PV owners without one bid for slices of it (cosim.flex.battery_auction, "
         f"after Tushar et al. 2016); winners pay the rent [{cur}] in the day's first round. Capacities in kWh, "
         f"prices in {cur}/kWh of capacity for the day.</p>"
         "<table class='kpi'><thead><tr><th>Day</th><th>Start</th><th>Hours</th><th>Owners sharing</th>"
@@ -1767,7 +1767,7 @@ def _battery_auction_html(run: _Run) -> str:
 
 #: The fairness section's figure (figures/<name>.png), drawn when a variant curtailed or shed.
 FAIRNESS_FIGURE = "fairness"
-#: Rows of the fairness table: (key of `cosim.fairness.fairness_figures`, label, unit, format);
+#: Rows of the fairness table: (key of `cosim.reporting.fairness.fairness_figures`, label, unit, format);
 #: "{u}" is the unit of the normalised values.
 _FAIRNESS_ROWS = (
     ("total_kwh", "Energy", "kWh", "energy"),
@@ -1781,9 +1781,13 @@ _FAIRNESS_ROWS = (
 
 
 def _fairness_tables(run: _Run, problems: list[str]) -> dict[str, pd.DataFrame]:
-    """Per variant with a settlement that has the needed columns: `cosim.fairness.per_prosumer`.
+    """Per variant with a settlement that has the needed columns: `cosim.reporting.fairness.per_prosumer`.
     Tables without them go to ``problems``; none at all without prosumers.parquet."""
-    from cosim.fairness import FAIRNESS_PROSUMER_COLUMNS, FAIRNESS_SETTLEMENT_COLUMNS, per_prosumer
+    from cosim.reporting.fairness import (
+        FAIRNESS_PROSUMER_COLUMNS,
+        FAIRNESS_SETTLEMENT_COLUMNS,
+        per_prosumer,
+    )
 
     path = run.run_dir / "prosumers.parquet"
     if not path.is_file():
@@ -1850,11 +1854,11 @@ def _fig_fairness(tables: dict[str, pd.DataFrame], labels: dict[str, str], path:
 
 
 def _fairness_section(run: _Run) -> str:
-    """Who carried the curtailment and the shedding: a table of `cosim.fairness` figures per
+    """Who carried the curtailment and the shedding: a table of `cosim.reporting.fairness` figures per
     variant and a figure (figures/fairness.png, drawn here). Empty when the run folder
     lacks prosumers.parquet or the settlement's load column; a sentence when nothing was
     curtailed or shed."""
-    from cosim.fairness import fairness_figures
+    from cosim.reporting.fairness import fairness_figures
 
     problems: list[str] = []
     tables = _fairness_tables(run, problems)
@@ -1962,7 +1966,7 @@ def _html(run: _Run, captions: dict[str, str]) -> str:
             f"<figcaption><b>Figure {i}. {esc(heading)}.</b> {esc(caption)}</figcaption></figure>"
         )
     parts.append(
-        f"<p class='small'>Drawn by cosim.report from the files in "
+        f"<p class='small'>Drawn by cosim.reporting.report from the files in "
         f"{esc(run.run_dir.name)}/.</p></body></html>"
     )
     return "\n".join(parts)
@@ -2006,13 +2010,13 @@ def write_report(run_dir: str | pathlib.Path) -> pathlib.Path:
 
     Raises
     ------
-    cosim.errors.InputError
+    cosim.config.errors.InputError
         If ``summary.json`` or ``rounds.parquet`` is missing or unreadable, or a table lacks
         a column the report needs; lists every problem found. Nothing is written.
 
     Examples
     --------
-    >>> from cosim.report import write_report
+    >>> from cosim.reporting.report import write_report
     >>> write_report("results/rural3-summer-pv")  # doctest: +SKIP
     PosixPath('results/rural3-summer-pv/report.html')
     """

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 
 #: SimBench profiles cover the leap year 2016 at 15-min resolution.
 PROFILE_START = dt.datetime(2016, 1, 1)
@@ -193,7 +193,7 @@ class Islanded(_Frozen):
 
 
 class Adversary(_Frozen):
-    """Bad orders injected to exercise order admission (see `cosim.admission.Adversary`).
+    """Bad orders injected to exercise order admission (see `cosim.virtual.admission.Adversary`).
 
     Honest controllers never send a bad order; each share is the chance that one of the
     round's honest orders draws that attack. All zero (the default): no attack.
@@ -332,7 +332,7 @@ class ShiftableLoads(_Frozen):
 
 
 class Distributed(_Frozen):
-    """Dual decomposition of the central day-ahead schedule (see `cosim.dayahead`)."""
+    """Dual decomposition of the central day-ahead schedule (see `cosim.flex.dayahead`)."""
 
     tolerance: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
     """Stop when the certified gap between the schedule's cost and the lower bound on the
@@ -343,7 +343,7 @@ class Distributed(_Frozen):
 
 class BatteryAuction(_Frozen):
     """The home batteries' capacity shared each day by the auction of
-    `cosim.battery_auction` (after Tushar et al. 2016): households with a battery (owners)
+    `cosim.flex.battery_auction` (after Tushar et al. 2016): households with a battery (owners)
     offer the empty part of their usable capacity, households with PV and no battery
     (facilities) bid for it; each winner gets a slice of the owners' batteries for the
     day, charged from its surplus and discharged into its deficit, and pays the rent in
@@ -369,7 +369,7 @@ class Storage(_Frozen):
     ``strategy``: ``rule`` runs each battery by the self-consumption rule, charges each
     EV at full power from arrival and runs each shiftable load as soon as its window
     opens; ``private``, ``central`` and ``distributed`` schedule every asset a day ahead
-    (see `cosim.dayahead`) and the real-time rounds follow the schedule.
+    (see `cosim.flex.dayahead`) and the real-time rounds follow the schedule.
     """
 
     strategy: Literal["rule", "price", "private", "central", "distributed"] = "rule"
@@ -437,7 +437,7 @@ class Scenario(_Frozen):
     mode: Literal["grid-connected", "islanded"] = "grid-connected"
     start: dt.datetime = dt.datetime(2016, 6, 13)
     """First round [local wall-clock time, Europe/Berlin with daylight saving, 2016]: it
-    selects the SimBench profile row labelled with this time (see `cosim.profiles`)."""
+    selects the SimBench profile row labelled with this time (see `cosim.physical.profiles`)."""
     duration: Duration = dt.timedelta(days=7)
     resolution: Duration = dt.timedelta(minutes=15)
     seed: int = 42
@@ -475,7 +475,7 @@ class Scenario(_Frozen):
                 f"expected duration >= resolution, found {format_duration(self.duration)} < "
                 f"{format_duration(self.resolution)}"
             )
-        from cosim.profiles import PROFILE_ROWS, PROFILE_STEP, profile_row
+        from cosim.physical.profiles import PROFILE_ROWS, PROFILE_STEP, profile_row
 
         try:
             first = profile_row(self.start)
@@ -557,7 +557,7 @@ def load_scenario(path: str | Path) -> Scenario:
     the network file exists and is valid.
     """
     from cosim.markets import MECHANISMS
-    from cosim.networks import find_network_file, load_network_spec
+    from cosim.physical.networks import find_network_file, load_network_spec
 
     path = Path(path)
     data = read_yaml(path)

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.admission import REJECTION_COLUMNS
-from cosim.feedback import ATTRIBUTION_COLUMNS
+from cosim.flex.assets import STORAGE_COLUMNS
 from cosim.markets import TRADE_COLUMNS
-from cosim.settlement import NUMERIC_COLUMNS, settlement_frame
-from cosim.storage import STORAGE_COLUMNS
+from cosim.sim.feedback import ATTRIBUTION_COLUMNS
+from cosim.sim.settlement import NUMERIC_COLUMNS, settlement_frame
+from cosim.virtual.admission import REJECTION_COLUMNS
 
 ROUND_COLUMNS = [
     "round", "time", "iterations", "pf_converged", "cleared_kwh", "price_per_kwh", "grid_import_kwh",
@@ -72,7 +72,7 @@ class Recorder:
     files ``<folder>/.parts/<table>/<chunk>.parquet`` and emptied, so memory stays flat over
     a year. `finish` merges each table's parts, one at a time, into ``<folder>/<table>.parquet``
     (one row group per chunk) and removes the parts. A checkpoint taken after `flush` can
-    resume a run from the next chunk (`cosim.loop`).
+    resume a run from the next chunk (`cosim.sim.loop`).
     """
 
     def __init__(self, folder: Path, n_rounds: int, buses: np.ndarray, lines: np.ndarray, trafos: np.ndarray,
@@ -113,7 +113,7 @@ class Recorder:
     def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: np.ndarray,
                attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None,
                storage: pd.DataFrame | dict[str, np.ndarray] | None = None) -> None:
-        """Add one round (`settlement`: `cosim.settlement.settle_matrix`). Once `full`, the
+        """Add one round (`settlement`: `cosim.sim.settlement.settle_matrix`). Once `full`, the
         caller writes the chunk with `flush`."""
         i = row["round"] - self.first
         if i != len(self.rows):
@@ -199,7 +199,7 @@ class Recorder:
         return pd.concat(self.rejections, ignore_index=True)[REJECTION_COLUMNS]
 
     def storage_table(self) -> pd.DataFrame:
-        """State of charge and power of every flexible asset, per round (`cosim.storage.STORAGE_COLUMNS`)."""
+        """State of charge and power of every flexible asset, per round (`cosim.flex.assets.STORAGE_COLUMNS`)."""
         if not self.storage:
             types = {"round": "int64", "id": object, "asset": object, "plugged": bool}
             return pd.DataFrame({c: pd.Series(dtype=types.get(c, float)) for c in STORAGE_COLUMNS})

@@ -4,7 +4,7 @@ Every load of the network is a prosumer. The scenario's shares decide, with its 
 who has rooftop PV and who has a battery. Each round a controller runs the battery by a
 self-consumption rule (charge from surplus, discharge into deficit) or, with a day-ahead
 schedule, by that schedule (`Batteries.follow`; EVs and shiftable loads are in
-`cosim.storage`), takes the role of buyer, seller or idle from the net position that
+`cosim.flex.assets`), takes the role of buyer, seller or idle from the net position that
 remains, and submits one order.
 
 Sign convention: net load is positive when a prosumer consumes (pandapower's load
@@ -20,9 +20,9 @@ import numpy as np
 import pandapower as pp
 import pandas as pd
 
-from cosim.networks import NetworkSpec
-from cosim.profiles import profile_tables, slice_profile
-from cosim.scenario import Scenario
+from cosim.config.scenario import Scenario
+from cosim.physical.networks import NetworkSpec
+from cosim.physical.profiles import profile_tables, slice_profile
 
 #: Columns of an order book, in this order.
 ORDER_COLUMNS = ["id", "bus", "side", "quantity_kwh", "price_per_kwh"]
@@ -195,7 +195,7 @@ class Batteries:
         """Batteries with these ones' efficiencies and their own capacity [kWh], power
         limit [kW], state of charge and bounds [0..1] (scalars or one per battery): a part
         of these batteries run on its own account, as the owners' own accounts and the
-        winners' slices of `cosim.battery_auction.CapacityShares` are.
+        winners' slices of `cosim.flex.battery_auction.CapacityShares` are.
 
         >>> b = Batteries(np.array([10.0]), np.array([5.0]), 0.9, np.array([0.5]))
         >>> half = b.part(b.e_kwh / 2, b.p_kw / 2, np.array([0.0]))

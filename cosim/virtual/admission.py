@@ -1,6 +1,6 @@
 """Order admission: the market's gate between the controllers and the clearing.
 
-Each round every prosumer's smart controller signs its order (see `cosim.signing` for
+Each round every prosumer's smart controller signs its order (see `cosim.virtual.signing` for
 the bytes it signs: round, nonce, id, side, quantity, price). The market admits an order
 only if all of these hold, checked in this order; the first that fails is the reason of
 the rejection:
@@ -23,13 +23,13 @@ reason                      the order is rejected when
 
 Admission keeps one number per key, the last admitted nonce, and changes it only when
 it admits an order. A rejected order is treated as no order: the prosumer's physical
-net position is then traded with the outside party (see `cosim.loop`). Nothing else of
+net position is then traded with the outside party (see `cosim.sim.loop`). Nothing else of
 the round is lost.
 
 Honest controllers never send a bad order, so `Adversary` injects some on demand
 (scenario ``ledger.adversary``) to exercise the gate end to end.
 
->>> from cosim.signing import public_bytes
+>>> from cosim.virtual.signing import public_bytes
 >>> ctl = Controllers(7, ["P000", "P001"])
 >>> gate = Admission(ctl.public_keys)
 >>> orders = ctl.sign(0, [("P000", "buy", 0.5, 0.3), ("P001", "sell", 9.0, 0.1)])
@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cosim.signing import (
+from cosim.virtual.signing import (
     derive_key,
     load_public_key,
     order_message,
@@ -96,7 +96,7 @@ class SignedOrder(NamedTuple):
     signature: bytes
 
     def message(self) -> bytes:
-        """The signed bytes (`cosim.signing.order_message`)."""
+        """The signed bytes (`cosim.virtual.signing.order_message`)."""
         return order_message(self.round, self.nonce, self.id, self.side, self.quantity_kwh, self.price_per_kwh)
 
 
@@ -170,7 +170,7 @@ class Controllers:
         """Each controller commits to its order for round `round_no` (one per id; `buy`
         True for a bid, False for an offer) and takes its next nonce, but does not sign
         yet: the ledger signs each order with its controller's key when it writes the
-        round's block (`cosim.ledger.LedgerWriter`, in its own process beside the
+        round's block (`cosim.virtual.ledger.LedgerWriter`, in its own process beside the
         rounds). Ed25519 signatures are deterministic (RFC 8032), so the ledger holds the
         same bytes as if the controller had signed here, and `cosim ledger verify` checks
         every one of them. The market admits commitments with
@@ -265,7 +265,7 @@ class Admission:
         controller signed it, with the key registered for its id, so its check cannot
         fail; skipping it changes no outcome and saves most of the gate's time. Every
         other order (forged, altered, from an unknown or re-keyed id, replayed from
-        earlier rounds) is verified, and `cosim.ledger.verify` checks every signature
+        earlier rounds) is verified, and `cosim.virtual.ledger.verify` checks every signature
         of the run again.
     """
 

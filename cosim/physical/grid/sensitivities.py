@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse.linalg import splu
 
-from cosim.grid.powerflow import GridState, PowerFlow
+from cosim.physical.grid.powerflow import GridState, PowerFlow
 
 
 @dataclass(frozen=True)

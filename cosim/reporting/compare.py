@@ -2,7 +2,7 @@
 
 Meant for comparing market designs on the same feeder and week: a table of key figures
 (bills, welfare, the operator's surplus or deficit, self-sufficiency, violations,
-curtailment and who carries it (`cosim.fairness`), network charges, time per round) and
+curtailment and who carries it (`cosim.reporting.fairness`), network charges, time per round) and
 figures of prices, bills per prosumer, the operator's balance, the grid's limits and the
 curtailment per kWp of each PV owner. Reads only the runs' result files.
 """
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cosim.errors import InputError  # noqa: E402
+from cosim.config.errors import InputError  # noqa: E402
 
 #: Amounts below this are rounding noise [currency].
 MONEY_EPS = 1e-6
@@ -104,10 +104,10 @@ class Run:
         return float(np.sum(np.array(diffs) > 1e-6)) if diffs else np.nan
 
     def fairness(self, part: str, key: str) -> float:
-        """A figure of `cosim.fairness.fairness_summary` (part ``curtailment`` or ``shedding``)
+        """A figure of `cosim.reporting.fairness.fairness_summary` (part ``curtailment`` or ``shedding``)
         of the main variant; NaN if undefined or the run has no prosumers.parquet."""
         if self._fairness is None:
-            from cosim.fairness import fairness_summary
+            from cosim.reporting.fairness import fairness_summary
 
             path = self.path / "prosumers.parquet"
             self._fairness = fairness_summary(self.settlement, pd.read_parquet(path)) if path.is_file() else {}
@@ -116,7 +116,7 @@ class Run:
 
     def per_kwp(self) -> np.ndarray:
         """Curtailment per kWp of each PV owner, largest first [kWh/kWp] (empty without prosumers.parquet)."""
-        from cosim.fairness import per_prosumer
+        from cosim.reporting.fairness import per_prosumer
 
         path = self.path / "prosumers.parquet"
         if not path.is_file():

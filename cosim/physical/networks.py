@@ -18,7 +18,7 @@ import pandapower as pp
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cosim.errors import InputError
+from cosim.config.errors import InputError
 
 REPO_NETWORKS = Path(__file__).resolve().parent.parent / "networks"
 
@@ -105,7 +105,7 @@ def find_network_file(name: str, scenario_path: str | Path | None = None) -> Pat
 
 
 def load_network_spec(path: str | Path) -> NetworkSpec:
-    from cosim.scenario import format_validation_error, read_yaml
+    from cosim.config.scenario import format_validation_error, read_yaml
 
     path = Path(path)
     data = read_yaml(path)

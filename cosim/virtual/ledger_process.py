@@ -3,7 +3,7 @@
 Signing a round's orders (about 100 Ed25519 signatures at 118 prosumers, ~55 us each
 with ``cryptography`` on a 2-core test machine) and sealing its block cost more than the
 rest of the round. None of it feeds back into the market: the admission of a round's
-orders needs only the controllers' commitments (`cosim.admission.PENDING`), and the
+orders needs only the controllers' commitments (`cosim.virtual.admission.PENDING`), and the
 block of round t is not read by round t + 1. So the loop hands each round's rows to a
 `LedgerProcess` through a pipe (eight rounds a message) and goes on; the child signs,
 hashes, seals and writes, with the same bytes a `LedgerWriter` in the loop would write
@@ -35,8 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cosim.admission import Commitments, SignedOrder
-from cosim.ledger import LedgerWriter
+from cosim.virtual.admission import Commitments, SignedOrder
+from cosim.virtual.ledger import LedgerWriter
 
 #: Rounds handed over in one message: fewer wake-ups of the child, each a chance for the
 #: scheduler to stop the loop in its favour.

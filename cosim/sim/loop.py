@@ -4,9 +4,9 @@ scenario -> network + fleet + profiles -> for each round: controllers -> orders 
 clearing -> grid check -> (feedback -> clearing -> grid check)* -> settlement -> ledger ->
 recorder. Between the controllers and the clearing sits the virtual layer (`OrderGate`):
 every order is signed by its controller and admitted or rejected by the market
-(`cosim.admission`); a rejected order counts as no order, and that prosumer's physical
+(`cosim.virtual.admission`); a rejected order counts as no order, and that prosumer's physical
 net position is traded with the outside party. After settlement the round's orders,
-trades and settlement go into a block of the ledger (`cosim.ledger`).
+trades and settlement go into a block of the ledger (`cosim.virtual.ledger`).
 
 Each run simulates four variants on the same profiles, P2P or not crossed with network
 feedback or not, so that the effect of the market is seen apart from that of the PV:
@@ -32,28 +32,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cosim.admission import (
-    ADMITTED,
-    Admission,
-    Adversary,
-    Commitments,
-    Controllers,
-    SignedOrder,
+from cosim.config.scenario import Scenario
+from cosim.flex.assets import (
+    FlexibleAssets,
+    build_assets,
+    flexible_consumption_kwh,
+    summarize_storage,
 )
-from cosim.feedback import (
-    MAX_FORCED_STEPS,
-    Limits,
-    attribute,
-    find_violations,
-    forced_reduction,
-    linearise,
-    network_charges,
-    reduce_orders,
-)
-from cosim.grid.powerflow import GridState, PowerFlow
-from cosim.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
-from cosim.ledger import SETTLEMENT_FIELDS, LedgerWriter, rejection_rows, trade_payload
-from cosim.ledger_process import LedgerProcess
+from cosim.io.results import Recorder
 from cosim.markets import (
     Charges,
     ClearingResult,
@@ -64,7 +50,10 @@ from cosim.markets import (
     get_mechanism,
 )
 from cosim.markets.base import QTY_TOL, TRADE_COLUMNS, fallback_result
-from cosim.networks import (
+from cosim.physical.fleet import Fleet, OrderBook, build_fleet, order_book
+from cosim.physical.grid.powerflow import GridState, PowerFlow
+from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
+from cosim.physical.networks import (
     build_net,
     feeder_of_buses,
     find_network_file,
@@ -74,13 +63,29 @@ from cosim.networks import (
     lv_busbar,
     set_islanded,
 )
-from cosim.prosumers import Fleet, OrderBook, build_fleet, order_book
-from cosim.results import Recorder
-from cosim.scenario import Scenario
-from cosim.settlement import parties, settle_matrix
-from cosim.storage import FlexibleAssets, build_assets, flexible_consumption_kwh, summarize_storage
+from cosim.sim.feedback import (
+    MAX_FORCED_STEPS,
+    Limits,
+    attribute,
+    find_violations,
+    forced_reduction,
+    linearise,
+    network_charges,
+    reduce_orders,
+)
+from cosim.sim.settlement import parties, settle_matrix
+from cosim.virtual.admission import (
+    ADMITTED,
+    Admission,
+    Adversary,
+    Commitments,
+    Controllers,
+    SignedOrder,
+)
+from cosim.virtual.ledger import SETTLEMENT_FIELDS, LedgerWriter, rejection_rows, trade_payload
+from cosim.virtual.ledger_process import LedgerProcess
 
-#: Settlement columns in the ledger: bought_kwh .. bill (`cosim.ledger.SETTLEMENT_FIELDS`).
+#: Settlement columns in the ledger: bought_kwh .. bill (`cosim.virtual.ledger.SETTLEMENT_FIELDS`).
 N_LEDGER_SETTLEMENT = len(SETTLEMENT_FIELDS) - 2
 #: Network-cut slots in the clearing model.
 MAX_CUTS = 40
@@ -291,7 +296,7 @@ class OrderGate:
         self.done: dict[int, GateRound] = {}
         self.defer = not self.adversary.active
         """Whether the controllers only commit to their orders and the ledger signs them
-        (`cosim.admission.Controllers.commit`), beside the rounds. Not with an adversary,
+        (`cosim.virtual.admission.Controllers.commit`), beside the rounds. Not with an adversary,
         whose attacks copy signed orders."""
 
     def close(self) -> None:
@@ -746,7 +751,7 @@ def open_ledger(setup: Setup, path: Path, gate: OrderGate, process: bool = True,
                 resume: tuple[int, str] | None = None) -> LedgerWriter | LedgerProcess:
     """A ledger for the run: its genesis block registers the controllers' and the
     validators' public keys. With `process`, the writer runs in a child process beside
-    the rounds (`cosim.ledger_process`); `resume` = (blocks, head) carries on a chain cut
+    the rounds (`cosim.virtual.ledger_process`); `resume` = (blocks, head) carries on a chain cut
     back to its first blocks."""
     sc = setup.scenario
     ids = setup.fleet.ids
@@ -905,10 +910,10 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
     (Ctrl-C, SIGTERM, a kill) keeps it, and ``resume=True`` carries on from it with results
     identical to an uninterrupted run. Any other failure removes the partial folder.
     """
-    from cosim.fairness import fairness_summary
-    from cosim.results import RunFolder, bills_by_party, write_json
-    from cosim.scenario import load_scenario
-    from cosim.summary import kpis, timing
+    from cosim.config.scenario import load_scenario
+    from cosim.io.results import RunFolder, bills_by_party, write_json
+    from cosim.reporting.fairness import fairness_summary
+    from cosim.reporting.summary import kpis, timing
 
     wall0 = time.perf_counter()
     scenario = load_scenario(scenario_path)
@@ -1020,7 +1025,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         write_json(tmp / "summary.json", summary)
         (tmp / CHECKPOINT).unlink(missing_ok=True)
         if report:
-            from cosim.report import write_report
+            from cosim.reporting.report import write_report
 
             write_report(tmp)
         stack.close()
@@ -1052,7 +1057,7 @@ def peak_rss_mb() -> float:
 
 def check_resumable(folder, ckpt: Checkpoint | None, scenario: Scenario) -> None:
     """Refuse to resume without a checkpoint or with a scenario that has changed."""
-    from cosim.errors import InputError
+    from cosim.config.errors import InputError
 
     if ckpt is None:
         raise InputError(folder.final, [f"--resume: expected a checkpoint of an interrupted run in {folder.tmp}, "

@@ -11,13 +11,13 @@ approved by the validators. Line ``t + 2`` is the block of round ``t`` (height `
 - ``prev_hash``: the previous block's hash; ``time``: the round's simulated start;
 - ``orders``: every order that reached the market, in arrival order, rows
   ``[id, side, quantity_kwh, price_per_kwh, round, nonce, signature, outcome]``, outcome
-  ``admitted`` or the rejection reason (`cosim.admission`);
+  ``admitted`` or the rejection reason (`cosim.virtual.admission`);
 - ``trades``: ``[seller, buyer, energy_kwh, price_per_kwh, seller_price_per_kwh,
   network_charge_per_kwh]``; ``settlement``: ``[party, bus, bought_kwh, sold_kwh,
   grid_import_kwh, grid_export_kwh, curtailed_kwh, shed_kwh, energy_cost,
   network_charges, bill]`` (the rows of trades.parquet and settlement.parquet);
 - ``roots``: the Merkle root of each table (leaves: the rows' canonical encodings,
-  `cosim.signing`); ``hash``: SHA-256 of the block header (height, kind, round, time,
+  `cosim.virtual.signing`); ``hash``: SHA-256 of the block header (height, kind, round, time,
   prev_hash, roots), so the hash commits to every row;
 - ``signatures``: ``[validator, Ed25519 signature of the hash]`` in the genesis order of
   the validators. A block is valid only if every signature listed is valid and there
@@ -31,7 +31,7 @@ and the prosumers of prosumers.parquet, that the settlement, trades and rejectio
 the run's parquet files row by row, and that the head is summary.json's ``ledger_head``
 (catches a truncated chain). Any change to the file, even one character, fails at least
 one of these checks. It verifies every signature itself: the shortcut a run may take for
-its own controllers' orders (`cosim.admission.Admission`, ``signer``) is not used here (on
+its own controllers' orders (`cosim.virtual.admission.Admission`, ``signer``) is not used here (on
 a long ledger, worker processes verify the signatures and admission is replayed with
 their results, see `verify`).
 
@@ -63,7 +63,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from cosim.admission import (
+from cosim.config.errors import InputError
+from cosim.virtual.admission import (
     ADMITTED,
     PENDING,
     REASONS,
@@ -72,8 +73,7 @@ from cosim.admission import (
     Commitments,
     SignedOrder,
 )
-from cosim.errors import InputError
-from cosim.signing import (
+from cosim.virtual.signing import (
     HASH_BYTES,
     KEY_TAG,
     SETTLEMENT_TAG,
@@ -253,12 +253,12 @@ class LedgerWriter:
     path : the ledger file
     seed : the scenario seed, from which the validators' keys are derived (and the
         controllers' keys, to sign the orders they committed to with
-        `cosim.admission.PENDING`)
+        `cosim.virtual.admission.PENDING`)
     validators : the validators' names, in order
     prosumer_keys : id -> 32-byte public key of each controller
     start : the run's start, the genesis block's time
     parties, buses : the settlement's parties and their buses, in the row order of the
-        matrices `append_round` takes (`cosim.settlement.parties`)
+        matrices `append_round` takes (`cosim.sim.settlement.parties`)
     """
 
     def __init__(self, path: Path, seed: int, validators: Sequence[str], prosumer_keys: Mapping[str, bytes],
@@ -355,7 +355,7 @@ class LedgerWriter:
         """Add the block of one round from arrays (the loop's hot path); returns its hash.
 
         `trades` is `trade_payload` of the round's trades; `settlement` the settlement
-        matrix (`cosim.settlement.settle_matrix`: one row per party of `parties`, the
+        matrix (`cosim.sim.settlement.settle_matrix`: one row per party of `parties`, the
         columns of SETTLEMENT_FIELDS from bought_kwh to bill first).
         """
         known = {}
@@ -402,7 +402,7 @@ def _real_rows(values: np.ndarray) -> list[list]:
     return rows
 
 
-#: A real field of a record (`cosim.signing`): b"f" and a big-endian binary64.
+#: A real field of a record (`cosim.virtual.signing`): b"f" and a big-endian binary64.
 _REAL_FIELD = np.dtype([("tag", "S1"), ("value", ">f8")])
 _BUS = struct.Struct(">cq")
 _SIGNATURE_FIELD = b"b" + SIGNATURE_BYTES.to_bytes(4, "big")
