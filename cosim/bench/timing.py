@@ -23,7 +23,7 @@ import pandas as pd
 from cosim.config.scenario import PROFILE_END, Scenario, load_scenario
 from cosim.sim.loop import OrderGate, open_ledger, prepare, simulate_variant, variants_for
 
-DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "rural3-summer-pv.yaml"
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "rural3-summer-pv.yaml"
 STAGES = ["orders_ms", "clear_ms", "pf_ms", "sens_ms", "settle_ms", "ledger_ms", "record_ms"]
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cosim.config.errors import InputError
 
-REPO_NETWORKS = Path(__file__).resolve().parent.parent / "networks"
+REPO_NETWORKS = Path(__file__).resolve().parents[2] / "networks"
 
 
 def cache_dir() -> Path:
