@@ -1,0 +1,491 @@
+"""One round of one variant, as a sequence of named stages (`VariantRunner.run_round`):
+
+controllers -> admission -> clearing and grid check -> feedback (the fixed point:
+linearise the violations into cuts, clear again, check again, until nothing is violated
+or ``max_iterations`` clearings were made) -> forced curtailment or shedding by the
+scenario's rule -> bookkeeping for the next round. Settlement, the ledger and the
+recorder follow in `cosim.sim.loop`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cosim.flex.assets import build_assets
+from cosim.markets import (
+    Charges,
+    ClearingResult,
+    MarketContext,
+    NetworkCuts,
+    OrderArrays,
+    get_mechanism,
+)
+from cosim.markets.base import QTY_TOL, TRADE_COLUMNS, fallback_result
+from cosim.physical.fleet import OrderBook, order_book
+from cosim.physical.grid.powerflow import GridState
+from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
+from cosim.physical.islanded import GridFormingUnit
+from cosim.sim.feedback import (
+    MAX_FORCED_STEPS,
+    Limits,
+    attribute,
+    find_violations,
+    forced_reduction,
+    linearise,
+    network_charges,
+    reduce_orders,
+)
+from cosim.sim.setup import OUTSIDE, Setup, Variant
+from cosim.virtual.gate import GateRound, OrderGate
+
+#: Network-cut slots in the clearing model.
+MAX_CUTS = 40
+
+
+@dataclass
+class RoundOutcome:
+    result: ClearingResult
+    state: GridState
+    p_kw: np.ndarray
+    q_kvar: np.ndarray
+    iterations: int
+    violations: list
+    violations_initial: int
+    status: str
+    attribution: pd.DataFrame | None
+    timings: dict = field(default_factory=dict)
+    physical: dict = field(default_factory=dict)
+    """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
+    gate: GateRound | None = None
+    """The virtual layer's admission of the round's orders (None without it)."""
+    storage: dict[str, np.ndarray] | None = None
+    """The round's rows of storage.parquet, one array per column (None without flexible
+    assets, and in the variants that do not record them)."""
+
+
+@dataclass
+class RoundState:
+    """What one round carries from stage to stage."""
+
+    t: int
+    load_kw: np.ndarray
+    load_kvar: np.ndarray
+    pv_kw: np.ndarray
+    net_kw: np.ndarray
+    """Net load after the flexible assets [kW]."""
+    battery_kw: np.ndarray
+    """Power of the flexible assets, positive when consuming [kW]."""
+    book: OrderBook
+    limits_kwh: tuple[np.ndarray, np.ndarray] | None
+    """(most each prosumer can deliver, absorb) before dispatch [kWh], for admission."""
+    timings: dict
+    gate: GateRound | None = None
+    passive: OrderArrays | None = None
+    orders: OrderArrays | None = None
+    ctx: MarketContext | None = None
+    market_ctx: MarketContext | None = None
+    """The context the mechanism sees (less the passive prosumers' share of the outside party)."""
+    charges: Charges | None = None
+    cuts: NetworkCuts | None = None
+    status: str = "ok"
+
+
+@dataclass
+class Checked:
+    """A clearing and the grid check of its dispatch."""
+
+    result: ClearingResult
+    p_kw: np.ndarray
+    q_kvar: np.ndarray
+    state: GridState
+    violations: list
+    sens: Sensitivities | None = None
+
+
+class VariantRunner:
+    """Runs one variant round by round."""
+
+    def __init__(self, setup: Setup, variant: Variant, gate: OrderGate | None = None):
+        self.setup = setup
+        self.variant = variant
+        self.gate = gate
+        sc = setup.scenario
+        self.sc = sc
+        self.dt_h = sc.dt_h
+        self.fleet = setup.fleet
+        self.pf = setup.pf
+        options = sc.market.options if variant.mechanism == sc.market.mechanism else None
+        self.mechanism = get_mechanism(variant.mechanism)(setup.participants, max_cuts=MAX_CUTS, options=options)
+        self.assets = setup.assets.fresh() if setup.assets is not None else build_assets(sc, self.fleet)
+        self.batteries = self.assets.batteries
+        self.rng = np.random.default_rng(sc.seed + 1)
+        self.gfu = None
+        slack_limit = None
+        if sc.mode == "islanded":
+            isl = sc.islanded
+            self.gfu = GridFormingUnit(isl.p_kw, isl.e_kwh, isl.initial_soc, isl.soc_min, isl.soc_max, isl.efficiency,
+                                       isl.s_kva)
+            slack_limit = isl.p_kw
+        self.limits = Limits.from_feedback(sc.feedback, slack_limit)
+        self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
+        self.last_loss_factors = None
+        self.last_state: GridState | None = None
+        self.last_price: float | None = None
+        """The last round's P2P price [currency/kWh], the signal of the ``price`` storage
+        strategy (None: nothing traded P2P, or a variant without a market)."""
+
+    # -- checkpoints --------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Everything this runner carries from one round to the next (picklable)."""
+        return {
+            "assets": self.assets.get_state(),
+            "rng": self.rng.bit_generator.state,
+            "gfu": self.gfu,
+            "last_loss_factors": self.last_loss_factors,
+            "last_state": self.last_state,
+            "last_price": self.last_price,
+            "mechanism": self.mechanism.get_state(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.assets.set_state(state["assets"])
+        self.batteries = self.assets.batteries
+        self.rng.bit_generator.state = state["rng"]
+        self.gfu = state["gfu"]
+        self.last_loss_factors = state["last_loss_factors"]
+        self.last_state = state["last_state"]
+        self.last_price = state.get("last_price")
+        self.mechanism.set_state(state["mechanism"])
+
+    # -- physics helpers ----------------------------------------------------------------
+    def bus_injections(self, r: ClearingResult, net_kw: np.ndarray, load_kw: np.ndarray,
+                       load_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bus net load [kW] and [kvar] of the dispatch (load convention)."""
+        prosumer_kw = -r.injection_kwh / self.dt_h
+        shed_kw = r.shed_kwh / self.dt_h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            served = np.where(load_kw > 0, np.clip(1.0 - shed_kw / load_kw, 0.0, 1.0), 1.0)
+        n_bus = len(self.pf.buses)
+        p = np.bincount(self.setup.participant_pos, weights=prosumer_kw, minlength=n_bus)
+        q = np.bincount(self.setup.participant_pos, weights=load_kvar * served, minlength=n_bus)
+        # a community battery run by the market operator sits at the LV busbar
+        battery_kwh = r.info.get("battery_charge_kwh", 0.0) - r.info.get("battery_discharge_kwh", 0.0) if r.info else 0.0
+        if battery_kwh:
+            p[self.setup.busbar_pos] += battery_kwh / self.dt_h
+        return p, q
+
+    def limits_for(self, state: GridState) -> Limits:
+        """The limits a power flow's outcome is checked against: islanded, the slack's
+        active power limit is what its kVA rating leaves beside the reactive power it
+        supplies in that power flow."""
+        if self.gfu is None or not state.converged:
+            return self.limits
+        g = self.gfu
+        deliver_kwh, absorb_kwh = g.caps_kwh(self.dt_h, g.p_limit_kw(state.slack_q_kvar))
+        # one symmetric limit: the side the slack is on this round
+        limit_kwh = deliver_kwh if state.slack_p_kw >= 0 else absorb_kwh
+        return dataclasses.replace(self.limits, slack_p_kw=limit_kwh / self.dt_h)
+
+    def context(self, t: int) -> MarketContext:
+        m = self.sc.market
+        ctx = MarketContext(
+            round_no=t,
+            dt_h=self.dt_h,
+            retail_price_per_kwh=m.retail_price_per_kwh,
+            feed_in_price_per_kwh=m.feed_in_price_per_kwh,
+            k=m.k,
+            outside_party=OUTSIDE[self.sc.mode],
+            voll_per_kwh=self.sc.islanded.voll_per_kwh,
+        )
+        if self.gfu is not None:
+            deliver, absorb = self.gfu.caps_kwh(self.dt_h)
+            ctx = dataclasses.replace(ctx, import_cap_kwh=deliver, export_cap_kwh=absorb)
+        return ctx
+
+    # -- one round ----------------------------------------------------------------------
+    def outside_positions(self, r: ClearingResult, demand_kwh: np.ndarray, supply_kwh: np.ndarray,
+                          ctx: MarketContext) -> ClearingResult:
+        """Add the net positions of prosumers without an admitted order to a clearing
+        result: they buy from and sell to the outside party at its tariffs; islanded, what
+        the grid-forming unit cannot take is shed or curtailed pro rata."""
+        d_tot, s_tot = demand_kwh.sum(), supply_kwh.sum()
+        imp_share = min(1.0, ctx.import_cap_kwh / d_tot) if d_tot > 0 else 1.0
+        exp_share = min(1.0, ctx.export_cap_kwh / s_tot) if s_tot > 0 else 1.0
+        r = dataclasses.replace(
+            r,
+            import_kwh=r.import_kwh + demand_kwh * imp_share,
+            export_kwh=r.export_kwh + supply_kwh * exp_share,
+            shed_kwh=r.shed_kwh + demand_kwh * (1.0 - imp_share),
+            curtailed_kwh=r.curtailed_kwh + supply_kwh * (1.0 - exp_share),
+        )
+        ids, rows = self.fleet.ids, []
+        for i in np.flatnonzero(demand_kwh * imp_share > QTY_TOL):
+            p = ctx.retail_price_per_kwh
+            rows.append((ctx.outside_party, ids[i], float(demand_kwh[i] * imp_share), p, p, 0.0))
+        for i in np.flatnonzero(supply_kwh * exp_share > QTY_TOL):
+            p = ctx.feed_in_price_per_kwh
+            rows.append((ids[i], ctx.outside_party, float(supply_kwh[i] * exp_share), p, p, 0.0))
+        if rows:
+            extra = pd.DataFrame(rows, columns=TRADE_COLUMNS)
+            r.trades = extra if r.trades is None or not len(r.trades) else pd.concat([r.trades, extra], ignore_index=True)
+        return r
+
+    def run_round(self, t: int) -> tuple[RoundOutcome, OrderBook, MarketContext]:
+        """One round, stage by stage (pandapower's control loop, with the feedback as an
+        explicit fixed point): controllers -> admission -> clearing and grid check ->
+        feedback (re-clear with cuts) -> forced curtailment or shedding -> bookkeeping."""
+        rd = self.controllers(t)
+        self.admit(rd)
+        self.market_inputs(rd)
+        chk, attribution = self.first_clearing(rd)
+        n_initial = len(chk.violations)
+        iterations = 1
+        if self.variant.feedback and rd.status == "ok":
+            chk, iterations = self.feedback(rd, chk)
+            if chk.violations:
+                chk = self.force(rd, chk)
+        return self.finish(rd, chk, iterations, n_initial, attribution)
+
+    # -- the round's stages ---------------------------------------------------------------
+    def controllers(self, t: int) -> RoundState:
+        """The flexible assets run, then each prosumer's controller makes its order."""
+        sc, fleet, dt_h = self.sc, self.fleet, self.dt_h
+        t0 = time.perf_counter()
+        load_kw, load_kvar, pv_kw = fleet.load_kw[t], fleet.load_kvar[t], fleet.pv_kw[t]
+        net_kw = load_kw - pv_kw
+        limits = None
+        if self.gate is not None:  # before the flexible assets run
+            limits = self.assets.limits_kwh(t, load_kw, pv_kw, dt_h)
+        battery_kw = self.assets.dispatch(t, net_kw, dt_h, self.last_price)  # batteries, EVs, shiftable loads
+        net_kw = net_kw + battery_kw
+        book = order_book(net_kw, dt_h, sc.market.bidding, sc.market.retail_price_per_kwh,
+                          sc.market.feed_in_price_per_kwh, self.rng)
+        timings = {"orders": time.perf_counter() - t0, "clear": 0.0, "pf": 0.0, "sens": 0.0, "settle": 0.0,
+                   "ledger": 0.0}
+        return RoundState(t=t, load_kw=load_kw, load_kvar=load_kvar, pv_kw=pv_kw, net_kw=net_kw,
+                          battery_kw=battery_kw, book=book, limits_kwh=limits, timings=timings)
+
+    def admit(self, rd: RoundState) -> None:
+        """The virtual layer: orders are signed and admitted; prosumers without an admitted
+        order become passive (they trade their net position with the outside party)."""
+        if self.gate is None:
+            return
+        t1 = time.perf_counter()
+        rd.gate = self.gate.round(rd.t, rd.book, *rd.limits_kwh)
+        rd.timings["ledger"] += time.perf_counter() - t1
+        rd.timings["ledger_cpu"] = rd.gate.cpu_s
+        if rd.gate.passive:
+            book, ids = rd.book, self.fleet.ids
+            is_passive = np.array([ids[i] in rd.gate.passive for i in book.pos.tolist()], dtype=bool)
+            rd.passive = OrderArrays.from_positions(self.fleet.n, book.pos[is_passive], book.buy[is_passive],
+                                                    book.quantity_kwh[is_passive], book.price_per_kwh[is_passive])
+            rd.book = OrderBook(*(x[~is_passive] for x in book))
+
+    def market_inputs(self, rd: RoundState) -> None:
+        """The order arrays, the market context (what passive prosumers leave of the outside
+        party's capacity) and the network charges from the last operating point."""
+        t1 = time.perf_counter()
+        rd.orders = OrderArrays.from_positions(self.fleet.n, *rd.book)
+        rd.ctx = rd.market_ctx = self.context(rd.t)
+        if rd.passive is not None:
+            rd.market_ctx = dataclasses.replace(
+                rd.ctx,
+                import_cap_kwh=max(rd.ctx.import_cap_kwh - rd.passive.demand_kwh.sum(), 0.0),
+                export_cap_kwh=max(rd.ctx.export_cap_kwh - rd.passive.supply_kwh.sum(), 0.0),
+            )
+        fb = self.sc.feedback
+        rd.charges = network_charges(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors,
+                                     self.setup.participant_pos)
+        rd.cuts = NetworkCuts.empty(self.fleet.n)
+        rd.timings["orders"] += time.perf_counter() - t1
+
+    def clear(self, rd: RoundState, orders: OrderArrays, curtail: np.ndarray | None = None,
+              shed: np.ndarray | None = None) -> ClearingResult:
+        """Clear `orders` under the round's cuts; passive prosumers' positions (less any
+        forced `curtail`/`shed` [kWh]) go to the outside party."""
+        t1 = time.perf_counter()
+        passive = rd.passive
+        if passive is None:
+            r = self.mechanism.clear(orders, rd.ctx, rd.cuts, rd.charges)
+        else:
+            demand, supply = passive.demand_kwh, passive.supply_kwh
+            if curtail is not None:
+                demand, supply = np.maximum(demand - shed, 0.0), np.maximum(supply - curtail, 0.0)
+            # cuts bound the whole injection; the mechanism controls all but the passive part
+            cuts = rd.cuts
+            market_cuts = NetworkCuts(cuts.coef, cuts.rhs - cuts.coef @ (supply - demand), cuts.labels)
+            r = self.mechanism.clear(orders, rd.market_ctx, market_cuts, rd.charges)
+            if r.ok:
+                r = self.outside_positions(r, demand, supply, rd.ctx)
+        rd.timings["clear"] += time.perf_counter() - t1
+        return r
+
+    def check(self, rd: RoundState, r: ClearingResult) -> Checked:
+        """The grid check: one AC power flow of the dispatch and the limits it violates."""
+        t1 = time.perf_counter()
+        p, q = self.bus_injections(r, rd.net_kw, rd.load_kw, rd.load_kvar)
+        s = self.pf.run(p, q)
+        rd.timings["pf"] += time.perf_counter() - t1
+        viol = find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
+        return Checked(r, p, q, s, viol)
+
+    def sensitivities(self, rd: RoundState, chk: Checked) -> Sensitivities | None:
+        """Sensitivities at the checked operating point (None without the fast path's voltages)."""
+        t1 = time.perf_counter()
+        chk.sens = AdjointSensitivities(self.pf, chk.state) if chk.state.V is not None else None
+        rd.timings["sens"] += time.perf_counter() - t1
+        return chk.sens
+
+    def first_clearing(self, rd: RoundState) -> tuple[Checked, pd.DataFrame | None]:
+        """Clear without cuts (a failed clearing falls back to the outside party), check it,
+        and attribute its violations to its trades."""
+        r = self.clear(rd, rd.orders)
+        if not r.ok:
+            rd.status = r.status
+            r = fallback_result(rd.orders, rd.market_ctx, rd.charges, self.fleet.ids)
+            if rd.passive is not None:
+                r = self.outside_positions(r, rd.passive.demand_kwh, rd.passive.supply_kwh, rd.ctx)
+            fees_due = getattr(self.mechanism, "fees_due", None)
+            if callable(fees_due):  # a membership fee falls due even when the clearing failed
+                r.info = {**r.info, "membership_fee": fees_due(rd.t)}
+        chk = self.check(rd, r)
+        attribution = None
+        if chk.violations and self.sensitivities(rd, chk) is not None:
+            attribution = attribute(rd.t, 1, chk.violations, chk.sens, self.bus_pos_of, r.trades, self.dt_h)
+        return chk, attribution
+
+    def feedback(self, rd: RoundState, chk: Checked) -> tuple[Checked, int]:
+        """The fixed point: while a limit is violated and fewer than ``max_iterations``
+        clearings were made, linearise the violations into cuts and clear again. Returns
+        the last good check and the number of clearings."""
+        fb, iterations = self.sc.feedback, 1
+        while chk.violations and iterations < fb.max_iterations and chk.sens is not None:
+            new = linearise(chk.violations, chk.sens, self.setup.participant_pos, chk.result.injection_kwh,
+                            self.dt_h, fb)
+            if not len(new):  # a sharing curtailment rule: straight to forced curtailment
+                break
+            rd.cuts = newest_cuts(rd.cuts.extend(new), MAX_CUTS)
+            r = self.clear(rd, rd.orders)
+            iterations += 1
+            if not r.ok:
+                rd.status = f"iteration {iterations}: {r.status}"
+                break
+            chk = self.check(rd, r)
+            if chk.violations:
+                self.sensitivities(rd, chk)
+        return chk, iterations
+
+    def force(self, rd: RoundState, chk: Checked) -> Checked:
+        """Curtail or shed by the scenario's curtailment rule, a power flow after each of at
+        most ``MAX_FORCED_STEPS`` steps, until nothing is violated."""
+        n, dt_h = self.fleet.n, self.dt_h
+        forced_c, forced_s = np.zeros(n), np.zeros(n)
+        for _ in range(MAX_FORCED_STEPS):
+            if chk.sens is None and self.sensitivities(rd, chk) is None:
+                break
+            c, s_ = forced_reduction(chk.violations, chk.sens, self.setup.participant_pos, chk.result, dt_h,
+                                     self.sc.feedback, pv_kwh=rd.pv_kw * dt_h, load_kwh=rd.load_kw * dt_h)
+            forced_c += c
+            forced_s += s_
+            r = self.clear(rd, reduce_orders(rd.orders, forced_c, forced_s), forced_c, forced_s)
+            if not r.ok:
+                rd.status = f"forced curtailment: {r.status}"
+                break
+            r.curtailed_kwh = r.curtailed_kwh + forced_c
+            r.shed_kwh = r.shed_kwh + forced_s
+            chk = self.check(rd, r)
+            if not chk.violations:
+                break
+        return chk
+
+    def finish(self, rd: RoundState, chk: Checked, iterations: int, n_initial: int,
+               attribution: pd.DataFrame | None) -> tuple[RoundOutcome, OrderBook, MarketContext]:
+        """What the round leaves for the next one (loss factors, the grid-forming unit's
+        state of charge, the P2P price) and its outcome."""
+        state, r, dt_h = chk.state, chk.result, self.dt_h
+        if not state.converged and rd.status == "ok":
+            rd.status = "power flow did not converge"
+        if self.sc.feedback.charge_method == "sensitivity" and state.V is not None:
+            t1 = time.perf_counter()
+            self.last_loss_factors = loss_factors(self.pf, state)  # for the next round's charges
+            rd.timings["sens"] += time.perf_counter() - t1
+        if self.gfu is not None and state.converged:
+            self.gfu.step(state.slack_p_kw, dt_h)
+            self.gfu.q_kvar = state.slack_q_kvar
+        self.last_state = state
+        traded = self.variant.mechanism != "none" and r.cleared_kwh > QTY_TOL and np.isfinite(r.price_per_kwh)
+        self.last_price = float(r.price_per_kwh) if traded else None
+        outcome = RoundOutcome(r, state, chk.p_kw, chk.q_kvar, iterations, chk.violations, n_initial, rd.status,
+                               attribution, rd.timings)
+        outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
+                            "battery_kwh": rd.battery_kw * dt_h}
+        outcome.gate = rd.gate
+        records = self.assets.records and self.variant.folder == ""
+        outcome.storage = self.assets.storage_columns(rd.t) if records else None
+        return outcome, rd.book, rd.ctx
+
+
+def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
+    """The newest `slots` cuts (the clearing model has that many cut slots).
+
+    >>> c = NetworkCuts(np.eye(3), np.arange(3.0), ("a", "b", "c"))
+    >>> newest_cuts(c, 2).labels, len(newest_cuts(c, 5))
+    (('b', 'c'), 3)
+    """
+    if len(cuts) <= slots:
+        return cuts
+    return NetworkCuts(cuts.coef[-slots:], cuts.rhs[-slots:], cuts.labels[-slots:])
+
+
+def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
+              round_s: float, lv: np.ndarray | None = None) -> dict:
+    r, s = o.result, o.state
+    vm_lv = s.vm_pu if lv is None else s.vm_pu[lv]
+    row = {
+        "round": t,
+        "time": time_,
+        "iterations": o.iterations,
+        "pf_converged": bool(s.converged),
+        "cleared_kwh": r.cleared_kwh,
+        "p2p_paid": float(np.nan_to_num(r.buy_price_per_kwh) @ r.bought_kwh),
+        "price_per_kwh": r.price_per_kwh,
+        "grid_import_kwh": float(r.import_kwh.sum()) + r.operator_import_kwh,
+        "grid_export_kwh": float(r.export_kwh.sum()) + r.operator_export_kwh,
+        "curtailed_kwh": float(r.curtailed_kwh.sum()),
+        "shed_kwh": float(r.shed_kwh.sum()),
+        "losses_kwh": s.losses_kw * dt_h,
+        "vm_min_pu": float(np.nanmin(vm_lv)) if s.converged else np.nan,
+        "vm_max_pu": float(np.nanmax(vm_lv)) if s.converged else np.nan,
+        "max_line_loading_pct": float(np.nanmax(s.line_loading_pct, initial=0.0)) if s.converged else np.nan,
+        "max_trafo_loading_pct": float(np.nanmax(s.trafo_loading_pct, initial=0.0)) if s.converged else np.nan,
+        "violations": len(o.violations),
+        "violations_initial": o.violations_initial,
+        "violation_kinds": ",".join(sorted({v.kind for v in o.violations})),
+        "network_charges": float(r.charges.buy @ r.bought_kwh + r.charges.sell @ r.sold_kwh),
+        "slack_p_kw": s.slack_p_kw,
+        "status": o.status,
+        "pf_method": s.method,
+        "round_ms": round_s * 1000.0,
+        "orders_ms": o.timings["orders"] * 1000.0,
+        "clear_ms": o.timings["clear"] * 1000.0,
+        "pf_ms": o.timings["pf"] * 1000.0,
+        "sens_ms": o.timings["sens"] * 1000.0,
+        "settle_ms": o.timings.get("settle", 0.0) * 1000.0,
+        "ledger_ms": o.timings.get("ledger", 0.0) * 1000.0,
+        "ledger_cpu_ms": o.timings.get("ledger_cpu", 0.0) * 1000.0,
+        "orders_submitted": len(o.gate.submitted) if o.gate is not None and o.gate.submitted is not None else 0,
+        "orders_rejected": len(o.gate.rejections) if o.gate is not None and o.gate.rejections is not None else 0,
+    }
+    for key, value in (r.info or {}).items():  # the mechanism's own figures (VCG deficit, Nash gain, ...)
+        if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
+            row[f"info_{key}"] = float(value)
+    if gfu is not None:
+        row["gfu_p_kw"] = s.slack_p_kw
+        row["gfu_q_kvar"] = s.slack_q_kvar
+        row["gfu_s_kva"] = float(np.hypot(s.slack_p_kw, s.slack_q_kvar))
+        row["gfu_soc"] = gfu.soc
+    return row

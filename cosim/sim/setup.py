@@ -1,0 +1,98 @@
+"""What a run is made of: its variants, and everything built once and shared by them
+(network, fleet, power flow, participants, flexible assets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cosim.config.scenario import Scenario
+from cosim.flex.assets import FlexibleAssets, build_assets
+from cosim.markets import Participants
+from cosim.physical.fleet import Fleet, build_fleet
+from cosim.physical.grid.powerflow import PowerFlow
+from cosim.physical.networks import (
+    build_net,
+    feeder_of_buses,
+    find_network_file,
+    grid_tables,
+    line_distance_km,
+    load_network_spec,
+    lv_busbar,
+    set_islanded,
+)
+
+#: The outside party of each mode.
+OUTSIDE = {"grid-connected": "grid", "islanded": "grid_forming"}
+#: Buses below this nominal voltage are the LV network [kV].
+LV_MAX_KV = 1.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    mechanism: str
+    feedback: bool
+    folder: str
+    """Subfolder of the run directory ('' for the main results)."""
+
+
+def variants_for(scenario: Scenario) -> list[Variant]:
+    return [
+        Variant("market", scenario.market.mechanism, scenario.feedback.enabled, ""),
+        Variant("market_no_feedback", scenario.market.mechanism, False, "no_feedback"),
+        Variant("baseline", "none", scenario.feedback.enabled, "baseline"),
+        Variant("baseline_no_feedback", "none", False, "baseline_no_feedback"),
+    ]
+
+
+@dataclass
+class Setup:
+    """Everything built once per run and shared by the variants."""
+
+    scenario: Scenario
+    net: object
+    fleet: Fleet
+    pf: PowerFlow
+    participant_pos: np.ndarray
+    """Position of each prosumer's bus in `pf.buses`."""
+    grid_buses: pd.DataFrame
+    grid_branches: pd.DataFrame
+    participants: Participants
+    gfu_bus: int | None = None
+    busbar_pos: int = 0
+    """Position of the LV busbar (the transformer's LV side) in `pf.buses`."""
+    lv: np.ndarray | None = None
+    """True for the LV buses of `pf.buses` (below 1 kV): the buses whose voltages
+    rounds.parquet and the summary report (not the MV slack bus)."""
+    assets: FlexibleAssets | None = None
+    """Batteries, EVs, shiftable loads and their day-ahead planner; each variant runs a
+    `FlexibleAssets.fresh` copy (the planner and its schedules are shared)."""
+
+
+def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setup:
+    spec = load_network_spec(find_network_file(scenario.network, scenario_path))
+    net = build_net(spec)
+    fleet = build_fleet(net, spec, scenario)
+    assets = build_assets(scenario, fleet, net, spec, scenario_path)
+    bus = fleet.table.bus.to_numpy()
+    participants = Participants(
+        fleet.ids, bus, feeder_of_buses(net).loc[bus].to_numpy(), fleet.table.pv_kwp.to_numpy() > 0,
+        line_distance_km(net, bus),
+    )
+    gfu_bus = None
+    if scenario.mode == "islanded":
+        gfu_bus = scenario.islanded.grid_forming_bus
+        if gfu_bus is None:
+            gfu_bus = lv_busbar(net)
+        set_islanded(net, gfu_bus)
+    grid_buses, grid_branches = grid_tables(net)
+    pf = PowerFlow(net)
+    pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
+    participant_pos = pos.loc[fleet.table.bus].to_numpy()
+    lv = net.bus.vn_kv.loc[pf.buses].to_numpy(float) < LV_MAX_KV
+    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus,
+                 busbar_pos=int(pos.loc[lv_busbar(net)]), assets=assets, lv=lv)
