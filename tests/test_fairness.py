@@ -226,12 +226,12 @@ def test_report_has_a_fairness_table_and_figure(tmp_path):
 def test_report_without_prosumers_table_has_no_fairness_section(tmp_path):
     from test_report import make_run
 
-    from cosim.reporting.report import _fairness_section, _load_run
+    from cosim.reporting.report import fairness_section, load_run
 
     run = make_run(tmp_path, days=1, n_prosumers=3, variants=())
-    assert _fairness_section(_load_run(run)) == ""
+    assert fairness_section(load_run(run)) == ""
     pd.DataFrame({"id": ["p000", "p001", "p002"], "pv_kwp": 5.0}).to_parquet(run / "prosumers.parquet")
-    text = _fairness_section(_load_run(run))  # settlement without load_kwh
+    text = fairness_section(load_run(run))  # settlement without load_kwh
     assert "Left out: settlement.parquet: expected columns" in text and "missing load_kwh" in text
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from cosim.config.errors import InputError
-from cosim.reporting.report import FIGURES, MAX_POINTS, _load_run, _time_base, write_report
+from cosim.reporting.report import FIGURES, MAX_POINTS, load_run, time_base, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE_FIGURES = [n for n in FIGURES if n != "grid_forming"]
@@ -316,7 +316,7 @@ def test_long_run_is_aggregated(tmp_path):
 )
 def test_time_base_keeps_series_short(n_rounds, freq_min, expected):
     time = pd.Series(pd.date_range("2016-01-01", periods=n_rounds, freq=f"{freq_min}min"))
-    tb = _time_base(time)
+    tb = time_base(time)
     assert tb.freq == expected
     if tb.freq is not None:
         assert time.dt.floor(tb.freq).nunique() <= MAX_POINTS
@@ -344,7 +344,7 @@ def test_missing_rounds_is_an_input_error(tmp_path):
 def test_missing_variant_file_is_a_note_not_an_error(tmp_path):
     run = make_run(tmp_path, days=1)
     (run / "baseline" / "settlement.parquet").unlink()
-    loaded = _load_run(run)  # drawing without a baseline is covered above
+    loaded = load_run(run)  # drawing without a baseline is covered above
     assert any("baseline/settlement.parquet missing" in note for note in loaded.notes)
     assert loaded.variants["baseline"].bills is None
     assert loaded.variant("baseline") is not None  # its rounds are still compared
