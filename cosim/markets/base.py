@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from cosim.markets.highs import one_highs_thread
+
 #: Columns of the bilateral trade table every mechanism returns.
 TRADE_COLUMNS = [
     "seller",
@@ -87,6 +89,7 @@ class Mechanism:
         elif isinstance(options, dict):
             options = self.Options.model_validate(options)
         self.options = options
+        one_highs_thread()  # before any model of the mechanism is built
 
     @property
     def ids(self) -> list[str]:

@@ -84,7 +84,13 @@ from cosim.markets.base import (
     OrderArrays,
     outside_trades,
 )
-from cosim.markets.pool import INACTIVE_RHS, attach_highs
+from cosim.markets.blocks import (
+    define_network_cuts,
+    define_participant_balances,
+    define_participant_variables,
+    define_round_parameters,
+)
+from cosim.markets.highs import INACTIVE_RHS, attach_highs, solve_highs
 from cosim.markets.uniform import failed_result
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
@@ -215,10 +221,10 @@ class CommunityModel:
         self.model = m = pyo.ConcreteModel(name="community")
         m.N = pyo.RangeSet(0, n - 1)
         m.K = pyo.RangeSet(0, max_cuts - 1)
-        self._define_parameters(m)
+        define_round_parameters(m)
         self._define_variables(m)
         self._define_balances(m)
-        self._define_network_cuts(m)
+        define_network_cuts(m)
         self._define_objective(m)
         self.solver, self.highs, self.col, self.row = attach_highs(
             m, MEMBER_VARIABLES + MANAGER_VARIABLES,
@@ -230,39 +236,14 @@ class CommunityModel:
 
     # -- model pieces -------------------------------------------------------------------
     @staticmethod
-    def _define_parameters(m: pyo.ConcreteModel) -> None:
-        m.demand_kwh = pyo.Param(m.N, mutable=True, initialize=0.0)
-        m.supply_kwh = pyo.Param(m.N, mutable=True, initialize=0.0)
-        m.import_cap_kwh = pyo.Param(mutable=True, initialize=INACTIVE_RHS)
-        m.export_cap_kwh = pyo.Param(mutable=True, initialize=INACTIVE_RHS)
-        m.voll_per_kwh = pyo.Param(mutable=True, initialize=10.0)
-        m.curtail_cost_per_kwh = pyo.Param(mutable=True, initialize=0.1)
-        # coefficients start at 1 so every (cut, member) entry exists in HiGHS
-        m.cut_coef = pyo.Param(m.K, m.N, mutable=True, initialize=1.0)
-        m.cut_rhs = pyo.Param(m.K, mutable=True, initialize=INACTIVE_RHS)
-
-    @staticmethod
     def _define_variables(m: pyo.ConcreteModel) -> None:
-        nonneg = pyo.NonNegativeReals
-        for name in MEMBER_VARIABLES[:-1]:
-            setattr(m, name, pyo.Var(m.N, domain=nonneg))
-        m.injection_kwh = pyo.Var(m.N, domain=pyo.Reals)
+        define_participant_variables(m)
         for name in MANAGER_VARIABLES:
-            setattr(m, name, pyo.Var(domain=nonneg))
+            setattr(m, name, pyo.Var(domain=pyo.NonNegativeReals))
 
     @staticmethod
     def _define_balances(m: pyo.ConcreteModel) -> None:
-        m.buyer_balance = pyo.Constraint(
-            m.N, rule=lambda m, n: m.bought_kwh[n] + m.imported_kwh[n] + m.shed_kwh[n] == m.demand_kwh[n]
-        )
-        m.seller_balance = pyo.Constraint(
-            m.N, rule=lambda m, n: m.sold_kwh[n] + m.exported_kwh[n] + m.curtailed_kwh[n] == m.supply_kwh[n]
-        )
-        m.injection_definition = pyo.Constraint(
-            m.N,
-            rule=lambda m, n: m.injection_kwh[n]
-            == m.sold_kwh[n] + m.exported_kwh[n] - m.bought_kwh[n] - m.imported_kwh[n],
-        )
+        define_participant_balances(m)
         m.community_balance = pyo.Constraint(
             expr=sum(m.bought_kwh[n] for n in m.N) + m.operator_export_kwh + m.battery_charge_kwh
             == sum(m.sold_kwh[n] for n in m.N) + m.operator_import_kwh + m.battery_discharge_kwh
@@ -272,12 +253,6 @@ class CommunityModel:
         )
         m.export_limit = pyo.Constraint(
             expr=sum(m.exported_kwh[n] for n in m.N) + m.operator_export_kwh <= m.export_cap_kwh
-        )
-
-    @staticmethod
-    def _define_network_cuts(m: pyo.ConcreteModel) -> None:
-        m.network_cut = pyo.Constraint(
-            m.K, rule=lambda m, k: sum(m.cut_coef[k, n] * m.injection_kwh[n] for n in m.N) <= m.cut_rhs[k]
         )
 
     @staticmethod
@@ -362,17 +337,9 @@ class CommunityModel:
     def solve(self) -> tuple[str, dict[str, np.ndarray]]:
         """Solve; returns (status, variable values). Never raises for solver trouble."""
         h = self.highs
-        try:
-            h.run()
-            status = h.getModelStatus()
-            if status != highspy.HighsModelStatus.kOptimal:  # a stale basis can stall: retry cold
-                h.clearSolver()
-                h.run()
-                status = h.getModelStatus()
-        except Exception as err:  # recorded by the caller, never raised into the loop
-            return f"solver error: {err}", {}
-        if status != highspy.HighsModelStatus.kOptimal:
-            return f"clearing {h.modelStatusToString(status)}", {}
+        status = solve_highs(h)
+        if status != "ok":
+            return status, {}
         x = np.asarray(h.getSolution().col_value)
         values = {name: x[self.col[name]] for name in MEMBER_VARIABLES + MANAGER_VARIABLES}
         for name in MEMBER_VARIABLES[:-1] + MANAGER_VARIABLES:

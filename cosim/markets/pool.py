@@ -32,44 +32,24 @@ The epsilon term (1e-6 /kWh) only breaks ties in favour of trading locally.
 
 from __future__ import annotations
 
-import logging
-
 import highspy
 import numpy as np
 import pyomo.environ as pyo
-from pyomo.contrib.appsi.solvers import Highs
 
 from cosim.markets.base import Charges, MarketContext, NetworkCuts, OrderArrays
+from cosim.markets.blocks import (
+    PARTICIPANT_VARIABLES,
+    define_network_cuts,
+    define_participant_balances,
+    define_participant_variables,
+    define_round_parameters,
+)
+from cosim.markets.highs import INACTIVE_RHS, attach_highs, solve_highs
 
-logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
-
-#: Right-hand side of an unused network-cut slot, and the cap standing for "unlimited".
-INACTIVE_RHS = 1e9
 #: Tie-breaking cost of trading with the outside party [currency/kWh].
 OUTSIDE_EPSILON = 1e-6
-def attach_highs(m: pyo.ConcreteModel, variables, constraints, **options) -> tuple[Highs, highspy.Highs, dict, dict]:
-    """Hand a Pyomo model to a persistent HiGHS instance, once per run.
 
-    Returns the appsi solver, its `highspy.Highs` (each round's data is written straight
-    into it: appsi's parameter sync is too slow), and the HiGHS column (row) indices of each
-    named variable (constraint), indexed or scalar, in index order. Output is off and HiGHS
-    runs on one thread; `options` (e.g. ``presolve="off"``) are set on both.
-    """
-    options = {"threads": 1, "output_flag": False, **options}
-    solver = Highs()
-    solver.config.stream_solver = False
-    solver.highs_options = dict(options)
-    solver.set_instance(m)
-    highs: highspy.Highs = solver._solver_model
-    for key, value in options.items():
-        highs.setOptionValue(key, value)
-    vmap, cmap = solver._pyomo_var_to_solver_var_map, solver._pyomo_con_to_solver_con_map
-    col = {name: np.array([vmap[id(v)] for v in getattr(m, name).values()], dtype=np.int32) for name in variables}
-    row = {name: np.array([cmap[c] for c in getattr(m, name).values()], dtype=np.int32) for name in constraints}
-    return solver, highs, col, row
-
-
-VARIABLES = ("bought_kwh", "sold_kwh", "imported_kwh", "exported_kwh", "shed_kwh", "curtailed_kwh", "injection_kwh")
+VARIABLES = PARTICIPANT_VARIABLES
 
 
 class PoolModel:
@@ -83,9 +63,9 @@ class PoolModel:
         m.N = pyo.RangeSet(0, n - 1)
         m.K = pyo.RangeSet(0, max_cuts - 1)
         self._define_parameters(m)
-        self._define_variables(m)
+        define_participant_variables(m)
         self._define_balances(m)
-        self._define_network_cuts(m)
+        define_network_cuts(m)
         self._define_objective(m)
         self.solver, self.highs, self.col, self.row = attach_highs(
             m, VARIABLES, ("buyer_balance", "seller_balance", "network_cut", "import_limit", "export_limit"),
@@ -96,51 +76,16 @@ class PoolModel:
     # -- model pieces -------------------------------------------------------------------
     @staticmethod
     def _define_parameters(m: pyo.ConcreteModel) -> None:
-        m.demand_kwh = pyo.Param(m.N, mutable=True, initialize=0.0)
-        m.supply_kwh = pyo.Param(m.N, mutable=True, initialize=0.0)
+        define_round_parameters(m)
         m.bid_value = pyo.Param(m.N, mutable=True, initialize=0.0)
         m.ask_cost = pyo.Param(m.N, mutable=True, initialize=0.0)
-        m.import_cap_kwh = pyo.Param(mutable=True, initialize=INACTIVE_RHS)
-        m.export_cap_kwh = pyo.Param(mutable=True, initialize=INACTIVE_RHS)
-        m.voll_per_kwh = pyo.Param(mutable=True, initialize=10.0)
-        m.curtail_cost_per_kwh = pyo.Param(mutable=True, initialize=0.1)
-        m.cut_coef = pyo.Param(m.K, m.N, mutable=True, initialize=1.0)
-        m.cut_rhs = pyo.Param(m.K, mutable=True, initialize=INACTIVE_RHS)
-
-    @staticmethod
-    def _define_variables(m: pyo.ConcreteModel) -> None:
-        nonneg = pyo.NonNegativeReals
-        m.bought_kwh = pyo.Var(m.N, domain=nonneg)
-        m.sold_kwh = pyo.Var(m.N, domain=nonneg)
-        m.imported_kwh = pyo.Var(m.N, domain=nonneg)
-        m.exported_kwh = pyo.Var(m.N, domain=nonneg)
-        m.shed_kwh = pyo.Var(m.N, domain=nonneg)
-        m.curtailed_kwh = pyo.Var(m.N, domain=nonneg)
-        m.injection_kwh = pyo.Var(m.N, domain=pyo.Reals)
 
     @staticmethod
     def _define_balances(m: pyo.ConcreteModel) -> None:
-        m.buyer_balance = pyo.Constraint(
-            m.N, rule=lambda m, n: m.bought_kwh[n] + m.imported_kwh[n] + m.shed_kwh[n] == m.demand_kwh[n]
-        )
-        m.seller_balance = pyo.Constraint(
-            m.N, rule=lambda m, n: m.sold_kwh[n] + m.exported_kwh[n] + m.curtailed_kwh[n] == m.supply_kwh[n]
-        )
-        m.injection_definition = pyo.Constraint(
-            m.N,
-            rule=lambda m, n: m.injection_kwh[n]
-            == m.sold_kwh[n] + m.exported_kwh[n] - m.bought_kwh[n] - m.imported_kwh[n],
-        )
+        define_participant_balances(m)
         m.pool_balance = pyo.Constraint(expr=sum(m.bought_kwh[n] for n in m.N) == sum(m.sold_kwh[n] for n in m.N))
         m.import_limit = pyo.Constraint(expr=sum(m.imported_kwh[n] for n in m.N) <= m.import_cap_kwh)
         m.export_limit = pyo.Constraint(expr=sum(m.exported_kwh[n] for n in m.N) <= m.export_cap_kwh)
-
-    @staticmethod
-    def _define_network_cuts(m: pyo.ConcreteModel) -> None:
-        # coefficients start at 1 so every (cut, participant) entry exists in HiGHS
-        m.network_cut = pyo.Constraint(
-            m.K, rule=lambda m, k: sum(m.cut_coef[k, n] * m.injection_kwh[n] for n in m.N) <= m.cut_rhs[k]
-        )
 
     @staticmethod
     def _define_objective(m: pyo.ConcreteModel) -> None:
@@ -234,19 +179,9 @@ class PoolModel:
     def solve(self) -> tuple[str, dict[str, np.ndarray], float]:
         """Solve; returns (status, variable arrays, welfare). Never raises for solver trouble."""
         h = self.highs
-        try:
-            h.run()
-            status = h.getModelStatus()
-            if status != highspy.HighsModelStatus.kOptimal:
-                # the basis kept from the last round can stall HiGHS ("Unknown" after 0
-                # iterations); retry once from scratch before calling the round failed
-                h.clearSolver()
-                h.run()
-                status = h.getModelStatus()
-        except Exception as err:  # recorded by the caller, never raised into the loop
-            return f"solver error: {err}", {}, float("nan")
-        if status != highspy.HighsModelStatus.kOptimal:
-            return f"clearing {h.modelStatusToString(status)}", {}, float("nan")
+        status = solve_highs(h)
+        if status != "ok":
+            return status, {}, float("nan")
         x = np.asarray(h.getSolution().col_value)
         values = {name: x[self.col[name]] for name in VARIABLES}
         for name in VARIABLES[:-1]:

@@ -135,7 +135,8 @@ from cosim.markets.base import (
     OrderArrays,
     outside_trades,
 )
-from cosim.markets.pool import PoolModel, attach_highs
+from cosim.markets.highs import attach_highs
+from cosim.markets.pool import PoolModel
 from cosim.markets.uniform import failed_result, merit_order_matching
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)

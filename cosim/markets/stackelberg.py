@@ -134,7 +134,8 @@ from cosim.markets.base import (
     OrderArrays,
     outside_trades,
 )
-from cosim.markets.pool import PoolModel, attach_highs
+from cosim.markets.highs import attach_highs, solve_highs
+from cosim.markets.pool import PoolModel
 from cosim.markets.uniform import failed_result
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
@@ -486,17 +487,9 @@ class FollowerModel:
         h.changeColsCost(n, self.col, np.where(upper > 0, np.nan_to_num(price) - value, 0.0))
         h.changeRowsBounds(1, self.need_row, np.array([-inf]), np.array([need]))
         h.passHessian(self.n_col, n, 1, self._hess_start, self._hess_cols, np.full(n, weight))
-        try:
-            h.run()
-            status = h.getModelStatus()
-            if status != highspy.HighsModelStatus.kOptimal:
-                h.clearSolver()
-                h.run()
-                status = h.getModelStatus()
-        except Exception as err:  # recorded by the caller, never raised into the loop
-            return f"solver error: {err}", np.zeros(n)
-        if status != highspy.HighsModelStatus.kOptimal:
-            return f"follower {h.modelStatusToString(status)}", np.zeros(n)
+        status = solve_highs(h, "follower")
+        if status != "ok":
+            return status, np.zeros(n)
         x = np.asarray(h.getSolution().col_value)[self.col]
         return "ok", np.maximum(x, 0.0)
 
