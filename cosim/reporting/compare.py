@@ -22,9 +22,20 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cosim.config.errors import InputError  # noqa: E402
+from cosim.reporting.report.figures.common import save  # noqa: E402
+from cosim.reporting.report.load import curtailment_rule  # noqa: E402
+from cosim.reporting.report.numbers import MISSING  # noqa: E402
 
 #: Amounts below this are rounding noise [currency].
 MONEY_EPS = 1e-6
+#: Limits drawn when a run's summary.json names none: branch loading [%], voltage [pu].
+DEFAULT_MAX_LOADING_PCT = 100
+DEFAULT_V_MAX_PU = 1.1
+#: Room below the lowest and above the highest bar of the voltage panel [pu].
+_VOLTAGE_MARGIN_BELOW_PU = 0.02
+_VOLTAGE_MARGIN_ABOVE_PU = 0.01
+#: Width of one of the two bars (no feedback, with feedback) of a run [x units, 1 per run].
+_BAR_WIDTH = 0.4
 #: Rows of the comparison table: (label with unit, how to compute it from a run).
 TABLE_ROWS = [
     ("mechanism", lambda r: r.summary["mechanism"]),
@@ -101,7 +112,7 @@ class Run:
     def worse_off(self) -> float:
         bills = self.summary.get("prosumer_bills", {})
         diffs = [v.get("market", np.nan) - v.get("baseline", np.nan) for v in bills.values()]
-        return float(np.sum(np.array(diffs) > 1e-6)) if diffs else np.nan
+        return float(np.sum(np.array(diffs) > MONEY_EPS)) if diffs else np.nan
 
     def fairness(self, part: str, key: str) -> float:
         """A figure of `cosim.reporting.fairness.fairness_summary` (part ``curtailment`` or ``shedding``)
@@ -126,12 +137,8 @@ class Run:
 
     def curtailment_rule(self) -> str:
         """feedback.curtailment_rule of the run's resolved scenario.yaml ("–" if not there)."""
-        import yaml
-
-        try:
-            return str(yaml.safe_load((self.path / "scenario.yaml").read_text())["feedback"]["curtailment_rule"])
-        except (OSError, KeyError, TypeError, yaml.YAMLError):
-            return "–"
+        rule = curtailment_rule(self.path)
+        return MISSING if rule is None else rule
 
     def operator_surplus(self) -> float:
         st = self.settlement
@@ -148,7 +155,7 @@ def _fmt(value) -> str:
     if isinstance(value, str):
         return html.escape(value)
     if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "–"
+        return MISSING
     if isinstance(value, int | np.integer) or float(value).is_integer() and abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
@@ -165,8 +172,7 @@ def _figure_prices(runs: list[Run], path: Path, cur: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _figure_bills(runs: list[Run], path: Path, cur: str) -> None:
@@ -182,13 +188,23 @@ def _figure_bills(runs: list[Run], path: Path, cur: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def short_labels(runs: list[Run]) -> list[str]:
-    """One short tick label per run: the mechanism when every run has its own, else the
-    scenario name without the prefix all runs share (e.g. ``rural3-``)."""
+    """One short tick label per run.
+
+    Parameters
+    ----------
+    runs : list of Run
+        The runs compared.
+
+    Returns
+    -------
+    list of str
+        The mechanism when every run has its own, else the scenario name without the
+        prefix all runs share (e.g. ``rural3-``).
+    """
     mechanisms = [r.summary["mechanism"] for r in runs]
     if len(set(mechanisms)) == len(runs):
         return mechanisms
@@ -221,34 +237,35 @@ def _figure_bars(runs: list[Run], path: Path, cur: str) -> None:
         ax.axhline(0, color="k", lw=0.6)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _figure_grid(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(_width(runs, 13.0), 4.5))
     labels = short_labels(runs)
     x = np.arange(len(runs))
-    with_fb = [r.kpi("peak_trafo_loading_pct") for r in runs]
-    without = [r.variant("market_no_feedback", "peak_trafo_loading_pct") for r in runs]
-    axes[0].bar(x - 0.2, without, 0.4, label="no feedback", color="tab:orange")
-    axes[0].bar(x + 0.2, with_fb, 0.4, label="with feedback", color="tab:blue")
-    axes[0].axhline(runs[0].summary.get("max_loading_pct", 100), color="r", ls="--", lw=1, label="limit")
+
+    def with_and_without_feedback(ax, key: str, limit: float, limit_label: str) -> list[float]:
+        with_fb = [r.kpi(key) for r in runs]
+        without = [r.variant("market_no_feedback", key) for r in runs]
+        ax.bar(x - _BAR_WIDTH / 2, without, _BAR_WIDTH, label="no feedback", color="tab:orange")
+        ax.bar(x + _BAR_WIDTH / 2, with_fb, _BAR_WIDTH, label="with feedback", color="tab:blue")
+        ax.axhline(limit, color="r", ls="--", lw=1, label=limit_label)
+        return with_fb + without
+
+    loading_limit = runs[0].summary.get("max_loading_pct", DEFAULT_MAX_LOADING_PCT)
+    with_and_without_feedback(axes[0], "peak_trafo_loading_pct", loading_limit, "limit")
     axes[0].set_ylabel("peak transformer loading [%]")
-    vmax_fb = [r.kpi("vm_max_pu") for r in runs]
-    vmax_nofb = [r.variant("market_no_feedback", "vm_max_pu") for r in runs]
-    axes[1].bar(x - 0.2, vmax_nofb, 0.4, label="no feedback", color="tab:orange")
-    axes[1].bar(x + 0.2, vmax_fb, 0.4, label="with feedback", color="tab:blue")
-    axes[1].axhline(runs[0].summary.get("v_max_pu", 1.1), color="r", ls="--", lw=1, label="band")
+    v_max = runs[0].summary.get("v_max_pu", DEFAULT_V_MAX_PU)
+    vmax = with_and_without_feedback(axes[1], "vm_max_pu", v_max, "band")
     axes[1].set_ylabel("highest bus voltage [pu]")
-    axes[1].set_ylim(min(vmax_fb + vmax_nofb) - 0.02, max(vmax_fb + vmax_nofb + [runs[0].summary.get("v_max_pu", 1.1)]) + 0.01)
+    axes[1].set_ylim(min(vmax) - _VOLTAGE_MARGIN_BELOW_PU, max(vmax + [v_max]) + _VOLTAGE_MARGIN_ABOVE_PU)
     for ax in axes:
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def _figure_fairness(runs: list[Run], path: Path) -> None:
@@ -275,12 +292,31 @@ def _figure_fairness(runs: list[Run], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path = "results/compare") -> Path:
-    """Draw the comparison of `run_dirs` into `out`/compare.html; returns its path."""
+    """Draw several finished runs side by side.
+
+    Parameters
+    ----------
+    run_dirs : list of str or pathlib.Path
+        Folders of finished runs (``summary.json``, ``rounds.parquet``,
+        ``settlement.parquet``; ``prosumers.parquet`` and ``scenario.yaml`` for the
+        fairness rows). Money is shown in the first run's currency.
+    out : str or pathlib.Path
+        Folder for ``compare.html`` and ``figures/*.png``; created if missing.
+
+    Returns
+    -------
+    pathlib.Path
+        Path of the written ``compare.html``.
+
+    Raises
+    ------
+    cosim.config.errors.InputError
+        If no folder is given or a folder lacks a file every run has.
+    """
     if len(run_dirs) < 1:
         raise InputError("compare", ["expected at least one run folder, found none"])
     runs = [Run(Path(d)) for d in run_dirs]

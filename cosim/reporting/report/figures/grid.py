@@ -17,7 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 
-from cosim.reporting.report.aggregate import envelope, totals
+from cosim.reporting.report.aggregate import TimeBase, envelope, totals
 from cosim.reporting.report.figures.common import (
     COLOURS,
     FIG_WIDTH_IN,
@@ -384,41 +384,35 @@ def _fig_network_map(run: Run, path: pathlib.Path) -> str:
     )
 
 
-def _fig_grid_forming(run: Run, path: pathlib.Path) -> str:
-    rounds, tb = run.market.rounds, run.timebase
-    fig, (ax_s, ax_p) = subplots(2, 5.5)
-    soc = rounds.assign(soc_pct=100.0 * rounds["gfu_soc"])
-    lo, hi = envelope(soc, "soc_pct", "soc_pct", tb)
+def _line_or_band(ax, rounds: pd.DataFrame, col: str, tb: TimeBase, colour: str) -> None:
+    """``col`` round by round as a line, or per bucket as a band from its minimum to its
+    maximum."""
+    lo, hi = envelope(rounds, col, col, tb)
     if tb.freq is None:
-        ax_s.plot(lo.index, lo.to_numpy(float), color="tab:green", lw=1.0)
+        ax.plot(lo.index, lo.to_numpy(float), color=colour, lw=1.0)
     else:
-        ax_s.fill_between(
+        ax.fill_between(
             lo.index,
             lo.to_numpy(float),
             hi.to_numpy(float),
-            color="tab:green",
+            color=colour,
             alpha=0.4,
             lw=0,
             label=f"min–max per {tb.unit}",
         )
+
+
+def _fig_grid_forming(run: Run, path: pathlib.Path) -> str:
+    rounds, tb = run.market.rounds, run.timebase
+    fig, (ax_s, ax_p) = subplots(2, 5.5)
+    soc = rounds.assign(soc_pct=100.0 * rounds["gfu_soc"])
+    _line_or_band(ax_s, soc, "soc_pct", tb, "tab:green")
     ax_s.set_ylim(0, 100)
     ax_s.set_ylabel("state of charge [%]")
     ax_s.set_title("Grid-forming unit: state of charge (top) and power (bottom)")
     ax_s.grid(alpha=0.3)
     if "gfu_p_kw" in rounds.columns:
-        lo, hi = envelope(rounds, "gfu_p_kw", "gfu_p_kw", tb)
-        if tb.freq is None:
-            ax_p.plot(lo.index, lo.to_numpy(float), color="tab:blue", lw=1.0)
-        else:
-            ax_p.fill_between(
-                lo.index,
-                lo.to_numpy(float),
-                hi.to_numpy(float),
-                color="tab:blue",
-                alpha=0.4,
-                lw=0,
-                label=f"min–max per {tb.unit}",
-            )
+        _line_or_band(ax_p, rounds, "gfu_p_kw", tb, "tab:blue")
         ax_p.axhline(0.0, color="black", lw=0.6)
     else:
         ax_p.text(
