@@ -9,15 +9,14 @@ import pytest
 
 from cosim.config.scenario import Scenario
 from cosim.flex.assets import build_assets
-from cosim.flex.dayahead import (
+from cosim.flex.dayahead import grid_cost, private_costs
+from cosim.flex.dayahead_model import (
     SPLIT_EPSILON,
     THROUGHPUT_EPSILON,
     FlexModel,
     Horizon,
     ModelData,
     Prices,
-    grid_cost,
-    private_costs,
 )
 from cosim.physical.fleet import build_fleet
 from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
@@ -83,8 +82,10 @@ def test_hand_worked_two_periods():
     "Demand-side management via distributed energy generation and storage optimization",
     IEEE Trans. Smart Grid 4(2): private versus central objectives.)"""
     z = np.zeros(0)
-    data = ModelData(np.array([0]), np.array([0]), np.array([10.0]), np.array([5.0]), 0.9, 0.9, 0.0, 1.0,
-                     np.zeros(0, int), z, z, z, z, np.zeros(0, bool), 0)
+    data = ModelData(agents=np.array([0]), bat_agent=np.array([0]), bat_e_kwh=np.array([10.0]),
+                     bat_p_kw=np.array([5.0]), eta_c=0.9, eta_d=0.9, soc_min=0.0, soc_max=1.0,
+                     ses_agent=np.zeros(0, int), ses_cap_kwh=z, ses_p_kw=z, ses_eta_c=z, ses_eta_d=z,
+                     ses_v2g=np.zeros(0, bool), n_ev=0)
     model = FlexModel(data, 2, 1.0)
     hz = Horizon(np.array([[-4.0, 4.0]]), np.array([4.0, -4.0]), np.array([0.0]), np.array([0.0]), {})
     prices = Prices(0.30, 0.08, 5.0, 1.0, None)
@@ -116,7 +117,7 @@ def test_dayahead_costs_no_more_than_the_rule(fleet, mode):
     sc = scenario({"strategy": mode, **batteries_only})
     assets = build_assets(sc, day)
     net, end = realised(assets, day, sc, end_min=rule_end)
-    sched = assets.planner._cache[next(iter(assets.planner._cache))]
+    sched = assets.schedule  # the day's one schedule, planned in `realised`
     assert sched.ok and len(assets.plans) == 1
     assert np.all(end >= rule_end - 1e-7)
     prices = assets.planner.prices

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from cosim.config.errors import InputError
 from cosim.config.scenario import Scenario
-from cosim.flex.assets import STORAGE_COLUMNS, SessionTable, _SessionState, build_assets
+from cosim.flex.assets import STORAGE_COLUMNS, build_assets
+from cosim.flex.sessions import SessionState, SessionTable
 from cosim.physical.fleet import Batteries, build_fleet
 from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
 from cosim.virtual.admission import physical_limits
@@ -127,8 +128,9 @@ def ev_table(arrival_kwh, required_kwh, start, end, cap=40.0, p=7.0, eta_c=0.9, 
     sessions = pd.DataFrame({"slot": [0] * len(start), "arrival": pd.NaT, "departure": pd.NaT,
                              "start_round": start, "end_round": end, "arrival_kwh": arrival_kwh,
                              "required_kwh": required_kwh, "asset": "ev", "id": "P000"})
-    return SessionTable.build("ev", np.array([0]), ["P000"], np.array([cap]), np.array([p]), np.array([eta_c]),
-                              np.array([eta_d]), np.array([v2g]), sessions, n_ext, dt_h)
+    return SessionTable.build(kind="ev", owner=np.array([0]), ids=["P000"], cap_kwh=np.array([cap]),
+                              p_kw=np.array([p]), eta_c=np.array([eta_c]), eta_d=np.array([eta_d]),
+                              v2g=np.array([v2g]), sessions=sessions, n_ext=n_ext, dt_h=dt_h)
 
 
 @settings(max_examples=50, deadline=None)
@@ -138,7 +140,7 @@ def test_session_asset_bounds_and_conservation(requests, arrival, required):
     """Any requested power (v2g EV): energy in [0, capacity], power within the charger,
     nothing while away, energy conserved with both efficiencies, shortfall recorded."""
     tb = ev_table([arrival, 10.0], [required, 30.0], [2, 20], [14, 29])
-    state = _SessionState.start(tb)
+    state = SessionState.start(tb)
     dt_h = 0.5
     energy = []
     powers, losses, acts = [], [], []

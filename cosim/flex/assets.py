@@ -9,9 +9,9 @@ loads and ``storage.strategy: rule``.
 
 Assets
 ------
-- **Batteries** (`cosim.physical.fleet.Batteries`): kWh capacity, kW limit, charge and
+- **Batteries** (`cosim.flex.batteries.Batteries`): kWh capacity, kW limit, charge and
   discharge efficiency, state-of-charge bounds.
-- **EVs** and **shiftable loads** are *session assets* (`SessionTable`): each must reach
+- **EVs** and **shiftable loads** are *session assets* (`cosim.flex.sessions`): each must reach
   an energy by a deadline. An EV session runs from arrival to departure; it starts with
   ``arrival_kwh`` in the car and must end with ``required_kwh``; the charger draws at most
   ``p_kw`` (with vehicle-to-grid it may also deliver that much). A shiftable load is a
@@ -35,7 +35,7 @@ Shared battery capacity (``storage.battery_auction``)
 ----------------------------------------------------
 With the auction enabled (``rule`` or ``price`` only), each day the households with a
 battery share part of its capacity with households that have PV and no battery, by the
-auction of `cosim.flex.battery_auction` (its docstring, *In runs*, gives the design): the
+auction of `cosim.flex.battery_auction` (`cosim.flex.capacity_sharing` gives the design): the
 owner's own account shrinks by what it shares, each winner's slice charges from the
 winner's surplus and discharges into its deficit, and the slices' power is added to the
 owner's net load, at the owner's bus, since the energy is in the owner's battery.
@@ -50,18 +50,32 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as dt
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cosim.config.errors import InputError
-from cosim.config.scenario import PROFILE_END, PROFILE_START, Scenario
-from cosim.flex.battery_auction import AuctionDays, CapacityShares
-from cosim.physical.fleet import Batteries, Fleet
+from cosim.config.scenario import Scenario
+from cosim.flex.batteries import Batteries, battery_efficiencies
+from cosim.flex.capacity_sharing import AuctionDays, CapacityShares
+from cosim.flex.dayahead import PLAN_COLUMNS, DayAheadPlanner
+from cosim.flex.forecasts import forecast_net_kw, history_net_kw
+from cosim.flex.sessions import (
+    ENERGY_TOL,
+    SESSION_COLUMNS,
+    SessionState,
+    empty_sessions,
+    random_ev_sessions,
+    read_ev_sessions,
+    shiftable_jobs,
+)
+from cosim.flex.spec import AssetSpec, transformer_limit_kw
+from cosim.flex.storage_summary import auction_figures, flexible_consumption_kwh, summarize_storage
+from cosim.physical.fleet import Fleet
+
+__all__ = ["STORAGE_COLUMNS", "FlexibleAssets", "build_assets", "flexible_consumption_kwh",
+           "price_threshold_per_kwh", "summarize_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -80,373 +94,6 @@ STORAGE_COLUMNS = [
     "round", "id", "asset", "power_kw", "scheduled_kw", "energy_kwh", "soc", "loss_kwh", "plugged",
     "required_kwh", "shortfall_kwh",
 ]
-#: Columns of the session tables (EV charging sessions and shiftable jobs).
-SESSION_COLUMNS = [
-    "asset", "id", "slot", "arrival", "departure", "start_round", "end_round", "arrival_kwh",
-    "required_kwh", "reachable_kwh", "feasible",
-]
-#: Columns a sessions CSV must have (``battery_kwh`` and ``charger_kw`` are optional).
-CSV_COLUMNS = ["id", "arrival", "departure", "arrival_kwh", "required_kwh"]
-#: Energies closer than this are equal [kWh].
-ENERGY_TOL = 1e-6
-
-
-# ------------------------------------------------------------------------- static data
-
-
-@dataclass(frozen=True)
-class SessionTable:
-    """EVs or shiftable loads of a run: one slot per asset, its sessions, who is active when.
-
-    Attributes
-    ----------
-    kind : ``ev`` or ``shiftable``
-    owner : position of each slot's prosumer in the fleet
-    ids : the owners' prosumer ids
-    cap_kwh, p_kw : capacity [kWh] and charger / appliance power limit [kW] per slot
-    eta_c, eta_d : charge and discharge efficiency per slot [0..1]
-    v2g : whether the slot may discharge into the house
-    sessions : one row per session, `SESSION_COLUMNS`; rounds count from the run's
-        first round, ``end_round`` exclusive (the asset is gone from ``end_round`` on); a
-        session already under way at the run's start has, as ``arrival_kwh``, the energy
-        full-power charging since its arrival would have given it by then
-    active : [rounds x slots] row of `sessions` active in each round, -1 if none; covers
-        the run and one day beyond it (the last schedule's horizon)
-    """
-
-    kind: str
-    owner: np.ndarray
-    ids: list[str]
-    cap_kwh: np.ndarray
-    p_kw: np.ndarray
-    eta_c: np.ndarray
-    eta_d: np.ndarray
-    v2g: np.ndarray
-    sessions: pd.DataFrame
-    active: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return len(self.owner)
-
-    @classmethod
-    def build(cls, kind: str, owner: np.ndarray, ids: list[str], cap_kwh, p_kw, eta_c, eta_d, v2g,
-              sessions: pd.DataFrame, n_ext: int, dt_h: float) -> SessionTable:
-        """Check the sessions, add ``reachable_kwh`` and ``feasible``, index who is active when."""
-        s = len(owner)
-        sessions = sessions.sort_values(["slot", "start_round"], kind="stable").reset_index(drop=True)
-        start = sessions.start_round.to_numpy(int)
-        # a session under way when the run starts has charged since its arrival (at full
-        # power until it held what it needs): it enters the run with that energy
-        before = np.maximum(-start, 0)
-        slot0 = sessions.slot.to_numpy(int)
-        arrival = sessions.arrival_kwh.to_numpy(float)
-        gained = np.minimum(np.maximum(sessions.required_kwh.to_numpy(float) - arrival, 0.0),
-                            np.asarray(eta_c, float)[slot0] * np.asarray(p_kw, float)[slot0] * dt_h * before)
-        sessions["arrival_kwh"] = np.minimum(arrival + gained, np.asarray(cap_kwh, float)[slot0])
-        end = sessions.end_round.to_numpy(int)
-        slot = sessions.slot.to_numpy(int)
-        eff_rounds = np.minimum(end, n_ext) - np.maximum(start, 0)
-        cap = np.asarray(cap_kwh, float)[slot]
-        reach = np.minimum(cap, sessions.arrival_kwh.to_numpy(float)
-                           + np.asarray(eta_c, float)[slot] * np.asarray(p_kw, float)[slot] * dt_h * eff_rounds)
-        sessions["reachable_kwh"] = reach
-        sessions["feasible"] = reach >= sessions.required_kwh.to_numpy(float) - ENERGY_TOL
-        active = np.full((n_ext, s), -1, dtype=np.int64)
-        for i in range(len(sessions)):
-            a, b = max(start[i], 0), min(end[i], n_ext)
-            if b > a:
-                active[a:b, slot[i]] = i
-        return cls(kind, np.asarray(owner, int), list(ids), np.asarray(cap_kwh, float), np.asarray(p_kw, float),
-                   np.asarray(eta_c, float), np.asarray(eta_d, float), np.asarray(v2g, bool),
-                   sessions[SESSION_COLUMNS], active)
-
-    def horizon(self, t0: int, n_t: int, energy_kwh: np.ndarray, dt_h: float) -> dict[str, np.ndarray]:
-        """What a schedule of rounds [t0, t0 + n_t) needs to know, per slot and round.
-
-        ``energy_kwh`` is each slot's energy at the start of round t0 (used for sessions
-        already in progress). Returns [slots x n_t] arrays: ``plugged``; ``link`` (1 where
-        the round continues the session of the round before); ``start_kwh`` (energy
-        at the start of a round that opens a session, else 0); ``required_kwh`` (energy
-        needed at the end of the round, -inf where nothing is due). A session that ends
-        after the horizon must hold, at its end, what full power could not add later.
-        """
-        act = self.active[t0 : t0 + n_t].T  # slots x n_t
-        if act.shape[1] < n_t:  # beyond the precomputed range nothing is plugged in
-            act = np.hstack([act, np.full((self.n, n_t - act.shape[1]), -1)])
-        plugged = act >= 0
-        before = self.active[t0 - 1] if t0 > 0 else np.full(self.n, -1)
-        prev = np.hstack([before[:, None], act[:, :-1]])
-        cont = plugged & (act == prev)
-        rows = np.where(plugged, act, 0)
-        arr = self.sessions.arrival_kwh.to_numpy(float)[rows]
-        start_kwh = np.where(plugged & ~cont, arr, 0.0)
-        start_kwh[:, 0] = np.where(cont[:, 0], energy_kwh, start_kwh[:, 0])
-        link = cont.astype(float)
-        link[:, 0] = 0.0
-        end = self.sessions.end_round.to_numpy(int)[rows]
-        req = self.sessions.required_kwh.to_numpy(float)[rows]
-        absolute = t0 + np.arange(n_t)[None, :]
-        due = plugged & (end - 1 == absolute)
-        required = np.where(due, np.minimum(req, self.cap_kwh[:, None]), -np.inf)
-        # sessions running past the horizon: what they must hold at its end
-        last = plugged[:, -1] & (end[:, -1] > t0 + n_t)
-        later_kwh = self.eta_c * self.p_kw * dt_h * (end[:, -1] - (t0 + n_t))
-        need = np.minimum(req[:, -1], self.cap_kwh) - later_kwh
-        required[:, -1] = np.where(last & (need > 0), need, required[:, -1])
-        return {"plugged": plugged, "link": link, "start_kwh": start_kwh, "required_kwh": required}
-
-
-def _empty_sessions() -> pd.DataFrame:
-    return pd.DataFrame({
-        "asset": pd.Series(dtype=object), "id": pd.Series(dtype=object), "slot": pd.Series(dtype="int64"),
-        "arrival": pd.Series(dtype="datetime64[ns]"), "departure": pd.Series(dtype="datetime64[ns]"),
-        "start_round": pd.Series(dtype="int64"), "end_round": pd.Series(dtype="int64"),
-        "arrival_kwh": pd.Series(dtype=float), "required_kwh": pd.Series(dtype=float),
-    })
-
-
-def _pick(rng: np.random.Generator, n: int, share: float) -> np.ndarray:
-    """Positions of exactly round(share * n) prosumers, chosen at random, sorted."""
-    return np.sort(rng.permutation(n)[: int(round(share * n))])
-
-
-def _run_days(scenario: Scenario, n_ext: int) -> pd.DatetimeIndex:
-    """Calendar days from the day before the run to the last day of the extended range."""
-    first = pd.Timestamp(scenario.start).normalize() - pd.Timedelta(days=1)
-    last = pd.Timestamp(scenario.start) + n_ext * pd.Timedelta(scenario.resolution)
-    return pd.date_range(first, last.normalize(), freq="1D")
-
-
-def _to_round(times: np.ndarray, start: pd.Timestamp, res: pd.Timedelta) -> np.ndarray:
-    """First round that starts at or after each time."""
-    x = (pd.DatetimeIndex(times) - start) / res
-    return np.ceil(np.asarray(x, float) - 1e-9).astype(np.int64)
-
-
-def random_ev_sessions(scenario: Scenario, fleet: Fleet, n_ext: int) -> SessionTable | None:
-    """Seeded EVs: ``storage.ev.share`` of the prosumers, one charging session a night."""
-    ev = scenario.storage.ev
-    rng = np.random.default_rng([scenario.seed, 6, 1])
-    owner = _pick(rng, fleet.n, ev.share)
-    if not len(owner):
-        return None
-    start = pd.Timestamp(scenario.start)
-    res = pd.Timedelta(scenario.resolution)
-    days = _run_days(scenario, n_ext)
-    cap = ev.battery_kwh
-    rows = []
-    for slot in range(len(owner)):
-        prev_dep = None
-        for day in days:
-            arr = day + pd.Timedelta(hours=ev.arrival_h + rng.normal(0.0, ev.time_sd_h))
-            dep_day = day + pd.Timedelta(days=1) if ev.departure_h <= ev.arrival_h else day
-            dep = dep_day + pd.Timedelta(hours=ev.departure_h + rng.normal(0.0, ev.time_sd_h))
-            km = max(rng.normal(ev.daily_km_mean, ev.daily_km_sd), 0.0)
-            if prev_dep is not None and arr < prev_dep + res:
-                arr = prev_dep + res
-            if dep < arr + res:
-                dep = arr + res
-            prev_dep = dep
-            required = ev.departure_soc * cap
-            rows.append((slot, arr, dep, float(np.clip(required - km * ev.kwh_per_km, 0.0, cap)), required))
-    table = pd.DataFrame(rows, columns=["slot", "arrival", "departure", "arrival_kwh", "required_kwh"])
-    table["start_round"] = _to_round(table.arrival.to_numpy(), start, res)
-    table["end_round"] = _to_round(table.departure.to_numpy(), start, res)
-    keep = (table.end_round > table.start_round) & (table.end_round > 0) & (table.start_round < n_ext)
-    table = table[keep].reset_index(drop=True)
-    ids = [fleet.ids[i] for i in owner]
-    table["asset"] = "ev"
-    table["id"] = [ids[s] for s in table.slot]
-    n = len(owner)
-    return SessionTable.build("ev", owner, ids, np.full(n, cap), np.full(n, ev.charger_kw),
-                              np.full(n, ev.charge_efficiency), np.full(n, ev.discharge_efficiency),
-                              np.full(n, ev.v2g), table, n_ext, scenario.dt_h)
-
-
-def read_ev_sessions(path: str | Path, scenario: Scenario, fleet: Fleet, n_ext: int) -> SessionTable | None:
-    """EV charging sessions from a CSV (see `CSV_COLUMNS`); one EV per prosumer id.
-
-    Every problem of the file is collected into one `InputError` naming the file.
-    """
-    path = Path(path)
-    try:
-        raw = pd.read_csv(path)
-    except FileNotFoundError:
-        raise InputError(path, ["storage.ev.sessions_csv: file not found"]) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(path, [f"expected a CSV of EV sessions, found unreadable text ({err})"]) from None
-    problems = []
-    missing = [c for c in CSV_COLUMNS if c not in raw.columns]
-    if missing:
-        raise InputError(path, [f"expected columns {', '.join(CSV_COLUMNS)}; missing {', '.join(missing)}"])
-    unknown = [c for c in raw.columns if c not in CSV_COLUMNS + ["battery_kwh", "charger_kw"]]
-    if unknown:
-        problems.append(f"unknown column(s) {', '.join(unknown)} (typo?)")
-    ev = scenario.storage.ev
-    raw = raw.copy()
-    raw["id"] = raw["id"].astype(str)
-    bad_ids = sorted(set(raw.id) - set(fleet.ids))
-    if bad_ids:
-        problems.append(f"id: expected prosumer ids of the fleet (e.g. {fleet.ids[0]}), found {bad_ids[:5]}")
-    for col in ("arrival", "departure"):
-        parsed = pd.to_datetime(raw[col], errors="coerce")
-        if parsed.isna().any():
-            rows = list(np.flatnonzero(parsed.isna().to_numpy()) + 2)[:5]
-            problems.append(f"{col}: expected times such as 2016-07-21 18:00, found unreadable values in rows {rows}")
-        raw[col] = parsed
-    for col in ("arrival_kwh", "required_kwh", "battery_kwh", "charger_kw"):
-        if col not in raw.columns:
-            continue
-        values = pd.to_numeric(raw[col], errors="coerce")
-        bad = values.isna() | (values < 0) | ((values <= 0) & (col in ("battery_kwh", "charger_kw")))
-        if bad.any():
-            rows = list(np.flatnonzero(bad.to_numpy()) + 2)[:5]
-            problems.append(f"{col}: expected numbers >= 0 (> 0 for capacities), found bad values in rows {rows}")
-        raw[col] = values
-    if not problems:
-        late = raw.departure <= raw.arrival
-        if late.any():
-            problems.append(f"departure: expected after arrival, found otherwise in rows {list(np.flatnonzero(late) + 2)[:5]}")
-        cap = raw["battery_kwh"] if "battery_kwh" in raw.columns else pd.Series(ev.battery_kwh, index=raw.index)
-        over = raw.arrival_kwh > cap + ENERGY_TOL
-        if over.any():
-            problems.append(f"arrival_kwh: expected at most the battery's kWh, found more in rows {list(np.flatnonzero(over) + 2)[:5]}")
-        ordered = raw.sort_values(["id", "arrival"])
-        overlap = ordered.groupby("id").apply(
-            lambda g: bool((g.arrival.to_numpy()[1:] < g.departure.to_numpy()[:-1]).any()), include_groups=False)
-        if overlap.any():
-            problems.append(f"sessions of one EV overlap for id(s) {list(overlap[overlap].index)[:5]}")
-    if problems:
-        raise InputError(path, problems)
-    if raw.empty:
-        return None
-    ids = sorted(raw.id.unique(), key=fleet.ids.index)
-    slot_of = {i: k for k, i in enumerate(ids)}
-    first = raw.groupby("id").first()
-    cap = np.array([first.battery_kwh[i] if "battery_kwh" in raw.columns else ev.battery_kwh for i in ids], float)
-    p = np.array([first.charger_kw[i] if "charger_kw" in raw.columns else ev.charger_kw for i in ids], float)
-    start = pd.Timestamp(scenario.start)
-    res = pd.Timedelta(scenario.resolution)
-    table = pd.DataFrame({
-        "slot": raw.id.map(slot_of).to_numpy(int), "arrival": raw.arrival, "departure": raw.departure,
-        "arrival_kwh": raw.arrival_kwh.astype(float), "required_kwh": raw.required_kwh.astype(float),
-    })
-    table["start_round"] = _to_round(table.arrival.to_numpy(), start, res)
-    table["end_round"] = _to_round(table.departure.to_numpy(), start, res)
-    table = table[(table.end_round > table.start_round) & (table.end_round > 0) & (table.start_round < n_ext)]
-    table = table.reset_index(drop=True)
-    table["asset"] = "ev"
-    table["id"] = [ids[s] for s in table.slot]
-    owner = np.array([fleet.ids.index(i) for i in ids])
-    n = len(ids)
-    return SessionTable.build("ev", owner, ids, cap, p, np.full(n, ev.charge_efficiency),
-                              np.full(n, ev.discharge_efficiency), np.full(n, ev.v2g), table, n_ext, scenario.dt_h)
-
-
-def shiftable_jobs(scenario: Scenario, fleet: Fleet, n_ext: int) -> SessionTable | None:
-    """Seeded shiftable loads: ``storage.shiftable.share`` of the prosumers, one job a day
-    in the rounds that lie wholly inside the window (windows that open before the run
-    are left out)."""
-    sh = scenario.storage.shiftable
-    rng = np.random.default_rng([scenario.seed, 6, 2])
-    owner = _pick(rng, fleet.n, sh.share)
-    if not len(owner):
-        return None
-    start = pd.Timestamp(scenario.start)
-    res = pd.Timedelta(scenario.resolution)
-    rows = []
-    for day in _run_days(scenario, n_ext):
-        ws = day + pd.Timedelta(hours=sh.window_start_h)
-        we = day + pd.Timedelta(hours=sh.window_end_h)
-        a = int(np.ceil((ws - start) / res - 1e-9))
-        b = int(np.floor((we - start) / res + 1e-9))
-        if a < 0 or b > n_ext or b <= a:
-            continue
-        for slot in range(len(owner)):
-            rows.append((slot, ws, we, a, b))
-    table = pd.DataFrame(rows, columns=["slot", "arrival", "departure", "start_round", "end_round"])
-    table["arrival_kwh"] = 0.0
-    table["required_kwh"] = sh.energy_kwh
-    ids = [fleet.ids[i] for i in owner]
-    table["asset"] = "shiftable"
-    table["id"] = [ids[s] for s in table.slot]
-    n = len(owner)
-    ones = np.ones(n)
-    return SessionTable.build("shiftable", owner, ids, ones * sh.energy_kwh, ones * sh.power_kw, ones, ones,
-                              np.zeros(n, bool), table, n_ext, scenario.dt_h)
-
-
-def history_net_kw(scenario: Scenario, fleet: Fleet, profile_code: str) -> np.ndarray:
-    """Net load (load - PV) of every prosumer in the 24 h before the run [rounds x prosumers].
-
-    Cut from the same SimBench profiles as the fleet; a run that starts on 2016-01-01
-    takes the last day of 2016 instead (the profiles cover 2016 only).
-    """
-    from cosim.physical.profiles import profile_tables, slice_profile
-
-    day = dt.timedelta(days=1)
-    start = scenario.start - day
-    if start < PROFILE_START:
-        start = PROFILE_END - day
-    tables = profile_tables(profile_code)
-    cut = {name: slice_profile(df, start, day, scenario.resolution) for name, df in tables.items()}
-    t = fleet.table
-    load = cut["load_p"][t.profile.tolist()].to_numpy() * t.p_ref_kw.to_numpy() * scenario.prosumers.load_scale
-    pv = cut["pv"][t.pv_profile.tolist()].to_numpy() * t.pv_kwp.to_numpy()
-    return load - pv
-
-
-def forecast_net_kw(scenario: Scenario, fleet: Fleet, n_ext: int, history: np.ndarray | None) -> np.ndarray:
-    """The forecast of every prosumer's net load (before flexible assets) the schedules see
-    [rounds x prosumers], for the run and one day beyond it.
-
-    ``perfect``: the real net load. ``persistence``: the net load 24 h earlier (before the
-    run: `history_net_kw`). Beyond the run's end both repeat the last day.
-    """
-    per_day = int(round(24.0 / scenario.dt_h))
-    actual = fleet.load_kw - fleet.pv_kw
-    n = len(actual)
-    if history is None:
-        history = actual[:per_day] if n >= per_day else np.resize(actual, (per_day, actual.shape[1]))
-    series = np.vstack([history[-per_day:], actual])  # series[k] is round k - per_day
-    while len(series) < per_day + n_ext:
-        series = np.vstack([series, series[-per_day:]])
-    if scenario.storage.forecast == "perfect":
-        return series[per_day : per_day + n_ext]
-    return series[:n_ext]
-
-
-@dataclass(frozen=True)
-class AssetSpec:
-    """Everything about a run's flexible assets that does not change while it runs."""
-
-    scenario: Scenario
-    fleet: Fleet
-    battery_pos: np.ndarray
-    """Fleet positions of prosumers with a battery."""
-    evs: SessionTable | None
-    shiftables: SessionTable | None
-    n_ext: int
-    """Rounds covered: the run and one day beyond."""
-    forecast_kw: np.ndarray | None = None
-    """Forecast net load before flexible assets [rounds x prosumers] (scheduled strategies)."""
-    transformer_limit_kw: float | None = None
-    auction: AuctionDays | None = None
-    """The battery auction's days (``storage.battery_auction.enabled``)."""
-
-
-def transformer_limit_kw(net, scenario: Scenario) -> float | None:
-    """Community import/export limit for schedules: ``storage.transformer_limit_kw``; or,
-    islanded, the grid-forming unit's kW; or the MV/LV transformers' rating times
-    ``feedback.max_loading_pct`` [kW at unity power factor]."""
-    if scenario.storage.transformer_limit_kw is not None:
-        return float(scenario.storage.transformer_limit_kw)
-    if scenario.mode == "islanded":
-        return float(scenario.islanded.p_kw)
-    if net is None or not len(net.trafo):
-        return None
-    return float(net.trafo.sn_mva.sum()) * 1000.0 * scenario.feedback.max_loading_pct / 100.0
 
 
 def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
@@ -476,87 +123,29 @@ def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
         evs = random_ev_sessions(scenario, fleet, n_ext)
     shiftables = shiftable_jobs(scenario, fleet, n_ext) if st.shiftable.share > 0 else None
     battery_pos = np.flatnonzero(fleet.table.battery_kwh.to_numpy(float) > 0)
-    spec_ = AssetSpec(scenario, fleet, battery_pos, evs, shiftables, n_ext)
+    spec_ = AssetSpec(scenario=scenario, fleet=fleet, battery_pos=battery_pos, evs=evs, shiftables=shiftables,
+                      n_ext=n_ext)
     for table in (evs, shiftables):
         if table is not None and not table.sessions.feasible.all():
             bad = table.sessions[~table.sessions.feasible]
             log.warning("%d %s session(s) cannot reach their energy in time (e.g. %s, needs %.1f kWh, "
                         "reaches %.1f kWh); they charge as far as they can and the shortfall is recorded",
                         len(bad), table.kind, bad.id.iloc[0], bad.required_kwh.iloc[0], bad.reachable_kwh.iloc[0])
-    planner = None
-    if st.strategy not in ("rule", "price"):
-        from cosim.flex.dayahead import DayAheadPlanner
-
+    scheduled = st.strategy not in ("rule", "price")
+    forecast_kw = None
+    if scheduled or st.battery_auction.enabled:
         history = None
         if st.forecast == "persistence" and spec is not None:
             code = spec.code if spec.source == "simbench" else spec.profiles.simbench_code
             history = history_net_kw(scenario, fleet, code)
-        spec_ = dataclasses.replace(spec_, forecast_kw=forecast_net_kw(scenario, fleet, n_ext, history),
-                                    transformer_limit_kw=transformer_limit_kw(net, scenario))
+        forecast_kw = forecast_net_kw(scenario, fleet, n_ext, history)
+    planner = None
+    if scheduled:
+        spec_ = dataclasses.replace(spec_, forecast_kw=forecast_kw, transformer_limit_kw=transformer_limit_kw(net, scenario))
         planner = DayAheadPlanner(spec_)
     if st.battery_auction.enabled:
-        history = None
-        if st.forecast == "persistence" and spec is not None:
-            code = spec.code if spec.source == "simbench" else spec.profiles.simbench_code
-            history = history_net_kw(scenario, fleet, code)
-        spec_ = dataclasses.replace(
-            spec_, auction=AuctionDays.build(scenario, fleet, forecast_net_kw(scenario, fleet, n_ext, history)))
+        spec_ = dataclasses.replace(spec_, auction=AuctionDays.build(scenario, fleet, forecast_kw))
     return FlexibleAssets(spec_, planner)
-
-
-# --------------------------------------------------------------------------- run state
-
-
-@dataclass
-class _SessionState:
-    table: SessionTable
-    energy_kwh: np.ndarray
-    end_kwh: np.ndarray
-    """Energy of each session at its end (NaN until then) [kWh]."""
-    last_row: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
-
-    @classmethod
-    def start(cls, table: SessionTable) -> _SessionState:
-        return cls(table, np.zeros(table.n), np.full(len(table.sessions), np.nan), np.full(table.n, -1))
-
-    def open(self, t: int) -> np.ndarray:
-        """Session of each slot in round t (-1: none); an arriving session takes its energy."""
-        act = self.table.active[t] if t < len(self.table.active) else np.full(self.table.n, -1)
-        new = (act >= 0) & (act != self.last_row)
-        if new.any():
-            self.energy_kwh[new] = self.table.sessions.arrival_kwh.to_numpy(float)[act[new]]
-        self.last_row = act
-        return act
-
-    def power_range_kw(self, act: np.ndarray, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
-        """(most each slot can draw, most it can deliver) this round [kW]."""
-        tb = self.table
-        plugged = act >= 0
-        room = np.maximum(tb.cap_kwh - self.energy_kwh, 0.0) / (tb.eta_c * dt_h)
-        avail = np.maximum(self.energy_kwh, 0.0) * tb.eta_d / dt_h
-        charge = np.where(plugged, np.minimum(tb.p_kw, room), 0.0)
-        discharge = np.where(plugged & tb.v2g, np.minimum(tb.p_kw, avail), 0.0)
-        return charge, discharge
-
-    def uncontrolled_kw(self, act: np.ndarray, dt_h: float) -> np.ndarray:
-        """Full power until the session holds its required energy."""
-        tb = self.table
-        req = np.where(act >= 0, tb.sessions.required_kwh.to_numpy(float)[np.maximum(act, 0)], 0.0)
-        missing = np.maximum(np.minimum(req, tb.cap_kwh) - self.energy_kwh, 0.0)
-        return np.where(act >= 0, np.minimum(tb.p_kw, missing / (tb.eta_c * dt_h)), 0.0)
-
-    def apply(self, t: int, act: np.ndarray, request_kw: np.ndarray, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
-        """Run each slot at the requested power as far as it can; returns (power [kW], loss [kWh])."""
-        tb = self.table
-        most_c, most_d = self.power_range_kw(act, dt_h)
-        charge = np.minimum(np.maximum(request_kw, 0.0), most_c)
-        discharge = np.minimum(np.maximum(-request_kw, 0.0), most_d)
-        self.energy_kwh = np.clip(self.energy_kwh + (charge * tb.eta_c - discharge / tb.eta_d) * dt_h,
-                                  0.0, tb.cap_kwh)
-        loss = (charge * (1.0 - tb.eta_c) + discharge * (1.0 / tb.eta_d - 1.0)) * dt_h
-        ending = (act >= 0) & (tb.sessions.end_round.to_numpy(int)[np.maximum(act, 0)] == t + 1)
-        self.end_kwh[act[ending]] = self.energy_kwh[ending]
-        return charge - discharge, loss
 
 
 def price_threshold_per_kwh(scenario: Scenario) -> float:
@@ -570,8 +159,7 @@ def price_threshold_per_kwh(scenario: Scenario) -> float:
     st, m = scenario.storage, scenario.market
     if st.price_threshold_per_kwh is not None:
         return st.price_threshold_per_kwh
-    eta_c = st.battery_charge_efficiency or scenario.prosumers.battery_efficiency
-    eta_d = st.battery_discharge_efficiency or scenario.prosumers.battery_efficiency
+    eta_c, eta_d = battery_efficiencies(scenario)
     return 0.5 * (m.feed_in_price_per_kwh + m.retail_price_per_kwh * eta_c * eta_d)
 
 
@@ -589,8 +177,8 @@ class FlexibleAssets:
         self.strategy = sc.storage.strategy
         self.dt_h = sc.dt_h
         self.batteries = Batteries.from_fleet(spec.fleet, sc)
-        self.evs = _SessionState.start(spec.evs) if spec.evs is not None else None
-        self.shiftables = _SessionState.start(spec.shiftables) if spec.shiftables is not None else None
+        self.evs = SessionState.start(spec.evs) if spec.evs is not None else None
+        self.shiftables = SessionState.start(spec.shiftables) if spec.shiftables is not None else None
         self.every = int(round(sc.storage.reschedule_every / sc.resolution))
         self.price_threshold_per_kwh = price_threshold_per_kwh(sc)
         self.shares = CapacityShares.start(spec.auction, self.n) if spec.auction is not None else None
@@ -725,16 +313,6 @@ class FlexibleAssets:
         absorb = (np.maximum(load_kw, 0.0) + np.maximum(-pv_kw, 0.0) + np.maximum(charge_kw, 0.0)) * dt_h
         return deliver, absorb
 
-    def parts_kw(self) -> dict[str, np.ndarray]:
-        """Last round's power per prosumer and kind of asset [kW]: battery, ev, shiftable."""
-        last = self._last
-        out = {"battery": last["battery"][0]}
-        for name, state in (("ev", self.evs), ("shiftable", self.shiftables)):
-            power = last[name][1] if name in last else np.zeros(0)
-            owner = state.table.owner if state is not None else np.zeros(0, int)
-            out[name] = np.bincount(owner, weights=power, minlength=self.n)
-        return out
-
     def storage_rows(self, t: int) -> pd.DataFrame:
         """Rows of storage.parquet for round t (after `dispatch` of that round), `STORAGE_COLUMNS`."""
         return pd.DataFrame(self.storage_columns(t))
@@ -819,13 +397,11 @@ class FlexibleAssets:
             parts.append(s)
         if not parts:
             cols = SESSION_COLUMNS + ["end_kwh", "shortfall_kwh", "status"]
-            return _empty_sessions().reindex(columns=cols)
+            return empty_sessions().reindex(columns=cols)
         return pd.concat(parts, ignore_index=True)
 
     def dayahead_table(self) -> pd.DataFrame:
         """One row per day-ahead solve: round, mode, forecast, status, costs, iterations, time."""
-        from cosim.flex.dayahead import PLAN_COLUMNS
-
         if not self.plans:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})
         return pd.DataFrame(self.plans)[PLAN_COLUMNS]
@@ -866,81 +442,3 @@ class FlexibleAssets:
         if self.shares is not None:
             out.update(auction_figures(self.battery_auction_table()))
         return out
-
-
-def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> dict | None:
-    """Key figures of a run's flexible assets from its files (storage.parquet,
-    sessions.parquet, dayahead.parquet), for summary.json; None without storage.parquet.
-
-    Energies [kWh]: ``battery_charged_kwh``/``battery_discharged_kwh`` (grid side),
-    ``storage_losses_kwh`` (all assets), ``ev_charged_kwh``, ``ev_discharged_kwh`` (v2g),
-    ``shiftable_kwh``, ``ev_shortfall_kwh``; counts of EV sessions ended, served, and
-    infeasible requests; day-ahead solves, failures, the most iterations of a
-    distributed schedule and its largest certified gap; with battery_auction.parquet, the
-    auction's figures (`auction_figures`); with the scenario, its ``strategy`` and
-    ``forecast``.
-    """
-    folder = Path(folder)
-    path = folder / "storage.parquet"
-    if not path.is_file():
-        return None
-    rows = pd.read_parquet(path, columns=["round", "asset", "power_kw", "loss_kwh"])
-    dt_h = None
-    rounds = folder / "rounds.parquet"
-    if rounds.is_file():
-        t = pd.read_parquet(rounds, columns=["time"]).time
-        if len(t) > 1:
-            dt_h = float(pd.to_datetime(t).diff().median() / pd.Timedelta(hours=1))
-    dt_h = dt_h or 0.25
-
-    def energy(asset: str, sign: int) -> float:
-        p = rows.power_kw[rows.asset == asset]
-        return float(np.maximum(sign * p, 0.0).sum() * dt_h)
-
-    out = {"strategy": scenario.storage.strategy, "forecast": scenario.storage.forecast} if scenario else {}
-    out |= {
-        "battery_charged_kwh": energy("battery", 1), "battery_discharged_kwh": energy("battery", -1),
-        "ev_charged_kwh": energy("ev", 1), "ev_discharged_kwh": energy("ev", -1),
-        "shiftable_kwh": energy("shiftable", 1), "storage_losses_kwh": float(rows.loss_kwh.sum()),
-    }
-    sessions = folder / "sessions.parquet"
-    if sessions.is_file():
-        s = pd.read_parquet(sessions)
-        ev = s[(s.asset == "ev") & (s.status != "after run")]
-        out.update({"ev_sessions_ended": int(len(ev)), "ev_sessions_served": int((ev.status == "served").sum()),
-                    "ev_infeasible_requests": int((ev.status == "infeasible request").sum()),
-                    "ev_shortfall_kwh": float(ev.shortfall_kwh.sum())})
-    plans = folder / "dayahead.parquet"
-    if plans.is_file():
-        d = pd.read_parquet(plans)
-        if len(d):
-            out.update({"dayahead_solves": int(len(d)), "dayahead_failed": int((d.status != "ok").sum()),
-                        "dayahead_iterations_max": int(d.iterations.max()),
-                        "dayahead_bound_gap_max": float(d.bound_gap.max())})
-    auction = folder / "battery_auction.parquet"
-    if auction.is_file():
-        out.update(auction_figures(pd.read_parquet(auction)))
-    return out
-
-
-def auction_figures(days: pd.DataFrame) -> dict:
-    """Key figures of a run's battery auction (`cosim.flex.battery_auction.AUCTION_COLUMNS`):
-    ``battery_auction_days``, capacity shared summed over the days ``battery_shared_kwh``
-    [kWh], rent paid ``battery_rent`` [currency], ``battery_auction_winners`` and
-    ``battery_auction_sharing_owners`` (households that won or shared on any day)."""
-    won = (days.role == "facility") & (days.quantity_kwh > 0)
-    shared = (days.role == "owner") & (days.quantity_kwh > 0)
-    return {"battery_auction_days": int(days.day.nunique()), "battery_shared_kwh": float(days.quantity_kwh[shared].sum()),
-            "battery_rent": float(days.payment[won].sum()), "battery_auction_winners": int(days.id[won].nunique()),
-            "battery_auction_sharing_owners": int(days.id[shared].nunique())}
-
-
-def flexible_consumption_kwh(folder: str | Path, dt_h: float) -> float:
-    """Energy EVs (net of vehicle-to-grid) and shiftable loads drew in a run, from its
-    storage.parquet (0 without it) [kWh]: consumption on top of the SimBench load profiles,
-    which self-sufficiency must count."""
-    path = Path(folder) / "storage.parquet"
-    if not path.is_file():
-        return 0.0
-    rows = pd.read_parquet(path, columns=["asset", "power_kw"])
-    return float(rows.power_kw[rows.asset.isin(["ev", "shiftable"])].sum() * dt_h)
