@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cosim.sim import loop
+from cosim.virtual import gate
 from cosim.virtual.admission import (
     ADMITTED,
     BAD_SIGNATURE,
@@ -308,7 +309,7 @@ def runs(tmp_path_factory):
     (base / "attacked.yaml").write_text(SCENARIO + ATTACK)
     clean = loop.run_scenario(base / "clean.yaml", out=base / "clean", progress=False, report=False)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "Adversary", _FullAdversary)
+        mp.setattr(gate, "Adversary", _FullAdversary)  # where the order gate builds its adversary
         attacked = loop.run_scenario(base / "attacked.yaml", out=base / "attacked", progress=False, report=False)
     return clean, attacked
 

@@ -18,12 +18,12 @@ import yaml
 import cosim.virtual.admission
 from cosim.cli import main
 from cosim.sim.loop import run_scenario
-from cosim.virtual import ledger
 from cosim.virtual.admission import ADMITTED, SignedOrder
 from cosim.virtual.ledger import (
     SETTLEMENT_FIELDS,
     TRADE_FIELDS,
     LedgerWriter,
+    WorkerPoolError,
     canonical_json,
     quorum,
     seal,
@@ -605,31 +605,26 @@ def test_parallel_verify_of_random_edits(run, copy):
         assert not ok
 
 
-def test_worker_signature_checks(run):
-    """What a worker reports of a block: the valid seals and, per order, whether its
-    signature is valid; nothing for a line that is not a block."""
-    blocks = _blocks(run)
-    genesis = blocks[0]
-    ledger._start_worker({n: bytes.fromhex(k) for r, n, k in genesis["keys"] if r == "prosumer"},
-                         {n: bytes.fromhex(k) for r, n, k in genesis["keys"] if r == "validator"})
-    try:
-        b = blocks[3]
-        found = ledger._block_signatures(canonical_json(b).encode())
-        assert found.hash == b["hash"] and found.seals == {tuple(s) for s in b["signatures"]}
-        assert found.orders == tuple(o[7] not in ("bad_signature", "unknown_key") for o in b["orders"])
-        k = _forge_order_signature(b)
-        b["signatures"][0][1] = "0" * 128
-        found = ledger._block_signatures(canonical_json(b).encode())
-        assert not found.orders[k] and sum(found.orders) == sum(o[7] not in ("bad_signature", "unknown_key")
-                                                                for o in b["orders"]) - 1
-        assert found.seals == {tuple(s) for s in b["signatures"][1:]}
-        assert ledger._block_signatures(b"{not json") is None
-    finally:
-        ledger._WORKER_KEYS = ({}, {})
+def test_a_dead_worker_is_an_error(run, monkeypatch):
+    """A worker process that dies while it checks signatures stops the verification with
+    `WorkerPoolError`: the ledger is not judged on what the main process alone checked."""
+    import os
+
+    import cosim.virtual.ledger.workers
+
+    def die(*args):
+        os._exit(1)
+
+    monkeypatch.setattr(cosim.virtual.ledger.workers, "verify_signature", die)  # inherited by the forked workers
+    with pytest.raises(WorkerPoolError, match="worker process"):
+        verify(run, **PARALLEL)
+    monkeypatch.undo()
+    ok, message = verify(run, **PARALLEL)
+    assert ok, message
 
 
 @pytest.mark.parametrize("span", [1, 3])
-def test_files_compared_by_spans_of_rounds(run, copy, monkeypatch, span):
+def test_files_compared_by_spans_of_rounds(run, copy, span):
     """The parquet files are compared with the ledger a span of rounds at a time: the same
     verdicts and messages as one comparison of the whole tables, whatever the span, for
     files in round order or not."""
@@ -684,11 +679,9 @@ def test_files_compared_by_spans_of_rounds(run, copy, monkeypatch, span):
             shutil.copy(run / name, copy / name)
         tamper(copy)
         whole = verify(copy)
-        monkeypatch.setattr(ledger, "COMPARE_ROUNDS", span)
-        assert verify(copy) == whole, tamper
+        assert verify(copy, compare_rounds=span) == whole, tamper
         if span > 1:
-            assert verify(copy, **PARALLEL) == whole, tamper
-        monkeypatch.undo()
+            assert verify(copy, compare_rounds=span, **PARALLEL) == whole, tamper
         verdicts.append(whole)
     assert [ok for ok, _ in verdicts] == [False, True, True, False, False, False, True, False, False, False]
     assert "block 5 (round 4): settlement row" in verdicts[0][1]

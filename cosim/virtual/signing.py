@@ -68,7 +68,6 @@ True
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from collections.abc import Sequence
 
@@ -86,6 +85,8 @@ BLOCK_TAG = b"cosim/block/v1"
 SEAL_TAG = b"cosim/seal/v1"
 #: Length of an Ed25519 signature and of a SHA-256 hash [bytes].
 SIGNATURE_BYTES, HASH_BYTES = 64, 32
+#: Length of an Ed25519 private key (the seed HKDF derives) [bytes].
+PRIVATE_KEY_BYTES = 32
 
 _U32 = struct.Struct(">I")
 _I64 = struct.Struct(">cq")
@@ -98,7 +99,7 @@ _ORDER_TAIL = struct.Struct(">cdcd")
 # -- keys -------------------------------------------------------------------------------
 def derive_key(seed: int, role: str, name: str) -> Ed25519PrivateKey:
     """The Ed25519 key of `name` in `role` (``prosumer`` or ``validator``), from the seed."""
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=KDF_SALT, info=f"{role}:{name}".encode())
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=PRIVATE_KEY_BYTES, salt=KDF_SALT, info=f"{role}:{name}".encode())
     return Ed25519PrivateKey.from_private_bytes(hkdf.derive(str(int(seed)).encode()))
 
 
@@ -128,7 +129,8 @@ def verify_signature(public_key: bytes | Ed25519PublicKey, signature: bytes, mes
 
 
 # -- canonical encoding -----------------------------------------------------------------
-def _text(value: str) -> bytes:
+def encode_text(value: str) -> bytes:
+    """A text field of a record: b"s", its UTF-8 length (u32be), its UTF-8 bytes."""
     raw = value.encode()
     return b"s" + _U32.pack(len(raw)) + raw
 
@@ -146,7 +148,7 @@ def _raw(value: bytes) -> bytes:
 def encode_field(value) -> bytes:
     """One field of a record (see the module docstring)."""
     if isinstance(value, str):
-        return _text(value)
+        return encode_text(value)
     if isinstance(value, bool):
         raise TypeError("a record has no boolean fields")
     if isinstance(value, int):
@@ -176,7 +178,7 @@ def order_message(round_no: int, nonce: int, id_: str, side: str, quantity_kwh: 
     if quantity_kwh != quantity_kwh or price_per_kwh != price_per_kwh:
         return encode_record(ORDER_TAG, [round_no, nonce, id_, side, quantity_kwh, price_per_kwh])
     return b"".join((
-        ORDER_TAG, b"\x00", _ORDER_HEAD.pack(b"i", round_no, b"i", nonce), _text(id_), _text(side),
+        ORDER_TAG, b"\x00", _ORDER_HEAD.pack(b"i", round_no, b"i", nonce), encode_text(id_), encode_text(side),
         _ORDER_TAIL.pack(b"f", quantity_kwh, b"f", price_per_kwh),
     ))
 
@@ -257,7 +259,3 @@ def verify_proof(leaf: bytes, proof: list[tuple[str, bytes]], root: bytes) -> bo
     for side, sibling in proof:
         h = node_hash(sibling, h) if side == "L" else node_hash(h, sibling)
     return h == root
-
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
