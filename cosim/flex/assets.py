@@ -4,8 +4,8 @@ One `FlexibleAssets` object per simulated variant runs them round by round and t
 their state of charge. Each round `FlexibleAssets.dispatch` takes the prosumers' net load
 before any flexible asset and returns the power the assets add to it (positive when
 consuming, pandapower's load convention) -- the same contract as the rule-based
-`Batteries.self_consume`, which it still is when the scenario has no EVs, no shiftable
-loads and ``storage.strategy: rule``.
+`Batteries.self_consume`, which is all it runs when the scenario has no EVs, no
+shiftable loads and ``storage.strategy: rule``.
 
 Assets
 ------
@@ -415,7 +415,7 @@ class FlexibleAssets:
 
     def battery_auction_table(self) -> pd.DataFrame | None:
         """Every day's battery auction, one row per party
-        (`cosim.flex.battery_auction.AUCTION_COLUMNS`); None without ``storage.battery_auction``."""
+        (`cosim.flex.capacity_sharing.AUCTION_COLUMNS`); None without ``storage.battery_auction``."""
         return self.shares.table() if self.shares is not None else None
 
     def summary(self) -> dict:

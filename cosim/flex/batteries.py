@@ -102,7 +102,7 @@ class Batteries:
         """Batteries with these ones' efficiencies and their own capacity [kWh], power
         limit [kW], state of charge and bounds [0..1] (scalars or one per battery): a part
         of these batteries run on its own account, as the owners' own accounts and the
-        winners' slices of `cosim.flex.battery_auction.CapacityShares` are.
+        winners' slices of `cosim.flex.capacity_sharing.CapacityShares` are.
 
         >>> b = Batteries(np.array([10.0]), np.array([5.0]), 0.9, np.array([0.5]))
         >>> half = b.part(b.e_kwh / 2, b.p_kw / 2, np.array([0.0]))

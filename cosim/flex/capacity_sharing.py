@@ -156,7 +156,7 @@ class AuctionDays:
     def build(cls, scenario, fleet, forecast_kw: np.ndarray) -> AuctionDays:
         """The days of a run (see the module docstring) from its scenario, fleet
         and the forecast of every prosumer's net load before flexible assets
-        [rounds x prosumers] [kW] (`cosim.flex.assets.forecast_net_kw`)."""
+        [rounds x prosumers] [kW] (`cosim.flex.forecasts.forecast_net_kw`)."""
         ba = scenario.storage.battery_auction
         n = scenario.n_rounds
         times = pd.DatetimeIndex(fleet.time[:n])

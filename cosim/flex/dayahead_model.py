@@ -135,7 +135,7 @@ class Horizon:
     bat_start_kwh: np.ndarray
     bat_end_min_kwh: np.ndarray
     ses: dict[str, np.ndarray]
-    """plugged, link, start_kwh, required_kwh: [sessions x n_t] (see `SessionTable.horizon`)."""
+    """plugged, link, start_kwh, required_kwh: [sessions x n_t] (see `cosim.flex.sessions.SessionTable.horizon`)."""
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def summarize_storage(folder: str | Path, scenario: Scenario | None = None) -> d
 
 
 def auction_figures(days: pd.DataFrame) -> dict:
-    """Key figures of a run's battery auction (`cosim.flex.battery_auction.AUCTION_COLUMNS`):
+    """Key figures of a run's battery auction (`cosim.flex.capacity_sharing.AUCTION_COLUMNS`):
     ``battery_auction_days``, capacity shared summed over the days ``battery_shared_kwh``
     [kWh], rent paid ``battery_rent`` [currency], ``battery_auction_winners`` and
     ``battery_auction_sharing_owners`` (households that won or shared on any day)."""
