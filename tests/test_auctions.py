@@ -39,7 +39,7 @@ from cosim.markets import (
     OrderArrays,
     get_mechanism,
 )
-from cosim.markets.auctions import (
+from cosim.markets.auction_rules import (
     PRICE_SLACK,
     equal_reduction,
     fill_in_merit_order,

@@ -48,15 +48,17 @@ from hypothesis import strategies as st
 
 import cosim.markets.shapley as shapley_module
 from cosim.markets import MECHANISMS, Charges, MarketContext, NetworkCuts, OrderArrays, Participants
-from cosim.markets.shapley import (
-    MANAGER,
+from cosim.markets.coalition import (
     LeastCoreModel,
-    ShapleyCoalition,
     max_excess,
     shapley_exact,
     shapley_sampled,
-    share_prices,
     subset_matrix,
+)
+from cosim.markets.shapley import (
+    MANAGER,
+    ShapleyCoalition,
+    share_prices,
 )
 from cosim.sim.settlement import MARKET_OPERATOR, settle
 

@@ -43,10 +43,9 @@ from hypothesis import strategies as st
 
 import cosim.markets.stackelberg as stackelberg_module
 from cosim.markets import MECHANISMS, MarketContext, NetworkCuts, OrderArrays
-from cosim.markets.stackelberg import (
-    FollowerModel,
+from cosim.markets.stackelberg import FollowerModel, StackelbergPricing
+from cosim.markets.stackelberg_game import (
     Followers,
-    StackelbergPricing,
     best_response,
     follower_response,
     leaders_equilibrium,

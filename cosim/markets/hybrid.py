@@ -102,8 +102,8 @@ import pandas as pd
 from pydantic import field_validator, model_validator
 
 from cosim.config.errors import InputError
+from cosim.markets.auction_rules import PRICE_SLACK, fill_in_merit_order, merit_order
 from cosim.markets.auctions import MECHANISMS as AUCTION_MECHANISMS
-from cosim.markets.auctions import PRICE_SLACK, fill_in_merit_order, merit_order
 from cosim.markets.base import (
     QTY_TOL,
     TRADE_COLUMNS,
