@@ -66,10 +66,11 @@ from cosim.markets.base import (
     MechanismOptions,
     NetworkCuts,
     OrderArrays,
+    failed_result,
     outside_trades,
 )
 from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
-from cosim.markets.uniform import failed_result, merit_order_matching
+from cosim.markets.uniform import merit_order_matching
 
 #: Tie-breaking bonus per P2P kWh, on the buyer's and on the seller's side [currency/kWh].
 #: Where the outside party is closed and shedding or curtailing costs nothing (``cosim

@@ -32,6 +32,9 @@ TRADE_COLUMNS = [
 EMPTY_TRADES = pd.DataFrame({c: pd.Series(dtype=object if c in ("seller", "buyer") else float) for c in TRADE_COLUMNS})
 #: Numerical tolerance on quantities [kWh].
 QTY_TOL = 1e-7
+#: Curtailing a kWh costs this much above the feed-in tariff when the scenario sets no
+#: curtailment cost, so that exporting always beats curtailing [currency/kWh].
+CURTAIL_PREMIUM_PER_KWH = 0.01
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ class MarketContext:
     def curtail_cost(self) -> float:
         if self.curtail_cost_per_kwh is not None:
             return self.curtail_cost_per_kwh
-        return self.feed_in_price_per_kwh + 0.01
+        return self.feed_in_price_per_kwh + CURTAIL_PREMIUM_PER_KWH
 
 
 @dataclass(frozen=True)
@@ -316,8 +319,20 @@ def fallback_result(orders: OrderArrays, ctx: MarketContext, charges: Charges, p
     n = len(demand)
     zeros = np.zeros(n)
     result = ClearingResult(
-        "fallback", zeros, zeros, demand * imp_share, supply * exp_share, supply * (1 - exp_share),
-        demand * (1 - imp_share), np.full(n, np.nan), np.full(n, np.nan), charges, float("nan"),
+        status="fallback", bought_kwh=zeros, sold_kwh=zeros, import_kwh=demand * imp_share,
+        export_kwh=supply * exp_share, curtailed_kwh=supply * (1 - exp_share), shed_kwh=demand * (1 - imp_share),
+        buy_price_per_kwh=np.full(n, np.nan), sell_price_per_kwh=np.full(n, np.nan), charges=charges,
+        price_per_kwh=float("nan"),
     )
     result.trades = trade_frame(outside_trades(result, participants, ctx))
     return result
+
+
+def failed_result(status: str, n: int, charges: Charges) -> ClearingResult:
+    """A round that did not clear: nothing traded, and `status` says why."""
+    zeros = np.zeros(n)
+    return ClearingResult(
+        status=status, bought_kwh=zeros, sold_kwh=zeros, import_kwh=zeros, export_kwh=zeros,
+        curtailed_kwh=zeros, shed_kwh=zeros, buy_price_per_kwh=np.full(n, np.nan),
+        sell_price_per_kwh=np.full(n, np.nan), charges=charges, price_per_kwh=float("nan"),
+    )

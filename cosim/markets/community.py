@@ -80,6 +80,7 @@ from cosim.markets.base import (
     MechanismOptions,
     NetworkCuts,
     OrderArrays,
+    failed_result,
     outside_trades,
 )
 from cosim.markets.community_model import (
@@ -87,7 +88,6 @@ from cosim.markets.community_model import (
     CommunityModel,
     RoundClock,
 )
-from cosim.markets.uniform import failed_result
 
 logging.getLogger("pyomo.contrib.appsi").setLevel(logging.ERROR)
 log = logging.getLogger(__name__)

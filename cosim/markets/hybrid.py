@@ -115,9 +115,10 @@ from cosim.markets.base import (
     NetworkCuts,
     OrderArrays,
     Participants,
+    failed_result,
 )
 from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
-from cosim.markets.uniform import UniformDoubleAuction, failed_result
+from cosim.markets.uniform import UniformDoubleAuction
 
 #: Slack on a network cut or an outside cap in the final check [kWh].
 CHECK_TOL = 1e-6
@@ -129,10 +130,17 @@ INNER_PENALTY_PER_KWH = 1e-3
 TRADE_REDUCTIONS = ("huang", "mcafee")
 
 
+#: The double auctions that can clear inside a community, by registry name: each hands
+#: what it leaves unmatched to its outside party (here the community's manager). Looked up
+#: here, not in the registry (`cosim.markets.MECHANISMS`), which imports this module.
+INNER_MECHANISMS: dict[str, type[Mechanism]] = {
+    cls.name: cls for cls in (UniformDoubleAuction, *AUCTION_MECHANISMS)
+}
+
+
 def double_auctions() -> list[str]:
-    """Registry names of the double auctions that can clear inside a community: each hands
-    what it leaves unmatched to its outside party (here the community's manager)."""
-    return sorted({UniformDoubleAuction.name, *(cls.name for cls in AUCTION_MECHANISMS)})
+    """Registry names of the double auctions that can clear inside a community."""
+    return sorted(INNER_MECHANISMS)
 
 
 class HybridOptions(MechanismOptions):
@@ -156,9 +164,7 @@ class HybridOptions(MechanismOptions):
 
     @model_validator(mode="after")
     def _inner_options_valid(self):
-        from cosim.markets import MECHANISMS
-
-        MECHANISMS[self.inner].Options.model_validate(self.inner_options)
+        INNER_MECHANISMS[self.inner].Options.model_validate(self.inner_options)
         return self
 
 
@@ -297,11 +303,8 @@ class HybridMarket(Mechanism):
 
     def __init__(self, participants, max_cuts: int = 24, options=None):
         super().__init__(participants, max_cuts, options)
-        # imported here, not at module level: the registry imports this module
-        from cosim.markets import MECHANISMS
-
         o = self.options
-        inner_cls = MECHANISMS[o.inner]
+        inner_cls = INNER_MECHANISMS[o.inner]
         self.groups = assign_communities(self.participants, o.communities)
         self.inner = {
             name: inner_cls(subset(self.participants, idx), max_cuts, o.inner_options)

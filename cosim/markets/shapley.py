@@ -128,6 +128,7 @@ from cosim.markets.base import (
     MechanismOptions,
     NetworkCuts,
     OrderArrays,
+    failed_result,
     outside_trades,
 )
 from cosim.markets.coalition import (
@@ -141,7 +142,7 @@ from cosim.markets.coalition import (
     subset_matrix,
 )
 from cosim.markets.pool import PoolModel
-from cosim.markets.uniform import failed_result, merit_order_matching
+from cosim.markets.uniform import merit_order_matching
 
 #: The coalition manager's party name (settlement's ``MARKET_OPERATOR``; not imported
 #: from cosim.sim.settlement, which imports this package).

@@ -129,6 +129,7 @@ from cosim.markets.base import (
     MechanismOptions,
     NetworkCuts,
     OrderArrays,
+    failed_result,
     outside_trades,
 )
 from cosim.markets.highs import attach_highs, solve_highs
@@ -140,7 +141,6 @@ from cosim.markets.stackelberg_game import (
     nash_gains,
     seller_payoffs,
 )
-from cosim.markets.uniform import failed_result
 
 #: Follower purchases below this are dropped from the trade table [kWh].
 TRADE_MIN_KWH = QTY_TOL

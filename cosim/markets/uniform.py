@@ -23,6 +23,7 @@ from cosim.markets.base import (
     Mechanism,
     NetworkCuts,
     OrderArrays,
+    failed_result,
     outside_trades,
     trade_frame,
 )
@@ -174,11 +175,3 @@ class NoP2P(UniformDoubleAuction):
         from dataclasses import replace
 
         return super().clear(orders, replace(ctx, p2p=False), cuts, charges)
-
-
-def failed_result(status: str, n: int, charges: Charges) -> ClearingResult:
-    zeros = np.zeros(n)
-    return ClearingResult(
-        status, zeros, zeros, zeros, zeros, zeros, zeros, np.full(n, np.nan), np.full(n, np.nan),
-        charges, float("nan"),
-    )

@@ -16,6 +16,7 @@ from cosim.markets.base import (
     Mechanism,
     NetworkCuts,
     OrderArrays,
+    failed_result,
     outside_trades,
 )
 from cosim.markets.bilateral.admm import AdmmNegotiation
@@ -175,13 +176,6 @@ class MultiBilateral(Mechanism):
         result.trades = pd.concat(parts, ignore_index=True) if parts else p2p
         return result
 
-
-def failed_result(status: str, n: int, charges: Charges) -> ClearingResult:
-    zeros = np.zeros(n)
-    return ClearingResult(
-        status, zeros, zeros, zeros, zeros, zeros, zeros, np.full(n, np.nan), np.full(n, np.nan),
-        charges, float("nan"),
-    )
 
 
 MECHANISMS = [MultiBilateral]
