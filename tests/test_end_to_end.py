@@ -358,3 +358,17 @@ def test_report_says_when_p2p_leaves_the_physics_unchanged(tmp_path):
     v = json.loads((run / "summary.json").read_text())["variants"]
     assert "losses" in same_physics(v["market"], v["baseline"])
     assert "P2P trading changes the dispatch" in (run / "report.html").read_text()
+
+
+def test_a_run_across_the_end_of_daylight_saving_verifies(tmp_path):
+    """On 30 October 2016 the local hour 02:00-03:00 comes twice: rounds.parquet shows
+    SimBench's labels (repeated), the ledger the same instants with their UTC offset, so
+    its times still increase and `cosim ledger verify` passes."""
+    path = tmp_path / "dst.yaml"
+    path.write_text(GRID_SCENARIO.replace("name: e2e-grid", "name: e2e-dst")
+                    .replace("start: 2016-07-21 08:00", "start: 2016-10-30 01:00").replace("duration: 6h", "duration: 3h"))
+    run = loop.run_scenario(path, out=tmp_path / "out", progress=False, report=False)
+    times = pd.read_parquet(run / "rounds.parquet").time
+    assert times.duplicated().sum() == 4 and len(times) == 12
+    ok, message = verify(run)
+    assert ok, message

@@ -23,7 +23,7 @@ import pandas as pd
 from cosim.config.scenario import Scenario
 from cosim.flex.batteries import Batteries as Batteries  # callers import it from the fleet too
 from cosim.physical.networks import NetworkSpec
-from cosim.physical.profiles import profile_tables, slice_profile
+from cosim.physical.profiles import profile_row, profile_tables, row_instants, slice_profile
 
 #: Columns of an order book, in this order.
 ORDER_COLUMNS = ["id", "bus", "side", "quantity_kwh", "price_per_kwh"]
@@ -40,8 +40,9 @@ class Fleet:
     table : index ``id``; columns ``load``, ``bus``, ``p_ref_kw``, ``q_ref_kvar`` (the load's
         SimBench reference powers), ``profile``, ``pv_kwp``,
         ``pv_profile``, ``battery_kwh``, ``battery_kw``
-    time : the rounds' start times
+    time : the rounds' start times, local wall-clock time as SimBench labels its rows
     load_kw, load_kvar, pv_kw : arrays [rounds x prosumers]
+    instants : the same start times with their UTC offset (unambiguous; the ledger's times)
     """
 
     table: pd.DataFrame
@@ -49,6 +50,7 @@ class Fleet:
     load_kw: np.ndarray
     load_kvar: np.ndarray
     pv_kw: np.ndarray
+    instants: pd.DatetimeIndex | None = None
 
     @property
     def ids(self) -> list[str]:
@@ -99,7 +101,9 @@ def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) ->
     load_kw = cut["load_p"][profiles].to_numpy() * p_ref_kw * scale
     load_kvar = cut["load_q"][profiles].to_numpy() * q_ref_kvar * scale
     pv_kw = cut["pv"][table.pv_profile.tolist()].to_numpy() * table.pv_kwp.to_numpy()
-    return Fleet(table, cut["load_p"].index, load_kw, load_kvar, pv_kw)
+    instants = row_instants(profile_row(scenario.start, nonexistent="shift_forward"), scenario.n_rounds,
+                            scenario.resolution)
+    return Fleet(table, cut["load_p"].index, load_kw, load_kvar, pv_kw, instants)
 
 
 def _pick(rng: np.random.Generator, n: int, share: float) -> np.ndarray:

@@ -59,6 +59,17 @@ def profile_row(time: dt.datetime, nonexistent: str = "raise") -> int:
     return int(steps)
 
 
+def row_instants(first_row: int, n: int, step: dt.timedelta = PROFILE_STEP) -> pd.DatetimeIndex:
+    """`n` instants `step` apart from row `first_row`, in local time with their UTC offset
+    (unambiguous, also in October's repeated hour).
+
+    >>> [t.isoformat() for t in row_instants(29096 - 4, 5, dt.timedelta(hours=1 / 4))][::4]
+    ['2016-10-30T02:00:00+02:00', '2016-10-30T02:00:00+01:00']
+    """
+    instants = _FIRST_ROW + first_row * PROFILE_STEP + np.arange(n) * pd.Timedelta(step)
+    return pd.DatetimeIndex(instants).tz_convert(PROFILE_TZ)
+
+
 def row_labels(first_row: int, n: int, step: dt.timedelta = PROFILE_STEP) -> pd.DatetimeIndex:
     """Local wall-clock labels of `n` instants `step` apart from row `first_row`, as
     SimBench labels its rows (naive timestamps; daylight saving included).
@@ -66,8 +77,7 @@ def row_labels(first_row: int, n: int, step: dt.timedelta = PROFILE_STEP) -> pd.
     >>> row_labels(8263, 2).strftime("%H:%M").tolist()  # 27 March 2016: 01:45, then 03:00
     ['01:45', '03:00']
     """
-    instants = _FIRST_ROW + first_row * PROFILE_STEP + np.arange(n) * pd.Timedelta(step)
-    return pd.DatetimeIndex(instants).tz_convert(PROFILE_TZ).tz_localize(None)
+    return row_instants(first_row, n, step).tz_localize(None)
 
 
 def profile_tables(simbench_code: str) -> dict[str, pd.DataFrame]:

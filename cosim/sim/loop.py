@@ -64,7 +64,7 @@ def open_ledger(setup: Setup, path: Path, gate: OrderGate, process: bool = True,
     if resume is not None:
         args = (path, sc.seed, sc.ledger.validators, *resume, *common)
         return LedgerProcess.resume(*args) if process else LedgerWriter.resume(*args)
-    args = (path, sc.seed, sc.ledger.validators, gate.controllers.public_keys, setup.fleet.time[0].isoformat(), *common)
+    args = (path, sc.seed, sc.ledger.validators, gate.controllers.public_keys, setup.fleet.instants[0].isoformat(), *common)
     return LedgerProcess.new(*args) if process else LedgerWriter(*args)
 
 
@@ -118,7 +118,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         gr = outcome.gate
         if ledger is not None:
             t1, c1 = time.perf_counter(), time.thread_time()
-            ledger.append_round(t, setup.fleet.time[t].isoformat(), gr.submitted, gr.outcomes,
+            ledger.append_round(t, setup.fleet.instants[t].isoformat(), gr.submitted, gr.outcomes,
                                 trade_payload(outcome.result.trades), st[:, :N_LEDGER_SETTLEMENT])
             outcome.timings["ledger"] += time.perf_counter() - t1
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
