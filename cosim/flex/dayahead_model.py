@@ -55,6 +55,7 @@ from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
 from cosim.flex.batteries import battery_efficiencies
 from cosim.flex.spec import AssetSpec
+from cosim.markets.highs import one_highs_thread
 
 #: Tie-breaking cost of battery and charger throughput [currency/kWh].
 THROUGHPUT_EPSILON = 1e-5
@@ -208,6 +209,7 @@ class FlexModel:
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
         lp.a_matrix_.value_ = a.data.astype(float)
         lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n_col, n_row
+        one_highs_thread()  # the process's thread scheduler, before its first HiGHS
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)

@@ -30,6 +30,7 @@ import highspy
 import numpy as np
 
 from cosim.flex.dayahead_model import FlexModel, Horizon, Prices
+from cosim.markets.highs import one_highs_thread
 
 #: Relative gaps are taken against at least this magnitude, so a zero cost divides by
 #: something [currency].
@@ -139,6 +140,7 @@ class MasterProblem:
 
     def __init__(self, n_agents: int, n_t: int, dt_h: float, fixed_kw: np.ndarray, prices: Prices):
         self.n_agents, self.n_t = n_agents, n_t
+        one_highs_thread()  # the process's thread scheduler, before its first HiGHS
         h = self.highs = highspy.Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("threads", 1)
