@@ -256,13 +256,13 @@ def test_report_draws_storage_figures_only_with_storage_parquet(fleet, tmp_path)
     from cosim.reporting.report import (
         FIGURES,
         STORAGE_FIGURES,
-        _figures_for,
-        _load_run,
+        figures_for,
+        load_run,
         write_report,
     )
 
     folder = make_run(tmp_path, days=1, resolution_min=60)
-    assert not set(_figures_for(_load_run(folder))) & set(STORAGE_FIGURES)
+    assert not set(figures_for(load_run(folder))) & set(STORAGE_FIGURES)
     sc = scenario({"strategy": "central", "ev": {"share": 0.3}, "shiftable": {"share": 0.3}}, duration="1d")
     day = dataclasses.replace(fleet, time=fleet.time[:24], load_kw=fleet.load_kw[:24],
                               load_kvar=fleet.load_kvar[:24], pv_kw=fleet.pv_kw[:24])

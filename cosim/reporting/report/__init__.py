@@ -32,11 +32,6 @@ from cosim.reporting.report.load import Run, load_run  # noqa: E402
 from cosim.reporting.report.sections import fairness_section  # noqa: E402
 from cosim.reporting.report.write import write_report  # noqa: E402
 
-# The names tests/test_storage.py imports (owned by another package's engineer); the
-# public names above are the ones to use.
-_load_run = load_run
-_figures_for = figures_for
-
 __all__ = [
     "write_report",
     "FIGURES",
