@@ -129,12 +129,11 @@ class Controllers:
     round (`signed`), so that the market of the same simulation can skip checking those
     signatures again (see `Admission`).
 
-    `executor` is accepted for compatibility and not used: ``cryptography`` keeps the
-    GIL while it signs or verifies (measured: two threads take as long as one does for
-    both halves), so threads only add their overhead.
+    Signing runs in the caller's thread: ``cryptography`` keeps the GIL while it signs or
+    verifies, so threads would only add their overhead.
     """
 
-    def __init__(self, seed: int, ids: Sequence[str], executor=None):
+    def __init__(self, seed: int, ids: Sequence[str]):
         self.keys = {i: derive_key(seed, "prosumer", i) for i in ids}
         self.public_keys = {i: public_bytes(k) for i, k in self.keys.items()}
         self.next_nonce = dict.fromkeys(ids, 0)
@@ -259,7 +258,6 @@ class Admission:
     Parameters
     ----------
     public_keys : id -> 32-byte Ed25519 public key (the genesis block's registry)
-    executor : accepted for compatibility, not used (see `Controllers`)
     signer : the simulation's own `Controllers`, if the market may skip checking again
         the signatures they made. Such an order reaches the market byte for byte as its
         controller signed it, with the key registered for its id, so its check cannot
@@ -269,7 +267,7 @@ class Admission:
         of the run again.
     """
 
-    def __init__(self, public_keys: Mapping[str, bytes], executor=None, signer: Controllers | None = None):
+    def __init__(self, public_keys: Mapping[str, bytes], *, signer: Controllers | None = None):
         self.keys = {}
         for i, raw in public_keys.items():
             try:
@@ -426,6 +424,13 @@ class Adversary:
         ("price_per_kwh", "negative"), ("price_per_kwh", "nan"), ("price_per_kwh", "-inf"),
         ("side", "hold"),
     )
+    #: An over-delivering order offers (bids for) this many times its physical limit ...
+    OVERDELIVERY_FACTOR = 2.0
+    #: ... plus this much, so that it is over the limit even where the limit is 0 [kWh].
+    OVERDELIVERY_EXTRA_KWH = 1.0
+    #: A forged buy order bids this many times the honest price (a forged sell asks 0), so
+    #: that it would be served first [-].
+    FORGED_BID_FACTOR = 10.0
 
     def __init__(self, settings, seed: int, controllers: Controllers):
         for name in self.SHARES:
@@ -462,13 +467,14 @@ class Adversary:
             for i in over:
                 o = honest[i]
                 cap = limits[o.id][0 if o.side == "sell" else 1]
-                rows.append((o.id, o.side, 2.0 * cap + 1.0, o.price_per_kwh))
+                rows.append((o.id, o.side, self.OVERDELIVERY_FACTOR * cap + self.OVERDELIVERY_EXTRA_KWH, o.price_per_kwh))
             for i, o in zip(over, self.controllers.sign(round_no, rows), strict=True):
                 submitted[i] = o
         extra = []
         for i in np.flatnonzero(rng.random(n) < self.forged_share):
             o = honest[i]
-            fake = o._replace(nonce=o.nonce + 1, price_per_kwh=0.0 if o.side == "sell" else 10.0 * o.price_per_kwh)
+            price = 0.0 if o.side == "sell" else self.FORGED_BID_FACTOR * o.price_per_kwh
+            fake = o._replace(nonce=o.nonce + 1, price_per_kwh=price)
             extra.append(fake._replace(signature=self.forger.sign(fake.message())))
         extra += [submitted[i] for i in np.flatnonzero(rng.random(n) < self.duplicate_share)]
         prev = self.previous

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 
 from cosim.virtual.admission import SignedOrder
 from cosim.virtual.signing import (
+    HASH_BYTES,
     KEY_TAG,
     SETTLEMENT_TAG,
     SIGNATURE_BYTES,
@@ -51,8 +52,8 @@ from cosim.virtual.signing import (
     sha256,
 )
 
-#: The prev_hash of the genesis block: 32 zero bytes in hex.
-GENESIS_PREV = "0" * 64
+#: The prev_hash of the genesis block: a hash of zero bytes, in hex.
+GENESIS_PREV = "00" * HASH_BYTES
 TRADE_FIELDS = ["seller", "buyer", "energy_kwh", "price_per_kwh", "seller_price_per_kwh", "network_charge_per_kwh"]
 SETTLEMENT_FIELDS = [
     "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh", "curtailed_kwh",

@@ -1,8 +1,7 @@
 """The ledger writer in a process of its own, beside the rounds.
 
-Signing a round's orders (about 100 Ed25519 signatures at 118 prosumers, ~55 us each
-with ``cryptography`` on a 2-core test machine) and sealing its block cost more than the
-rest of the round. None of it feeds back into the market: the admission of a round's
+Signing a round's orders (an Ed25519 signature for each, about 100 at 118 prosumers) and
+sealing its block cost more than the rest of the round. None of it feeds back into the market: the admission of a round's
 orders needs only the controllers' commitments (`cosim.virtual.admission.PENDING`), and the
 block of round t is not read by round t + 1. So the loop hands each round's rows to a
 `LedgerProcess` through a pipe (eight rounds a message) and goes on; the child signs,

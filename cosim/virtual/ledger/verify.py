@@ -56,6 +56,8 @@ from cosim.virtual.signing import (
     verify_signature,
 )
 
+#: Hex digits of a hash that a message shows.
+SHOWN_HASH_CHARS = 16
 #: Largest sum of a round's bills that counts as zero [currency].
 BALANCE_TOL = 1e-6
 #: What checking a block raises when the block is not as the writer writes it (a field of
@@ -285,7 +287,7 @@ def verify(run_dir: str | Path, *, workers: int | None = None, chunk: int = CHUN
     if not ok:
         return False, message
     return True, (f"ledger intact: genesis + {v.rounds} blocks, {len(v.prosumer_keys)} prosumer keys, "
-                  f"{len(v.validators)} validators (quorum {quorum(len(v.validators))}), head {v.prev[:16]}...")
+                  f"{len(v.validators)} validators (quorum {quorum(len(v.validators))}), head {v.prev[:SHOWN_HASH_CHARS]}...")
 
 
 def _against_files(run_dir: Path, v: Verifier, files: FileCheck) -> tuple[bool, str]:
@@ -296,8 +298,8 @@ def _against_files(run_dir: Path, v: Verifier, files: FileCheck) -> tuple[bool, 
     summary = json.loads(summary_path.read_text())
     head = summary.get("ledger_head")
     if head != v.prev:
-        return False, (f"{head_block}, the last in the file, has hash {v.prev[:16]}... but summary.json's "
-                       f"ledger_head is {str(head)[:16]}...: the chain was truncated or replaced")
+        return False, (f"{head_block}, the last in the file, has hash {v.prev[:SHOWN_HASH_CHARS]}... but summary.json's "
+                       f"ledger_head is {str(head)[:SHOWN_HASH_CHARS]}...: the chain was truncated or replaced")
     if summary.get("rounds") not in (None, v.rounds):
         return False, f"the ledger holds {v.rounds} rounds, summary.json {summary['rounds']}"
     problem = _keys_from_seed(run_dir, v)
