@@ -55,7 +55,7 @@ from pyomo.repn.plugins.standard_form import LinearStandardFormCompiler
 
 from cosim.flex.batteries import battery_efficiencies
 from cosim.flex.spec import AssetSpec
-from cosim.markets.highs import one_highs_thread
+from cosim.markets.highs import one_highs_thread, solve_highs
 
 #: Tie-breaking cost of battery and charger throughput [currency/kWh].
 THROUGHPUT_EPSILON = 1e-5
@@ -417,19 +417,10 @@ class FlexModel:
 
     def solve(self) -> tuple[str, np.ndarray | None]:
         """Solve; returns (status, column values). Never raises for solver trouble."""
-        h = self.highs
-        try:
-            h.run()
-            status = h.getModelStatus()
-            if status != highspy.HighsModelStatus.kOptimal:
-                h.clearSolver()
-                h.run()
-                status = h.getModelStatus()
-        except (RuntimeError, ValueError) as err:  # highspy's errors; the caller records them
-            return f"solver error: {err}", None
-        if status != highspy.HighsModelStatus.kOptimal:
-            return f"day-ahead {h.modelStatusToString(status)}", None
-        return "ok", np.asarray(h.getSolution().col_value)
+        status = solve_highs(self.highs, "day-ahead")
+        if status != "ok":
+            return status, None
+        return status, np.asarray(self.highs.getSolution().col_value)
 
     def objective(self) -> float:
         return float(self.highs.getInfo().objective_function_value)
