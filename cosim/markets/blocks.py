@@ -8,8 +8,11 @@ so that every (cut, participant) entry exists in the HiGHS matrix.
 
 from __future__ import annotations
 
+import highspy
+import numpy as np
 import pyomo.environ as pyo
 
+from cosim.markets.base import MarketContext
 from cosim.markets.highs import INACTIVE_RHS
 
 #: Values a model is built with, before the first round writes its own [currency/kWh].
@@ -66,3 +69,14 @@ def define_network_cuts(m: pyo.ConcreteModel) -> None:
     m.network_cut = pyo.Constraint(
         m.K, rule=lambda m, k: sum(m.cut_coef[k, n] * m.injection_kwh[n] for n in m.N) <= m.cut_rhs[k]
     )
+
+
+def write_participant_rows(h: highspy.Highs, row: dict, demand: np.ndarray, supply: np.ndarray,
+                           ctx: MarketContext) -> None:
+    """Write a round's demand and supply [kWh] into the balances `define_participant_balances`
+    built, and the outside party's caps [kWh] into the model's import and export limits."""
+    n, inf = len(demand), highspy.kHighsInf
+    h.changeRowsBounds(n, row["buyer_balance"], demand, demand)
+    h.changeRowsBounds(n, row["seller_balance"], supply, supply)
+    h.changeRowsBounds(1, row["import_limit"], np.array([-inf]), np.array([min(ctx.import_cap_kwh, INACTIVE_RHS)]))
+    h.changeRowsBounds(1, row["export_limit"], np.array([-inf]), np.array([min(ctx.export_cap_kwh, INACTIVE_RHS)]))

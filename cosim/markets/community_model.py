@@ -20,6 +20,7 @@ from cosim.markets.blocks import (
     define_participant_balances,
     define_participant_variables,
     define_round_parameters,
+    write_participant_rows,
 )
 from cosim.markets.highs import INACTIVE_RHS, attach_highs, solve_highs
 
@@ -132,11 +133,7 @@ class CommunityModel:
         ]
         idx = np.concatenate([col[name] for name, _ in manager])
         h.changeColsBounds(len(idx), idx, np.zeros(len(idx)), np.array([ub for _, ub in manager], float))
-        h.changeRowsBounds(n, row["buyer_balance"], demand, demand)
-        h.changeRowsBounds(n, row["seller_balance"], supply, supply)
-        inf = highspy.kHighsInf
-        h.changeRowsBounds(1, row["import_limit"], np.array([-inf]), np.array([min(ctx.import_cap_kwh, INACTIVE_RHS)]))
-        h.changeRowsBounds(1, row["export_limit"], np.array([-inf]), np.array([min(ctx.export_cap_kwh, INACTIVE_RHS)]))
+        write_participant_rows(h, row, demand, supply, ctx)
         self._update_cuts(cuts)
 
     def _update_cuts(self, cuts: NetworkCuts) -> None:

@@ -43,6 +43,7 @@ from cosim.markets.blocks import (
     define_participant_balances,
     define_participant_variables,
     define_round_parameters,
+    write_participant_rows,
 )
 from cosim.markets.highs import INACTIVE_RHS, attach_highs, solve_highs
 
@@ -131,11 +132,7 @@ class PoolModel:
         }
         for name, cost in costs.items():
             h.changeColsCost(n, col[name], np.asarray(cost, float))
-        h.changeRowsBounds(n, row["buyer_balance"], demand, demand)
-        h.changeRowsBounds(n, row["seller_balance"], supply, supply)
-        inf = highspy.kHighsInf
-        h.changeRowsBounds(1, row["import_limit"], np.array([-inf]), np.array([min(ctx.import_cap_kwh, INACTIVE_RHS)]))
-        h.changeRowsBounds(1, row["export_limit"], np.array([-inf]), np.array([min(ctx.export_cap_kwh, INACTIVE_RHS)]))
+        write_participant_rows(h, row, demand, supply, ctx)
         self._update_cuts(cuts)
 
     def _update_cuts(self, cuts: NetworkCuts) -> None:
