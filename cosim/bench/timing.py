@@ -84,7 +84,6 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
             simulate_variant(setup, variant, Path(tmp), progress=progress, ledger=ledger, gate=gate)
         finally:
             ledger.close()
-            gate.close()
         wall_s = time.perf_counter() - t0
         ledger_cpu_ms = getattr(ledger, "cpu_s", float("nan")) / rounds * 1000.0
         rounds_table = pd.read_parquet(Path(tmp) / "rounds.parquet")

@@ -79,14 +79,9 @@ def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: boo
     every `chunk_rounds` rounds; `resume` starts at a later round from a checkpoint.
     """
     sc = setup.scenario
-    own_gate = gate is None and (ledger is not None or sc.ledger.adversary != type(sc.ledger.adversary)())
-    if own_gate:
+    if gate is None and (ledger is not None or sc.ledger.adversary != type(sc.ledger.adversary)()):
         gate = OrderGate(sc, setup.fleet)
-    try:
-        _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress())
-    finally:
-        if own_gate:
-            gate.close()
+    _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress())
 
 
 def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | LedgerProcess | None,
@@ -186,7 +181,6 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         finished = dict(ckpt.finished) if ckpt is not None else {}
         elapsed0 = ckpt.elapsed_s if ckpt is not None else 0.0
         gate = OrderGate(scenario, setup.fleet)
-        stack.callback(gate.close)
         if ckpt is not None:
             gate.set_state(ckpt.gate)
             setup.pf.set_state(ckpt.pf_voltages)

@@ -62,9 +62,6 @@ class OrderGate:
         (`cosim.virtual.admission.Controllers.commit`), beside the rounds. Not with an adversary,
         whose attacks copy signed orders."""
 
-    def close(self) -> None:
-        """Nothing to release (kept so that callers can treat the gate as a resource)."""
-
     def get_state(self) -> dict:
         """Nonce counters, the adversary's random state and the admissions the later
         variants reuse (picklable), for a checkpoint."""
