@@ -25,8 +25,6 @@ from cosim.flex.batteries import Batteries as Batteries  # callers import it fro
 from cosim.physical.networks import NetworkSpec
 from cosim.physical.profiles import profile_row, profile_tables, row_instants, slice_profile
 
-#: Columns of an order book, in this order.
-ORDER_COLUMNS = ["id", "bus", "side", "quantity_kwh", "price_per_kwh"]
 #: Net positions smaller than this are idle [kW].
 IDLE_KW = 1e-6
 

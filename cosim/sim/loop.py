@@ -36,7 +36,7 @@ from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
 from cosim.sim.round import MAX_CUTS, VariantRunner, round_row
-from cosim.sim.settlement import parties, settle_matrix
+from cosim.sim.settlement import BILL, parties, settle_matrix
 from cosim.sim.setup import OUTSIDE, Setup, Variant, prepare, variants_for
 from cosim.virtual.gate import OrderGate
 from cosim.virtual.ledger import SETTLEMENT_FIELDS, LedgerWriter, trade_payload
@@ -119,7 +119,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
             outcome.timings["ledger_cpu"] += time.thread_time() - c1
         t1 = time.perf_counter()
         row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
-        row["operator_bill"] = float(st[-1, 8])  # the market operator's surplus (-) or deficit (+)
+        row["operator_bill"] = float(st[-1, BILL])  # the market operator's surplus (-) or deficit (+)
         rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
                    outcome.attribution, rejections=gr.rejections if gr is not None else None,
                    storage=outcome.storage)

@@ -162,7 +162,7 @@ class VariantRunner:
         self.mechanism.set_state(state["mechanism"])
 
     # -- physics helpers ----------------------------------------------------------------
-    def bus_injections(self, r: ClearingResult, net_kw: np.ndarray, load_kw: np.ndarray,
+    def bus_injections(self, r: ClearingResult, load_kw: np.ndarray,
                        load_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-bus net load [kW] and [kvar] of the dispatch (load convention)."""
         prosumer_kw = -r.injection_kwh / self.dt_h
@@ -327,7 +327,7 @@ class VariantRunner:
     def check(self, rd: RoundState, r: ClearingResult) -> Checked:
         """The grid check: one AC power flow of the dispatch and the limits it violates."""
         t1 = time.perf_counter()
-        p, q = self.bus_injections(r, rd.net_kw, rd.load_kw, rd.load_kvar)
+        p, q = self.bus_injections(r, rd.load_kw, rd.load_kvar)
         s = self.pf.run(p, q)
         rd.timings["pf"] += time.perf_counter() - t1
         viol = find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)

@@ -33,6 +33,8 @@ DSO, MARKET_OPERATOR = "dso", "market_operator"
 
 #: Numeric columns of a settlement row, in the order of `settle_matrix`'s columns.
 NUMERIC_COLUMNS = SETTLEMENT_COLUMNS[3:] + PHYSICAL_COLUMNS
+#: Column of the bill in `settle_matrix`'s matrix (the market operator's row is the last).
+BILL = NUMERIC_COLUMNS.index("bill")
 
 
 def parties(ids: list[str], outside_party: str) -> list[str]:

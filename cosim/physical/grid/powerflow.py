@@ -58,17 +58,6 @@ class GridState:
     """Reactive power the slack supplies [kvar]."""
 
 
-def _dS_dV(Ybus: sp.csr_matrix, V: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Partial derivatives of bus power injections w.r.t. voltage magnitude and angle."""
-    Ibus = Ybus @ V
-    diagV = sp.diags(V)
-    diagI = sp.diags(Ibus)
-    diagVnorm = sp.diags(V / np.abs(V))
-    dS_dVm = diagV @ (Ybus @ diagVnorm).conj() + diagI.conj() @ diagVnorm
-    dS_dVa = 1j * diagV @ (diagI - Ybus @ diagV).conj()
-    return dS_dVm.tocsr(), dS_dVa.tocsr()
-
-
 class PowerFlow:
     """A pandapower net prepared for repeated power flows with changing bus injections.
 
