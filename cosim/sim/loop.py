@@ -198,9 +198,11 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
 
             def on_chunk(runner, next_round, index=index, ledger=ledger):
                 Checkpoint(
-                    scenario.to_yaml(), index, next_round, chunk_rounds, runner.get_state(), gate.get_state(),
-                    setup.pf.get_state(), (ledger.height, ledger.head) if ledger is not None else None,
-                    finished, elapsed0 + time.perf_counter() - wall0,
+                    scenario_yaml=scenario.to_yaml(), variant=index, next_round=next_round,
+                    chunk_rounds=chunk_rounds, runner=runner.get_state(), gate=gate.get_state(),
+                    pf_voltages=setup.pf.get_state(),
+                    ledger=(ledger.height, ledger.head) if ledger is not None else None,
+                    finished=finished, elapsed_s=elapsed0 + time.perf_counter() - wall0,
                 ).save(tmp)
 
             state = Progress(ckpt.next_round, ckpt.runner, on_chunk) if here else Progress(on_chunk=on_chunk)

@@ -419,8 +419,9 @@ class VariantRunner:
         self.last_state = state
         traded = self.variant.mechanism != "none" and r.cleared_kwh > QTY_TOL and np.isfinite(r.price_per_kwh)
         self.last_price = float(r.price_per_kwh) if traded else None
-        outcome = RoundOutcome(r, state, chk.p_kw, chk.q_kvar, iterations, chk.violations, n_initial, rd.status,
-                               attribution, rd.timings)
+        outcome = RoundOutcome(result=r, state=state, p_kw=chk.p_kw, q_kvar=chk.q_kvar, iterations=iterations,
+                               violations=chk.violations, violations_initial=n_initial, status=rd.status,
+                               attribution=attribution, timings=rd.timings)
         outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
                             "battery_kwh": rd.battery_kw * dt_h}
         outcome.gate = rd.gate

@@ -94,5 +94,6 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
     participant_pos = pos.loc[fleet.table.bus].to_numpy()
     lv = net.bus.vn_kv.loc[pf.buses].to_numpy(float) < LV_MAX_KV
-    return Setup(scenario, net, fleet, pf, participant_pos, grid_buses, grid_branches, participants, gfu_bus,
+    return Setup(scenario=scenario, net=net, fleet=fleet, pf=pf, participant_pos=participant_pos,
+                 grid_buses=grid_buses, grid_branches=grid_branches, participants=participants, gfu_bus=gfu_bus,
                  busbar_pos=int(pos.loc[lv_busbar(net)]), assets=assets, lv=lv)
