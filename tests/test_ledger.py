@@ -223,10 +223,14 @@ def test_inserted_block(run, copy):
     _bad(copy, "line 6", "out of sequence")
     blocks = _blocks(run)
     forged = dict(blocks[-1], height=blocks[-1]["height"] + 1, round=blocks[-1]["round"] + 1,
-                  prev_hash=blocks[-1]["hash"], time="2030-01-01T00:00:00")
+                  prev_hash=blocks[-1]["hash"], time="2030-01-01T00:00:00+01:00")
     seal(forged, {}, [])
     _write_lines(copy, lines + [canonical_json(forged)])
     _bad(copy, f"line {len(lines) + 1}", "signed by 0 of 5 validators")
+    naive = dict(forged, time="2030-01-01T00:00:00")  # the run's times carry their UTC offset
+    seal(naive, {}, [])
+    _write_lines(copy, lines + [canonical_json(naive)])
+    _bad(copy, f"line {len(lines) + 1}", "UTC offset")
 
 
 def test_duplicated_block(run, copy):

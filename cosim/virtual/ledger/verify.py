@@ -147,6 +147,9 @@ class Verifier:
             raise LedgerError(f"time {value!r} is not an ISO 8601 time") from None
         if kind == "genesis":
             return
+        if self.last_time is not None and (t.tzinfo is None) != (self.last_time.tzinfo is None):
+            raise LedgerError(f"time {value} and the previous block's are not both with (or both without) "
+                              "a UTC offset")
         if self.last_time is not None and not t > self.last_time:
             raise LedgerError(f"time {value} is not after the previous block's")
         self.last_time = t
