@@ -173,3 +173,55 @@ def market_check_zero_sum(r, ids: list[str], ctx):
     assert s.bill.sum() == pytest.approx(0.0, abs=1e-9)
     assert float(s.loc[s.party == MARKET_OPERATOR, "bill"].iloc[0]) == pytest.approx(0.0, abs=1e-9)
     return s
+
+
+# -- report_: reading the report's and the comparison's pages as tables, not markup -------------
+def report_page(text: str) -> dict:
+    """The page's headings and tables, parsed (html.parser): ``{"headings": [str],
+    "tables": [[[(text, classes), ...] per row] per table]}``, so that tests read values
+    and the cells marked as limit breaches, not HTML strings."""
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.headings, self.tables, self._cell, self._heading = [], [], None, None
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("h1", "h2", "h3"):
+                self._heading = ""
+            elif tag == "table":
+                self.tables.append([])
+            elif tag == "tr" and self.tables:
+                self.tables[-1].append([])
+            elif tag in ("td", "th") and self.tables:
+                self._cell = ["", set((dict(attrs).get("class") or "").split())]
+
+        def handle_endtag(self, tag):
+            if tag in ("h1", "h2", "h3") and self._heading is not None:
+                self.headings.append(self._heading.strip())
+                self._heading = None
+            elif tag in ("td", "th") and self._cell is not None:
+                self.tables[-1][-1].append((self._cell[0].strip(), self._cell[1]))
+                self._cell = None
+
+        def handle_data(self, data):
+            if self._cell is not None:
+                self._cell[0] += data
+            if self._heading is not None:
+                self._heading += data
+
+    page = Page()
+    page.feed(text)
+    return {"headings": page.headings, "tables": page.tables}
+
+
+def report_row(page: dict, label: str, table: int | None = None) -> list[tuple[str, set]]:
+    """The cells after the row header that starts with `label` (in table `table`, or the
+    first table that has such a row)."""
+    tables = page["tables"] if table is None else [page["tables"][table]]
+    for rows in tables:
+        for row in rows:
+            if row and row[0][0].startswith(label):
+                return row[1:]
+    raise KeyError(f"no row {label!r} in {[r[0][0] for rows in tables for r in rows if r]}")

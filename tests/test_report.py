@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import report_page, report_row
 
 from cosim.config.errors import InputError
 from cosim.reporting.report import FIGURES, MAX_POINTS, load_run, time_base, write_report
@@ -281,7 +282,8 @@ def test_grid_connected_run_with_both_variants(tmp_path):
     assert "Mean P2P price [EUR/kWh]" in text
     assert "Lowest bus voltage [pu]" in text
     assert "1 round not ok" in text  # the failed round is reported
-    assert "<td class='num bad'>101.2</td>" in text  # line loading beyond the limit
+    line = report_row(report_page(text), "Peak line loading")
+    assert line[0] == ("101.2", {"num", "bad"})  # the main run's line loading, beyond the limit
 
 
 def test_islanded_run_draws_the_grid_forming_unit(tmp_path):
@@ -299,7 +301,7 @@ def test_no_trades_no_variants_and_missing_kpis(tmp_path):
     del summary["variants"]["baseline"]
     (run / "summary.json").write_text(json.dumps(summary))
     text = assert_report(run, write_report(run), BASE_FIGURES)
-    assert "Network losses [kWh]</th><td class='num'>–</td>" in text
+    assert report_row(report_page(text), "Network losses [kWh]")[0][0] == "–"
     assert "no_feedback/ folder" in text and "baseline/ folder" in text
     assert "No energy was traded between prosumers" in text
 
