@@ -50,6 +50,10 @@ def read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise InputError(path, ["file not found"]) from None
+    except IsADirectoryError:
+        raise InputError(path, ["expected a YAML file, found a folder"]) from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, [f"expected UTF-8 text, found bytes that are not ({err.reason} at byte {err.start})"]) from None
     except yaml.YAMLError as err:
         raise InputError(path, [f"not valid YAML: {err}"]) from None
     if not isinstance(data, dict):

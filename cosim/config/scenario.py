@@ -72,7 +72,7 @@ Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Prosumers(_Frozen):
@@ -471,6 +471,11 @@ class Scenario(_Frozen):
     def _period(self) -> Scenario:
         if self.resolution < dt.timedelta(minutes=1) or self.resolution > dt.timedelta(hours=24):
             raise ValueError(f"expected resolution between 1min and 24h, found {format_duration(self.resolution)}")
+        if self.duration % self.resolution:
+            raise ValueError(
+                f"expected a duration that is a whole number of rounds of {format_duration(self.resolution)}, "
+                f"found {format_duration(self.duration)}"
+            )
         if self.duration < self.resolution:
             raise ValueError(
                 f"expected duration >= resolution, found {format_duration(self.duration)} < "
@@ -508,8 +513,9 @@ class Scenario(_Frozen):
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file; all problems are reported at once.
 
-    Also checks what pydantic cannot see alone: that the mechanism is registered and
-    the network file exists and is valid.
+    Also checks what pydantic cannot see alone: that the mechanism is registered, the
+    network file exists and is valid, and the buses and files the scenario names exist
+    (`cosim.config.cross_checks`).
     """
     from cosim.config.network_file import find_network_file, load_network_spec
     from cosim.markets import MECHANISMS
@@ -543,5 +549,8 @@ def load_scenario(path: str | Path) -> Scenario:
                         f"found no such file {csv!r}")
     if problems:
         raise InputError(path, problems)
-    load_network_spec(network_file)  # raises its own InputError naming the network file
+    spec = load_network_spec(network_file)  # raises its own InputError naming the network file
+    from cosim.config.cross_checks import check_against_network
+
+    check_against_network(scenario, spec, path)
     return scenario
