@@ -55,7 +55,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from cosim.config.scenario import load_scenario
+    from cosim.config.load import load_scenario
 
     for path in args.scenarios:
         s = load_scenario(path)

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import cosim.markets.pool as pool_module
 from cosim.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from cosim.config.scenario import load_scenario
+from cosim.config.load import load_scenario
 from cosim.markets import (
     MECHANISMS,
     Charges,

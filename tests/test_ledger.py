@@ -490,7 +490,7 @@ def test_cli_show_a_broken_ledger(run, copy, capsys):
 def test_attack_scenario_file():
     """The shipped attack scenario: validators and an adversary, the quorum condition
     stated in its comments."""
-    from cosim.config.scenario import load_scenario
+    from cosim.config.load import load_scenario
 
     sc = load_scenario(ATTACK_SCENARIO)
     assert sc.n_rounds == 96 and len(sc.ledger.validators) == 5

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosim.config.scenario import load_scenario
+from cosim.config.load import load_scenario
 from cosim.sim.loop import (
     OrderGate,
     open_ledger,

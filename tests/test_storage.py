@@ -224,7 +224,7 @@ def test_bad_sessions_csv_lists_every_problem(fleet, tmp_path):
 
 def test_storage_section_is_validated(tmp_path):
     """Unknown fields and impossible settings of the storage section are named."""
-    from cosim.config.scenario import load_scenario
+    from cosim.config.load import load_scenario
 
     path = tmp_path / "s.yaml"
     path.write_text("name: s\nnetwork: rural3\nstorage:\n  strategy: magic\n  battery_soc_min: 0.9\n"

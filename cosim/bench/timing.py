@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cosim.config.scenario import PROFILE_END, Scenario, load_scenario
+from cosim.config.load import load_scenario
+from cosim.config.scenario import PROFILE_END, Scenario
 from cosim.sim.loop import OrderGate, open_ledger, prepare, simulate_variant, variants_for
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "scenarios" / "rural3-summer-pv.yaml"

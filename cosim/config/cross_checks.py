@@ -6,10 +6,13 @@ before anything runs or is written; each problem is one line of the usual format
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosim.config.errors import InputError
 from cosim.config.network_file import NetworkSpec
-from cosim.config.scenario import Scenario
+
+if TYPE_CHECKING:  # the scenario module loads scenarios through this one
+    from cosim.config.scenario import Scenario
 
 
 def check_against_network(scenario: Scenario, spec: NetworkSpec, path: Path) -> None:

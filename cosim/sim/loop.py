@@ -152,7 +152,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
     (Ctrl-C, SIGTERM, a kill) keeps it, and ``resume=True`` carries on from it with results
     identical to an uninterrupted run. Any other failure removes the partial folder.
     """
-    from cosim.config.scenario import load_scenario
+    from cosim.config.load import load_scenario
     from cosim.io.results import RunFolder, bills_by_party, write_json
     from cosim.reporting.fairness import fairness_summary
     from cosim.reporting.summary import kpis, timing
