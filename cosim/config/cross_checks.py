@@ -27,18 +27,17 @@ def check_against_network(scenario: Scenario, spec: NetworkSpec, path: Path) -> 
     """
     from cosim.physical.networks import build_net
 
+    bus = scenario.islanded.grid_forming_bus if scenario.mode == "islanded" else None
+    csv = scenario.storage.ev.sessions_csv
+    if bus is None and not csv:  # nothing named to check: do not build the net for nothing
+        return
     net = build_net(spec)
-    problems = []
-    bus = scenario.islanded.grid_forming_bus
-    if scenario.mode == "islanded" and bus is not None:
+    if bus is not None:
         buses = net.bus.index[net.bus.in_service.astype(bool)]
         if bus not in buses:
-            problems.append(
+            raise InputError(path, [
                 f"islanded.grid_forming_bus: expected a bus of network {scenario.network!r} (indices "
-                f"{int(buses.min())}..{int(buses.max())}), found {bus}")
-    if problems:
-        raise InputError(path, problems)
-    csv = scenario.storage.ev.sessions_csv
+                f"{int(buses.min())}..{int(buses.max())}), found {bus}"])
     if csv:
         _check_sessions(scenario, spec, net, Path(csv) if Path(csv).is_absolute() else path.parent / csv)
 
