@@ -25,6 +25,14 @@ PARTS = (
     ("membership_fees", "fees"),
     ("storage_rent", "storage rent"),
 )
+#: Energy flows whose change explains the energy part: (settlement column, what more of it means).
+VOLUMES = (
+    ("grid_import_kwh", "from the grid"),
+    ("bought_kwh", "bought P2P"),
+    ("sold_kwh", "sold P2P"),
+    ("grid_export_kwh", "to the grid"),
+    ("curtailed_kwh", "curtailed"),
+)
 #: Amounts below this are rounding noise [currency].
 MONEY_EPS = 1e-6
 #: Worse-off prosumers listed per mechanism on the comparison page (the rest are counted).
@@ -36,7 +44,8 @@ def _parts(settlement: Path) -> pd.DataFrame:
     column for is zero)."""
     table = pd.read_parquet(settlement)
     prosumers = table[table.bus >= 0]
-    return prosumers.reindex(columns=["party", *(c for c, _ in PARTS)], fill_value=0.0).groupby("party").sum()
+    columns = ["party", *(c for c, _ in PARTS), *(c for c, _ in VOLUMES)]
+    return prosumers.reindex(columns=columns, fill_value=0.0).groupby("party").sum()
 
 
 def gains(run_dir: str | Path) -> pd.DataFrame | None:
@@ -51,18 +60,27 @@ def gains(run_dir: str | Path) -> pd.DataFrame | None:
     if not (base_file.is_file() and market_file.is_file()):
         return None
     base, market = _parts(base_file), _parts(market_file)
-    diff = base.sub(market.reindex(base.index, fill_value=0.0), fill_value=0.0)
-    diff.columns = [label for _, label in PARTS]
+    market = market.reindex(base.index, fill_value=0.0)
+    diff = pd.DataFrame({label: base[c] - market[c] for c, label in PARTS})
     diff["total"] = diff.sum(axis=1)
-    diff["reason"] = [_reason(row) if row["total"] < -MONEY_EPS else "" for _, row in diff.iterrows()]
+    more_kwh = market[[c for c, _ in VOLUMES]] - base[[c for c, _ in VOLUMES]]
+    diff["reason"] = [_reason(diff.loc[p], more_kwh.loc[p]) if diff.at[p, "total"] < -MONEY_EPS else ""
+                      for p in diff.index]
     return diff.sort_values("total")
 
 
-def _reason(row: pd.Series) -> str:
-    """The part that cost the prosumer most, against what the others gave back."""
+def _reason(row: pd.Series, more_kwh: pd.Series) -> str:
+    """The part that cost the prosumer most, against what the others gave back; for the
+    energy part, the two flows that changed most (``more_kwh``: market minus baseline [kWh])."""
     parts = row[[label for _, label in PARTS]]
     worst = parts.idxmin()
     text = f"{worst} {parts[worst]:+.2f}"
+    if worst == "energy":
+        names = dict(VOLUMES)
+        top = more_kwh.abs().sort_values(ascending=False).index[:2]
+        flows = [f"{abs(more_kwh[c]):.1f} kWh {'more' if more_kwh[c] > 0 else 'less'} {names[c]}"
+                 for c in top if abs(more_kwh[c]) >= 0.05]
+        text += f": {', '.join(flows)}" if flows else ""
     rest = [f"{label} {parts[label]:+.2f}" for label in parts.index if label != worst and abs(parts[label]) > 0.005]
     return text + (f" (against {', '.join(rest)})" if rest else "")
 
