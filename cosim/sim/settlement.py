@@ -50,8 +50,10 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     per `NUMERIC_COLUMNS` entry. This is the hot path; `settle` wraps it in a table.
 
     Prosumer n pays ``buy_price[n] bought[n] - sell_price[n] sold[n] + retail imported[n]
-    - feed_in exported[n]`` for energy, plus its `network_charges` [currency] (on its
-    physical injection, whoever the counterparty: `cosim.sim.tariff`), plus any membership fee the mechanism charged this round
+    - feed_in exported[n]`` for energy, plus its `network_charges` [currency] (in a run,
+    on its physical injection whoever the counterparty: `cosim.sim.tariff`; by default
+    the per-kWh trade costs the mechanism cleared with, ``r.charges``, which a run leaves
+    at zero), plus any membership fee the mechanism charged this round
     (``info["membership_fee"]``, per participant [currency], received by the operator). The outside party sells what the prosumers and the
     operator import and buys what they export; the DSO receives the network charges; the
     operator keeps what buyers pay minus what sellers get and pays for its own trades
@@ -68,7 +70,9 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     m = np.zeros((n + 3, len(NUMERIC_COLUMNS)))
     p2p_paid = np.nan_to_num(r.buy_price_per_kwh) * r.bought_kwh
     p2p_received = np.nan_to_num(r.sell_price_per_kwh) * r.sold_kwh
-    charges = np.zeros(n) if network_charges is None else network_charges
+    if network_charges is None:  # the trade costs the mechanism cleared with (none in a run)
+        network_charges = r.charges.buy * r.bought_kwh + r.charges.sell * r.sold_kwh
+    charges = network_charges
     op_import, op_export = r.operator_import_kwh, r.operator_export_kwh
     imported = r.import_kwh.sum() + op_import
     exported = r.export_kwh.sum() + op_export
