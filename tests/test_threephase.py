@@ -1,0 +1,106 @@
+"""Three-phase power flow (issue 13): the IEEE European LV Test Feeder against its published
+OpenDSS voltages, its loads as published, and ``cosim powerflow``'s input errors.
+
+Reference: IEEE PES AMPS distribution test-feeder working group, "European LV Test
+Feeder" (2015), validated OpenDSS model, ``Solutions/Snapshots/*.xlsx`` sheet "Voltages";
+copied unchanged to ``tests/data/ieee_eu_lv_opendss_voltages_{1,1440}min.csv`` from
+``../shared/reference/ieee-eu-lv/`` (line-to-neutral volts and degrees per bus and phase).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cosim.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from cosim.physical import ieee_eu_lv
+from cosim.physical.grid.threephase import PHASES
+
+DATA = Path(__file__).resolve().parent / "data"
+#: Agreement the issue asks for with the published voltages, at every bus and phase [pu].
+PUBLISHED_TOL_PU = 1e-3
+#: Tolerance on the loads' reactive power per active power [-].
+PF_TOL = 1e-12
+
+
+def published_voltages(minute: int) -> pd.DataFrame:
+    """The OpenDSS voltages in per unit of each bus's base (416 V / sqrt 3 on the LV side)."""
+    ref = pd.read_csv(DATA / f"ieee_eu_lv_opendss_voltages_{minute}min.csv", dtype={"bus": str}).set_index("bus")
+    base_v = ref.base_kv_ll * 1000.0 / math.sqrt(3.0)
+    return pd.DataFrame({f"vm_{p}_pu": ref[f"v_{p}_volt"] / base_v for p in PHASES})
+
+
+def run_powerflow(tmp_path: Path, *extra: str) -> tuple[int, pd.DataFrame | None]:
+    out = tmp_path / "pf.csv"
+    code = main(["powerflow", "ieee_eu_lv", *extra, "--out", str(out)])
+    return code, (pd.read_csv(out, dtype={"bus": str}).set_index("bus") if out.exists() else None)
+
+
+@pytest.mark.parametrize("minute", [1, 1440])
+def test_three_phase_powerflow_matches_published_voltages(tmp_path, minute):
+    """``cosim powerflow ieee_eu_lv --minute M --three-phase`` within 1e-3 pu of the published
+    OpenDSS voltages at every bus (the 906 LV buses and the 11 kV source) and phase."""
+    code, got = run_powerflow(tmp_path, "--minute", str(minute), "--three-phase")
+    assert code == EXIT_OK
+    want = published_voltages(minute)
+    assert set(got.index) == set(want.index)
+    dev = (got.loc[want.index, want.columns] - want).abs()
+    assert float(dev.max().max()) < PUBLISHED_TOL_PU, dev.stack().idxmax()
+    assert (got.loc[want.index, "vuf_pct"] >= 0).all()
+
+
+@pytest.mark.parametrize("minute", sorted(ieee_eu_lv.PUBLISHED_MINUTES))
+def test_ieee_loads_as_published(minute):
+    """Every load of the snapshot is single-phase at power factor 0.95 lagging (the feeder's
+    Loads.csv), its active power as pandapower ships it; pandapower's own copy has Q on
+    phases B and C 1000 times too small (pandapower issue 2218), which `snapshot` corrects."""
+    import pandapower.networks as pn
+
+    net = ieee_eu_lv.snapshot(minute)
+    shipped = pn.ieee_european_lv_asymmetric(ieee_eu_lv.PUBLISHED_MINUTES[minute]).asymmetric_load
+    al = net.asymmetric_load
+    assert len(al) == 55
+    p = al[[f"p_{ph}_mw" for ph in PHASES]].to_numpy(float)
+    q = al[[f"q_{ph}_mvar" for ph in PHASES]].to_numpy(float)
+    np.testing.assert_array_equal(p, shipped[[f"p_{ph}_mw" for ph in PHASES]].to_numpy(float))
+    assert ((p > 0).sum(axis=1) == 1).all(), "each load draws on exactly one phase"
+    np.testing.assert_allclose(q, p * math.tan(math.acos(0.95)), rtol=0, atol=PF_TOL)
+    s = np.hypot(p.sum(axis=1), q.sum(axis=1))
+    np.testing.assert_allclose(p.sum(axis=1) / s, 0.95, atol=1e-12)
+    phases = ieee_eu_lv.load_phases(net)
+    assert set(phases) == {"a", "b", "c"}
+    assert ieee_eu_lv.load_phases(pn.ieee_european_lv_asymmetric("on_peak_566")).equals(phases)
+
+
+def test_balanced_powerflow_rows_and_columns(tmp_path):
+    """The balanced power flow writes the same rows, the three phases equal, no unbalance."""
+    code, got = run_powerflow(tmp_path, "--minute", "1")
+    assert code == EXIT_OK
+    assert list(got.columns) == ["base_kv_ll", "vm_a_pu", "vm_b_pu", "vm_c_pu", "vuf_pct"]
+    assert len(got) == 907
+    assert (got.vm_a_pu == got.vm_b_pu).all() and (got.vm_a_pu == got.vm_c_pu).all()
+    assert (got.vuf_pct == 0).all()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["powerflow", "ieee_eu_lv", "--minute", "600"], ["--minute", "1, 566, 1440", "600"]),
+        (["powerflow", "rural1", "--minute", "1"], ["--minute", "published", "rural1"]),
+        (["powerflow", "no_such_network"], ["no_such_network", "network file"]),
+    ],
+)
+def test_powerflow_bad_input(tmp_path, capsys, argv, words):
+    """Bad input: exit 2, a message naming the field, what was expected and found; no file."""
+    out = tmp_path / "pf.csv"
+    code = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err
+    assert not out.exists() and not list(tmp_path.iterdir())
