@@ -37,6 +37,8 @@ LINE_X0_PER_X1 = 0.083 / 0.071
 #: (the neutral of the LV star earthed), zero-sequence short-circuit voltage as the
 #: positive one, mag0 1 %, mag0_rx 0, si0_hv_partial 0.9 (pandapower's copy of the feeder).
 TRAFO_ZERO_SEQUENCE = {"vector_group": "Dyn", "mag0_percent": 1.0, "mag0_rx": 0.0, "si0_hv_partial": 0.9}
+#: The vector groups ``runpp_3ph`` computes (any clock number).
+SUPPORTED_VECTOR_GROUPS = ("Dyn", "YNyn", "Yzn")
 #: The feeder's source where a net has no short-circuit data: 10 GVA, R/X 0.1, R0/X0 0.1, X0/X 1.
 EXT_GRID_SHORT_CIRCUIT = {"s_sc_max_mva": 10000.0, "s_sc_min_mva": 8000.0, "rx_max": 0.1, "rx_min": 0.1,
                           "r0x0_max": 0.1, "x0x_max": 1.0, "r0x0_min": 0.1, "x0x_min": 1.0}
@@ -67,12 +69,23 @@ def add_zero_sequence_data(net: pp.pandapowerNet) -> None:
         if col not in trafo.columns:
             trafo[col] = np.nan if col != "vector_group" else None
         trafo.loc[miss, col] = value[miss] if isinstance(value, pd.Series) else value
+    trafo["vector_group"] = [_supported_vector_group(g) for g in trafo["vector_group"]]
     for col, value in EXT_GRID_SHORT_CIRCUIT.items():
         miss = _missing(net.ext_grid, col)
         if col not in net.ext_grid.columns:
             net.ext_grid[col] = np.nan
         net.ext_grid.loc[miss, col] = value
         net.ext_grid[col] = net.ext_grid[col].astype(float)
+
+
+def _supported_vector_group(group: str) -> str:
+    """The vector group as ``runpp_3ph`` names it (without the clock number, which the
+    transformer's ``shift_degree`` carries): ``Dyn``, ``YNyn`` or ``Yzn``."""
+    name = str(group).rstrip("0123456789")
+    if name not in SUPPORTED_VECTOR_GROUPS:
+        raise ValueError(f"expected a transformer vector group among {SUPPORTED_VECTOR_GROUPS} (a four-wire LV "
+                         f"side with an earthed neutral), found {group!r}")
+    return name
 
 
 def phase_split(connection: str) -> np.ndarray:
