@@ -151,3 +151,60 @@ class ThreePhasePowerFlow:
         s = (SEQ_TO_PHASE @ V012) * np.conj(SEQ_TO_PHASE @ i012)
         want = self._s_abc_pu(np.asarray(p_kw, float), np.asarray(q_kvar, float))
         return float(np.max(np.abs(s - want)[:, self.pq]))
+
+
+def voltage_sensitivities(flow: ThreePhasePowerFlow, state: PhaseState, columns: np.ndarray,
+                          reactive: bool = False) -> np.ndarray:
+    """Sensitivities of every bus's phase voltage magnitudes to a net load at chosen buses
+    and phases, from the power flow's own linearisation (no extra power flows).
+
+    With V = T W (phase from sequence voltages) and the constant-power currents
+    I_abc = conj(S) / conj(V), a change dS moves the sequence voltages by the solution of
+
+        Y dW - T^-1 D conj(T dW) = T^-1 conj(dS) / conj(V),  D = -conj(S) / conj(V)^2,
+
+    a real-linear system (it holds conj(dW)), solved as its real 2N form with one LU
+    factorisation; the source's positive-sequence voltage stays fixed.
+
+    Parameters
+    ----------
+    flow, state : the prepared power flow and a converged state of it.
+    columns : pairs (position in ``flow.buses``, phase 0..2) of the perturbed net loads.
+    reactive : the perturbation is reactive power [kvar] instead of active [kW].
+
+    Returns
+    -------
+    array [len(columns) x buses x 3]: d|V| of each bus and phase per kW (kvar) of net load
+    at each column [pu/kW]; negative where more load lowers the voltage.
+    """
+    import scipy.sparse as sp
+
+    n = flow.n_internal
+    W = state.V012
+    V = SEQ_TO_PHASE @ W  # [phase x bus]
+    s = np.zeros((3, n), complex)  # the state's injections, recovered from the network equations
+    i012 = np.stack([Y @ w for Y, w in zip(flow.Y012, W, strict=True)])
+    s[:] = V * np.conj(SEQ_TO_PHASE @ i012)
+    D = -np.conj(s) / np.conj(V) ** 2
+    eye = sp.identity(n, format="csr")
+    t_inv, t_conj = sp.kron(PHASE_TO_SEQ, eye, format="csr"), sp.kron(np.conj(SEQ_TO_PHASE), eye, format="csr")
+    K = t_inv @ sp.diags(D.ravel()) @ t_conj
+    M = sp.block_diag(flow.Y012, format="csr")
+    keep = np.ones(3 * n, bool)
+    keep[n + flow.ref] = False  # V1 at the source is fixed
+    M, K = M[keep][:, keep], K[keep][:, keep]
+    A = sp.bmat([[M.real - K.real, -M.imag - K.imag], [M.imag - K.imag, M.real + K.real]], format="csc")
+    lu = splu(A)
+    cols = np.asarray(columns, int).reshape(-1, 2)
+    unit = (1j if reactive else 1.0) * -1.0 / (1000.0 * flow.base_mva)  # +1 kW of load, pandapower's pu
+    rhs_phase = np.zeros((3, n, len(cols)), complex)
+    for k, (pos, ph) in enumerate(cols):
+        b = flow.bus_internal[pos]
+        rhs_phase[ph, b, k] = np.conj(unit) / np.conj(V[ph, b])
+    rhs = (t_inv @ rhs_phase.reshape(3 * n, -1))[keep]
+    sol = lu.solve(np.vstack([rhs.real, rhs.imag]))
+    dW = np.zeros((3 * n, len(cols)), complex)
+    dW[keep] = sol[: keep.sum()] + 1j * sol[keep.sum():]
+    dV = np.einsum("ps,sbk->pbk", SEQ_TO_PHASE, dW.reshape(3, n, -1))
+    dvm = (np.conj(V)[:, :, None] * dV).real / np.abs(V)[:, :, None]  # [phase x internal bus x col]
+    return np.transpose(dvm[:, flow.bus_internal, :], (2, 1, 0))
