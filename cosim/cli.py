@@ -94,10 +94,10 @@ def _cmd_powerflow(args: argparse.Namespace) -> int:
     if args.minute is not None and args.minute not in PUBLISHED_MINUTES:
         raise InputError(path, [f"--minute: expected a published minute among {sorted(PUBLISHED_MINUTES)}, "
                                 f"found {args.minute}"])
-    table = powerflow_snapshot(spec, args.minute, three_phase=args.three_phase)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(out, [f"--out: expected a file in an existing folder, found no folder {out.parent}"])
+    table = powerflow_snapshot(spec, args.minute, three_phase=args.three_phase)
     tmp = out.with_name(out.name + ".partial")
     table.to_csv(tmp, index=False, float_format="%.9f")
     os.replace(tmp, out)
