@@ -259,3 +259,13 @@ def test_per_phase_sensitivities_match_finite_differences(reactive):
         fd = (runs[0] - runs[1]) / (2 * FD_STEP_KW)
         np.testing.assert_allclose(sens[k], fd, rtol=0, atol=FD_TOL_PU_PER_KW)
         assert sens[k][b, ph] < 0 and np.abs(fd).max() > 1e-4, "load lowers its own phase's voltage"
+    vuf = voltage_sensitivities(flow, state, cols, reactive=reactive, unbalance=True)
+    for k, (b, ph) in enumerate(cols):
+        runs = []
+        for step in (FD_STEP_KW, -FD_STEP_KW):
+            p2, q2 = p.copy(), q.copy()
+            (q2 if reactive else p2)[b, ph] += step
+            runs.append(flow.run(p2, q2).vuf_pct)
+        fd = (runs[0] - runs[1]) / (2 * FD_STEP_KW)
+        np.testing.assert_allclose(vuf[k], fd, rtol=0, atol=FD_TOL_PU_PER_KW * 100)
+        assert np.abs(fd).max() > 1e-3, "a single-phase load moves the unbalance (%/kW)"

@@ -154,7 +154,7 @@ class ThreePhasePowerFlow:
 
 
 def voltage_sensitivities(flow: ThreePhasePowerFlow, state: PhaseState, columns: np.ndarray,
-                          reactive: bool = False) -> np.ndarray:
+                          reactive: bool = False, unbalance: bool = False) -> np.ndarray:
     """Sensitivities of every bus's phase voltage magnitudes to a net load at chosen buses
     and phases, from the power flow's own linearisation (no extra power flows).
 
@@ -171,11 +171,13 @@ def voltage_sensitivities(flow: ThreePhasePowerFlow, state: PhaseState, columns:
     flow, state : the prepared power flow and a converged state of it.
     columns : pairs (position in ``flow.buses``, phase 0..2) of the perturbed net loads.
     reactive : the perturbation is reactive power [kvar] instead of active [kW].
+    unbalance : return the sensitivities of each bus's voltage unbalance factor instead.
 
     Returns
     -------
     array [len(columns) x buses x 3]: d|V| of each bus and phase per kW (kvar) of net load
-    at each column [pu/kW]; negative where more load lowers the voltage.
+    at each column [pu/kW]; negative where more load lowers the voltage. With
+    ``unbalance``, array [len(columns) x buses]: d VUF per kW (kvar) [%/kW].
     """
     import scipy.sparse as sp
 
@@ -205,6 +207,12 @@ def voltage_sensitivities(flow: ThreePhasePowerFlow, state: PhaseState, columns:
     sol = lu.solve(np.vstack([rhs.real, rhs.imag]))
     dW = np.zeros((3 * n, len(cols)), complex)
     dW[keep] = sol[: keep.sum()] + 1j * sol[keep.sum():]
-    dV = np.einsum("ps,sbk->pbk", SEQ_TO_PHASE, dW.reshape(3, n, -1))
+    dW = dW.reshape(3, n, -1)
+    if unbalance:  # VUF = 100 |V2| / |V1|
+        v1, v2 = W[1][:, None], W[2][:, None]
+        d_abs = [(np.conj(v) * dW[k]).real / np.where(np.abs(v) > 0, np.abs(v), 1.0) for k, v in ((1, v1), (2, v2))]
+        dvuf = 100.0 * (d_abs[1] / np.abs(v1) - np.abs(v2) * d_abs[0] / np.abs(v1) ** 2)
+        return dvuf[flow.bus_internal, :].T
+    dV = np.einsum("ps,sbk->pbk", SEQ_TO_PHASE, dW)
     dvm = (np.conj(V)[:, :, None] * dV).real / np.abs(V)[:, :, None]  # [phase x internal bus x col]
     return np.transpose(dvm[:, flow.bus_internal, :], (2, 1, 0))
