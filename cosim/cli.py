@@ -1,4 +1,4 @@
-"""Command line: ``cosim run | validate | clear | ledger verify | ledger show | report | compare | bench``.
+"""Command line: ``cosim run | validate | clear | powerflow | ledger verify | ledger show | report | compare | bench``.
 
 Exit status: 0 success, 2 bad input (a message naming the file and field, no traceback,
 nothing written), 1 internal failure.
@@ -76,6 +76,35 @@ def _cmd_clear(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_powerflow(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from cosim.config.network_file import find_network_file, load_network_spec
+    from cosim.physical.grid.snapshot import has_published_snapshots, powerflow_snapshot
+    from cosim.physical.ieee_eu_lv import PUBLISHED_MINUTES
+
+    path = find_network_file(args.network)
+    if path is None:
+        raise InputError(args.network, ["NETWORK: expected a network file or the name of one in networks/, found none"])
+    spec = load_network_spec(path)
+    if args.minute is not None and not has_published_snapshots(spec):
+        raise InputError(path, [f"--minute: expected only with a network whose snapshots are published (the IEEE "
+                                f"European LV feeder, ieee_eu_lv), found --minute {args.minute} with {spec.name}"])
+    if args.minute is not None and args.minute not in PUBLISHED_MINUTES:
+        raise InputError(path, [f"--minute: expected a published minute among {sorted(PUBLISHED_MINUTES)}, "
+                                f"found {args.minute}"])
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(out, [f"--out: expected a file in an existing folder, found no folder {out.parent}"])
+    table = powerflow_snapshot(spec, args.minute, three_phase=args.three_phase)
+    tmp = out.with_name(out.name + ".partial")
+    table.to_csv(tmp, index=False, float_format="%.9f")
+    os.replace(tmp, out)
+    print(f"{len(table)} buses: {out}")
+    return EXIT_OK
+
+
 def _cmd_ledger(args: argparse.Namespace) -> int:
     from cosim.virtual import ledger
     if args.ledger_command == "verify":
@@ -126,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="network whose buses the bids file's bus column names (bilateral's distance "
                             "and feeder premiums)")
     clear.set_defaults(func=_cmd_clear)
+
+    pf = sub.add_parser("powerflow", help="one power flow of a network's own load snapshot; one row per bus")
+    pf.add_argument("network", help="network file or name in networks/ (e.g. ieee_eu_lv)")
+    pf.add_argument("--minute", type=int, default=None,
+                    help="published minute of the IEEE European LV feeder: 1, 566 or 1440 (default 566, on peak)")
+    pf.add_argument("--three-phase", action="store_true", help="unbalanced three-phase power flow (default balanced)")
+    pf.add_argument("--out", required=True, help="CSV file: bus,base_kv_ll,vm_a_pu,vm_b_pu,vm_c_pu,vuf_pct")
+    pf.set_defaults(func=_cmd_powerflow)
 
     led = sub.add_parser("ledger", help="verify or show a run's ledger")
     led_sub = led.add_subparsers(dest="ledger_command", required=True)

@@ -111,6 +111,8 @@ def test_results_contract(run):
         table = pd.read_parquet(run / name)
         missing = [c for c in columns if c not in table.columns]
         assert not missing, f"{name} lacks {missing}"
+    phases = pd.read_parquet(run / "prosumers.parquet")[["load_phase", "pv_phase", "battery_phase"]]
+    assert set(phases.stack().dropna()) <= {"a", "b", "c", "abc"}  # issue 13: connections recorded
     for extra in ("scenario.yaml", "ledger.jsonl", "summary.json", "report.html"):
         assert (run / extra).is_file()
     assert len(list((run / "figures").glob("*.png"))) >= 9

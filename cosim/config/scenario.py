@@ -89,6 +89,15 @@ class Prosumers(_Frozen):
     """State of charge at the start of the run [0..1]."""
     load_scale: Annotated[float, Field(gt=0.0)] = 1.0
     """Multiplier on the SimBench load profiles [-]."""
+    phases: Literal["three-phase", "single-phase"] = "three-phase"
+    """How loads, PV, batteries and EV chargers connect where the network gives no phases:
+    three-phase: all on a, b and c; single-phase: each household on a phase drawn with the
+    seed, each of its systems on that phase unless larger than single_phase_max_kva. A
+    network's published phases (the IEEE European LV feeder) are kept. See
+    `cosim.physical.phases`."""
+    single_phase_max_kva: Annotated[float, Field(gt=0.0)] = 4.6
+    """Size above which a system is three-phase in single-phase mode [kVA]: a load's
+    reference apparent power, PV peak [kWp], battery and EV charger power [kW]."""
 
 
 class Market(_Frozen):

@@ -23,6 +23,7 @@ import pandas as pd
 from cosim.config.scenario import Scenario
 from cosim.flex.batteries import Batteries as Batteries  # callers import it from the fleet too
 from cosim.physical.networks import NetworkSpec
+from cosim.physical.phases import PHASE_COLUMNS, allocate_phases
 from cosim.physical.profiles import profile_row, profile_tables, row_instants, slice_profile
 
 #: Net positions smaller than this are idle [kW].
@@ -37,7 +38,9 @@ class Fleet:
     ----------
     table : index ``id``; columns ``load``, ``bus``, ``p_ref_kw``, ``q_ref_kvar`` (the load's
         SimBench reference powers), ``profile``, ``pv_kwp``,
-        ``pv_profile``, ``battery_kwh``, ``battery_kw``
+        ``pv_profile``, ``battery_kwh``, ``battery_kw``, and the connections
+        (`cosim.physical.phases.PHASE_COLUMNS`: ``phase``, ``load_phase``, ``pv_phase``,
+        ``battery_phase``, ``ev_phase``; ``a``, ``b``, ``c`` or ``abc``)
     time : the rounds' start times, local wall-clock time as SimBench labels its rows
     load_kw, load_kvar, pv_kw : arrays [rounds x prosumers]
     instants : the same start times with their UTC offset (unambiguous; the ledger's times)
@@ -91,6 +94,13 @@ def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) ->
         },
         index=pd.Index([f"P{i:03d}" for i in loads.index], name="id"),
     )
+    pr = scenario.prosumers
+    published = loads["phase"].tolist() if "phase" in loads.columns else None
+    phases = allocate_phases(scenario.seed, pr.phases, np.hypot(p_ref_kw, q_ref_kvar), table.pv_kwp.to_numpy(),
+                             table.battery_kw.to_numpy(), scenario.storage.ev.charger_kw,
+                             pr.single_phase_max_kva, published)
+    for col in PHASE_COLUMNS:
+        table[col] = phases[col].to_numpy()
     cut = {
         name: slice_profile(df, scenario.start, scenario.duration, scenario.resolution)
         for name, df in tables.items()

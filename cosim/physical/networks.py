@@ -77,10 +77,14 @@ def build_net(spec: NetworkSpec) -> pp.pandapowerNet:
     else:
         net = _inline_net(spec.inline)
     if "asymmetric_load" in net and len(net.asymmetric_load):
+        from cosim.physical.ieee_eu_lv import load_phases
+
         asym = net.asymmetric_load
-        for _, row in asym.iterrows():
-            pp.create_load(net, int(row.bus), p_mw=spec.balanced_household_p_kw / 1000.0,
-                           q_mvar=spec.balanced_household_q_kvar / 1000.0, name=str(row["name"]))
+        published = load_phases(net)
+        for i, row in asym.iterrows():
+            idx = pp.create_load(net, int(row.bus), p_mw=spec.balanced_household_p_kw / 1000.0,
+                                 q_mvar=spec.balanced_household_q_kvar / 1000.0, name=str(row["name"]))
+            net.load.loc[idx, "phase"] = published[i]  # the published phase, kept for the fleet
         net.asymmetric_load.drop(asym.index, inplace=True)
     if "asymmetric_sgen" in net and len(net.asymmetric_sgen):
         net.asymmetric_sgen.drop(net.asymmetric_sgen.index, inplace=True)
