@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment docs
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment docs portal
 
 setup: $(STAMP)
 
@@ -67,6 +67,11 @@ compare-curtailment: setup
 	  scenarios/rural3-curtail-sensitivity.yaml > results/compare-runs/curtail-sensitivity-forced.yaml
 	$(BIN)/cosim run results/compare-runs/curtail-sensitivity-forced.yaml --out results/compare-runs/curtail-sensitivity-forced --no-report
 	$(BIN)/cosim compare $(addprefix results/compare-runs/curtail-,$(CURTAIL) sensitivity-forced) --out results/compare-curtailment
+
+# the operator's web portal on http://127.0.0.1:8000/ (SQLite under results/portal/); create the
+# first operator with: .venv/bin/cosim portal create-operator EMAIL
+portal: setup
+	$(BIN)/cosim portal $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 # the documentation site (docs/, mkdocs.yml) into site/; strict: a warning, a broken link or
 # anchor, or a docstring the API reference cannot read fails the build
