@@ -251,7 +251,7 @@ def run_file(request: Request, run_id: int, name: str):
         run = _run(db, run_id)
     root = request.app.state.results.resolve()
     folder = Path(run.out_dir).resolve() if run.out_dir else None
-    target = (folder / name).resolve() if folder is not None else None
+    target = (folder / name).resolve() if folder is not None and "\0" not in name else None
     if (target is None or run.status != "finished" or not target.is_relative_to(folder)
             or not folder.is_relative_to(root) or target.suffix not in SERVED_SUFFIXES or not target.is_file()):
         raise Refused(404, f"no report file {name[:100]!r} in run {run_id}")
