@@ -96,3 +96,85 @@ def wait(client: TestClient, run_id: int, timeout_s: float = RUN_TIMEOUT_S) -> s
             return status
         time.sleep(0.3)
     raise AssertionError(f"run {run_id} still {status} after {timeout_s} s")
+
+
+# ---------------------------------------------------------------- a live portal process
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LivePortal:
+    """``cosim portal`` as a real process on a free port, on the database under
+    ``results``; `stop` ends it (SIGTERM, or SIGKILL with ``kill=True``)."""
+
+    def __init__(self, results: Path, port: int | None = None):
+        import os
+        import subprocess
+        import sys
+
+        self.results, self.port = Path(results), port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (self.results / f"portal-{self.port}.log")
+        self.results.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cosim", "portal", "--port", str(self.port), "--results", str(self.results)],
+                stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._wait_up()
+
+    def _wait_up(self, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the portal exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/login", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the portal did not answer within {timeout_s} s")
+
+    def stop(self, kill: bool = False) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def http_client(base_url: str, who: tuple[str, str] | None = None):
+    """An httpx client with its own session cookie, logged in as `who`."""
+    import httpx
+
+    client = httpx.Client(base_url=base_url, timeout=60.0, follow_redirects=True)
+    if who is not None:
+        r = http_post(client, "/login", {"email": who[0], "password": who[1]})
+        assert r.status_code == 200, (who, r.status_code, r.text[:300])
+    return client
+
+
+def http_post(client, url: str, data: dict | None = None, page: str = "/login"):
+    csrf = _TOKEN.search(client.get(page).text).group(1)
+    return client.post(url, data={**(data or {}), "csrf_token": csrf})
+
+
+def create_operator_cli(results: Path, who: tuple[str, str] = OPERATOR) -> None:
+    """``cosim portal create-operator EMAIL --password-stdin``, as an operator would."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "cosim", "portal", "create-operator", who[0], "--password-stdin",
+                           "--results", str(results)], input=who[1] + "\n", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
