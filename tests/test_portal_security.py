@@ -111,7 +111,11 @@ def test_a_prosumer_cannot_read_another_prosumers_rows_by_changing_an_id(site):
         r = c.get(url)
         assert r.status_code == 404 and "P001" not in r.text, url
     page = c.get(f"/me/runs/{run}").text
-    assert "P000" in page and "P001" not in page
+    assert "household P000" in page
+    trades_table = page.split('id="my-trades"')[1].split("</table>")[0]
+    pairs = re.findall(r"<tr><td>\d+</td><td>(\w+)</td><td>(\w+)</td>", trades_table)
+    assert pairs and all("P000" in pair for pair in pairs)  # her trades only (counterparties named)
+    assert len(re.findall(r"<tr><td>\d+</td>", page.split('id="my-settlement"')[1])) == 8  # her bills only
     # the operator may read any prosumer's rows
     op = fresh(site)
     login(op, OPERATOR)
@@ -272,6 +276,9 @@ def test_a_portal_run_is_a_cosim_run_folder(site):
         done = subprocess.run([sys.executable, "-m", "cosim", *cmd, str(folder)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     assert "intact" in site["client"].get("/operator/runs").text
+    # the admitted prosumers' declared PV (5 kWp each, no battery) is in the run
+    fleet = pd.read_parquet(folder / "prosumers.parquet").set_index("id")
+    assert fleet.loc[["P000", "P001"], ["pv_kwp", "battery_kwh", "battery_kw"]].to_numpy().tolist() == [[5, 0, 0]] * 2
     audit = site["client"].get("/operator/audit").text
     assert "launch run" in audit and "admit prosumer" in audit and "change setting" in audit
 

@@ -102,4 +102,8 @@ def registration(form: dict[str, str]) -> tuple[dict, dict[str, str]]:
         "battery_kw": _number(form, "battery_kw", errors, "kW", 1000.0),
         "has_ev": form.get("has_ev", "") in ("on", "yes", "true", "1"),
     }
+    if "battery_kwh" not in errors and "battery_kw" not in errors and \
+            (values["battery_kwh"] > 0.0) != (values["battery_kw"] > 0.0):
+        errors["battery_kw"] = (f"battery_kw: expected battery_kwh and battery_kw both > 0 (a battery) or both 0 "
+                                f"(none), found {values['battery_kwh']:g} kWh and {values['battery_kw']:g} kW")
     return values, errors

@@ -179,6 +179,7 @@ def _figures(runs) -> dict[int, dict]:
 @router.post("/runs")
 async def launch(request: Request):
     """Launch a run of the current settings as a background `cosim run` process."""
+    from cosim.config.errors import InputError
     from cosim.config.load import load_scenario
     from cosim.sim.loop import variants_for
 
@@ -197,9 +198,19 @@ async def launch(request: Request):
         db.flush()
         run_id = run.id
         path = st.write_scenario(bfile, values, scratch(request), f"run-{run_id}")
-        scenario = load_scenario(path)
+        network = load_scenario(path).network
+        people = db.scalars(select(dbm.User).where(dbm.User.role == "prosumer", dbm.User.status == "admitted",
+                                                   dbm.User.network == network).order_by(dbm.User.bus)).all()
+        declared = [{"bus": p.bus, "pv_kwp": p.pv_kwp, "battery_kwh": p.battery_kwh, "battery_kw": p.battery_kw}
+                    for p in people]
+        path = st.write_scenario(bfile, values, scratch(request), f"run-{run_id}", declared)
+        try:
+            scenario = load_scenario(path)
+        except InputError as err:  # e.g. the base scenario already declares an admitted prosumer's bus
+            raise Refused(400, f"the run's scenario is invalid: {err.format()}") from None
         run.name, run.network, run.scenario_yaml = scenario.name, scenario.network, path.read_text()
-        dbm.audit(db, op.email, "launch run", f"run {run_id}", "", f"{scenario.name}, {scenario.n_rounds} rounds")
+        dbm.audit(db, op.email, "launch run", f"run {run_id}", "",
+                  f"{scenario.name}, {scenario.n_rounds} rounds, {len(declared)} admitted prosumer(s)")
     request.app.state.jobs.launch(run_id, path, [v.name for v in variants_for(scenario)])
     if "hx-request" in request.headers:
         return runs_table(request)

@@ -48,6 +48,7 @@ def run_view(run: dbm.Run, party: str) -> dict:
     """What the prosumer's run page shows: bills by variant, savings, curtailment, trades."""
     summary = json.loads((Path(run.out_dir) / "summary.json").read_text())
     bills = summary["prosumer_bills"].get(party, {})
+    assets = pd.read_parquet(Path(run.out_dir) / "prosumers.parquet").set_index("id").loc[party]
     settlement = own_rows(run, party, "settlement")
     trades = own_rows(run, party, "trades")
     return {
@@ -55,6 +56,8 @@ def run_view(run: dbm.Run, party: str) -> dict:
         "bill_market": bills.get("market"),
         "bill_baseline": bills.get("baseline"),
         "savings": (bills["baseline"] - bills["market"]) if "market" in bills and "baseline" in bills else None,
+        "pv_kwp": float(assets.pv_kwp), "battery_kwh": float(assets.battery_kwh),
+        "battery_kw": float(assets.battery_kw), "bus": int(assets.bus),
         "curtailed_kwh": float(settlement.curtailed_kwh.sum()),
         "bought_kwh": float(settlement.bought_kwh.sum()),
         "sold_kwh": float(settlement.sold_kwh.sum()),

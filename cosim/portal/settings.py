@@ -33,6 +33,7 @@ class Field:
 
 #: The fields the operator sets, in the order of the form.
 FIELDS = (
+    Field("start", "First round (local time, 2016)"),
     Field("duration", "Run length (e.g. 2h, 1d)"),
     Field("market.mechanism", "Market mechanism", choices=()),  # choices from the registry
     Field("market.options", "Mechanism options (YAML mapping)", multiline=True),
@@ -108,10 +109,14 @@ def defaults_from(base_file: Path) -> dict[str, str]:
     return {path: as_text(_get(resolved, path)) for path in FIELD_PATHS}
 
 
-def scenario_data(base_file: Path, values: dict[str, str], dest: Path) -> dict:
+def scenario_data(base_file: Path, values: dict[str, str], dest: Path, declared: list[dict] | None = None) -> dict:
     """The base scenario with the form's values put in, its relative paths made to work
-    from `dest` (the folder the scenario file will be written to)."""
+    from `dest` (the folder the scenario file will be written to), and the admitted
+    prosumers' `declared` PV and batteries (``prosumers.declared``) added to its own."""
     data = read_yaml(base_file)
+    if declared:
+        own = _get(data, "prosumers.declared")
+        _set(data, "prosumers.declared", (own if isinstance(own, list) else []) + list(declared))
     for path in FIELD_PATHS:
         value = parse_value(values.get(path, ""))
         if value is not None:
@@ -130,10 +135,11 @@ def scenario_data(base_file: Path, values: dict[str, str], dest: Path) -> dict:
     return data
 
 
-def write_scenario(base_file: Path, values: dict[str, str], dest: Path, name: str) -> Path:
+def write_scenario(base_file: Path, values: dict[str, str], dest: Path, name: str,
+                   declared: list[dict] | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(scenario_data(base_file, values, dest), sort_keys=False))
+    path.write_text(yaml.safe_dump(scenario_data(base_file, values, dest, declared), sort_keys=False))
     return path
 
 
