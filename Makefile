@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment docs portal
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment docs portal portal-screenshots
 
 setup: $(STAMP)
 
@@ -72,6 +72,10 @@ compare-curtailment: setup
 # first operator with: .venv/bin/cosim portal create-operator EMAIL
 portal: setup
 	$(BIN)/cosim portal $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# the portal's screenshots in docs/img (the browser test, writing them there)
+portal-screenshots: setup
+	PORTAL_SCREENSHOTS=docs/img $(BIN)/python -m pytest tests/test_portal_browser.py
 
 # the documentation site (docs/, mkdocs.yml) into site/; strict: a warning, a broken link or
 # anchor, or a docstring the API reference cannot read fails the build

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from cosim.portal.app import create_app
@@ -168,6 +169,16 @@ def http_client(base_url: str, who: tuple[str, str] | None = None):
 def http_post(client, url: str, data: dict | None = None, page: str = "/login"):
     csrf = _TOKEN.search(client.get(page).text).group(1)
     return client.post(url, data={**(data or {}), "csrf_token": csrf})
+
+
+@pytest.fixture()
+def live(tmp_path):
+    """A live portal with an operator made by the command line (import it as a fixture)."""
+    results = tmp_path / "results"
+    create_operator_cli(results)
+    server = LivePortal(results)
+    yield server
+    server.stop()
 
 
 def create_operator_cli(results: Path, who: tuple[str, str] = OPERATOR) -> None:

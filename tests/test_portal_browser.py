@@ -18,7 +18,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from portal_support import OPERATOR, RUN_TIMEOUT_S, LivePortal, create_operator_cli
+from portal_support import OPERATOR, RUN_TIMEOUT_S
+
+pytest_plugins = ["portal_support"]  # its fixture `live`
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,14 +51,6 @@ def browser(tmp_path):
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
 
-
-@pytest.fixture()
-def live(tmp_path):
-    results = tmp_path / "results"
-    create_operator_cli(results)
-    server = LivePortal(results)
-    yield server
-    server.stop()
 
 
 def test_operator_and_prosumer_end_to_end_in_chromium(browser, live, tmp_path):
@@ -118,6 +112,7 @@ def test_operator_and_prosumer_end_to_end_in_chromium(browser, live, tmp_path):
     d.find_element(By.ID, "save-settings").click()
     error = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-field='market.retail_price_per_kwh']")))
     assert "market.retail_price_per_kwh: expected" in error.text
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", error)
     shot("settings-error")
     fill("market.retail_price_per_kwh", "0.35")
     fill("start", "2016-06-14 11:00")  # midday: the PV produces
@@ -166,6 +161,7 @@ def test_operator_and_prosumer_end_to_end_in_chromium(browser, live, tmp_path):
     bills = wait.until(ec.presence_of_element_located((By.ID, "my-bills")))
     assert "household P000" in d.find_element(By.TAG_NAME, "h1").text
     assert "rooftop PV 6.0 kWp, battery 0.0 kWh" in d.find_element(By.ID, "my-assets").text  # as declared
+    assert float(d.find_element(By.ID, "grid-export").text) > 0.0  # her midday PV surplus
     assert float(d.find_element(By.ID, "bill-market").text) == pytest.approx(
         float(d.find_element(By.ID, "bill-baseline").text) - float(d.find_element(By.ID, "savings").text), abs=2e-4)
     rounds = d.find_elements(By.CSS_SELECTOR, "#my-settlement tbody tr")

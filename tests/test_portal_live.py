@@ -8,33 +8,23 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from portal_support import (
     OPERATOR,
     RUN_TIMEOUT_S,
     LivePortal,
-    create_operator_cli,
     http_client,
     http_post,
 )
 
 from cosim.portal.jobs import RESTART_MESSAGE
 
-N_THREADS = 8
+pytest_plugins = ["portal_support"]  # its fixture `live`
+#: Prosumers registering and logging in at once, each from its own thread and session.
+N_THREADS = 6
 
-
-@pytest.fixture()
-def live(tmp_path):
-    results = tmp_path / "results"
-    create_operator_cli(results)
-    server = LivePortal(results)
-    yield server
-    server.stop()
 
 
 def _status(client, run_id: int) -> str:
@@ -63,14 +53,14 @@ def test_concurrent_logins_and_two_runs_at_once_keep_the_database_whole(live):
         r = http_post(c, "/register", {"email": who[0], "password": who[1], "name": who[0], "pv_kwp": "4"},
                       page="/register")
         assert r.status_code == 200, r.text[:300]
-        logins = [http_post(c, "/login", {"email": who[0], "password": who[1]}).status_code for _ in range(3)]
+        logins = [http_post(c, "/login", {"email": who[0], "password": who[1]}).status_code for _ in range(2)]
         me = c.get("/me").text
         c.close()
         return logins, who[0] in me
 
     with ThreadPoolExecutor(N_THREADS) as pool:
         outcomes = list(pool.map(register_and_login, people))
-    assert all(logins == [200, 200, 200] and seen for logins, seen in outcomes)
+    assert all(logins == [200, 200] and seen for logins, seen in outcomes)
 
     operators = [http_client(live.url, OPERATOR) for _ in range(2)]
     _set_duration(operators[0], "2h")
@@ -81,10 +71,6 @@ def test_concurrent_logins_and_two_runs_at_once_keep_the_database_whole(live):
     while time.monotonic() < end and any(_status(operators[0], r) in ("queued", "running") for r in run_ids):
         time.sleep(0.5)
     assert [_status(operators[0], r) for r in run_ids] == ["finished", "finished"]
-    for r in run_ids:
-        folder = live.results / "portal" / "runs" / f"run-{r}"
-        done = subprocess.run([sys.executable, "-m", "cosim", "ledger", "verify", str(folder)], capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout + done.stderr
     page = operators[1].get("/operator/prosumers").text
     assert all(who[0] in page for who in people)
     for c in operators:
@@ -92,7 +78,7 @@ def test_concurrent_logins_and_two_runs_at_once_keep_the_database_whole(live):
     with sqlite3.connect(live.results / "portal" / "portal.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT count(*) FROM users WHERE role = 'prosumer'").fetchone() == (N_THREADS,)
-        assert db.execute("SELECT count(*) FROM runs WHERE status = 'finished'").fetchone() == (2,)
+        assert db.execute("SELECT count(*) FROM runs WHERE status = 'finished' AND ledger_ok").fetchone() == (2,)
         assert db.execute("SELECT count(*) FROM audit WHERE action = 'launch run'").fetchone() == (2,)
 
 

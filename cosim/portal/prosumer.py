@@ -59,8 +59,8 @@ def run_view(run: dbm.Run, party: str) -> dict:
         "pv_kwp": float(assets.pv_kwp), "battery_kwh": float(assets.battery_kwh),
         "battery_kw": float(assets.battery_kw), "bus": int(assets.bus),
         "curtailed_kwh": float(settlement.curtailed_kwh.sum()),
-        "bought_kwh": float(settlement.bought_kwh.sum()),
-        "sold_kwh": float(settlement.sold_kwh.sum()),
+        **{column: float(settlement[column].sum())
+           for column in ("bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh")},
         "settlement": settlement,
         "trades": trades,
     }
