@@ -14,6 +14,7 @@ their process, if it still runs, is stopped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ POLL_S = 0.5
 CANCEL_GRACE_S = 30.0
 #: The last bar of a tqdm line: ``[variant]: NN%|...| done/total``.
 _BAR = re.compile(r"\[([A-Za-z0-9_]+)\]:\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
+logger = logging.getLogger("cosim.portal")
 RESTART_MESSAGE = "the portal stopped while this run was running; its process was stopped"
 
 
@@ -118,22 +120,28 @@ class Jobs:
             time.sleep(POLL_S)
             share, text = parse_progress(_tail(log), variants)
             if (share, text) != last:
-                last = (share, text)
-                with self.sessions.begin() as db:
-                    run = db.get(Run, run_id)
-                    run.progress, run.progress_text = share, text
+                try:
+                    with self.sessions.begin() as db:
+                        run = db.get(Run, run_id)
+                        run.progress, run.progress_text = share, text
+                    last = (share, text)
+                except Exception as err:  # noqa: BLE001 - e.g. the database busy: try again next time
+                    logger.warning("run %d: progress not stored: %s", run_id, err)
         self._finish(run_id, proc.returncode, log, out)
 
     def _finish(self, run_id: int, code: int, log: Path, out: Path) -> None:
         with self.lock:
             self.procs.pop(run_id, None)
             cancelled = run_id in self.cancelled
-        figures, ledger_ok, ledger_message = "{}", None, ""
+        figures, ledger_ok, ledger_message, problem = "{}", None, "", ""
         if code == 0:
             from cosim.virtual.ledger import verify
 
-            figures = json.dumps(key_figures(out))
-            ledger_ok, ledger_message = verify(out)
+            try:
+                figures = json.dumps(key_figures(out))
+                ledger_ok, ledger_message = verify(out)
+            except Exception as err:  # noqa: BLE001 - a finished run whose folder cannot be read
+                code, problem = 1, f"the run finished but its folder could not be read: {err}"
         with self.sessions.begin() as db:
             run = db.get(Run, run_id)
             run.finished_at, run.pid = utcnow(), None
@@ -143,7 +151,7 @@ class Jobs:
             elif cancelled:
                 run.status, run.message = "cancelled", "cancelled by the operator; no results folder was kept"
             else:
-                run.status, run.message = "failed", _last_lines(log)
+                run.status, run.message = "failed", problem or _last_lines(log)
 
     def recover(self) -> int:
         """Mark the runs a stopped portal left active as failed; returns how many."""
