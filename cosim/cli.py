@@ -101,7 +101,7 @@ def _cmd_portal(args: argparse.Namespace) -> int:
         password = serve.read_password_stdin() if args.password_stdin else None
         print(serve.create_operator(args.email, password, args.db, args.results))
         return EXIT_OK
-    serve.serve(args.host, args.port, args.db, args.results)
+    serve.serve(args.host, args.port, args.db, args.results, args.scenarios)
     return EXIT_OK
 
 
@@ -109,6 +109,8 @@ def _add_portal(sub) -> None:
     portal = sub.add_parser("portal", help="the system operator's web portal (SQLite under results/portal/ by default)")
     portal.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     portal.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    portal.add_argument("--scenarios", default=None,
+                        help="folder of the base scenarios the operator picks from (default scenarios/)")
     portal_sub = portal.add_subparsers(dest="portal_command")
     create = portal_sub.add_parser("create-operator", help="create an operator account (password from a prompt)")
     create.add_argument("email")

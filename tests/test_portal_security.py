@@ -299,3 +299,17 @@ def test_a_run_can_be_cancelled_and_leaves_no_folder(site):
     assert not [p for p in runs.iterdir() if p.name.startswith(f".run-{run_id}.")]
     form["duration"] = "2h"
     post(op, "/operator/settings", form, page="/operator/settings")
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["create-operator", "not-an-address", "--password-stdin"], "long-enough-1\n", "email: expected an e-mail address"),
+    (["create-operator", "x@example.org", "--password-stdin"], "short\n", "password: expected 8 to 1024 characters"),
+    (["create-operator", ALICE[0], "--password-stdin"], "long-enough-1\n", "is a prosumer's account"),
+    (["--scenarios", "/nonexistent"], "", "--scenarios: expected a folder of scenario files"),
+    (["--port", "eighty"], "", "invalid int value"),
+])
+def test_portal_command_line_bad_input_exits_2_without_a_traceback(site, args, stdin, message):
+    results = site["tmp"] / "results"
+    done = subprocess.run([sys.executable, "-m", "cosim", "portal", *args, "--results", str(results)], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -38,7 +38,8 @@ def create_app(db_url: str | None = None, results: str | Path = "results",
                scenarios: str | Path | None = None, https_only: bool = False) -> FastAPI:
     """The portal on database `db_url` (default SQLite under ``<results>/portal/``),
     writing runs under ``<results>/portal/runs/`` and offering the scenario files of
-    `scenarios` (default the repository's ``scenarios/``) as base scenarios."""
+    `scenarios` (default ``scenarios/`` of the working directory, else of the repository)
+    as base scenarios."""
     results = Path(results)
     engine = dbm.make_engine(db_url or dbm.default_url(results))
     sessions = dbm.make_sessions(engine)
@@ -59,7 +60,9 @@ def create_app(db_url: str | None = None, results: str | Path = "results",
 
     app = FastAPI(title="cosim portal", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sessions, app.state.jobs, app.state.results = sessions, jobs, results
-    app.state.scenarios = Path(scenarios) if scenarios is not None else REPO_SCENARIOS
+    if scenarios is None:  # the working directory's scenarios/ (make portal), else the repository's
+        scenarios = Path("scenarios") if Path("scenarios").is_dir() else REPO_SCENARIOS
+    app.state.scenarios = Path(scenarios).resolve()
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.bus_cache = {}
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="cosim_portal",

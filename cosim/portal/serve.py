@@ -16,12 +16,15 @@ from cosim.portal import security
 from cosim.portal.web import MAX_EMAIL_CHARS
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, db_url: str | None = None, results: str | Path = "results") -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000, db_url: str | None = None, results: str | Path = "results",
+          scenarios: str | Path | None = None) -> None:
     import uvicorn
 
     from cosim.portal.app import create_app
 
-    app = create_app(db_url, results)
+    if scenarios is not None and not list(Path(scenarios).glob("*.yaml")):
+        raise InputError(scenarios, ["--scenarios: expected a folder of scenario files (*.yaml), found none"])
+    app = create_app(db_url, results, scenarios)
     print(f"cosim portal on http://{host}:{port}/ (database {db_url or dbm.default_url(results)})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
