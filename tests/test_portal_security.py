@@ -12,6 +12,7 @@ import logging
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,7 +32,9 @@ from portal_support import (
 )
 
 from cosim.portal import auth, operator, prosumer
+from cosim.portal.app import create_app
 from cosim.portal.security import MAX_BODY_BYTES, MAX_FAILED_LOGINS
+from cosim.portal.serve import create_operator
 
 PUBLIC = {"/login", "/register"}
 PATH_VALUES = {"uid": "1", "run_id": "1", "name": "report.html", "table": "settlement"}
@@ -313,3 +316,20 @@ def test_portal_command_line_bad_input_exits_2_without_a_traceback(site, args, s
     done = subprocess.run([sys.executable, "-m", "cosim", "portal", *args, "--results", str(results)], input=stdin,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_broken_base_scenario_is_a_400_naming_the_file(tmp_path):
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    smoke = Path(__file__).resolve().parents[1] / "scenarios" / "smoke.yaml"
+    (scenarios / "smoke.yaml").write_text(smoke.read_text())
+    (scenarios / "broken.yaml").write_text("name: broken\nnetwork: feeder\nmarket: {k: 7}\n")
+    create_operator(*OPERATOR, results=tmp_path / "results")
+    with TestClient(create_app(results=tmp_path / "results", scenarios=scenarios), raise_server_exceptions=False) as c:
+        login(c, OPERATOR)
+        form = {**settings_form(c), "base_scenario": "broken", "reload_base": "on"}
+        r = post(c, "/operator/settings", form, page="/operator/settings")
+        assert r.status_code == 400 and "broken.yaml" in r.text and "market.k" in r.text
+        form = {**settings_form(c), "base_scenario": "../smoke"}
+        r = post(c, "/operator/settings", form, page="/operator/settings")
+        assert r.status_code == 400 and "base_scenario: expected one of ['broken', 'smoke']" in html.unescape(r.text)

@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from cosim.config.errors import InputError
 from cosim.portal import auth, operator, prosumer, security
 from cosim.portal import db as dbm
 from cosim.portal.jobs import Jobs
@@ -89,6 +90,10 @@ def _handlers(app: FastAPI) -> None:
         if request.method != "GET" or "hx-request" in request.headers:
             return PlainTextResponse(exc.message, status_code=exc.status)
         return render(request, "message.html", status=exc.status, title=f"Error {exc.status}", message=exc.message)
+
+    @app.exception_handler(InputError)
+    async def _bad_scenario(request: Request, exc: InputError) -> Response:
+        return await _refused(request, Refused(400, exc.format()))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:

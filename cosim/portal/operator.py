@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import secrets
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -49,7 +50,7 @@ def network_buses(request: Request, db) -> tuple[str, list[int]]:
     from cosim.config.network_file import find_network_file, load_network_spec
 
     base, values = current_settings(request, db)
-    path = st.write_scenario(base_file(request, base), values, scratch(request), "settings-network")
+    path = st.write_scenario(base_file(request, base), values, scratch(request), f"network-{secrets.token_hex(8)}")
     try:
         scenario = load_scenario(path)
         cache = request.app.state.bus_cache

@@ -11,6 +11,7 @@ the loader reports is shown beside the field whose path it names.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def validate(base_file: Path, values: dict[str, str], scratch: Path) -> dict[str
                 f"{path}: expected at most {MAX_FIELD_CHARS} characters, found {len(values[path])}")
     if errors:
         return errors
-    path = write_scenario(base_file, values, scratch, "settings-check")
+    path = write_scenario(base_file, values, scratch, f"settings-check-{secrets.token_hex(8)}")  # one per request
     try:
         load_scenario(path)
     except InputError as err:
