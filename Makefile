@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment docs portal portal-screenshots
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs \
+	portal portal-screenshots
 
 setup: $(STAMP)
 
@@ -67,6 +68,20 @@ compare-curtailment: setup
 	  scenarios/rural3-curtail-sensitivity.yaml > results/compare-runs/curtail-sensitivity-forced.yaml
 	$(BIN)/cosim run results/compare-runs/curtail-sensitivity-forced.yaml --out results/compare-runs/curtail-sensitivity-forced --no-report
 	$(BIN)/cosim compare $(addprefix results/compare-runs/curtail-,$(CURTAIL) sensitivity-forced) --out results/compare-curtailment
+
+# the default week under each network-charge method (feedback.charge_method: none, flat at
+# 0.05/kWh, sensitivity at 0.30/kWh of losses), side by side in results/compare-charges: the
+# charges follow each prosumer's injection, and the price-responsive batteries see them
+CHARGES := none flat sensitivity
+compare-charges: setup
+	@mkdir -p results/compare-runs
+	@for c in $(CHARGES); do echo "== charge_method: $$c"; \
+	  rate=0.30; test $$c = flat && rate=0.05; \
+	  sed -e "s/^name: .*/name: rural3-charges-$$c/" -e "s/^  charge_method: .*/  charge_method: $$c/" \
+	    -e "s/^  charge_rate_per_kwh: .*/  charge_rate_per_kwh: $$rate/" \
+	    $(SCENARIO) > results/compare-runs/charges-$$c.yaml; \
+	  $(BIN)/cosim run results/compare-runs/charges-$$c.yaml --out results/compare-runs/charges-$$c --no-report || exit $$?; done
+	$(BIN)/cosim compare $(addprefix results/compare-runs/charges-,$(CHARGES)) --out results/compare-charges
 
 # the operator's web portal on http://127.0.0.1:8000/ (SQLite under results/portal/); create the
 # first operator with: .venv/bin/cosim portal create-operator EMAIL

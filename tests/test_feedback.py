@@ -34,8 +34,8 @@ from cosim.sim.feedback import (
     gradient,
     linearise,
     margin_for,
-    network_charges,
 )
+from cosim.sim.tariff import NetworkTariff
 
 #: Length of a round [h].
 DT_H = 0.25
@@ -400,37 +400,41 @@ def test_attribution_is_empty_without_violations_or_trades(operating_points):
 # -- network charges ------------------------------------------------------------------------
 
 
-def test_flat_charge_is_paid_by_buyers(operating_points):
+def test_flat_charge_is_paid_on_locally_supplied_withdrawals(operating_points):
+    """The flat charge (a local use-of-system charge): each net withdrawal pays the rate on
+    the share the feeder's own injections supplied; injections pay nothing."""
     op = operating_points("vm_max")
-    n = len(op["pos"])
-    charges = network_charges("flat", 0.03, op["sens"].dloss_dp, op["pos"])
-    np.testing.assert_array_equal(charges.buy, np.full(n, 0.03))
-    np.testing.assert_array_equal(charges.sell, np.zeros(n))
+    inj = op["injection_kwh"] * np.where(np.arange(len(op["pos"])) % 3 == 0, -4.0, 1.0)  # some withdraw
+    tariff = NetworkTariff.of("flat", 0.03, op["sens"].dloss_dp, op["pos"])
+    charges = tariff.charges(inj)
+    supplied, withdrawn = np.maximum(inj, 0).sum(), np.maximum(-inj, 0).sum()
+    assert supplied > 0 and withdrawn > 0, "the case should have both"
+    np.testing.assert_allclose(charges, 0.03 * np.maximum(-inj, 0) * min(1.0, supplied / withdrawn), rtol=1e-12)
+    assert charges.sum() == pytest.approx(0.03 * min(supplied, withdrawn), rel=1e-12)
     # no sensitivities needed
-    np.testing.assert_array_equal(network_charges("flat", 0.03, None, op["pos"]).buy, 0.03)
+    np.testing.assert_array_equal(NetworkTariff.of("flat", 0.03, None, op["pos"]).charges(inj), charges)
 
 
 def test_no_charge_method_or_missing_sensitivities_charge_nothing(operating_points):
     op = operating_points("vm_max")
     for method, sens in [("none", op["sens"].dloss_dp), ("sensitivity", None)]:
-        charges = network_charges(method, 0.03, sens, op["pos"])
-        np.testing.assert_array_equal(charges.buy, 0.0)
-        np.testing.assert_array_equal(charges.sell, 0.0)
+        tariff = NetworkTariff.of(method, 0.03, sens, op["pos"])
+        np.testing.assert_array_equal(tariff.charges(op["injection_kwh"]), 0.0)
 
 
-def test_sensitivity_charge_is_rate_times_loss_factor_difference(operating_points):
+def test_sensitivity_charge_is_rate_times_loss_factor_times_injection(operating_points):
     op = operating_points("vm_max")  # rural3 under PV backfeed
     rate, pos = 0.2, op["pos"]
     lam = op["sens"].dloss_dp[pos]
-    charges = network_charges("sensitivity", rate, op["sens"].dloss_dp, pos)
-    np.testing.assert_allclose(charges.sell, rate * lam, rtol=1e-12)
-    np.testing.assert_allclose(charges.buy, -rate * lam, rtol=1e-12)
-    # a trade from seller i to buyer j pays sell[i] + buy[j] = rate (lambda_i - lambda_j),
-    # the reverse trade the opposite
+    tariff = NetworkTariff.of("sensitivity", rate, op["sens"].dloss_dp, pos)
+    np.testing.assert_allclose(tariff.charges(op["injection_kwh"]), rate * lam * op["injection_kwh"], rtol=1e-12)
+    inject, withdraw = tariff.rates_per_kwh(op["injection_kwh"])
+    # the two ends of a trade from seller i to buyer j pay inject[i] + withdraw[j] =
+    # rate (lambda_i - lambda_j) per kWh, the reverse trade the opposite
     i, j = int(np.argmax(lam)), int(np.argmin(lam))
     assert lam[i] - lam[j] > 0.01, "the case should have distinct loss factors"
-    forward = charges.sell[i] + charges.buy[j]
-    backward = charges.sell[j] + charges.buy[i]
+    forward = inject[i] + withdraw[j]
+    backward = inject[j] + withdraw[i]
     assert forward == pytest.approx(rate * (lam[i] - lam[j]), rel=1e-12)
     assert backward == pytest.approx(-forward, rel=1e-12)
     assert forward > 0 > backward

@@ -163,9 +163,13 @@ class Feedback(_Frozen):
     max_loading_pct: Annotated[float, Field(gt=0.0)] = 100.0
     """Loading limit of lines and transformers [%]."""
     charge_method: Literal["none", "flat", "sensitivity"] = "none"
-    """Network charge on P2P trades: none, flat per kWh, or by loss sensitivity and direction."""
+    """Network charge on each prosumer's physical injection at its bus, whoever the
+    counterparty (peer, community manager, grid): none; flat, a local use-of-system charge
+    on the withdrawals the feeder's own injections supplied; or sensitivity, nodal loss
+    pricing (rate x marginal loss factor x injection). See `cosim.sim.tariff`."""
     charge_rate_per_kwh: Annotated[float, Field(ge=0.0)] = 0.0
-    """flat: charge per kWh traded; sensitivity: price per kWh of network losses a trade causes [currency/kWh]."""
+    """flat: charge per kWh of locally supplied withdrawal; sensitivity: price per kWh of
+    network losses an injection causes [currency/kWh]."""
     max_iterations: Annotated[int, Field(ge=1, le=50)] = 5
     """Re-clearings per round before curtailment or shedding takes over [-]."""
     margin_pu: Annotated[float, Field(ge=0.0, le=0.05)] = 0.002

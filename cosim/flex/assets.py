@@ -241,7 +241,8 @@ class FlexibleAssets:
         h = t - s.t0
         return {"battery_kw": s.battery_kw[:, h], "ev_kw": s.ev_kw[:, h], "shiftable_kw": s.shiftable_kw[:, h]}
 
-    def dispatch(self, t: int, net_kw: np.ndarray, dt_h: float, price_per_kwh: float | None = None) -> np.ndarray:
+    def dispatch(self, t: int, net_kw: np.ndarray, dt_h: float,
+                 price_per_kwh: float | np.ndarray | None = None) -> np.ndarray:
         """Run every flexible asset for round t; returns the power they add to each
         prosumer's net load [kW] (positive = consuming).
 
@@ -250,8 +251,11 @@ class FlexibleAssets:
         t : round number (from 0)
         net_kw : each prosumer's net load before flexible assets (load - PV) [kW]
         dt_h : round length [h]
-        price_per_kwh : the last round's P2P price [currency/kWh], for the ``price``
-            strategy; None (no P2P market, or nothing traded) runs the plain rule
+        price_per_kwh : the last round's P2P price [currency/kWh], one for all or one per
+            prosumer (with the network charge per kWh drawn at its bus), for the
+            ``price`` strategy: batteries whose price is at or below the threshold charge
+            at full power, the others run the rule; None (no P2P market, or nothing
+            traded) runs the plain rule
         """
         if self.planner is not None and (self.schedule is None or t - self.schedule.t0 >= self.every):
             self._plan(t)
@@ -269,16 +273,19 @@ class FlexibleAssets:
             flex = add if flex is None else flex + add
         b = self.batteries
         before = b.energy_kwh
+        cheap = None  # batteries that charge at full power from cheap P2P energy
+        if self.strategy == "price" and price_per_kwh is not None:
+            cheap = np.broadcast_to(np.asarray(price_per_kwh) <= self.price_threshold_per_kwh, (self.n,))
         if self.shares is not None:  # the battery auction (rule or price strategy only)
-            cheap = (self.strategy == "price" and price_per_kwh is not None
-                     and price_per_kwh <= self.price_threshold_per_kwh)
-            battery_kw = self.shares.dispatch(t, b, net_kw if flex is None else net_kw + flex, dt_h, cheap)
+            battery_kw = self.shares.dispatch(t, b, net_kw if flex is None else net_kw + flex, dt_h,
+                                              False if cheap is None else cheap)
         elif plan is not None:
             request = np.zeros(self.n)
             request[self.spec.battery_pos] = plan["battery_kw"]
             battery_kw = b.follow(request, dt_h)
-        elif self.strategy == "price" and price_per_kwh is not None and price_per_kwh <= self.price_threshold_per_kwh:
-            battery_kw = b.follow(np.full(self.n, np.inf), dt_h)  # cheap P2P energy: charge at full power
+        elif cheap is not None and cheap.any():
+            # the rule is follow(-net load); the cheap ones charge at full power
+            battery_kw = b.follow(np.where(cheap, np.inf, -(net_kw if flex is None else net_kw + flex)), dt_h)
         else:
             battery_kw = b.self_consume(net_kw if flex is None else net_kw + flex, dt_h)
         loss = battery_kw * dt_h - (b.energy_kwh - before)

@@ -278,9 +278,10 @@ class CapacityShares:
         return np.where(table.role.to_numpy() == "owner", hosted[pos], own[pos])
 
     # -- each round ---------------------------------------------------------------------
-    def dispatch(self, t: int, batteries, net_kw: np.ndarray, dt_h: float, charge_own: bool = False) -> np.ndarray:
+    def dispatch(self, t: int, batteries, net_kw: np.ndarray, dt_h: float,
+                 charge_own: bool | np.ndarray = False) -> np.ndarray:
         """Run round t: the owners' own accounts by the self-consumption rule on their net
-        load (or at full charging power if `charge_own`), the slices on their winners'
+        load (or at full charging power where `charge_own`, one for all or per owner), the slices on their winners'
         net load; update the physical batteries. Returns the batteries' power per
         prosumer, own plus hosted slices, at the owner [kW] (positive = charging)."""
         self.hold(t, batteries)
@@ -294,8 +295,10 @@ class CapacityShares:
         top = np.where(has, b.soc_min + (usable - self.shared_kwh) / e_safe, 1.0)
         frac = np.where(usable > 0, self.shared_kwh / np.where(usable > 0, usable, 1.0), 0.0)
         own = b.part(e, b.p_kw * np.maximum(1.0 - frac, 0.0), np.minimum(own_kwh / e_safe, top), b.soc_min, top)
-        if charge_own:
+        if np.all(charge_own):
             own_kw = own.follow(np.full(self.n, np.inf), dt_h)
+        elif np.any(charge_own):  # the rule is follow(-net load)
+            own_kw = own.follow(np.where(charge_own, np.inf, -net_kw), dt_h)
         else:
             own_kw = own.self_consume(net_kw, dt_h)
         slice_kw = np.zeros(len(self.cap_kwh))

@@ -2,7 +2,8 @@
 
 Meant for comparing market designs on the same feeder and week: a table of key figures
 (bills, welfare, the operator's surplus or deficit, self-sufficiency, violations,
-curtailment and who carries it (`cosim.reporting.fairness`), network charges, time per round) and
+curtailment and who carries it (`cosim.reporting.fairness`), network charges, time per round),
+who gains and who loses against no P2P and why (`cosim.reporting.gains`), and
 figures of prices, bills per prosumer, the operator's balance, the grid's limits and the
 curtailment per kWp of each PV owner. Reads only the runs' result files.
 """
@@ -22,6 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cosim.config.errors import InputError  # noqa: E402
+from cosim.reporting.gains import gains, gains_section  # noqa: E402
 from cosim.reporting.report.figures.common import save  # noqa: E402
 from cosim.reporting.report.load import curtailment_rule  # noqa: E402
 from cosim.reporting.report.numbers import MISSING  # noqa: E402
@@ -64,6 +66,8 @@ TABLE_ROWS = [
     ("shedding per kWh of load, Jain's index [-]", lambda r: r.fairness("shedding", "jain_index")),
     ("largest share of the shedding [%]", lambda r: 100 * r.fairness("shedding", "largest_share")),
     ("network charges [{cur}]", lambda r: r.kpi("network_charges")),
+    ("network charges, no P2P [{cur}]", lambda r: r.baseline("network_charges")),
+    ("batteries charged [kWh]", lambda r: r.battery_charged_kwh()),
     ("failed rounds [-]", lambda r: r.kpi("failed_rounds")),
     ("median time per round [ms]", lambda r: r.summary.get("timing", {}).get("median_round_ms", np.nan)),
 ]
@@ -82,6 +86,7 @@ class Run:
         self.label = f"{self.summary['scenario']} ({self.summary['mechanism']})"
         self._rounds = self._settlement = None
         self._fairness: dict | None = None
+        self._gains: pd.DataFrame | None | bool = False
 
     @property
     def rounds(self) -> pd.DataFrame:
@@ -114,6 +119,12 @@ class Run:
         diffs = [v.get("market", np.nan) - v.get("baseline", np.nan) for v in bills.values()]
         return float(np.sum(np.array(diffs) > MONEY_EPS)) if diffs else np.nan
 
+    def gains(self) -> pd.DataFrame | None:
+        """Each prosumer's gain against the baseline by part of its bill (`cosim.reporting.gains`)."""
+        if self._gains is False:
+            self._gains = gains(self.path)
+        return self._gains
+
     def fairness(self, part: str, key: str) -> float:
         """A figure of `cosim.reporting.fairness.fairness_summary` (part ``curtailment`` or ``shedding``)
         of the main variant; NaN if undefined or the run has no prosumers.parquet."""
@@ -134,6 +145,13 @@ class Run:
             return np.zeros(0)
         table = per_prosumer(self.settlement, pd.read_parquet(path))
         return np.sort(table["curtailed_kwh_per_kwp"].dropna().to_numpy(float))[::-1]
+
+    def battery_charged_kwh(self) -> float:
+        """Energy the prosumers' batteries, EVs and shiftable loads drew over the run [kWh]."""
+        st = self.settlement
+        if "battery_kwh" not in st.columns:
+            return np.nan
+        return float(st.loc[st.bus >= 0, "battery_kwh"].clip(lower=0.0).sum())
 
     def curtailment_rule(self) -> str:
         """feedback.curtailment_rule of the run's resolved scenario.yaml ("–" if not there)."""
@@ -354,6 +372,7 @@ Each column is one run of <code>cosim run</code>; every figure is the run with n
 marked otherwise. Welfare is what the prosumers save against the no-P2P baseline plus what the market
 operator keeps.</p>
 <table><tr><th>key figure</th>{header}</tr>{rows}</table>
+{gains_section([r.label for r in runs], [r.gains() for r in runs], cur)}
 {"".join(f'<h2>{html.escape(cap.split(".")[0].split(",")[0])}</h2><img src="figures/{name}"><p>{html.escape(cap)}</p>' for name, cap in figures)}
 <p>Runs: {"; ".join(html.escape(str(r.path)) for r in runs)}</p></body></html>"""
     path = out / "compare.html"

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cosim.config.scenario import Feedback
-from cosim.markets import Charges, ClearingResult, NetworkCuts, OrderArrays
+from cosim.markets import ClearingResult, NetworkCuts, OrderArrays
 from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import Sensitivities
 
@@ -316,27 +316,6 @@ def reduce_orders(orders: OrderArrays, curtail: np.ndarray, shed: np.ndarray) ->
         orders.bid_per_kwh,
         orders.ask_per_kwh,
     )
-
-
-def network_charges(
-    method: str, rate_per_kwh: float, loss_factors: np.ndarray | None, participant_pos: np.ndarray
-) -> Charges:
-    """Per-kWh charges on P2P trades, split into buyer and seller parts.
-
-    none: nothing. flat: the buyer pays `rate` per kWh of every P2P trade.
-    sensitivity: a trade from seller i to buyer j pays ``rate * (lambda_i - lambda_j)``,
-    lambda being the marginal loss factor (d losses / d injection) at each bus: a trade
-    that raises network losses pays for them, one in the opposite direction (against the
-    flow) earns a credit. `loss_factors` are per bus [kW/kW]. The seller part is ``rate lambda_i``, the buyer part
-    ``-rate lambda_j``.
-    """
-    n = len(participant_pos)
-    if method == "flat":
-        return Charges(np.full(n, rate_per_kwh), np.zeros(n))
-    if method == "sensitivity" and loss_factors is not None:
-        lam = loss_factors[participant_pos]
-        return Charges(-rate_per_kwh * lam, rate_per_kwh * lam)
-    return Charges.none(n)
 
 
 def attribute(

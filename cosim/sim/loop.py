@@ -108,7 +108,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         t1 = time.perf_counter()
         losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
         rent = runner.assets.rent_due(t)  # shared battery capacity (storage.battery_auction), None without
-        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent)
+        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent, outcome.network_charges)
         outcome.timings["settle"] = time.perf_counter() - t1
         gr = outcome.gate
         if ledger is not None:

@@ -36,10 +36,10 @@ from cosim.sim.feedback import (
     find_violations,
     forced_reduction,
     linearise,
-    network_charges,
     reduce_orders,
 )
 from cosim.sim.setup import OUTSIDE, Setup, Variant
+from cosim.sim.tariff import NetworkTariff, trade_charges_per_kwh
 from cosim.virtual.gate import GateRound, OrderGate
 
 #: Network-cut slots in the clearing model.
@@ -65,6 +65,9 @@ class RoundOutcome:
     storage: dict[str, np.ndarray] | None = None
     """The round's rows of storage.parquet, one array per column (None without flexible
     assets, and in the variants that do not record them)."""
+    network_charges: np.ndarray | None = None
+    """Each prosumer's network charge on its physical injection this round
+    (`cosim.sim.tariff`) [currency]; None: no charge."""
 
 
 @dataclass
@@ -137,6 +140,13 @@ class VariantRunner:
         self.last_price: float | None = None
         """The last round's P2P price [currency/kWh], the signal of the ``price`` storage
         strategy (None: nothing traded P2P, or a variant without a market)."""
+        self.last_withdrawal_per_kwh: np.ndarray | None = None
+        """The network charge per kWh drawn at each prosumer's bus in the last round
+        (`NetworkTariff.withdrawal_per_kwh`), added to the ``price`` strategy's signal
+        [currency/kWh]; None without charges."""
+        # mechanisms clear without network charges: they follow the physics (cosim.sim.tariff)
+        self.no_charges = Charges.none(self.fleet.n)
+        self._id_index = pd.Index(self.fleet.ids)
 
     # -- checkpoints --------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -148,6 +158,7 @@ class VariantRunner:
             "last_loss_factors": self.last_loss_factors,
             "last_state": self.last_state,
             "last_price": self.last_price,
+            "last_withdrawal_per_kwh": self.last_withdrawal_per_kwh,
             "mechanism": self.mechanism.get_state(),
         }
 
@@ -159,6 +170,7 @@ class VariantRunner:
         self.last_loss_factors = state["last_loss_factors"]
         self.last_state = state["last_state"]
         self.last_price = state.get("last_price")
+        self.last_withdrawal_per_kwh = state.get("last_withdrawal_per_kwh")
         self.mechanism.set_state(state["mechanism"])
 
     # -- physics helpers ----------------------------------------------------------------
@@ -260,7 +272,7 @@ class VariantRunner:
         limits = None
         if self.gate is not None:  # before the flexible assets run
             limits = self.assets.limits_kwh(t, load_kw, pv_kw, dt_h)
-        battery_kw = self.assets.dispatch(t, net_kw, dt_h, self.last_price)  # batteries, EVs, shiftable loads
+        battery_kw = self.assets.dispatch(t, net_kw, dt_h, self.price_signal())  # batteries, EVs, shiftable loads
         net_kw = net_kw + battery_kw
         book = order_book(net_kw, dt_h, sc.market.bidding, sc.market.retail_price_per_kwh,
                           sc.market.feed_in_price_per_kwh, self.rng)
@@ -268,6 +280,14 @@ class VariantRunner:
                    "ledger": 0.0}
         return RoundState(t=t, load_kw=load_kw, load_kvar=load_kvar, pv_kw=pv_kw, net_kw=net_kw,
                           battery_kw=battery_kw, book=book, limits_kwh=limits, timings=timings)
+
+    def price_signal(self) -> float | np.ndarray | None:
+        """What a kWh bought in the market costs each prosumer, as far as the last round
+        tells: the P2P price plus the network charge per kWh drawn at its bus
+        [currency/kWh]; None when nothing traded P2P."""
+        if self.last_price is None or self.last_withdrawal_per_kwh is None:
+            return self.last_price
+        return self.last_price + self.last_withdrawal_per_kwh
 
     def admit(self, rd: RoundState) -> None:
         """The virtual layer: orders are signed and admitted; prosumers without an admitted
@@ -286,8 +306,9 @@ class VariantRunner:
             rd.book = OrderBook(*(x[~is_passive] for x in book))
 
     def market_inputs(self, rd: RoundState) -> None:
-        """The order arrays, the market context (what passive prosumers leave of the outside
-        party's capacity) and the network charges from the last operating point."""
+        """The order arrays and the market context (what passive prosumers leave of the
+        outside party's capacity). The mechanism sees no network charge: charges follow
+        the physical injections, not the trades (`cosim.sim.tariff`)."""
         t1 = time.perf_counter()
         rd.orders = OrderArrays.from_positions(self.fleet.n, *rd.book)
         rd.ctx = rd.market_ctx = self.context(rd.t)
@@ -297,9 +318,7 @@ class VariantRunner:
                 import_cap_kwh=max(rd.ctx.import_cap_kwh - rd.passive.demand_kwh.sum(), 0.0),
                 export_cap_kwh=max(rd.ctx.export_cap_kwh - rd.passive.supply_kwh.sum(), 0.0),
             )
-        fb = self.sc.feedback
-        rd.charges = network_charges(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors,
-                                     self.setup.participant_pos)
+        rd.charges = self.no_charges
         rd.cuts = NetworkCuts.empty(self.fleet.n)
         rd.timings["orders"] += time.perf_counter() - t1
 
@@ -404,15 +423,17 @@ class VariantRunner:
 
     def finish(self, rd: RoundState, chk: Checked, iterations: int, n_initial: int,
                attribution: pd.DataFrame | None) -> tuple[RoundOutcome, OrderBook, MarketContext]:
-        """What the round leaves for the next one (loss factors, the grid-forming unit's
-        state of charge, the P2P price) and its outcome."""
+        """The round's network charges, what it leaves for the next one (loss factors,
+        the grid-forming unit's state of charge, the P2P price) and its outcome."""
         state, r, dt_h = chk.state, chk.result, self.dt_h
         if not state.converged and rd.status == "ok":
             rd.status = "power flow did not converge"
-        if self.sc.feedback.charge_method == "sensitivity" and state.V is not None:
+        fb = self.sc.feedback
+        if fb.charge_method == "sensitivity" and state.V is not None:
             t1 = time.perf_counter()
-            self.last_loss_factors = loss_factors(self.pf, state)  # for the next round's charges
+            self.last_loss_factors = loss_factors(self.pf, state)  # at this round's own operating point
             rd.timings["sens"] += time.perf_counter() - t1
+        charges = self.network_charges(r)
         if self.gfu is not None and state.converged:
             self.gfu.step(state.slack_p_kw, dt_h)
             self.gfu.q_kvar = state.slack_q_kvar
@@ -425,9 +446,27 @@ class VariantRunner:
         outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
                             "battery_kwh": rd.battery_kw * dt_h}
         outcome.gate = rd.gate
+        outcome.network_charges = charges
         records = self.assets.records and self.variant.folder == ""
         outcome.storage = self.assets.storage_columns(rd.t) if records else None
         return outcome, rd.book, rd.ctx
+
+    def network_charges(self, r: ClearingResult) -> np.ndarray | None:
+        """Each prosumer's charge on its physical injection this round (None without
+        charges); the trades show the per-kWh charges of their two ends."""
+        fb = self.sc.feedback
+        tariff = NetworkTariff.of(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors,
+                                  self.setup.participant_pos)
+        if not tariff.active:
+            return None
+        injection = r.injection_kwh
+        inject, withdraw = tariff.rates_per_kwh(injection)
+        self.last_withdrawal_per_kwh = withdraw
+        if len(r.trades):
+            r.trades = r.trades.assign(network_charge_per_kwh=trade_charges_per_kwh(
+                self._id_index.get_indexer(r.trades.seller), self._id_index.get_indexer(r.trades.buyer),
+                inject, withdraw))
+        return tariff.charges(injection)
 
 
 def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
@@ -466,7 +505,7 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
         "violations": len(o.violations),
         "violations_initial": o.violations_initial,
         "violation_kinds": ",".join(sorted({v.kind for v in o.violations})),
-        "network_charges": float(r.charges.buy @ r.bought_kwh + r.charges.sell @ r.sold_kwh),
+        "network_charges": 0.0 if o.network_charges is None else float(o.network_charges.sum()),
         "slack_p_kw": s.slack_p_kw,
         "status": o.status,
         "pf_method": s.method,

@@ -44,13 +44,16 @@ def parties(ids: list[str], outside_party: str) -> list[str]:
 
 
 def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.ndarray] | None = None,
-                  losses_kwh: float = 0.0, rent: np.ndarray | None = None) -> np.ndarray:
+                  losses_kwh: float = 0.0, rent: np.ndarray | None = None,
+                  network_charges: np.ndarray | None = None) -> np.ndarray:
     """The round's settlement as a float matrix: one row per party (`parties`), one column
     per `NUMERIC_COLUMNS` entry. This is the hot path; `settle` wraps it in a table.
 
     Prosumer n pays ``buy_price[n] bought[n] - sell_price[n] sold[n] + retail imported[n]
-    - feed_in exported[n]`` for energy, plus ``charge_buy[n] bought[n] + charge_sell[n]
-    sold[n]`` in network charges, plus any membership fee the mechanism charged this round
+    - feed_in exported[n]`` for energy, plus its `network_charges` [currency] (in a run,
+    on its physical injection whoever the counterparty: `cosim.sim.tariff`; by default
+    the per-kWh trade costs the mechanism cleared with, ``r.charges``, which a run leaves
+    at zero), plus any membership fee the mechanism charged this round
     (``info["membership_fee"]``, per participant [currency], received by the operator). The outside party sells what the prosumers and the
     operator import and buys what they export; the DSO receives the network charges; the
     operator keeps what buyers pay minus what sellers get and pays for its own trades
@@ -67,7 +70,9 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     m = np.zeros((n + 3, len(NUMERIC_COLUMNS)))
     p2p_paid = np.nan_to_num(r.buy_price_per_kwh) * r.bought_kwh
     p2p_received = np.nan_to_num(r.sell_price_per_kwh) * r.sold_kwh
-    charges = r.charges.buy * r.bought_kwh + r.charges.sell * r.sold_kwh
+    if network_charges is None:  # the trade costs the mechanism cleared with (none in a run)
+        network_charges = r.charges.buy * r.bought_kwh + r.charges.sell * r.sold_kwh
+    charges = network_charges
     op_import, op_export = r.operator_import_kwh, r.operator_export_kwh
     imported = r.import_kwh.sum() + op_import
     exported = r.export_kwh.sum() + op_export
@@ -115,9 +120,9 @@ def settlement_frame(round_no: int | np.ndarray, party: list[str], bus: np.ndarr
 
 def settle(round_no: int, ids: list[str], buses: np.ndarray, r: ClearingResult, ctx: MarketContext,
            physical: dict[str, np.ndarray] | None = None, losses_kwh: float = 0.0,
-           rent: np.ndarray | None = None) -> pd.DataFrame:
+           rent: np.ndarray | None = None, network_charges: np.ndarray | None = None) -> pd.DataFrame:
     """The round's settlement table (`settle_matrix` with party names and buses)."""
-    m = settle_matrix(r, ctx, physical, losses_kwh, rent)
+    m = settle_matrix(r, ctx, physical, losses_kwh, rent, network_charges)
     bus = np.r_[np.asarray(buses, dtype=np.int64), -1, -1, -1]
     if physical is None:
         return settlement_frame(round_no, parties(ids, ctx.outside_party), bus, m[:, :len(SETTLEMENT_COLUMNS) - 3],
