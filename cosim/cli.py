@@ -115,9 +115,10 @@ def _add_portal(sub) -> None:
     create = portal_sub.add_parser("create-operator", help="create an operator account (password from a prompt)")
     create.add_argument("email")
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    for p in (portal, create):
-        p.add_argument("--db", default=None, help="SQLAlchemy database URL (default sqlite under RESULTS/portal/)")
-        p.add_argument("--results", default="results", help="results folder; runs go to RESULTS/portal/runs/")
+    # given before or after create-operator; after it, not given keeps what was given before
+    for p, db, results in ((portal, None, "results"), (create, argparse.SUPPRESS, argparse.SUPPRESS)):
+        p.add_argument("--db", default=db, help="SQLAlchemy database URL (default sqlite under RESULTS/portal/)")
+        p.add_argument("--results", default=results, help="results folder; runs go to RESULTS/portal/runs/")
     portal.set_defaults(func=_cmd_portal)
 
 

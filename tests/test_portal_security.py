@@ -333,3 +333,12 @@ def test_a_broken_base_scenario_is_a_400_naming_the_file(tmp_path):
         form = {**settings_form(c), "base_scenario": "../smoke"}
         r = post(c, "/operator/settings", form, page="/operator/settings")
         assert r.status_code == 400 and "base_scenario: expected one of ['broken', 'smoke']" in html.unescape(r.text)
+
+
+def test_create_operator_takes_its_options_before_or_after_the_subcommand(tmp_path):
+    for i, args in enumerate((["--results", str(tmp_path / "a"), "create-operator", "o@example.org"],
+                              ["create-operator", "o@example.org", "--results", str(tmp_path / "b")])):
+        done = subprocess.run([sys.executable, "-m", "cosim", "portal", *args, "--password-stdin"],
+                              input="long-enough-1\n", capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "created" in done.stdout, done.stderr
+        assert (tmp_path / "ab"[i] / "portal" / "portal.db").is_file()
