@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs \
+	portal portal-screenshots
 
 setup: $(STAMP)
 
@@ -81,6 +82,15 @@ compare-charges: setup
 	    $(SCENARIO) > results/compare-runs/charges-$$c.yaml; \
 	  $(BIN)/cosim run results/compare-runs/charges-$$c.yaml --out results/compare-runs/charges-$$c --no-report || exit $$?; done
 	$(BIN)/cosim compare $(addprefix results/compare-runs/charges-,$(CHARGES)) --out results/compare-charges
+
+# the operator's web portal on http://127.0.0.1:8000/ (SQLite under results/portal/); create the
+# first operator with: .venv/bin/cosim portal create-operator EMAIL
+portal: setup
+	$(BIN)/cosim portal $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# the portal's screenshots in docs/img (the browser test, writing them there)
+portal-screenshots: setup
+	PORTAL_SCREENSHOTS=docs/img $(BIN)/python -m pytest tests/test_portal_browser.py
 
 # the documentation site (docs/, mkdocs.yml) into site/; strict: a warning, a broken link or
 # anchor, or a docstring the API reference cannot read fails the build

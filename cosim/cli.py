@@ -1,4 +1,4 @@
-"""Command line: ``cosim run | validate | clear | powerflow | ledger verify | ledger show | report | compare | bench``.
+"""Command line: ``cosim run | validate | clear | powerflow | ledger verify | ledger show | report | compare | bench | portal``.
 
 Exit status: 0 success, 2 bad input (a message naming the file and field, no traceback,
 nothing written), 1 internal failure.
@@ -123,6 +123,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_portal(args: argparse.Namespace) -> int:
+    from cosim.portal import serve
+
+    if args.portal_command == "create-operator":
+        password = serve.read_password_stdin() if args.password_stdin else None
+        print(serve.create_operator(args.email, password, args.db, args.results))
+        return EXIT_OK
+    serve.serve(args.host, args.port, args.db, args.results, args.scenarios)
+    return EXIT_OK
+
+
+def _add_portal(sub) -> None:
+    portal = sub.add_parser("portal", help="the system operator's web portal (SQLite under results/portal/ by default)")
+    portal.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    portal.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    portal.add_argument("--scenarios", default=None,
+                        help="folder of the base scenarios the operator picks from (default scenarios/)")
+    portal_sub = portal.add_subparsers(dest="portal_command")
+    create = portal_sub.add_parser("create-operator", help="create an operator account (password from a prompt)")
+    create.add_argument("email")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    # given before or after create-operator; after it, not given keeps what was given before
+    for p, db, results in ((portal, None, "results"), (create, argparse.SUPPRESS, argparse.SUPPRESS)):
+        p.add_argument("--db", default=db, help="SQLAlchemy database URL (default sqlite under RESULTS/portal/)")
+        p.add_argument("--results", default=results, help="results folder; runs go to RESULTS/portal/runs/")
+    portal.set_defaults(func=_cmd_portal)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosim", description="Co-simulate P2P energy trading on LV networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
+    _add_portal(sub)
     return parser
 
 

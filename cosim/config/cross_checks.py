@@ -29,9 +29,16 @@ def check_against_network(scenario: Scenario, spec: NetworkSpec, path: Path) -> 
 
     bus = scenario.islanded.grid_forming_bus if scenario.mode == "islanded" else None
     csv = scenario.storage.ev.sessions_csv
-    if bus is None and not csv:  # nothing named to check: do not build the net for nothing
+    declared = [d.bus for d in scenario.prosumers.declared]
+    if bus is None and not csv and not declared:  # nothing named to check: do not build the net for nothing
         return
     net = build_net(spec)
+    households = set(int(b) for b in net.load.bus)
+    missing = [b for b in declared if b not in households]
+    if missing:
+        raise InputError(path, [
+            f"prosumers.declared: expected buses with a household (a load) of network {scenario.network!r} "
+            f"{sorted(households)}, found {missing}"])
     if bus is not None:
         buses = net.bus.index[net.bus.in_service.astype(bool)]
         if bus not in buses:

@@ -70,6 +70,29 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+class DeclaredProsumer(_Frozen):
+    """What one household declared (e.g. when registering in the portal): its rooftop PV
+    and home battery replace those the shares drew for the household at `bus`."""
+
+    bus: Annotated[int, Field(ge=0)]
+    """pandapower bus index of the household (the first load at that bus)."""
+    pv_kwp: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
+    """Peak power of its rooftop PV [kWp]; 0: none."""
+    battery_kwh: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
+    """Usable capacity of its home battery [kWh]; 0: none."""
+    battery_kw: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
+    """Charge and discharge power limit of its home battery [kW]; 0: none."""
+
+    @model_validator(mode="after")
+    def _battery_whole(self) -> DeclaredProsumer:
+        if (self.battery_kwh > 0.0) != (self.battery_kw > 0.0):
+            raise ValueError(
+                f"expected battery_kwh and battery_kw both > 0 (a battery) or both 0 (none), found "
+                f"battery_kwh={self.battery_kwh}, battery_kw={self.battery_kw}"
+            )
+        return self
+
+
 class Prosumers(_Frozen):
     """The prosumer fleet. Every load of the network is a prosumer."""
 
@@ -98,6 +121,17 @@ class Prosumers(_Frozen):
     single_phase_max_kva: Annotated[float, Field(gt=0.0)] = 4.6
     """Size above which a system is three-phase in single-phase mode [kVA]: a load's
     reference apparent power, PV peak [kWp], battery and EV charger power [kW]."""
+    declared: list[DeclaredProsumer] = []
+    """Households whose PV and battery are declared, not drawn by the shares (one entry
+    per bus; each bus must have a load)."""
+
+    @model_validator(mode="after")
+    def _declared_buses_distinct(self) -> Prosumers:
+        buses = [d.bus for d in self.declared]
+        twice = sorted({b for b in buses if buses.count(b) > 1})
+        if twice:
+            raise ValueError(f"expected each bus at most once in declared, found buses {twice} more than once")
+        return self
 
 
 class Market(_Frozen):

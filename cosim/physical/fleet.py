@@ -63,7 +63,10 @@ class Fleet:
 
 
 def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) -> Fleet:
-    """Assign PV and batteries to the net's loads and cut their profiles to the run."""
+    """Assign PV and batteries to the net's loads and cut their profiles to the run.
+
+    The scenario's shares draw who has PV and a battery; a household the scenario
+    declares (``prosumers.declared``) has what it declared instead."""
     rng = np.random.default_rng(scenario.seed)
     code = spec.code if spec.source == "simbench" else spec.profiles.simbench_code
     tables = profile_tables(code)
@@ -94,6 +97,11 @@ def build_fleet(net: pp.pandapowerNet, spec: NetworkSpec, scenario: Scenario) ->
         },
         index=pd.Index([f"P{i:03d}" for i in loads.index], name="id"),
     )
+    for declared in scenario.prosumers.declared:  # the first household at the bus (cross-checked)
+        at_bus = table.index[table.bus == declared.bus]
+        if len(at_bus):
+            table.loc[at_bus[0], ["pv_kwp", "battery_kwh", "battery_kw"]] = (
+                declared.pv_kwp, declared.battery_kwh, declared.battery_kw)
     pr = scenario.prosumers
     published = loads["phase"].tolist() if "phase" in loads.columns else None
     phases = allocate_phases(scenario.seed, pr.phases, np.hypot(p_ref_kw, q_ref_kvar), table.pv_kwp.to_numpy(),
