@@ -5,7 +5,7 @@ Pyomo model is built then) and called every round with ``clear(orders, ctx, cuts
 charges)``, returning a `ClearingResult`.
 """
 
-from cosim.markets import auctions, bilateral, community, hybrid, shapley, stackelberg
+from cosim.markets import auctions, bilateral, community, continuous, hybrid, shapley, stackelberg
 from cosim.markets.base import (
     TRADE_COLUMNS,
     Charges,
@@ -31,6 +31,7 @@ MECHANISMS = {
         *bilateral.MECHANISMS,
         *shapley.MECHANISMS,
         *stackelberg.MECHANISMS,
+        *continuous.MECHANISMS,
     ]
 }
 
