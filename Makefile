@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
-.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs
+.PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs initiatives
 
 setup: $(STAMP)
 
@@ -81,6 +81,14 @@ compare-charges: setup
 	    $(SCENARIO) > results/compare-runs/charges-$$c.yaml; \
 	  $(BIN)/cosim run results/compare-runs/charges-$$c.yaml --out results/compare-runs/charges-$$c --no-report || exit $$?; done
 	$(BIN)/cosim compare $(addprefix results/compare-runs/charges-,$(CHARGES)) --out results/compare-charges
+
+# every real initiative's preset (scenarios/initiatives/*.yaml) on the same feeder and day, one row
+# each in results/initiatives/initiatives.html with a link to each run's report (docs/initiatives.md)
+INITIATIVES := $(basename $(notdir $(wildcard scenarios/initiatives/*.yaml)))
+initiatives: setup
+	@for n in $(INITIATIVES); do echo "== scenarios/initiatives/$$n.yaml"; \
+	  $(BIN)/cosim run scenarios/initiatives/$$n.yaml --out results/initiatives/$$n || exit $$?; done
+	$(BIN)/python -m cosim.reporting.initiatives --presets scenarios/initiatives --runs results/initiatives
 
 # the documentation site (docs/, mkdocs.yml) into site/; strict: a warning, a broken link or
 # anchor, or a docstring the API reference cannot read fails the build
