@@ -3,7 +3,8 @@
 ``make initiatives`` runs each preset into ``results/initiatives/<preset>/`` and then
 ``python -m cosim.reporting.initiatives`` writes ``results/initiatives/initiatives.html``:
 one row per initiative (mechanism, P2P volume, mean price, saving against the no-P2P
-baseline, curtailment, DSO cost, violations without feedback) with a link to each run's
+baseline, curtailment, DSO cost, the market operator's surplus or deficit, violations
+without feedback) with a link to each run's
 report, and the full side-by-side comparison of `cosim.reporting.compare` beneath it
 (``results/initiatives/compare/compare.html``). Reads only the presets' headers and the
 runs' result files.
@@ -31,13 +32,15 @@ COLUMNS = [
     ("saving against no P2P [{cur}]", lambda r: r.baseline("prosumer_bills_total") - r.kpi("prosumer_bills_total")),
     ("curtailed [kWh]", lambda r: r.kpi("curtailed_kwh")),
     ("DSO cost [{cur}]", lambda r: dso_cost(r)),
+    ("market operator surplus (+) / deficit (-) [{cur}]", lambda r: r.operator_surplus()),
     ("rounds with violations, no feedback [-]", lambda r: r.variant("market_no_feedback", "violation_rounds")),
 ]
 
 
 def dso_cost(run: Run) -> float:
     """What the DSO pays over the run, net: the network's losses it buys at retail less
-    the network charges it collects (its settlement bill) [currency]."""
+    the network charges it collects, plus the flexibility it buys (its settlement bill)
+    [currency]."""
     st = run.settlement
     return float(st.loc[st.party == "dso", "bill"].sum())
 
@@ -140,7 +143,9 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}</style>
 The preset's header says what the initiative does, its source, the mechanism that reproduces it and what is
 approximated (hover over a name for the mechanism; the link opens the run's report). Saving: what the
 prosumers' bills fall by against trading only with the grid. DSO cost: the network's losses bought at retail
-less the network charges collected. Violations: rounds the market's dispatch would break a grid limit in
+less the network charges collected, plus any flexibility it bought. Operator: what the market operator or
+community manager keeps (a fixed-price pool that pays members more than the grid does runs a deficit).
+Violations: rounds the market's dispatch would break a grid limit in
 without the network feedback.</p>
 <table><tr><th>initiative</th>{header}</tr>{rows}</table>
 {compare_link}
