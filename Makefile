@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
 .PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs \
-	portal portal-screenshots
+	portal portal-screenshots initiatives compare-flexibility
 
 setup: $(STAMP)
 
@@ -91,6 +91,25 @@ portal: setup
 # the portal's screenshots in docs/img (the browser test, writing them there)
 portal-screenshots: setup
 	PORTAL_SCREENSHOTS=docs/img $(BIN)/python -m pytest tests/test_portal_browser.py
+
+# every real initiative's preset (scenarios/initiatives/*.yaml) on the same feeder and day, one row
+# each in results/initiatives/initiatives.html with a link to each run's report (docs/initiatives.md)
+INITIATIVES := $(basename $(notdir $(wildcard scenarios/initiatives/*.yaml)))
+initiatives: setup
+	@for n in $(INITIATIVES); do echo "== scenarios/initiatives/$$n.yaml"; \
+	  $(BIN)/cosim run scenarios/initiatives/$$n.yaml --out results/initiatives/$$n || exit $$?; done
+	$(BIN)/python -m cosim.reporting.initiatives --presets scenarios/initiatives --runs results/initiatives
+
+# the DSO flexibility market against curtailment by feedback on the summer day of piclo-flex
+# (rural3, 70 % loading limit), side by side in results/compare-flexibility
+compare-flexibility: setup
+	@mkdir -p results/compare-runs
+	sed -e 's/^name: .*/name: rural3-flex-curtailment/' -e 's/^  mechanism: flexibility/  mechanism: uniform/' \
+	  -e '/^  options:/,/^feedback:/{/^  options:/d;/^    /d}' \
+	  scenarios/initiatives/piclo-flex.yaml > results/compare-runs/flex-curtailment.yaml
+	$(BIN)/cosim run results/compare-runs/flex-curtailment.yaml --out results/compare-runs/flex-curtailment --no-report
+	$(BIN)/cosim run scenarios/initiatives/piclo-flex.yaml --out results/compare-runs/flex-market --no-report
+	$(BIN)/cosim compare results/compare-runs/flex-curtailment results/compare-runs/flex-market --out results/compare-flexibility
 
 # the documentation site (docs/, mkdocs.yml) into site/; strict: a warning, a broken link or
 # anchor, or a docstring the API reference cannot read fails the build

@@ -162,7 +162,8 @@ def test_bills_sum_to_zero(run):
         st = pd.read_parquet(folder / "settlement.parquet")
         assert st.groupby("round").bill.sum().abs().max() < MONEY_TOL
         np.testing.assert_allclose(
-            st.bill, st.energy_cost + st.network_charges + st.membership_fees + st.losses_cost + st.storage_rent,
+            st.bill, st.energy_cost + st.network_charges + st.membership_fees + st.losses_cost + st.storage_rent
+            + st.flexibility_payments,
             atol=MONEY_TOL)
 
 

@@ -5,7 +5,16 @@ Pyomo model is built then) and called every round with ``clear(orders, ctx, cuts
 charges)``, returning a `ClearingResult`.
 """
 
-from cosim.markets import auctions, bilateral, community, hybrid, shapley, stackelberg
+from cosim.markets import (
+    auctions,
+    bilateral,
+    community,
+    continuous,
+    flexibility,
+    hybrid,
+    shapley,
+    stackelberg,
+)
 from cosim.markets.base import (
     TRADE_COLUMNS,
     Charges,
@@ -31,6 +40,8 @@ MECHANISMS = {
         *bilateral.MECHANISMS,
         *shapley.MECHANISMS,
         *stackelberg.MECHANISMS,
+        *continuous.MECHANISMS,
+        *flexibility.MECHANISMS,
     ]
 }
 

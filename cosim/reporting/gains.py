@@ -24,6 +24,7 @@ PARTS = (
     ("network_charges", "network charges"),
     ("membership_fees", "fees"),
     ("storage_rent", "storage rent"),
+    ("flexibility_payments", "flexibility payments"),
 )
 #: Energy flows whose change explains the energy part: (settlement column, what more of it means).
 VOLUMES = (

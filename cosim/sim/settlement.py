@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from cosim.markets import ClearingResult, MarketContext
+from cosim.markets.flexibility import FLEXIBILITY_PAYMENT
 
 SETTLEMENT_COLUMNS = [
     "round", "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh",
     "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill", "membership_fees",
-    "losses_kwh", "losses_cost", "storage_rent",
+    "losses_kwh", "losses_cost", "storage_rent", "flexibility_payments",
 ]
 #: Physical columns of prosumer rows (zero for other parties): consumption, PV
 #: generation, battery charging (negative: discharging) and the resulting net load
@@ -63,7 +64,10 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     from the outside party at the retail tariff (``losses_kwh``, ``losses_cost``; the
     outside party's row shows them as sold, with a negative cost). `rent` is each
     prosumer's payment for shared battery capacity this round (``storage_rent``
-    [currency], positive = pays, summing to zero). Every cost column enters the bill.
+    [currency], positive = pays, summing to zero). What the DSO pays providers for
+    flexibility (``info["flexibility_payment"]``, `cosim.markets.flexibility`) is in
+    ``flexibility_payments`` (negative for the provider, positive for the DSO). Every
+    cost column enters the bill.
     """
     retail, feed_in = ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh
     n = len(r.bought_kwh)
@@ -78,7 +82,7 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     exported = r.export_kwh.sum() + op_export
     # columns: bought, sold, grid_import, grid_export, curtailed, shed, energy_cost,
     # network_charges, bill, membership_fees, losses_kwh, losses_cost, storage_rent,
-    # load, pv, battery, net_load
+    # flexibility_payments, load, pv, battery, net_load
     m[:n, 0], m[:n, 1], m[:n, 2], m[:n, 3] = r.bought_kwh, r.sold_kwh, r.import_kwh, r.export_kwh
     m[:n, 4], m[:n, 5] = r.curtailed_kwh, r.shed_kwh
     m[:n, 6] = p2p_paid - p2p_received + retail * r.import_kwh - feed_in * r.export_kwh
@@ -98,10 +102,14 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
         m[n + 1, 2], m[n + 1, 10], m[n + 1, 11] = losses_kwh, losses_kwh, retail * losses_kwh
     if rent is not None:
         m[:n, 12] = rent
-    m[:, 8] = m[:, 6] + m[:, 7] + m[:, 9] + m[:, 11] + m[:, 12]
+    flex = r.info.get(FLEXIBILITY_PAYMENT) if r.info else None
+    if flex is not None:  # the DSO pays the flexibility it bought
+        m[:n, 13] = -np.asarray(flex, float)
+        m[n + 1, 13] = float(np.sum(flex))
+    m[:, 8] = m[:, 6] + m[:, 7] + m[:, 9] + m[:, 11] + m[:, 12] + m[:, 13]
     if physical is not None:
-        m[:n, 13], m[:n, 14], m[:n, 15] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
-        m[:n, 16] = m[:n, 13] - m[:n, 14] + m[:n, 15] + r.curtailed_kwh - r.shed_kwh
+        m[:n, 14], m[:n, 15], m[:n, 16] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
+        m[:n, 17] = m[:n, 14] - m[:n, 15] + m[:n, 16] + r.curtailed_kwh - r.shed_kwh
     return m
 
 
