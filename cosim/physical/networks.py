@@ -156,7 +156,9 @@ def schematic_coordinates(net: pp.pandapowerNet) -> pd.DataFrame:
 
 
 def grid_tables(net: pp.pandapowerNet) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The bus and branch tables the report draws the network map from."""
+    """The bus and branch tables the report draws the network map from; the transformers'
+    rows also carry their rating ``sn_kva`` [kVA], no-load loss ``pfe_kw`` [kW] and
+    short-circuit resistance ``vkr_percent`` [%] (NaN for lines)."""
     coords = schematic_coordinates(net)
     buses = pd.DataFrame(
         {
@@ -183,6 +185,10 @@ def grid_tables(net: pp.pandapowerNet) -> tuple[pd.DataFrame, pd.DataFrame]:
             "from_bus": net.trafo.hv_bus.astype(int).values,
             "to_bus": net.trafo.lv_bus.astype(int).values,
             "name": net.trafo.name.astype(str).values,
+            # rating and losses, for the transformer's thermal model (cosim.study.metrics)
+            "sn_kva": net.trafo.sn_mva.astype(float).values * 1000.0,
+            "pfe_kw": net.trafo.pfe_kw.astype(float).values,
+            "vkr_percent": net.trafo.vkr_percent.astype(float).values,
         }
     )
     return buses, pd.concat([lines, trafos], ignore_index=True)
