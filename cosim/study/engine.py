@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,7 @@ def make_client(scheduler: str | None, workers: int | None):
             raise InputError("--scheduler", [f"expected a Dask scheduler listening at {scheduler!r}, "
                                              f"found none ({err})"]) from None
     n = workers or os.cpu_count() or 1
+    warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=logging.ERROR)
     return Client(cluster)

@@ -21,7 +21,7 @@ from cosim.config.errors import InputError
 from cosim.config.files import format_validation_error, read_yaml
 from cosim.config.load import load_scenario
 from cosim.config.scenario import Scenario, format_duration
-from cosim.study.spec import PERIODS, SETTINGS, Period, Study, axis_values, base_path
+from cosim.study.spec import PERIODS, SETTINGS, Study, axis_values, base_path
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,8 @@ def period_values(study: Study, base: dict) -> list[tuple[str, dict]]:
 def make_run(base: dict, study: Study, values: dict[str, Any], fixed: dict[str, Any]) -> Run:
     """The run of `values` (axes by path, ``seed``) and `fixed` (other paths to set)."""
     data = copy.deepcopy(base)
-    for path, value in {**study.set, **fixed, **{k: v for k, v in values.items() if "." in k}}.items():
+    swept = {k: v for k, v in values.items() if k in study.axes}
+    for path, value in {**study.set, **fixed, **swept}.items():
         set_path(data, path, value)
     data["seed"] = values["seed"]
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -170,5 +171,5 @@ def hosting_groups(study: Study, base: dict) -> list[tuple[dict[str, Any], dict]
     return out
 
 
-__all__ = ["Period", "Run", "base_data", "check_axes", "hosting_groups", "hosting_run", "make_run",
+__all__ = ["Run", "base_data", "check_axes", "hosting_groups", "hosting_run", "make_run",
            "period_values", "set_path", "sweep_runs"]

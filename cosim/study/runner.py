@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from cosim.study.engine import Driver, make_client, prepare_out
-from cosim.study.expand import base_data, hosting_groups, hosting_run, sweep_runs
+from cosim.study.expand import base_data, check_axes, hosting_groups, hosting_run, sweep_runs
 from cosim.study.hosting import Search, summarize
 from cosim.study.spec import Study, load_study
 
@@ -27,7 +27,11 @@ def run_study(study_path: str | Path, out: str | Path | None = None, scheduler: 
     study_path = Path(study_path)
     study = load_study(study_path)
     base = base_data(study, study_path)
-    runs = None if study.hosting_capacity is not None else sweep_runs(study, study_path, base)
+    if study.hosting_capacity is not None:
+        check_axes(study, study_path, base)
+        runs = None
+    else:
+        runs = sweep_runs(study, study_path, base)
     out = Path(out) if out is not None else Path("results") / "studies" / study.name
     runs_dir = prepare_out(out, study_path.read_text(), resume)
     limits = (study.hosting_capacity.limits.model_dump() if study.hosting_capacity is not None
