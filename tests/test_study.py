@@ -8,6 +8,7 @@ Small and short on purpose: SimBench's rural1 (13 households), a few hourly roun
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def test_sweep_runs_each_combination_once_with_its_values_and_figures(embedded):
     assert sorted(runs["prosumers.pv_kwp"]) == [5.0, 20.0] and set(runs.status) == {"ok"}
     assert (runs.variant == "market").all()
     for _, r in runs.iterrows():  # the full results of each run stay available by path
-        assert (Path(r.path) / "rounds.parquet").is_file() and (Path(r.path) / "baseline").is_dir()
+        assert (embedded / r.path / "rounds.parquet").is_file() and (embedded / r.path / "baseline").is_dir()
     big, small = (runs.set_index("prosumers.pv_kwp").loc[k] for k in (20.0, 5.0))
     assert big.vm_max_pu > small.vm_max_pu and big.reverse_power_kwh > small.reverse_power_kwh
     assert big.trafo_hot_spot_max_c > small.trafo_hot_spot_max_c > 0
@@ -103,14 +104,13 @@ def test_sweep_runs_each_combination_once_with_its_values_and_figures(embedded):
     assert (embedded / "study.yaml").is_file()
 
 
-def test_resume_skips_finished_runs_and_redoes_the_missing_one(tmp_path):
+def test_resume_skips_finished_runs_and_redoes_the_missing_one(tmp_path, embedded):
     path = _write(tmp_path, SWEEP)
-    out = run_study(path, out=tmp_path / "out", workers=1, progress=False, report=False)
+    out = tmp_path / "out"
+    shutil.copytree(embedded, out)  # a study folder keeps working where it is moved
     first = pd.read_parquet(out / "runs.parquet")
-    kept, lost = (Path(p) for p in first.path)
+    kept, lost = (out / p for p in first.path)
     stamp = (kept / "metrics.json").stat().st_mtime_ns
-    import shutil
-
     shutil.rmtree(lost)  # as if the study had been interrupted before this run finished
     run_study(path, out=out, workers=1, resume=True, progress=False, report=False)
     again = pd.read_parquet(out / "runs.parquet")

@@ -42,7 +42,7 @@ def execute(run_id: str, scenario: dict, values: dict, runs_dir: str, limits: di
     """One run, on a worker: simulate, measure, write ``metrics.json``; never raises.
 
     Returns the run's row for ``runs.parquet``: ``run_id``, ``status`` (``ok`` or
-    ``failed``), ``error``, ``path`` (the run's folder), the sweep's `values`, the figures
+    ``failed``), ``error``, ``path`` (the run's folder, relative to the study's), the sweep's `values`, the figures
     of `cosim.study.metrics.run_metrics` and, with `check`, those of
     `cosim.study.hosting.check_limits`.
     """
@@ -51,7 +51,7 @@ def execute(run_id: str, scenario: dict, values: dict, runs_dir: str, limits: di
 
     runs = Path(runs_dir)
     run_dir = runs / run_id
-    row = {"run_id": run_id, "status": "ok", "error": None, "path": str(run_dir), **values}
+    row = {"run_id": run_id, "status": "ok", "error": None, "path": f"runs/{run_id}", **values}
     done = finished_row(run_dir)
     if done is not None:  # finished before its worker died, or by an earlier study
         return done

@@ -159,7 +159,7 @@ def write_study_report(out: str | Path) -> Path:
         sample = runs[runs.status == "ok"].path.dropna()
         if len(sample):
             parts += ["<h2>Where it breaks</h2>", _png(feeder_map(searches[searches.status == "ok"],
-                                                                  Path(sample.iloc[0])))]
+                                                                  out / sample.iloc[0]))]
     by = "setting" if "setting" in runs else (axes[0] if axes else "seed")
     ok = runs[runs.status == "ok"]
     if len(ok):

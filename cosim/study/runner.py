@@ -121,7 +121,7 @@ def _hosting(client, study: Study, base: dict, runs_dir: Path, limits: dict, res
                     for *_, search in mine:
                         search.error = f"reference run without PV failed: {ref_row['error']}"
                     return
-                reference = ref_row["path"]
+                reference = str(runs_dir / ref_row["run_id"])
             for v, p, s, search in mine:
                 advance(v, p, s, search, reference)
 
