@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cosim"
 MAX_LINES = 600
-LAYERS = ("config", "physical", "flex", "virtual", "markets", "sim", "io", "reporting", "bench")
+LAYERS = ("config", "physical", "flex", "virtual", "markets", "sim", "io", "reporting", "bench", "study")
 
 
 def _modules() -> dict[str, Path]:

@@ -5,7 +5,8 @@ penetrations (not a blind grid: about log2(levels) runs per search).
 The limits (`cosim.study.spec.Limits`): every LV bus inside the voltage band, every line
 and the transformer within the loading limit, every round's power flow converged,
 optionally the voltage rise against the same seed's run without PV (VDE-AR-N 4105), and,
-for the settings with feedback, the curtailed energy within a share of the PV energy.
+for the settings with feedback, the curtailed energy within a share of the PV energy and
+the shed energy within a share of the load.
 The search assumes that a run within the limits at one penetration is within them at
 every lower one (the fleet's draws are nested: `cosim.physical.fleet.build_fleet` picks
 the PV households as the first of one seeded permutation); the tests check that
@@ -28,8 +29,8 @@ def check_limits(run_dir: str | Path, limits: dict, reference_dir: str | Path | 
 
     Returns ``within_limits`` (bool), and for a run that broke one: ``first_limit``
     (``voltage_high``, ``voltage_low``, ``line_loading``, ``trafo_loading``,
-    ``power_flow``, ``voltage_rise``, or ``curtailment`` when only the period's total
-    broke), ``first_element`` (the bus or branch name) and ``first_time`` (the round's
+    ``power_flow``, ``voltage_rise``, or ``curtailment`` / ``shedding`` when only the
+    period's total broke), ``first_element`` (the bus or branch name) and ``first_time`` (the round's
     start, local time).
     """
     import json
@@ -80,6 +81,8 @@ def check_limits(run_dir: str | Path, limits: dict, reference_dir: str | Path | 
     pv_kwh = summary["pv_kwh"]
     if pv_kwh > 0 and k["curtailed_kwh"] > limits["max_curtailment_share"] * pv_kwh + 1e-9:
         return {"within_limits": False, "first_limit": "curtailment", "first_element": "feeder", "first_time": None}
+    if k["shed_kwh"] > limits["max_shed_share"] * summary["load_kwh"] + 1e-9:
+        return {"within_limits": False, "first_limit": "shedding", "first_element": "feeder", "first_time": None}
     return {"within_limits": True, "first_limit": None, "first_element": None, "first_time": None}
 
 

@@ -108,6 +108,8 @@ class Limits(_Frozen):
     seed's run without it, in % of nominal voltage (VDE-AR-N 4105: 3); none: not checked."""
     max_curtailment_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.03
     """Largest share of the PV energy that may be curtailed (settings with feedback) [0..1]."""
+    max_shed_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.03
+    """Largest share of the load energy that may be shed (settings with feedback) [0..1]."""
 
 
 class HostingCapacity(_Frozen):
