@@ -68,7 +68,8 @@ def first_limit_figure(searches: pd.DataFrame):
 
 
 def feeder_map(searches: pd.DataFrame, run_dir: Path):
-    """The feeder, each bus and branch coloured by how many searches broke first there."""
+    """The feeder, with each bus and branch where a search's first limit broke marked in
+    red, sized and labelled by the number of searches."""
     buses = pd.read_parquet(run_dir / "grid_buses.parquet")
     branches = pd.read_parquet(run_dir / "grid_branches.parquet")
     counts = searches.first_element.value_counts()
@@ -76,15 +77,25 @@ def feeder_map(searches: pd.DataFrame, run_dir: Path):
     fig, ax = plt.subplots(figsize=(7, 5))
     for _, b in branches.iterrows():
         if b.from_bus in xy.index and b.to_bus in xy.index:
-            n = counts.get(b["name"], 0)
-            ax.plot(*zip(xy.loc[b.from_bus], xy.loc[b.to_bus], strict=True), color="C3" if n else "0.6",
-                    lw=1 + 2 * n / max(counts.max(), 1) if n else 1)
-    size = buses.name.map(counts).fillna(0).to_numpy(float)
-    sc = ax.scatter(buses.x, buses.y, c=size, s=12 + 60 * size / max(size.max(), 1), cmap="viridis", zorder=3)
-    fig.colorbar(sc, ax=ax, label="searches whose first limit broke here [count]")
+            ax.plot(*zip(xy.loc[b.from_bus], xy.loc[b.to_bus], strict=True), color="0.6", lw=1, zorder=1)
+    ax.scatter(buses.x, buses.y, s=8, color="0.4", zorder=2)
+    top = max(int(counts.max()), 1) if len(counts) else 1
+    marked = []
+    for _, b in branches.iterrows():
+        n = int(counts.get(b["name"], 0))
+        if n and b.from_bus in xy.index and b.to_bus in xy.index:
+            x, y = (xy.loc[b.from_bus] + xy.loc[b.to_bus]) / 2.0
+            marked.append((x, y, f"{b['name']} ({b.kind} loading): {n}", n, "s"))
+    for _, b in buses.iterrows():
+        n = int(counts.get(b["name"], 0))
+        if n:
+            marked.append((b.x, b.y, f"{b['name']} (voltage): {n}", n, "o"))
+    for x, y, label, n, marker in marked:
+        ax.scatter([x], [y], s=60 + 300 * n / top, color="C3", marker=marker, zorder=3, alpha=0.8)
+        ax.annotate(label, (x, y), xytext=(8, 8), textcoords="offset points", fontsize=8, color="C3")
     ax.set_xlabel("schematic x [-]")
     ax.set_ylabel("schematic y [-]")
-    ax.set_title("where the first limit breaks (red branches: loading)")
+    ax.set_title("where the first limit breaks (red: element, number of searches)")
     return fig
 
 
@@ -161,6 +172,8 @@ def write_study_report(out: str | Path) -> Path:
             parts += ["<h2>Where it breaks</h2>", _png(feeder_map(searches[searches.status == "ok"],
                                                                   out / sample.iloc[0]))]
     by = "setting" if "setting" in runs else (axes[0] if axes else "seed")
+    if "setting" in runs:  # the reference runs without PV (voltage rise) are no setting
+        runs = runs[runs.setting != "reference"]
     ok = runs[runs.status == "ok"]
     if len(ok):
         parts += ["<h2>Voltage envelopes</h2>", _png(voltage_envelope(runs, by, penetration)),
