@@ -229,3 +229,18 @@ def test_external_scheduler_and_two_workers_give_the_embedded_results(tmp_path, 
     assert set(external.status) == {"ok"}  # no run lost
     assert external.run_id.tolist() == local.run_id.tolist()  # the same scenarios
     pd.testing.assert_frame_equal(external[DETERMINISTIC], local[DETERMINISTIC], rtol=REL)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "scenarios" / "studies").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_studies_are_valid_and_expand(path):
+    from cosim.study.expand import check_axes, sweep_runs
+
+    study = load_study(path)
+    base = base_data(study, path)
+    if study.hosting_capacity is None:
+        runs = sweep_runs(study, path, base)
+        assert len({r.run_id for r in runs}) == len(runs) > 1
+    else:
+        check_axes(study, path, base)
+        assert len(study.seed_list) >= 20 and len(study.hosting_capacity.levels) == 21
