@@ -85,6 +85,15 @@ def test_bad_study_file_exits_2_naming_file_field_expected_found(tmp_path, capsy
     assert not out.exists()
 
 
+def test_no_scheduler_at_the_address_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    assert main(["study", str(_write(tmp_path, SWEEP)), "--scheduler", address, "--out", str(out),
+                 "--no-progress"]) == 2
+    assert f"--scheduler: expected a Dask scheduler listening at '{address}'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_out_folder_of_other_files_is_not_replaced(tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()

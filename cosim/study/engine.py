@@ -96,7 +96,7 @@ def make_client(scheduler: str | None, workers: int | None):
                      "distributed.scheduler.allowed-failures": ALLOWED_FAILURES})
     if scheduler is not None:
         try:
-            return Client(scheduler, timeout="20s")
+            return Client(scheduler, timeout="10s")
         except (OSError, TimeoutError) as err:
             raise InputError("--scheduler", [f"expected a Dask scheduler listening at {scheduler!r}, "
                                              f"found none ({err})"]) from None
@@ -169,13 +169,18 @@ class Driver:
         return self.rows
 
 
+def check_out(out: Path, resume: bool) -> None:
+    """Refuse an output folder that holds anything but an earlier study (unless resuming)."""
+    if out.exists() and not resume and not (out / STUDY_FILE).is_file() and any(out.iterdir()):
+        raise InputError("--out", [f"expected a new folder, an empty one or an earlier study's, found "
+                                   f"{str(out)!r} with other files in it"])
+
+
 def prepare_out(out: Path, study_text: str, resume: bool) -> Path:
     """The study's folder: kept for `resume`, else emptied (only if it is an earlier study's
     folder or empty, never any other folder)."""
+    check_out(out, resume)
     if out.exists() and not resume:
-        if not (out / STUDY_FILE).is_file() and any(out.iterdir()):
-            raise InputError("--out", [f"expected a new folder, an empty one or an earlier study's, found "
-                                       f"{str(out)!r} with other files in it"])
         shutil.rmtree(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / STUDY_FILE).write_text(study_text)

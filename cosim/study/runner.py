@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cosim.study.engine import Driver, make_client, prepare_out
+from cosim.study.engine import Driver, check_out, make_client, prepare_out
 from cosim.study.expand import base_data, check_axes, hosting_groups, hosting_run, sweep_runs
 from cosim.study.hosting import Search, summarize
 from cosim.study.spec import Study, load_study
@@ -33,12 +33,13 @@ def run_study(study_path: str | Path, out: str | Path | None = None, scheduler: 
     else:
         runs = sweep_runs(study, study_path, base)
     out = Path(out) if out is not None else Path("results") / "studies" / study.name
-    runs_dir = prepare_out(out, study_path.read_text(), resume)
     limits = (study.hosting_capacity.limits.model_dump() if study.hosting_capacity is not None
               else {"v_min_pu": 0.90, "v_max_pu": 1.10, "max_loading_pct": 100.0})
     wall0 = time.perf_counter()
-    client = make_client(scheduler, workers)
+    check_out(out, resume)
+    client = make_client(scheduler, workers)  # no scheduler at that address: nothing written
     try:
+        runs_dir = prepare_out(out, study_path.read_text(), resume)
         n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
         if runs is not None:
             driver = Driver(client, runs_dir.resolve(), limits, study.transformer.model_dump(), resume,
