@@ -161,6 +161,11 @@ def write_study_report(out: str | Path) -> Path:
         searches = pd.read_parquet(hosting)
         penetration = study["hosting_capacity"].get("penetration", "prosumers.pv_share")
         summary = pd.read_csv(out / "hosting_summary.csv")
+        unit = "kWp" if penetration.endswith("_kwp") else "0..1"
+        summary = summary.rename(columns={"seeds": "seeds [count]", "failed": "failed [count]",
+                                          "p5": f"P5 [{unit}]", "p50": f"P50 [{unit}]", "p95": f"P95 [{unit}]",
+                                          "censored_share": "censored [0..1]",
+                                          "first_limit_share": "first limit's share [0..1]"})
         parts += ["<h2>Hosting capacity for the planning document</h2>",
                   f"<p>Penetration: {html.escape(PENETRATIONS[penetration])}. P5/P50/P95 over seeds; "
                   "censored_share: searches within the limits at the highest level searched.</p>",
