@@ -172,6 +172,11 @@ def write_study_report(out: str | Path) -> Path:
                   _table(summary),
                   "<h2>Hosting-capacity curve</h2>", _png(hosting_curve(searches, penetration)),
                   "<h2>First limit to break</h2>", _png(first_limit_figure(searches))]
+        for i, x in enumerate(axes):  # the capacity over each pair of axes, per setting
+            for y in axes[i + 1:]:
+                for setting, g in searches[searches.status == "ok"].groupby("setting", sort=False):
+                    parts += [f"<h2>Hosting capacity ({html.escape(setting)}) over {html.escape(x)} and "
+                              f"{html.escape(y)}</h2>", _png(heatmap(g, x, y, "hosting_capacity", unit))]
         sample = runs[runs.status == "ok"].path.dropna()
         if len(sample):
             parts += ["<h2>Where it breaks</h2>", _png(feeder_map(searches[searches.status == "ok"],
