@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
 .PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs \
-	portal portal-screenshots initiatives compare-flexibility
+	portal portal-screenshots initiatives compare-flexibility study studies bench-study
 
 setup: $(STAMP)
 
@@ -33,6 +33,22 @@ report: setup
 bench: setup
 	$(BIN)/python -m cosim.bench.timing --rounds $(or $(ROUNDS),2000)
 	$(BIN)/python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds 20
+
+# the default impact study: PV hosting capacity of rural3, a summer week, 20 seeds, three settings
+# (results/studies/rural3-hosting-summer/report.html); an interrupted study carries on with RESUME=1;
+# SCHEDULER=tcp://host:port sends it to an existing Dask cluster, WORKERS=N sizes the embedded one
+STUDY ?= scenarios/studies/rural3-hosting-summer.yaml
+study: setup
+	$(BIN)/cosim study $(STUDY) $(if $(RESUME),--resume) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+	  $(if $(WORKERS),--workers $(WORKERS))
+
+# every shipped study: the default, every mechanism at three PV levels, EV hosting capacity in winter
+studies: setup
+	@for f in scenarios/studies/*.yaml; do echo "== $$f"; $(BIN)/cosim study $$f || exit $$?; done
+
+# 1 against 2 Dask workers on the default study with SEEDS seeds (results/bench/study_workers.json)
+bench-study: setup
+	$(BIN)/python -m cosim.bench.study_workers --seeds $(or $(SEEDS),4) --workers 1 2
 
 # a whole year of the default scenario (35,136 rounds): wall time and peak memory in
 # results/rural3-year/summary.json; an interrupted run carries on with RESUME=1

@@ -1,4 +1,4 @@
-"""Command line: ``cosim run | validate | clear | powerflow | ledger verify | ledger show | report | compare | bench | portal``.
+"""Command line: ``cosim run | validate | clear | powerflow | ledger verify | ledger show | report | compare | study | bench | portal``.
 
 Exit status: 0 success, 2 bad input (a message naming the file and field, no traceback,
 nothing written), 1 internal failure.
@@ -21,21 +21,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report,
                        resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS)
     summary = json.loads((out / "summary.json").read_text())
-    m, nf = summary["variants"]["market"], summary["variants"]["market_no_feedback"]
     print(f"results: {out}")
-    print(
-        f"  market with feedback: {m['violation_rounds']} rounds with violations, peak trafo "
-        f"{m['peak_trafo_loading_pct']:.1f} %, vm {m['vm_min_pu']:.3f}-{m['vm_max_pu']:.3f} pu, "
-        f"curtailed {m['curtailed_kwh']:.1f} kWh"
-    )
-    print(
-        f"  market without feedback: {nf['violation_rounds']} rounds with violations, peak trafo "
-        f"{nf['peak_trafo_loading_pct']:.1f} %, vm {nf['vm_min_pu']:.3f}-{nf['vm_max_pu']:.3f} pu"
-    )
+    for name, m in summary["variants"].items():
+        print(
+            f"  {name}: {m['violation_rounds']} rounds with violations, peak trafo "
+            f"{m['peak_trafo_loading_pct']:.1f} %, vm {m['vm_min_pu']:.3f}-{m['vm_max_pu']:.3f} pu, "
+            f"curtailed {m['curtailed_kwh']:.1f} kWh"
+        )
     tm = summary["timing"]
     print(f"  median round {tm['median_round_ms']:.1f} ms, wall {tm['wall_s']:.0f} s, "
           f"peak memory {tm.get('peak_rss_mb', float('nan')):.0f} MB")
-    if not args.no_report:
+    if (out / "report.html").is_file() and not args.no_report:
         print(f"report: {out / 'report.html'}")
     return EXIT_OK
 
@@ -151,6 +147,19 @@ def _add_portal(sub) -> None:
     portal.set_defaults(func=_cmd_portal)
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from cosim.study.runner import run_study
+
+    out = run_study(args.study, out=args.out, scheduler=args.scheduler, workers=args.workers, resume=args.resume,
+                    progress=not args.no_progress, report=not args.no_report)
+    info = json.loads((out / "study.json").read_text())
+    print(f"results: {out} ({info['runs']} runs, {info['failed']} failed, {info['workers']} workers, "
+          f"wall {info['wall_s']:.0f} s)")
+    if (out / "report.html").is_file():
+        print(f"report: {out / 'report.html'}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosim", description="Co-simulate P2P energy trading on LV networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default="results/compare", help="folder of the comparison (default results/compare)")
     cmp_.set_defaults(func=_cmd_compare)
 
+    study = sub.add_parser("study", help="a sweep or hosting-capacity study on Dask (docs/studies.md)")
+    study.add_argument("study", help="study YAML file (scenarios/studies/)")
+    study.add_argument("--out", help="results folder (default results/studies/<study name>)")
+    study.add_argument("--scheduler", metavar="ADDRESS",
+                       help="an existing Dask scheduler, e.g. tcp://127.0.0.1:8786 (default: an embedded LocalCluster)")
+    study.add_argument("--workers", type=_positive_int_of("workers"), default=None, metavar="N",
+                       help="worker processes of the embedded cluster (default: one per core)")
+    study.add_argument("--resume", action="store_true", help="skip the runs an interrupted study finished")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+    study.add_argument("--no-report", action="store_true", help="skip drawing report.html")
+    study.set_defaults(func=_cmd_study)
+
     bench = sub.add_parser("bench", help="time per round against pandapower's run_timeseries (see cosim.bench.timing)",
                            add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -243,6 +264,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_int_of(what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected a whole number of {what}, at least 1, found {text!r}")
+        return value
+    return parse
+
+
 def _terminate(signum, frame):
     """SIGTERM stops a run like Ctrl-C: the partial folder and its checkpoint are kept."""
     raise KeyboardInterrupt
@@ -273,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "command", None) == "run":
             print("interrupted; no results folder was written. The last checkpoint (if a chunk of rounds was "
                   "finished) is kept: add --resume to carry on", file=sys.stderr)
+        elif getattr(args, "command", None) == "study":
+            print("interrupted; the runs that finished are kept in the study's runs/ folder: add --resume to "
+                  "carry on", file=sys.stderr)
         else:
             print("interrupted; no results were written", file=sys.stderr)
         return 130

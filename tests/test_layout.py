@@ -14,7 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cosim"
 MAX_LINES = 600
-LAYERS = ("config", "physical", "flex", "virtual", "markets", "sim", "io", "reporting", "bench", "portal")
+LAYERS = ("config", "physical", "flex", "virtual", "markets", "sim", "io", "reporting", "bench", "study",
+          "portal")
 
 
 def _modules() -> dict[str, Path]:

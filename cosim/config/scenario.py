@@ -469,6 +469,11 @@ class Storage(_Frozen):
         return self
 
 
+#: The variants a run can simulate (`cosim.sim.setup.variants_for`), in the order they run.
+VARIANTS = ("market", "market_no_feedback", "baseline", "baseline_no_feedback")
+VariantName = Literal["market", "market_no_feedback", "baseline", "baseline_no_feedback"]
+
+
 class Scenario(_Frozen):
     """One simulation: network, period, fleet, market, feedback."""
 
@@ -490,6 +495,17 @@ class Scenario(_Frozen):
     islanded: Islanded = Islanded()
     ledger: Ledger = Ledger()
     storage: Storage = Storage()
+    variants: list[VariantName] = list(VARIANTS)
+    """Variants to simulate, default all four (see `cosim.sim.loop`): ``market`` (results at
+    the folder's top), ``market_no_feedback``, ``baseline``, ``baseline_no_feedback`` (each in
+    its subfolder). A study's hosting-capacity search runs only the one its setting needs;
+    the report is drawn only when all four ran."""
+
+    @model_validator(mode="after")
+    def _variants_distinct(self) -> Scenario:
+        if not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"expected one or more distinct variants of {list(VARIANTS)}, found {self.variants}")
+        return self
 
     @model_validator(mode="after")
     def _storage_fits(self) -> Scenario:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cosim.config.scenario import VARIANTS
 from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
@@ -220,7 +221,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             bills = bills_by_party(vfolder / "settlement.parquet")
             prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
             variant_timing = {}
-            if main:
+            if index == 0:  # the first variant run (the market's, unless the scenario leaves it out)
                 variant_timing = timing(rounds)
                 variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
                 variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
@@ -234,7 +235,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                 variant_timing, ledger.head if ledger is not None else None,
             )
             ckpt = None
-        main_name = variants_for(scenario)[0].name
+        main_name = variants_for(scenario)[0].name  # the first variant run: its folder has the fairness
+        first_folder = tmp / variants_for(scenario)[0].folder
         main_timing = dict(finished[main_name][2])
         ledger_head = finished[main_name][3]
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
@@ -262,12 +264,12 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "ledger_head": ledger_head,
             "storage": summarize_storage(tmp, scenario),
             "fairness": fairness_summary(
-                pd.read_parquet(tmp / "settlement.parquet", columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"]),
+                pd.read_parquet(first_folder / "settlement.parquet", columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"]),
                 pd.read_parquet(tmp / "prosumers.parquet")),
         }
         write_json(tmp / "summary.json", summary)
         (tmp / CHECKPOINT).unlink(missing_ok=True)
-        if report:
+        if report and len(finished) == len(VARIANTS):  # the report compares all four
             from cosim.reporting.report import write_report
 
             write_report(tmp)

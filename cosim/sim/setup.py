@@ -41,12 +41,14 @@ class Variant:
 
 
 def variants_for(scenario: Scenario) -> list[Variant]:
-    return [
+    """The variants the scenario asks for (`Scenario.variants`), in the order they run."""
+    every = [
         Variant("market", scenario.market.mechanism, scenario.feedback.enabled, ""),
         Variant("market_no_feedback", scenario.market.mechanism, False, "no_feedback"),
         Variant("baseline", "none", scenario.feedback.enabled, "baseline"),
         Variant("baseline_no_feedback", "none", False, "baseline_no_feedback"),
     ]
+    return [v for v in every if v.name in scenario.variants]
 
 
 @dataclass

@@ -82,8 +82,8 @@ class PowerFlow:
         self.lines = net.line.index.to_numpy()
         self.trafos = net.trafo.index.to_numpy()
         # one injection load per bus; runpp (fallback and tests) sets its p and q
-        for b in self.buses:
-            pp.create_load(net, int(b), p_mw=0.0, q_mvar=0.0, name=f"cosim injection {b}")
+        pp.create_loads(net, self.buses.astype(int), p_mw=0.0, q_mvar=0.0,
+                        name=[f"cosim injection {b}" for b in self.buses])
         self._load_at_bus = net.load.index.to_numpy()
         self._runpp()
         internal = net._ppc["internal"]
