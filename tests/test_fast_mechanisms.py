@@ -1,0 +1,144 @@
+"""The fast paths of issue 18 against the reference paths they replaced (kept in
+tests/reference_mechanisms.py), on random books (Hypothesis).
+
+- Stackelberg: each seller's exact best response, one at a time (`best_response`) and all
+  at once (`best_responses`), equals the reference loop over buyers to 1e-9; the Nash
+  check equals the reference's; Gauss-Seidel sweeps reach the reference's equilibrium;
+  Jacobi sweeps reach an equilibrium that passes the reference's Nash check, within the
+  price tolerance of the reference's wherever the reference's sweeps settle on it too; the
+  mechanism's closed-form followers buy what the buyers' QPs buy, to the QP's tolerance.
+
+The equilibrium and the Nash check are those of Maharjan, Zhu, Zhang, Gjessing and Basar,
+2013, "Dependable demand response management in the smart grid: a Stackelberg game
+approach", IEEE Trans. Smart Grid 4(1):120-132 (see cosim.markets.stackelberg).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import reference_mechanisms as ref
+from conftest import MARKET_HYPOTHESIS, market_mechanism, market_order_books
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cosim.markets import MarketContext
+from cosim.markets.stackelberg import StackelbergPricing
+from cosim.markets.stackelberg_game import (
+    Followers,
+    best_response,
+    best_responses,
+    leaders_equilibrium,
+    nash_gains,
+)
+
+#: Fast and reference paths agree to this on prices [currency/kWh] and payoffs [currency].
+SAME = 1e-9
+#: The buyers' QPs agree with their closed form to this [kWh] (HiGHS's tolerance).
+QP_KWH = 1e-6
+RETAIL, FEED_IN = 0.30, 0.08
+
+
+@st.composite
+def games(draw, b_max: int = 5, s_max: int = 7):
+    """Buyers (value, curvature, need), sellers (cost, offer -- some tiny, some zero) and
+    their current prices, between the tariffs; some on a coarse grid, so that ties occur."""
+    b = draw(st.integers(1, b_max))
+    s = draw(st.integers(1, s_max))
+    coarse = draw(st.booleans())
+
+    def prices(n: int) -> np.ndarray:
+        x = np.array(draw(st.lists(st.floats(FEED_IN, RETAIL), min_size=n, max_size=n)))
+        return np.round(x, 2) if coarse else x
+
+    need = np.array(draw(st.lists(st.floats(0.01, 2.0), min_size=b, max_size=b)))
+    curvature = np.array(draw(st.lists(st.floats(0.2, 3.0), min_size=b, max_size=b)))
+    f = Followers(prices(b), curvature * (RETAIL - FEED_IN) / need, need)
+    cost = prices(s)
+    offer = np.array(draw(st.lists(st.sampled_from([0.0, 1e-9, 0.05, 0.3, 1.0, 2.5]), min_size=s, max_size=s)))
+    current = np.maximum(cost, prices(s))
+    return f, cost, offer, current, float(f.value.max())
+
+
+@MARKET_HYPOTHESIS
+@given(games())
+def test_best_responses_equal_the_reference(game):
+    """Every seller's best response and payoff, one at a time and all at once, equal the
+    reference's (a loop over the buyers on all of their breakpoints) to 1e-9."""
+    f, cost, offer, prices, ceiling = game
+    together = best_responses(np.arange(len(cost)), prices, cost, offer, f, ceiling)
+    for m in range(len(cost)):
+        expected = ref.best_response(m, prices, cost, offer, f, ceiling)
+        assert best_response(m, prices, cost, offer, f, ceiling) == pytest.approx(expected, abs=SAME)
+        assert (together[0][m], together[1][m]) == pytest.approx(expected, abs=SAME)
+
+
+@MARKET_HYPOTHESIS
+@given(games(), st.booleans())
+def test_nash_check_equals_the_reference(game, at_equilibrium):
+    """Each seller's largest gain from a deviation equals the reference's (every seller,
+    every buyer, every deviation recomputed) to 1e-9, at an equilibrium and elsewhere."""
+    f, cost, offer, prices, ceiling = game
+    if at_equilibrium:
+        prices = leaders_equilibrium(cost, offer, f, ceiling).prices
+    np.testing.assert_allclose(nash_gains(prices, cost, offer, f, ceiling, 11),
+                               ref.nash_gains(prices, cost, offer, f, ceiling, 11), atol=SAME, rtol=0)
+
+
+@MARKET_HYPOTHESIS
+@given(games())
+def test_gauss_seidel_sweeps_reach_the_reference_equilibrium(game):
+    """Gauss-Seidel sweeps of the fast best responses follow the reference's path: the same
+    verdict and, where they converge, the same sweeps and prices. (Where no pure
+    equilibrium exists the sweeps run to their cap on a path that amplifies round-off, so
+    only the verdict is compared.)"""
+    f, cost, offer, _, ceiling = game
+    fast = leaders_equilibrium(cost, offer, f, ceiling, 1e-9, 60, 5, sweep="gauss_seidel")
+    slow = ref.leaders_equilibrium(cost, offer, f, ceiling, 1e-9, 60, 5)
+    assert fast.converged == slow.converged
+    if fast.converged:
+        assert fast.sweeps == slow.sweeps
+        np.testing.assert_allclose(fast.prices, slow.prices, atol=1e-8, rtol=0)
+
+
+@MARKET_HYPOTHESIS
+@given(games())
+def test_jacobi_sweeps_reach_a_certified_equilibrium(game):
+    """Jacobi sweeps stop only at prices that pass the reference's Nash check (51 deviations
+    per seller). Where the reference's Gauss-Seidel sweeps, started from the Jacobi
+    equilibrium, do not move it, that is the equilibrium both paths certify, within the
+    price tolerance; the game may have others (a continuum where sellers with equal costs
+    share a buyer), which the two paths from the floors can each settle on."""
+    f, cost, offer, _, ceiling = game
+    tol = 1e-9
+    fast = leaders_equilibrium(cost, offer, f, ceiling, tol, 200, 5)
+    slow = ref.leaders_equilibrium(cost, offer, f, ceiling, tol, 200, 5)
+    if not fast.converged:
+        assert not slow.converged  # no pure equilibrium found by either path (Edgeworth cycles)
+        return
+    assert ref.nash_gains(fast.prices, cost, offer, f, ceiling, 51).max() <= 1e-7
+    again = ref.best_response_sweep(fast.prices, cost, offer, f, ceiling)
+    np.testing.assert_allclose(again, fast.prices, atol=10 * tol, rtol=0)
+
+
+def _mechanism(n: int, options: dict) -> StackelbergPricing:
+    return market_mechanism(StackelbergPricing, [f"p{i:02d}" for i in range(n)], 2, options)
+
+
+@MARKET_HYPOTHESIS
+@given(market_order_books(n_max=7, q_max=2.0), st.sampled_from([0.3, 1.0]))
+def test_closed_form_followers_buy_what_their_qps_buy(orders, curvature):
+    """The mechanism with closed-form followers (default) and with each buyer's QP solved
+    by HiGHS (the path before issue 18), Gauss-Seidel sweeps from the floors in both: the
+    same prices to 1e-9 and the same purchases to the QP's tolerance."""
+    n = len(orders.demand_kwh)
+    ctx = MarketContext(RETAIL, FEED_IN)
+    common = {"curvature": curvature, "warm_start": False, "sweeps": "gauss_seidel"}
+    fast = _mechanism(n, common).clear(orders, ctx)
+    slow = _mechanism(n, {**common, "followers": "qp"}).clear(orders, ctx)
+    assert fast.ok and slow.ok
+    assert slow.info["follower_gap_kwh"] <= QP_KWH and fast.info["follower_gap_kwh"] == 0.0
+    np.testing.assert_allclose(fast.info["seller_prices"], slow.info["seller_prices"], atol=SAME, rtol=0)
+    for a, b in ((fast.bought_kwh, slow.bought_kwh), (fast.sold_kwh, slow.sold_kwh),
+                 (fast.import_kwh, slow.import_kwh), (fast.export_kwh, slow.export_kwh)):
+        np.testing.assert_allclose(a, b, atol=QP_KWH, rtol=0)
