@@ -7,6 +7,8 @@ tests/reference_mechanisms.py), on random books (Hypothesis).
   Jacobi sweeps reach an equilibrium that passes the reference's Nash check, within the
   price tolerance of the reference's wherever the reference's sweeps settle on it too; the
   mechanism's closed-form followers buy what the buyers' QPs buy, to the QP's tolerance.
+- Shapley: every coalition's value from the members' double auction (a sorted cumulative
+  sum) equals the pool LP's to 1e-9, and so does a whole clearing, exact and sampled.
 
 The equilibrium and the Nash check are those of Maharjan, Zhu, Zhang, Gjessing and Basar,
 2013, "Dependable demand response management in the smart grid: a Stackelberg game
@@ -22,7 +24,9 @@ from conftest import MARKET_HYPOTHESIS, market_mechanism, market_order_books
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cosim.markets import MarketContext
+from cosim.markets import Charges, MarketContext, NetworkCuts, OrderArrays
+from cosim.markets.coalition import PoolGame, subset_matrix
+from cosim.markets.shapley import ShapleyCoalition
 from cosim.markets.stackelberg import StackelbergPricing
 from cosim.markets.stackelberg_game import (
     Followers,
@@ -142,3 +146,68 @@ def test_closed_form_followers_buy_what_their_qps_buy(orders, curvature):
     for a, b in ((fast.bought_kwh, slow.bought_kwh), (fast.sold_kwh, slow.sold_kwh),
                  (fast.import_kwh, slow.import_kwh), (fast.export_kwh, slow.export_kwh)):
         np.testing.assert_allclose(a, b, atol=QP_KWH, rtol=0)
+
+
+# -- Shapley: coalition values in closed form against the pool LPs ---------------------------------
+@st.composite
+def charged_books(draw):
+    """Random books with random network charges (either sign), some participants both
+    buying and selling, grid-connected or with an outside party that can take everything."""
+    orders = draw(market_order_books(n_min=2, n_max=7, q_max=2.0))
+    n = len(orders.demand_kwh)
+    if draw(st.booleans()):  # a few prosumers on both sides of the book
+        both = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        orders = OrderArrays(orders.demand_kwh + both * 0.3, orders.supply_kwh + both * 0.2,
+                             np.where(orders.bid_per_kwh > 0, orders.bid_per_kwh, 0.25),
+                             np.where(orders.ask_per_kwh > 0, orders.ask_per_kwh, 0.12))
+    charge = np.array(draw(st.lists(st.floats(-0.03, 0.05), min_size=2 * n, max_size=2 * n)))
+    charges = Charges(np.round(charge[:n], 4), np.round(charge[n:], 4)) if draw(st.booleans()) else Charges.none(n)
+    caps = draw(st.sampled_from([np.inf, 100.0]))
+    return orders, charges, MarketContext(RETAIL, FEED_IN, import_cap_kwh=caps, export_cap_kwh=caps)
+
+
+def _shapley(n: int, options: dict | None = None) -> ShapleyCoalition:
+    return market_mechanism(ShapleyCoalition, [f"p{i:02d}" for i in range(n)], 2, options)
+
+
+@MARKET_HYPOTHESIS
+@given(charged_books())
+def test_closed_form_coalition_values_equal_the_pool_lps(book):
+    """Every coalition's value from the members' double auction equals the pool LP's (the
+    path before issue 18, still taken when a cut or cap may bind) to 1e-9."""
+    orders, charges, ctx = book
+    n = len(orders.demand_kwh)
+    mech = _shapley(n)
+    mech.pool.update(orders, ctx, NetworkCuts.empty(n), charges)
+    players = [np.array([i]) for i in range(n)]
+    game = PoolGame(mech.pool, orders, ctx, charges, players)
+    assert game.closed_form
+    membership = subset_matrix(n)
+    fast = game.values(membership)
+    lp = PoolGame(mech.pool, orders, ctx, charges, players)
+    lp.closed_form = False
+    lp.baseline = lp.solve(np.zeros(n, dtype=bool))[0]
+    np.testing.assert_allclose(fast, lp.values(membership), atol=SAME, rtol=0)
+
+
+@MARKET_HYPOTHESIS
+@given(charged_books(), st.sampled_from(["auto", "prosumers"]), st.sampled_from([3, 12]))
+def test_shapley_clearing_equals_the_lp_path(book, players, exact_max):
+    """A whole clearing with coalition values in closed form equals the one through the
+    LPs (forced by a network cut that never binds): quantities, prices, shares and the core
+    check to 1e-9, exact (up to 12 players) and sampled (above 3 players: the same
+    permutations, so the same estimate)."""
+    orders, charges, ctx = book
+    n = len(orders.demand_kwh)
+    options = {"players": players, "exact_max_members": exact_max, "mc_permutations": 30}
+    mech = _shapley(n, options)
+    fast = mech.clear(orders, ctx, None, charges)
+    slow = mech.clear(orders, ctx, NetworkCuts(np.zeros((1, n)), np.array([1.0])), charges)
+    assert fast.ok and slow.ok
+    assert slow.info["coalition_values_closed_form"] == 0
+    for key in ("bought_kwh", "sold_kwh", "import_kwh", "export_kwh", "buy_price_per_kwh", "sell_price_per_kwh"):
+        np.testing.assert_allclose(getattr(fast, key), getattr(slow, key), atol=SAME, rtol=0, err_msg=key)
+    np.testing.assert_allclose(fast.info["shares"], slow.info["shares"], atol=SAME, rtol=0)
+    assert fast.info["shapley_method"] == slow.info["shapley_method"]
+    assert fast.info["in_core"] == slow.info["in_core"]
+    assert fast.info["max_excess"] == pytest.approx(slow.info["max_excess"], abs=SAME)
