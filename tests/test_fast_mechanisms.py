@@ -9,6 +9,8 @@ tests/reference_mechanisms.py), on random books (Hypothesis).
   mechanism's closed-form followers buy what the buyers' QPs buy, to the QP's tolerance.
 - Shapley: every coalition's value from the members' double auction (a sorted cumulative
   sum) equals the pool LP's to 1e-9, and so does a whole clearing, exact and sampled.
+- VCG: each trader's welfare-without from the book's double auction equals the n + 1 pool
+  solves, and so do the payments.
 
 The equilibrium and the Nash check are those of Maharjan, Zhu, Zhang, Gjessing and Basar,
 2013, "Dependable demand response management in the smart grid: a Stackelberg game
@@ -25,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosim.markets import Charges, MarketContext, NetworkCuts, OrderArrays
+from cosim.markets.auctions import VCGDoubleAuction, _Book
 from cosim.markets.coalition import PoolGame, subset_matrix
 from cosim.markets.shapley import ShapleyCoalition
 from cosim.markets.stackelberg import StackelbergPricing
@@ -211,3 +214,35 @@ def test_shapley_clearing_equals_the_lp_path(book, players, exact_max):
     assert fast.info["shapley_method"] == slow.info["shapley_method"]
     assert fast.info["in_core"] == slow.info["in_core"]
     assert fast.info["max_excess"] == pytest.approx(slow.info["max_excess"], abs=SAME)
+
+
+# -- VCG: welfare without each trader from the book against the n + 1 solves -----------------------
+def _vcg(n: int) -> VCGDoubleAuction:
+    return market_mechanism(VCGDoubleAuction, [f"p{i:02d}" for i in range(n)], 2)
+
+
+@MARKET_HYPOTHESIS
+@given(charged_books())
+def test_vcg_payments_from_the_book_equal_the_n_plus_1_solves(book):
+    """W_-i of every trader from the book's double auction without it equals the pool
+    re-solved with its P2P columns at zero (the path before issue 18, still taken when a
+    cut or cap may bind) to 1e-9; so do the clearing's prices and utilities, which a
+    network cut that never binds sends down the solves' path."""
+    orders, charges, ctx = book
+    n = len(orders.demand_kwh)
+    mech = _vcg(n)
+    fast = mech.clear(orders, ctx, None, charges)
+    assert fast.ok
+    traders = np.flatnonzero((fast.bought_kwh > 1e-7) | (fast.sold_kwh > 1e-7))
+    b = _Book.of(orders, ctx, charges)
+    mech.pool.update(orders, ctx, NetworkCuts.empty(n), charges)
+    mech._prefer_p2p(b)
+    assert mech.closed_form(b, NetworkCuts.empty(n))
+    np.testing.assert_allclose(mech.welfare_without(b, traders, True), mech.welfare_without(b, traders, False),
+                               atol=SAME, rtol=0)
+    slow = mech.clear(orders, ctx, NetworkCuts(np.zeros((1, n)), np.array([1.0])), charges)
+    assert slow.ok and slow.info["vcg_solves"] == 1 + len(traders) and fast.info["vcg_solves"] == 1
+    if np.allclose(fast.bought_kwh, slow.bought_kwh, atol=SAME) and np.allclose(fast.sold_kwh, slow.sold_kwh, atol=SAME):
+        for key in ("buy_price_per_kwh", "sell_price_per_kwh"):
+            np.testing.assert_allclose(getattr(fast, key), getattr(slow, key), atol=SAME, rtol=0, err_msg=key)
+    assert fast.info["vcg_utility_total"] == pytest.approx(slow.info["vcg_utility_total"], abs=SAME)

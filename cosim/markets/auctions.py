@@ -69,6 +69,7 @@ from cosim.markets.base import (
     failed_result,
     outside_trades,
 )
+from cosim.markets.coalition import matching_values
 from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
 from cosim.markets.uniform import merit_order_matching
 
@@ -394,30 +395,65 @@ class VCGDoubleAuction(_PoolAuction):
     Numerically W(x*) may fall short of W_-i by the pool's tie-breaking terms (about 1e-6
     per kWh); u_i is clipped at zero so individual rationality holds exactly.
 
-    Cost: one solve plus one per P2P trader, each a warm-started re-solve of the same
-    persistent pool with the trader's P2P column bounds set to zero and restored after
-    (no model is built); ``info["vcg_solves"]`` counts them.
+    Cost: where no network cut, outside cap, shedding or curtailment can bind (no cuts
+    this clearing, the outside party can take every order, VoLL and the curtailment cost
+    above the tie-break: most rounds), W_-i is the double auction of the book without i,
+    a sorted cumulative sum (`cosim.markets.coalition.matching_values`), for every trader
+    at once: one solve in all. Otherwise one solve plus one per P2P trader, each a
+    warm-started re-solve of the same persistent pool with the trader's P2P column bounds
+    set to zero and restored after (no model is built). ``info["vcg_solves"]`` counts the
+    solves; the tests check the two ways against each other.
     """
 
     name = "vcg"
 
-    def allocate(self, book, x, cuts):
-        n = len(self.ids)
+    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
+              charges: Charges | None = None) -> ClearingResult:
+        self._ctx = ctx  # the outside party's caps, for `closed_form`
+        return super().clear(orders, ctx, cuts, charges)
+
+    def closed_form(self, book: _Book, cuts: NetworkCuts) -> bool:
+        """Whether each W_-i is the book's double auction without i (see the class docstring)."""
+        ctx = getattr(self, "_ctx", None)
+        return bool(ctx is not None and len(cuts) == 0 and book.demand_kwh.sum() <= ctx.import_cap_kwh
+                    and book.supply_kwh.sum() <= ctx.export_cap_kwh
+                    and book.voll_per_kwh > OUTSIDE_EPSILON and book.curtail_cost_per_kwh > OUTSIDE_EPSILON)
+
+    def welfare_without(self, book: _Book, traders: np.ndarray, closed_form: bool) -> np.ndarray | str:
+        """W_-i of each of `traders` [currency]: in closed form, or by a pool solve each (a
+        failure message if one fails)."""
+        if closed_form:
+            members = np.ones((len(traders), len(self.ids)), dtype=bool)
+            members[np.arange(len(traders)), traders] = False
+            # the pool trades a kWh whose bid beats its ask by more than -2 (bonus + epsilon)
+            return matching_values(members, book.demand_kwh, book.supply_kwh, book.bid, book.ask,
+                                   2.0 * (P2P_BONUS + OUTSIDE_EPSILON))
         h, col = self.pool.highs, self.pool.col
-        bought, sold = x["bought_kwh"], x["sold_kwh"]
-        best = book.welfare(x)
-        buy_price, sell_price = np.full(n, np.nan), np.full(n, np.nan)
-        utility = np.zeros(n)
-        traders = np.flatnonzero((bought > QTY_TOL) | (sold > QTY_TOL))
+        out = np.zeros(len(traders))
         zero = np.zeros(2)
-        for i in traders:
+        for k, i in enumerate(traders):
             cols = np.array([col["bought_kwh"][i], col["sold_kwh"][i]], dtype=np.int32)
             h.changeColsBounds(2, cols, zero, zero)
             status, without, _ = self.pool.solve()
             h.changeColsBounds(2, cols, zero, np.array([book.demand_kwh[i], book.supply_kwh[i]]))
             if status != "ok":
                 return f"vcg without {self.ids[i]}: {status}"
-            utility[i] = max(best - book.welfare(without), 0.0)
+            out[k] = book.welfare(without)
+        return out
+
+    def allocate(self, book, x, cuts):
+        n = len(self.ids)
+        bought, sold = x["bought_kwh"], x["sold_kwh"]
+        best = book.welfare(x)
+        buy_price, sell_price = np.full(n, np.nan), np.full(n, np.nan)
+        utility = np.zeros(n)
+        traders = np.flatnonzero((bought > QTY_TOL) | (sold > QTY_TOL))
+        closed = self.closed_form(book, cuts)
+        without = self.welfare_without(book, traders, closed)
+        if isinstance(without, str):
+            return without
+        for i, w_minus in zip(traders, without, strict=True):
+            utility[i] = max(best - w_minus, 0.0)
             # a participant with both a P2P purchase and a sale takes its utility once
             if bought[i] > QTY_TOL:
                 buy_price[i] = book.bid[i] - utility[i] / bought[i]
@@ -428,7 +464,7 @@ class VCGDoubleAuction(_PoolAuction):
         paid = float(np.nansum(buy_price * bought))
         received = float(np.nansum(sell_price * sold))
         return Allocation(bought, sold, buy_price, sell_price, "vcg",
-                          {"vcg_deficit": received - paid, "vcg_solves": 1 + len(traders),
+                          {"vcg_deficit": received - paid, "vcg_solves": 1 + (0 if closed else len(traders)),
                            "vcg_utility_total": float(utility.sum())})
 
 
