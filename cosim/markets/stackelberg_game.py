@@ -83,31 +83,40 @@ def follower_response(prices: np.ndarray, f: Followers, offer: np.ndarray | None
     return x if batch else x[0]
 
 
-def water_levels(prices: np.ndarray, f: Followers, offer: np.ndarray) -> np.ndarray:
+def water_levels(prices: np.ndarray, f: Followers, offer: np.ndarray, without: np.ndarray | None = None) -> np.ndarray:
     """Each buyer's water level L_n [currency/kWh] at `prices` [batch x sellers], every
     seller's `offer` [kWh] capping what a buyer takes from it: the lower of alpha_n and the
     level at which the buyer takes its need D_n. Returns [batch x buyers]. A buyer buys
-    from seller m iff p_m < L_n (`follower_response`)."""
+    from seller m iff p_m < L_n (`follower_response`).
+
+    With `without` (seller indices; `prices` then one row), row a is each buyer's level
+    with seller without[a] left out: the others' take is H(L) less seller a's
+    clip(L - p_a, 0, w S_a), whose nodes are among H's, so one sort serves every row."""
     p = np.asarray(prices, float)
     g, s = p.shape
+    rows = g if without is None else len(without)
     if s == 0:  # nothing to buy: each buyer's level is its value
-        return np.broadcast_to(f.value[None, :], (g, len(f.value))).copy()
+        return np.broadcast_to(f.value[None, :], (rows, len(f.value))).copy()
     cap = np.asarray(offer, float)  # [sellers], or [batch x sellers]
     # The cheapest sellers first: a seller priced at or above every level found without it
     # plays no part (each buyer's take from the others is the same up to that price), so
     # the levels are final once none of the sellers left out is priced below them.
     order = np.argsort(p.min(axis=0), kind="stable")
-    k = min(s, LEVEL_SELLERS)
+    if without is not None:  # the sellers left out are counted in H, so they come first
+        rest = order[~np.isin(order, without)]
+        order = np.r_[np.asarray(without, int), rest]
+    k = min(s, LEVEL_SELLERS + (0 if without is None else len(without)))
     while True:
         cols = order[:k]
-        level = _water_levels(p[:, cols], f, cap[..., cols])
+        level = _water_levels(p[:, cols], f, cap[..., cols], None if without is None else np.arange(len(without)))
         if k == s or level.max() <= p[:, order[k:]].min():
             return level
         k = min(s, 2 * k)
 
 
-def _water_levels(p: np.ndarray, f: Followers, cap: np.ndarray) -> np.ndarray:
-    """`water_levels` over the given sellers, all of them counted."""
+def _water_levels(p: np.ndarray, f: Followers, cap: np.ndarray, without: np.ndarray | None = None) -> np.ndarray:
+    """`water_levels` over the given sellers, all of them counted (less seller `without`[a]
+    in row a)."""
     g, s = p.shape
     wd = f.weight * f.need  # [b]
     # h(L) = sum_m clip(L - p_m, 0, w S_m): what the buyer takes (times w) at level L;
@@ -121,6 +130,10 @@ def _water_levels(p: np.ndarray, f: Followers, cap: np.ndarray) -> np.ndarray:
     slope = np.cumsum(step[order], axis=2)  # slope of h just after each node
     h = np.concatenate([np.zeros((g, len(wd), 1)),
                         np.cumsum(slope[:, :, :-1] * np.diff(nodes, axis=2), axis=2)], axis=2)
+    if without is not None:  # row a: H less seller a's own take, on the same nodes
+        nodes = np.broadcast_to(nodes, (len(without), len(wd), 2 * s))
+        h = h - np.clip(nodes - p[0, without][:, None, None], 0.0, wcap[0][:, without].T[:, :, None])
+        g = len(without)
     j = (h < wd[None, :, None]).sum(axis=2)  # [g x b]: h(node j-1) < w D <= h(node j)
     binds = j < 2 * s
     jj = np.clip(j, 1, 2 * s - 1)
@@ -229,7 +242,7 @@ def best_responses(sellers: np.ndarray, prices: np.ndarray, cost: np.ndarray, of
     cap = np.repeat(np.asarray(offer, float)[None, :], a_n, axis=0)
     cap[np.arange(a_n), ms] = 0.0  # seller a left out of its own rows
     prices = np.asarray(prices, float)
-    level = water_levels(np.repeat(prices[None, :], a_n, axis=0), f, cap)  # [a x b], each buyer without a
+    level = water_levels(prices[None, :], f, offer, ms)  # [a x b], each buyer without a
     keep = level > c[:, None]
     if not keep.any():
         return price_out, payoff_out
@@ -444,9 +457,7 @@ def nash_gains(prices: np.ndarray, cost: np.ndarray, offer: np.ndarray, f: Follo
     if len(ms) == 0:
         return gains
     a_n = len(ms)
-    cap = np.repeat(np.asarray(offer, float)[None, :], a_n, axis=0)
-    cap[np.arange(a_n), ms] = 0.0
-    top = water_levels(np.repeat(prices[None, :], a_n, axis=0), f, cap).max()  # no level reaches beyond
+    top = water_levels(prices[None, :], f, offer, ms).max()  # no level reaches beyond
     rel = prices < top
     rel[ms] = True
     at = np.cumsum(rel)[ms] - 1  # where each deviating seller sits among the sellers kept
