@@ -28,10 +28,12 @@ report: setup
 	@test -n "$(RUN)" || (echo "usage: make report RUN=results/<scenario>" >&2; exit 2)
 	$(BIN)/cosim report $(RUN)
 
-# time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000
+# time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000;
+# then every mechanism's median round on its rural3 day (results/bench/mechanisms.json); REPEATS=3
 bench: setup
 	$(BIN)/python -m cosim.bench.timing --rounds $(or $(ROUNDS),2000)
 	$(BIN)/python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds 20
+	$(BIN)/python -m cosim.bench.mechanisms --rounds 96 --repeats $(or $(REPEATS),3)
 
 # a whole year of the default scenario (35,136 rounds): wall time and peak memory in
 # results/rural3-year/summary.json; an interrupted run carries on with RESUME=1
