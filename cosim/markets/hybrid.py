@@ -311,6 +311,9 @@ class HybridMarket(Mechanism):
             for name, idx in self.groups
             if len(idx) > 1  # a lone member has nobody to trade with inside
         }
+        for inner in self.inner.values():  # their trade rows are joined into one table here
+            if isinstance(inner, UniformDoubleAuction):
+                inner.rows_only = True
         self.second = UniformDoubleAuction(self.participants, max_cuts)
         self.reference = PoolModel(len(self.ids), max_cuts)
         self.community_of = {self.ids[i]: name for name, idx in self.groups for i in idx}
@@ -433,7 +436,13 @@ class HybridMarket(Mechanism):
                     orders.bid_per_kwh[idx] - charges.buy[idx], orders.ask_per_kwh[idx] + charges.sell[idx],
                     r.import_kwh, r.export_kwh,
                 )
-            t = {c: r.trades[c].to_numpy() for c in TRADE_COLUMNS}  # columns, filtered without pandas
+            if getattr(self.inner[name], "rows_only", False):  # its rows, not a table
+                rows = [row for row in self.inner[name].last_trade_rows if manager not in (row[0], row[1])]
+                columns = list(zip(*rows, strict=True)) if rows else [()] * len(TRADE_COLUMNS)
+                t = {c: np.array(col, dtype=object if c in ("seller", "buyer") else float)
+                     for c, col in zip(TRADE_COLUMNS, columns, strict=True)}
+            else:
+                t = {c: r.trades[c].to_numpy() for c in TRADE_COLUMNS}
             inside = (t["seller"] != manager) & (t["buyer"] != manager)
             frames.append({c: col[inside] for c, col in t.items()})
             community_price[name] = r.price_per_kwh
