@@ -4,11 +4,12 @@ tests/reference_mechanisms.py), on random books (Hypothesis).
 - Stackelberg: each seller's exact best response, one at a time (`best_response`) and all
   at once (`best_responses`), equals the reference loop over buyers to 1e-9; the Nash
   check equals the reference's; Gauss-Seidel sweeps reach the reference's equilibrium;
-  Jacobi sweeps reach an equilibrium that passes the reference's Nash check, within the
-  price tolerance of the reference's wherever the reference's sweeps settle on it too; the
+  Jacobi sweeps reach an equilibrium that passes the reference's Nash check and that a
+  reference Gauss-Seidel sweep leaves in place (within the price tolerance); the
   mechanism's closed-form followers buy what the buyers' QPs buy, to the QP's tolerance.
 - Shapley: every coalition's value from the members' double auction (a sorted cumulative
   sum) equals the pool LP's to 1e-9, and so does a whole clearing, exact and sampled.
+- McAfee and Huang: the dispatch after a trade reduction written down equals the re-solve.
 - VCG: each trader's welfare-without from the book's double auction equals the n + 1 pool
   solves, and so do the payments.
 
@@ -26,7 +27,7 @@ from conftest import MARKET_HYPOTHESIS, market_mechanism, market_order_books
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cosim.markets import Charges, MarketContext, NetworkCuts, OrderArrays
+from cosim.markets import MECHANISMS, Charges, MarketContext, NetworkCuts, OrderArrays
 from cosim.markets.auctions import VCGDoubleAuction, _Book
 from cosim.markets.coalition import PoolGame, subset_matrix
 from cosim.markets.shapley import ShapleyCoalition
@@ -246,3 +247,23 @@ def test_vcg_payments_from_the_book_equal_the_n_plus_1_solves(book):
         for key in ("buy_price_per_kwh", "sell_price_per_kwh"):
             np.testing.assert_allclose(getattr(fast, key), getattr(slow, key), atol=SAME, rtol=0, err_msg=key)
     assert fast.info["vcg_utility_total"] == pytest.approx(slow.info["vcg_utility_total"], abs=SAME)
+
+
+@MARKET_HYPOTHESIS
+@given(charged_books(), st.sampled_from(["mcafee", "huang"]))
+def test_trade_reduction_dispatch_without_a_solve_equals_the_re_solve(book, name):
+    """Where a trade reduction changes the P2P quantities and nothing but the outside party
+    can take the rest, the dispatch is written down (no re-solve); it equals the pool
+    re-solved with the P2P quantities fixed (forced by a network cut that never binds),
+    to 1e-9, whenever both clearings start from the same efficient allocation."""
+    orders, charges, ctx = book
+    n = len(orders.demand_kwh)
+    mech = market_mechanism(MECHANISMS[name], [f"p{i:02d}" for i in range(n)], 2)
+    fast = mech.clear(orders, ctx, None, charges)
+    slow = mech.clear(orders, ctx, NetworkCuts(np.zeros((1, n)), np.array([1.0])), charges)
+    assert fast.ok and slow.ok
+    if fast.info["efficient_kwh"] != pytest.approx(slow.info["efficient_kwh"], abs=SAME):
+        return
+    for key in ("bought_kwh", "sold_kwh", "import_kwh", "export_kwh", "shed_kwh", "curtailed_kwh",
+                "buy_price_per_kwh", "sell_price_per_kwh"):
+        np.testing.assert_allclose(getattr(fast, key), getattr(slow, key), atol=SAME, rtol=0, err_msg=key)

@@ -149,6 +149,7 @@ class _PoolAuction(Mechanism):
         cuts = cuts if cuts is not None else NetworkCuts.empty(n)
         charges = charges if charges is not None else Charges.none(n)
         book = _Book.of(orders, ctx, charges)
+        self._ctx = ctx  # the outside party's caps, for the closed forms (`outside_only`)
         self.pool.update(orders, ctx, cuts, charges)
         self._prefer_p2p(book)
         status, x, _ = self.pool.solve()
@@ -157,7 +158,7 @@ class _PoolAuction(Mechanism):
         alloc = self.allocate(book, x, cuts)
         if isinstance(alloc, str):
             return failed_result(alloc, n, charges)
-        final = self._dispatch(x, alloc)
+        final = self._dispatch(x, alloc, cuts)
         if isinstance(final, str):
             return failed_result(final, n, charges)
         return self._result(final, alloc, book, charges, ctx, efficient=x)
@@ -184,8 +185,18 @@ class _PoolAuction(Mechanism):
         sold = fill_in_merit_order(merit_order(book.ask, book.supply_kwh, False), book.supply_kwh, volume)
         return bought, sold
 
-    def _dispatch(self, x: dict[str, np.ndarray], alloc: Allocation) -> dict[str, np.ndarray] | str:
-        """The dispatch with the allocation's P2P quantities: the efficient one, or a re-solve.
+    def outside_only(self, demand_kwh: np.ndarray, supply_kwh: np.ndarray, cuts: NetworkCuts) -> bool:
+        """Whether what is not traded P2P simply goes to the outside party: no network cut,
+        the outside party can take every order, and shedding and curtailing cost more than
+        its tie-break (then the pool never sheds or curtails)."""
+        ctx = self._ctx
+        return bool(len(cuts) == 0 and demand_kwh.sum() <= ctx.import_cap_kwh and supply_kwh.sum() <= ctx.export_cap_kwh
+                    and ctx.voll_per_kwh > OUTSIDE_EPSILON and ctx.curtail_cost > OUTSIDE_EPSILON)
+
+    def _dispatch(self, x: dict[str, np.ndarray], alloc: Allocation,
+                  cuts: NetworkCuts) -> dict[str, np.ndarray] | str:
+        """The dispatch with the allocation's P2P quantities: the efficient one, the rest
+        with the outside party (`outside_only`, no solve), or a re-solve.
 
         The P2P columns are fixed at the allocation; if the network cuts make that
         infeasible, they become upper bounds instead.
@@ -193,6 +204,14 @@ class _PoolAuction(Mechanism):
         if (np.abs(alloc.bought_kwh - x["bought_kwh"]).max(initial=0.0) <= QTY_TOL
                 and np.abs(alloc.sold_kwh - x["sold_kwh"]).max(initial=0.0) <= QTY_TOL):
             return x
+        demand = x["bought_kwh"] + x["imported_kwh"] + x["shed_kwh"]
+        supply = x["sold_kwh"] + x["exported_kwh"] + x["curtailed_kwh"]
+        if self.outside_only(demand, supply, cuts):
+            zeros = np.zeros(len(demand))
+            return {"bought_kwh": alloc.bought_kwh, "sold_kwh": alloc.sold_kwh,
+                    "imported_kwh": np.maximum(demand - alloc.bought_kwh, 0.0),
+                    "exported_kwh": np.maximum(supply - alloc.sold_kwh, 0.0),
+                    "shed_kwh": zeros, "curtailed_kwh": zeros, "injection_kwh": supply - demand}
         h, col, n = self.pool.highs, self.pool.col, len(self.ids)
         targets = (("bought_kwh", alloc.bought_kwh), ("sold_kwh", alloc.sold_kwh))
         for name, target in targets:
@@ -407,17 +426,9 @@ class VCGDoubleAuction(_PoolAuction):
 
     name = "vcg"
 
-    def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
-              charges: Charges | None = None) -> ClearingResult:
-        self._ctx = ctx  # the outside party's caps, for `closed_form`
-        return super().clear(orders, ctx, cuts, charges)
-
     def closed_form(self, book: _Book, cuts: NetworkCuts) -> bool:
         """Whether each W_-i is the book's double auction without i (see the class docstring)."""
-        ctx = getattr(self, "_ctx", None)
-        return bool(ctx is not None and len(cuts) == 0 and book.demand_kwh.sum() <= ctx.import_cap_kwh
-                    and book.supply_kwh.sum() <= ctx.export_cap_kwh
-                    and book.voll_per_kwh > OUTSIDE_EPSILON and book.curtail_cost_per_kwh > OUTSIDE_EPSILON)
+        return self.outside_only(book.demand_kwh, book.supply_kwh, cuts)
 
     def welfare_without(self, book: _Book, traders: np.ndarray, closed_form: bool) -> np.ndarray | str:
         """W_-i of each of `traders` [currency]: in closed form, or by a pool solve each (a
