@@ -150,9 +150,14 @@ class _PoolAuction(Mechanism):
         charges = charges if charges is not None else Charges.none(n)
         book = _Book.of(orders, ctx, charges)
         self._ctx = ctx  # the outside party's caps, for the closed forms (`outside_only`)
-        self.pool.update(orders, ctx, cuts, charges)
-        self._prefer_p2p(book)
-        status, x, _ = self.pool.solve()
+        # nothing can trade P2P and nothing binds (e.g. the nights): the pool's answer without a solve
+        solved = self.pool.trivial_solution(orders, ctx, cuts)
+        self._solved = solved is None  # whether the efficient allocation took a solve
+        if solved is None:
+            self.pool.update(orders, ctx, cuts, charges)
+            self._prefer_p2p(book)
+            solved = self.pool.solve()
+        status, x, _ = solved
         if status != "ok":
             return failed_result(status, n, charges)
         alloc = self.allocate(book, x, cuts)
@@ -418,7 +423,8 @@ class VCGDoubleAuction(_PoolAuction):
     this clearing, the outside party can take every order, VoLL and the curtailment cost
     above the tie-break: most rounds), W_-i is the double auction of the book without i,
     a sorted cumulative sum (`cosim.markets.coalition.matching_values`), for every trader
-    at once: one solve in all. Otherwise one solve plus one per P2P trader, each a
+    at once: one solve in all (none where nothing can trade P2P). Otherwise one solve plus
+    one per P2P trader, each a
     warm-started re-solve of the same persistent pool with the trader's P2P column bounds
     set to zero and restored after (no model is built). ``info["vcg_solves"]`` counts the
     solves; the tests check the two ways against each other.
@@ -475,7 +481,7 @@ class VCGDoubleAuction(_PoolAuction):
         paid = float(np.nansum(buy_price * bought))
         received = float(np.nansum(sell_price * sold))
         return Allocation(bought, sold, buy_price, sell_price, "vcg",
-                          {"vcg_deficit": received - paid, "vcg_solves": 1 + (0 if closed else len(traders)),
+                          {"vcg_deficit": received - paid, "vcg_solves": int(self._solved) + (0 if closed else len(traders)),
                            "vcg_utility_total": float(utility.sum())})
 
 
