@@ -29,10 +29,12 @@ report: setup
 	@test -n "$(RUN)" || (echo "usage: make report RUN=results/<scenario>" >&2; exit 2)
 	$(BIN)/cosim report $(RUN)
 
-# time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000
+# time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000;
+# then every mechanism's median round on its rural3 day (results/bench/mechanisms.json); REPEATS=3
 bench: setup
 	$(BIN)/python -m cosim.bench.timing --rounds $(or $(ROUNDS),2000)
 	$(BIN)/python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds 20
+	$(BIN)/python -m cosim.bench.mechanisms --rounds 96 --repeats $(or $(REPEATS),3)
 
 # the default impact study: PV hosting capacity of rural3, a summer week, 20 seeds, three settings
 # (results/studies/rural3-hosting-summer/report.html); an interrupted study carries on with RESUME=1;

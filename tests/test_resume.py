@@ -32,7 +32,7 @@ feedback:
 CHUNK = 5
 #: Columns that measure the machine, not the simulation.
 TIMING = {"round_ms", "orders_ms", "clear_ms", "pf_ms", "sens_ms", "settle_ms", "ledger_ms", "ledger_cpu_ms",
-          "record_ms", "info_update_ms", "info_solve_ms"}
+          "record_ms", "round_cpu_ms", "info_update_ms", "info_solve_ms"}
 
 
 def _files(run: Path) -> list[Path]:

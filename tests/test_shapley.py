@@ -571,16 +571,20 @@ class CountingHighs:
         return getattr(self._highs, name)
 
 
-def test_each_coalition_value_is_one_solve_of_one_persistent_model(monkeypatch):
-    """The pool model is built once per mechanism (not per coalition, not per round), and
-    a round costs one solve for the grand coalition, one for the empty one (the stand-alone
-    baseline) and one per proper coalition that has both a buyer and a seller."""
+@pytest.mark.parametrize("with_cut", [True, False])
+def test_each_coalition_value_is_one_solve_of_one_persistent_model(monkeypatch, with_cut):
+    """The pool model is built once per mechanism (not per coalition, not per round). With
+    a network cut (here one that never binds), a round costs one solve for the grand
+    coalition, one for the empty one (the stand-alone baseline) and one per proper
+    coalition that has both a buyer and a seller. Without cuts and caps, only the grand
+    coalition is solved; the other values are computed in closed form."""
     built = market_count_builds(monkeypatch, shapley_module, "PoolModel")
     ids = IDS[:6]
     mech = ShapleyCoalition(ids, max_cuts=2)
     counter = CountingHighs(mech.pool.highs)
     mech.pool.highs = counter
     rng = np.random.default_rng(11)
+    cuts = NetworkCuts(np.ones((1, 6)), np.array([100.0])) if with_cut else None
     for round_no in range(3):
         is_buyer = np.array([1, 1, 1, 0, 0, 0], bool)
         if round_no == 1:
@@ -590,13 +594,17 @@ def test_each_coalition_value_is_one_solve_of_one_persistent_model(monkeypatch):
                              np.where(is_buyer, rng.uniform(0.2, RETAIL, 6), 0),
                              np.where(is_buyer, 0, rng.uniform(FEED_IN, 0.15, 6)))
         before = counter.runs
-        r = mech.clear(orders, TRUTHFUL)
+        r = mech.clear(orders, TRUTHFUL, cuts)
         assert r.ok
         mixed = sum(1 for mask in range(1, 2**6 - 1)
                     if any(is_buyer[i] for i in range(6) if mask >> i & 1)
                     and any(not is_buyer[i] for i in range(6) if mask >> i & 1))
-        assert r.info["coalition_solves"] == mixed + 1  # + the empty coalition
-        assert counter.runs - before == mixed + 2  # + the grand coalition
+        if with_cut:
+            assert r.info["coalition_solves"] == mixed + 1  # + the empty coalition
+            assert counter.runs - before == mixed + 2  # + the grand coalition
+        else:
+            assert r.info["coalition_solves"] == 0 and r.info["coalition_values_closed_form"] == mixed
+            assert counter.runs - before == 1  # the grand coalition
     assert len(built) == 1
     assert mech.pool.highs is counter  # the same HiGHS instance throughout
 

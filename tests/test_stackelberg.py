@@ -408,10 +408,12 @@ def test_without_an_outside_grid():
 
 # -- one persistent model ----------------------------------------------------------------------------
 def test_models_are_built_once_and_each_buyer_solved_once_per_clearing(monkeypatch):
-    """The pool and the follower QP are built once per mechanism; a clearing solves the
-    pool once and the follower QP once per buyer."""
+    """With ``followers: qp``, the pool and the follower QP are built once per mechanism; a
+    clearing solves the pool once and the follower QP once per buyer. With the default
+    closed-form followers no follower QP is built."""
     built = market_count_builds(monkeypatch, stackelberg_module, "FollowerModel")
-    mech = StackelbergPricing(IDS[:5], max_cuts=2)
+    assert StackelbergPricing(IDS[:5], max_cuts=2).followers is None and not built
+    mech = StackelbergPricing(IDS[:5], max_cuts=2, options={"followers": "qp"})
     solves = []
     real_solve = mech.followers.solve
 

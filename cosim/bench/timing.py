@@ -67,6 +67,19 @@ def pandapower_timeseries_ms(net, buses: pd.DataFrame, n_rounds: int, lightsim2g
     return (time.perf_counter() - t0) / n_rounds * 1000.0
 
 
+def run_with_ledger(setup, variant, folder: Path, progress: bool) -> tuple[float, object]:
+    """Run `variant`'s rounds into `folder` as `cosim run` does (signed orders, admission
+    and the ledger included); returns the wall time [s] and the closed ledger."""
+    gate = OrderGate(setup.scenario, setup.fleet)
+    ledger = open_ledger(setup, folder / "ledger.jsonl", gate)
+    t0 = time.perf_counter()
+    try:
+        simulate_variant(setup, variant, folder, progress=progress, ledger=ledger, gate=gate)
+    finally:
+        ledger.close()
+    return time.perf_counter() - t0, ledger
+
+
 def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, out: str | Path = "results/bench",
               progress: bool = True, network: str | None = None) -> dict:
     scenario = _scenario_for(load_scenario(scenario_path), rounds)
@@ -77,15 +90,7 @@ def run_bench(scenario_path: str | Path = DEFAULT_SCENARIO, rounds: int = 2000, 
     setup_s = time.perf_counter() - t0
     variant = variants_for(scenario)[0]
     with tempfile.TemporaryDirectory() as tmp:
-        # as in `cosim run`: signed orders, admission and the ledger included
-        gate = OrderGate(scenario, setup.fleet)
-        ledger = open_ledger(setup, Path(tmp) / "ledger.jsonl", gate)
-        t0 = time.perf_counter()
-        try:
-            simulate_variant(setup, variant, Path(tmp), progress=progress, ledger=ledger, gate=gate)
-        finally:
-            ledger.close()
-        wall_s = time.perf_counter() - t0
+        wall_s, ledger = run_with_ledger(setup, variant, Path(tmp), progress)
         ledger_cpu_ms = getattr(ledger, "cpu_s", float("nan")) / rounds * 1000.0
         rounds_table = pd.read_parquet(Path(tmp) / "rounds.parquet")
         buses = pd.read_parquet(Path(tmp) / "buses.parquet")

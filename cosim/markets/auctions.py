@@ -69,6 +69,7 @@ from cosim.markets.base import (
     failed_result,
     outside_trades,
 )
+from cosim.markets.coalition import matching_values
 from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
 from cosim.markets.uniform import merit_order_matching
 
@@ -148,15 +149,21 @@ class _PoolAuction(Mechanism):
         cuts = cuts if cuts is not None else NetworkCuts.empty(n)
         charges = charges if charges is not None else Charges.none(n)
         book = _Book.of(orders, ctx, charges)
-        self.pool.update(orders, ctx, cuts, charges)
-        self._prefer_p2p(book)
-        status, x, _ = self.pool.solve()
+        self._ctx = ctx  # the outside party's caps, for the closed forms (`outside_only`)
+        # nothing can trade P2P and nothing binds (e.g. the nights): the pool's answer without a solve
+        solved = self.pool.trivial_solution(orders, ctx, cuts)
+        self._solved = solved is None  # whether the efficient allocation took a solve
+        if solved is None:
+            self.pool.update(orders, ctx, cuts, charges)
+            self._prefer_p2p(book)
+            solved = self.pool.solve()
+        status, x, _ = solved
         if status != "ok":
             return failed_result(status, n, charges)
         alloc = self.allocate(book, x, cuts)
         if isinstance(alloc, str):
             return failed_result(alloc, n, charges)
-        final = self._dispatch(x, alloc)
+        final = self._dispatch(x, alloc, cuts)
         if isinstance(final, str):
             return failed_result(final, n, charges)
         return self._result(final, alloc, book, charges, ctx, efficient=x)
@@ -183,8 +190,18 @@ class _PoolAuction(Mechanism):
         sold = fill_in_merit_order(merit_order(book.ask, book.supply_kwh, False), book.supply_kwh, volume)
         return bought, sold
 
-    def _dispatch(self, x: dict[str, np.ndarray], alloc: Allocation) -> dict[str, np.ndarray] | str:
-        """The dispatch with the allocation's P2P quantities: the efficient one, or a re-solve.
+    def outside_only(self, demand_kwh: np.ndarray, supply_kwh: np.ndarray, cuts: NetworkCuts) -> bool:
+        """Whether what is not traded P2P simply goes to the outside party: no network cut,
+        the outside party can take every order, and shedding and curtailing cost more than
+        its tie-break (then the pool never sheds or curtails)."""
+        ctx = self._ctx
+        return bool(len(cuts) == 0 and demand_kwh.sum() <= ctx.import_cap_kwh and supply_kwh.sum() <= ctx.export_cap_kwh
+                    and ctx.voll_per_kwh > OUTSIDE_EPSILON and ctx.curtail_cost > OUTSIDE_EPSILON)
+
+    def _dispatch(self, x: dict[str, np.ndarray], alloc: Allocation,
+                  cuts: NetworkCuts) -> dict[str, np.ndarray] | str:
+        """The dispatch with the allocation's P2P quantities: the efficient one, the rest
+        with the outside party (`outside_only`, no solve), or a re-solve.
 
         The P2P columns are fixed at the allocation; if the network cuts make that
         infeasible, they become upper bounds instead.
@@ -192,6 +209,14 @@ class _PoolAuction(Mechanism):
         if (np.abs(alloc.bought_kwh - x["bought_kwh"]).max(initial=0.0) <= QTY_TOL
                 and np.abs(alloc.sold_kwh - x["sold_kwh"]).max(initial=0.0) <= QTY_TOL):
             return x
+        demand = x["bought_kwh"] + x["imported_kwh"] + x["shed_kwh"]
+        supply = x["sold_kwh"] + x["exported_kwh"] + x["curtailed_kwh"]
+        if self.outside_only(demand, supply, cuts):
+            zeros = np.zeros(len(demand))
+            return {"bought_kwh": alloc.bought_kwh, "sold_kwh": alloc.sold_kwh,
+                    "imported_kwh": np.maximum(demand - alloc.bought_kwh, 0.0),
+                    "exported_kwh": np.maximum(supply - alloc.sold_kwh, 0.0),
+                    "shed_kwh": zeros, "curtailed_kwh": zeros, "injection_kwh": supply - demand}
         h, col, n = self.pool.highs, self.pool.col, len(self.ids)
         targets = (("bought_kwh", alloc.bought_kwh), ("sold_kwh", alloc.sold_kwh))
         for name, target in targets:
@@ -394,30 +419,58 @@ class VCGDoubleAuction(_PoolAuction):
     Numerically W(x*) may fall short of W_-i by the pool's tie-breaking terms (about 1e-6
     per kWh); u_i is clipped at zero so individual rationality holds exactly.
 
-    Cost: one solve plus one per P2P trader, each a warm-started re-solve of the same
-    persistent pool with the trader's P2P column bounds set to zero and restored after
-    (no model is built); ``info["vcg_solves"]`` counts them.
+    Cost: where no network cut, outside cap, shedding or curtailment can bind (no cuts
+    this clearing, the outside party can take every order, VoLL and the curtailment cost
+    above the tie-break: most rounds), W_-i is the double auction of the book without i,
+    a sorted cumulative sum (`cosim.markets.coalition.matching_values`), for every trader
+    at once: one solve in all (none where nothing can trade P2P). Otherwise one solve plus
+    one per P2P trader, each a
+    warm-started re-solve of the same persistent pool with the trader's P2P column bounds
+    set to zero and restored after (no model is built). ``info["vcg_solves"]`` counts the
+    solves; the tests check the two ways against each other.
     """
 
     name = "vcg"
 
-    def allocate(self, book, x, cuts):
-        n = len(self.ids)
+    def closed_form(self, book: _Book, cuts: NetworkCuts) -> bool:
+        """Whether each W_-i is the book's double auction without i (see the class docstring)."""
+        return self.outside_only(book.demand_kwh, book.supply_kwh, cuts)
+
+    def welfare_without(self, book: _Book, traders: np.ndarray, closed_form: bool) -> np.ndarray | str:
+        """W_-i of each of `traders` [currency]: in closed form, or by a pool solve each (a
+        failure message if one fails)."""
+        if closed_form:
+            members = np.ones((len(traders), len(self.ids)), dtype=bool)
+            members[np.arange(len(traders)), traders] = False
+            # the pool trades a kWh whose bid beats its ask by more than -2 (bonus + epsilon)
+            return matching_values(members, book.demand_kwh, book.supply_kwh, book.bid, book.ask,
+                                   2.0 * (P2P_BONUS + OUTSIDE_EPSILON))
         h, col = self.pool.highs, self.pool.col
-        bought, sold = x["bought_kwh"], x["sold_kwh"]
-        best = book.welfare(x)
-        buy_price, sell_price = np.full(n, np.nan), np.full(n, np.nan)
-        utility = np.zeros(n)
-        traders = np.flatnonzero((bought > QTY_TOL) | (sold > QTY_TOL))
+        out = np.zeros(len(traders))
         zero = np.zeros(2)
-        for i in traders:
+        for k, i in enumerate(traders):
             cols = np.array([col["bought_kwh"][i], col["sold_kwh"][i]], dtype=np.int32)
             h.changeColsBounds(2, cols, zero, zero)
             status, without, _ = self.pool.solve()
             h.changeColsBounds(2, cols, zero, np.array([book.demand_kwh[i], book.supply_kwh[i]]))
             if status != "ok":
                 return f"vcg without {self.ids[i]}: {status}"
-            utility[i] = max(best - book.welfare(without), 0.0)
+            out[k] = book.welfare(without)
+        return out
+
+    def allocate(self, book, x, cuts):
+        n = len(self.ids)
+        bought, sold = x["bought_kwh"], x["sold_kwh"]
+        best = book.welfare(x)
+        buy_price, sell_price = np.full(n, np.nan), np.full(n, np.nan)
+        utility = np.zeros(n)
+        traders = np.flatnonzero((bought > QTY_TOL) | (sold > QTY_TOL))
+        closed = self.closed_form(book, cuts)
+        without = self.welfare_without(book, traders, closed)
+        if isinstance(without, str):
+            return without
+        for i, w_minus in zip(traders, without, strict=True):
+            utility[i] = max(best - w_minus, 0.0)
             # a participant with both a P2P purchase and a sale takes its utility once
             if bought[i] > QTY_TOL:
                 buy_price[i] = book.bid[i] - utility[i] / bought[i]
@@ -428,7 +481,7 @@ class VCGDoubleAuction(_PoolAuction):
         paid = float(np.nansum(buy_price * bought))
         received = float(np.nansum(sell_price * sold))
         return Allocation(bought, sold, buy_price, sell_price, "vcg",
-                          {"vcg_deficit": received - paid, "vcg_solves": 1 + len(traders),
+                          {"vcg_deficit": received - paid, "vcg_solves": int(self._solved) + (0 if closed else len(traders)),
                            "vcg_utility_total": float(utility.sum())})
 
 

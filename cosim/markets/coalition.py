@@ -1,5 +1,6 @@
-"""The coalitional game's math: the Shapley value (exact and sampled), the core check and
-the least core (a persistent Pyomo/HiGHS LP, then a QP stage). See `cosim.markets.shapley`
+"""The coalitional game's math: coalition values (the members' double auction in closed
+form, or the pool LP), the Shapley value (exact and sampled), the core check and the
+least core (a persistent Pyomo/HiGHS LP, then a QP stage). See `cosim.markets.shapley`
 for the game these value."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import numpy as np
 import pyomo.environ as pyo
 from scipy.stats import norm
 
+from cosim.markets.base import QTY_TOL, Charges, MarketContext, NetworkCuts, OrderArrays
 from cosim.markets.highs import attach_highs
+from cosim.markets.pool import OUTSIDE_EPSILON, PoolModel
 
 #: Values and shares below this count as zero [currency].
 VALUE_TOL = 1e-9
@@ -35,6 +38,46 @@ def subset_matrix(p: int) -> np.ndarray:
     """
     masks = np.arange(2**p)
     return ((masks[:, None] >> np.arange(p)[None, :]) & 1).astype(bool)
+
+
+def matching_values(members: np.ndarray, demand: np.ndarray, supply: np.ndarray, value: np.ndarray,
+                    cost: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """The declared welfare of a double auction among each coalition's members alone, for
+    many coalitions at once [currency]: row c of `members` [coalitions x participants]
+    says who may trade. The members' bids (`value`, net of their charges) sorted from the
+    highest and their asks (`cost`) from the lowest, the market trades every kWh whose bid
+    beats its ask by more than -`margin` (the pool's tie-break: ``2 * OUTSIDE_EPSILON``):
+    up to Q = max_i min(D_i, S_J(i)), with D_i the members' demand of the i highest bids and
+    S_J(i) their supply of the asks that bid i beats; the welfare is what the bids of the
+    first Q kWh are worth less what their asks cost. This is the pool's optimum when no
+    network cut, outside cap, shedding or curtailment binds (`PoolGame.closed_form`).
+
+    Two buyers (1 kWh at 0.30, 1 kWh at 0.20), one seller (1.5 kWh at 0.10): together they
+    trade 1.5 kWh worth 0.30 + 0.5 x 0.20 - 1.5 x 0.10 = 0.25; without the first buyer,
+    1 kWh worth 0.10.
+
+    >>> members = np.array([[True, True, True], [False, True, True]])
+    >>> matching_values(members, np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.5]),
+    ...                 np.array([0.30, 0.20, 0.0]), np.array([0.0, 0.0, 0.10])).round(12).tolist()
+    [0.25, 0.1]
+    """
+    buyers, sellers = np.flatnonzero(demand > 0.0), np.flatnonzero(supply > 0.0)
+    out = np.zeros(len(members))
+    if len(buyers) == 0 or len(sellers) == 0:
+        return out
+    buyers = buyers[np.argsort(-value[buyers], kind="stable")]
+    sellers = sellers[np.argsort(cost[sellers], kind="stable")]
+    bid, ask = value[buyers], cost[sellers]
+    beaten = np.searchsorted(ask, bid + margin, side="left")  # asks each bid beats by more than -margin
+    d = members[:, buyers] * demand[buyers]  # [c x buyers]
+    s = members[:, sellers] * supply[sellers]
+    cd, cs = np.cumsum(d, axis=1), np.cumsum(s, axis=1)
+    cs0 = np.concatenate([np.zeros((len(members), 1)), cs], axis=1)  # supply of the first j asks
+    q = np.minimum(cd, cs0[:, beaten]).max(axis=1)  # [c]
+    cd0 = np.concatenate([np.zeros((len(members), 1)), cd[:, :-1]], axis=1)
+    bought = np.clip(q[:, None] - cd0, 0.0, d)
+    sold = np.clip(q[:, None] - cs0[:, :-1], 0.0, s)
+    return bought @ bid - sold @ ask
 
 
 def shapley_exact(values: np.ndarray) -> np.ndarray:
@@ -125,6 +168,98 @@ def shapley_sampled(value, p: int, v_grand: float, n_permutations: int, rng: np.
     z = float(norm.ppf(0.5 + confidence / 2.0))
     sd = c.std(axis=0, ddof=1) if done > 1 else np.full(p, np.inf)
     return SampledShapley(phi, z * sd / math.sqrt(done), done)
+
+
+# -- coalition values on the persistent pool ---------------------------------------------------
+class CoalitionSolveError(RuntimeError):
+    """A coalition's LP did not solve (the round then fails and the loop falls back)."""
+
+
+class PoolGame:
+    """Coalition values of one round: the pool solved with P2P open to the members only."""
+
+    def __init__(self, pool: PoolModel, orders: OrderArrays, ctx: MarketContext, charges: Charges,
+                 players: list[np.ndarray], cuts: NetworkCuts | None = None):
+        self.pool = pool
+        self.n = pool.n
+        self.demand = np.asarray(orders.demand_kwh, float)
+        self.supply = np.asarray(orders.supply_kwh, float)
+        self.eff_bid = np.asarray(orders.bid_per_kwh, float) - charges.buy
+        self.eff_ask = np.asarray(orders.ask_per_kwh, float) + charges.sell
+        self.voll, self.curtail_cost = ctx.voll_per_kwh, ctx.curtail_cost
+        self.players = players
+        self.player_matrix = np.zeros((len(players), self.n), dtype=bool)
+        for k, members in enumerate(players):
+            self.player_matrix[k, members] = True
+        self.buyer_players = np.array([bool((self.demand[m] > QTY_TOL).any()) for m in players], dtype=bool)
+        self.seller_players = np.array([bool((self.supply[m] > QTY_TOL).any()) for m in players], dtype=bool)
+        self.cache: dict[int, float] = {}
+        self.solves = 0
+        """Coalition LPs solved this round."""
+        self.closed_form_values = 0
+        """Coalition values computed in closed form this round (`closed_form`)."""
+        self.baseline = 0.0
+        self.closed_form = bool(
+            (cuts is None or len(cuts) == 0) and ctx.p2p
+            and self.demand.sum() <= ctx.import_cap_kwh and self.supply.sum() <= ctx.export_cap_kwh
+            and ctx.voll_per_kwh > OUTSIDE_EPSILON and ctx.curtail_cost > OUTSIDE_EPSILON
+        )
+        """True when no network cut, outside cap, shedding or curtailment can bind in any
+        coalition: every value is then the members' double auction (`matching_values`), no LP."""
+
+    def welfare(self, x: dict[str, np.ndarray]) -> float:
+        """Declared welfare of a pool solution, without the pool's tie-break [currency]."""
+        return float(
+            self.eff_bid @ x["bought_kwh"] - self.eff_ask @ x["sold_kwh"]
+            - self.voll * x["shed_kwh"].sum() - self.curtail_cost * x["curtailed_kwh"].sum()
+        )
+
+    def solve(self, member: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Welfare and solution with P2P open to `member` participants only."""
+        h, col, zeros = self.pool.highs, self.pool.col, np.zeros(self.n)
+        h.changeColsBounds(self.n, col["bought_kwh"], zeros, self.demand * member)
+        h.changeColsBounds(self.n, col["sold_kwh"], zeros, self.supply * member)
+        status, x, _ = self.pool.solve()
+        self.solves += 1
+        if status != "ok":
+            raise CoalitionSolveError(f"coalition value: {status}")
+        return self.welfare(x), x
+
+    def value(self, mask: int, member: np.ndarray) -> float:
+        """v of the coalition `mask` (bit k: player k), whose participants are `member`."""
+        v = self.cache.get(mask)
+        if v is not None:
+            return v
+        if not ((self.demand[member] > QTY_TOL).any() and (self.supply[member] > QTY_TOL).any()):
+            v = 0.0  # no buyer or no seller: nothing to trade
+        elif self.closed_form:
+            self.closed_form_values += 1
+            v = float(self.matching(member[None, :])[0]) - self.baseline
+        else:
+            w, _ = self.solve(member)
+            v = w - self.baseline
+        self.cache[mask] = v
+        return v
+
+    def matching(self, members: np.ndarray) -> np.ndarray:
+        """The pool's welfare with P2P open to each row of `members` only, in closed form."""
+        return matching_values(members, self.demand, self.supply, self.eff_bid, self.eff_ask, 2 * OUTSIDE_EPSILON)
+
+    def values(self, membership: np.ndarray) -> np.ndarray:
+        """v of every coalition of players (rows of `membership` [coalitions x players], in
+        mask order): all at once in closed form where it holds, else one LP each."""
+        if not self.closed_form:
+            return np.array([self.value(mask, (row.astype(float) @ self.player_matrix) > 0)
+                             for mask, row in enumerate(membership)])
+        members = (membership.astype(float) @ self.player_matrix) > 0
+        values = self.matching(members) - self.baseline
+        trades = (members & (self.demand > QTY_TOL)).any(axis=1) & (members & (self.supply > QTY_TOL)).any(axis=1)
+        values = np.where(trades, values, 0.0)  # no buyer or no seller: nothing to trade
+        for mask, v in self.cache.items():  # the grand coalition's value from its LP, as cached
+            values[mask] = v
+        self.closed_form_values += int(trades.sum()) - sum(1 for mask in self.cache if trades[mask])
+        self.cache.update(enumerate(values.tolist()))
+        return values
 
 
 # -- least core (persistent Pyomo/HiGHS LP, then a QP stage) -------------------------------------

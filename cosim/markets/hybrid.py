@@ -311,6 +311,9 @@ class HybridMarket(Mechanism):
             for name, idx in self.groups
             if len(idx) > 1  # a lone member has nobody to trade with inside
         }
+        for inner in self.inner.values():  # their trade rows are joined into one table here
+            if isinstance(inner, UniformDoubleAuction):
+                inner.rows_only = True
         self.second = UniformDoubleAuction(self.participants, max_cuts)
         self.reference = PoolModel(len(self.ids), max_cuts)
         self.community_of = {self.ids[i]: name for name, idx in self.groups for i in idx}
@@ -433,8 +436,15 @@ class HybridMarket(Mechanism):
                     orders.bid_per_kwh[idx] - charges.buy[idx], orders.ask_per_kwh[idx] + charges.sell[idx],
                     r.import_kwh, r.export_kwh,
                 )
-            t = r.trades
-            frames.append(t[(t.seller.to_numpy() != manager) & (t.buyer.to_numpy() != manager)])
+            if getattr(self.inner[name], "rows_only", False):  # its rows, not a table
+                rows = [row for row in self.inner[name].last_trade_rows if manager not in (row[0], row[1])]
+                columns = list(zip(*rows, strict=True)) if rows else [()] * len(TRADE_COLUMNS)
+                t = {c: np.array(col, dtype=object if c in ("seller", "buyer") else float)
+                     for c, col in zip(TRADE_COLUMNS, columns, strict=True)}
+            else:
+                t = {c: r.trades[c].to_numpy() for c in TRADE_COLUMNS}
+            inside = (t["seller"] != manager) & (t["buyer"] != manager)
+            frames.append({c: col[inside] for c, col in t.items()})
             community_price[name] = r.price_per_kwh
         second_cuts = cuts
         if len(cuts):  # the inner trades' injections are fixed: move them to the right-hand side
@@ -459,9 +469,12 @@ class HybridMarket(Mechanism):
             sell_price = np.where(
                 sold > QTY_TOL, (received1 + np.nan_to_num(r2.sell_price_per_kwh) * r2.sold_kwh) / sold, np.nan
             )
-        frames.append(r2.trades)
-        frames = [f for f in frames if len(f)]
-        trades = pd.concat(frames, ignore_index=True)[TRADE_COLUMNS] if frames else pd.DataFrame(columns=TRADE_COLUMNS)
+        frames.append({c: r2.trades[c].to_numpy() for c in TRADE_COLUMNS})
+        frames = [f for f in frames if len(f["seller"])]
+        if frames:
+            trades = pd.DataFrame({c: np.concatenate([f[c] for f in frames]) for c in TRADE_COLUMNS})
+        else:
+            trades = pd.DataFrame(columns=TRADE_COLUMNS)
         result = ClearingResult(
             status="ok",
             bought_kwh=bought,

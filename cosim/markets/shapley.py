@@ -16,14 +16,21 @@ P2P bounds are zero, so they trade alone with the outside party --
     W = sum_n (bid[n] - charge_buy[n]) bought[n] - (ask[n] + charge_sell[n]) sold[n]
         - voll sum shed - curtail_cost sum curtailed
 
-(the pool's objective without its 1e-6 tie-break). One LP solve per coalition value on
-ONE persistent `PoolModel` (only the P2P column bounds change, warm-started). The round's
+(the pool's objective without its 1e-6 tie-break). Where no network cut, outside cap,
+shedding or curtailment can bind (no cuts this clearing, the outside party can take every
+order, VoLL and the curtailment cost above the tie-break: most rounds), the pool's optimum
+for S is the members' own double auction, so W(S) is a sorted cumulative sum: the members'
+bids from the highest and asks from the lowest, matched while the bid beats the ask
+(`cosim.markets.coalition.matching_values`), for every coalition at once (info
+``coalition_values_closed_form``; the tests check it against the LPs). Otherwise one LP
+solve per coalition value on ONE persistent `PoolModel` (only the P2P column bounds
+change, warm-started; info ``coalition_solves``). The round's
 orders already include each home battery's effect, so storage needs no term of its own.
 With truthful tariff bids (bid = retail, ask = feed-in), no charges and an unconstrained
 outside party the value has the closed form ``v(S) = (retail - feed_in) min(D(S), S(S))``
 (D, S: the members' demand and supply) -- the tests check the solves against it.
 W(S) grows with S (the feasible set does), so the game is monotone: every Shapley share is
->= 0 and a coalition with no buyer or no seller is worth 0 (no solve needed).
+>= 0 and a coalition with no buyer or no seller is worth 0 (nothing to compute).
 
 Shapley value (Shapley 1953, "A value for n-person games", Contributions to the Theory of
 Games II, Ann. Math. Studies 28:307-317). Exact over all 2^p coalitions for
@@ -34,7 +41,8 @@ sampling", Computers & Operations Research 36(5):1726-1730): ``mc_permutations``
 permutations drawn uniformly, each player's share the mean of its marginal contributions,
 with a normal confidence interval ``z sd / sqrt(m)`` (info ``shapley_ci_halfwidth``: the
 largest over players [currency]; ``shapley_ci_halfwidths``: each player's); coalition
-values are cached within the round, at most ``mc_max_solves`` LP solves. Two exact shortcuts keep a permutation cheap: a prefix with
+values are cached within the round, at most ``mc_max_solves`` of them computed (LP
+solves or closed form). Two exact shortcuts keep a permutation cheap: a prefix with
 no buyer or no seller is worth 0, and once a prefix is worth v(N) every later marginal
 contribution is 0 (monotone game). The estimate is efficient by construction (each
 permutation's contributions add up to v(N)). The sampling is seeded by ``mc_seed`` and
@@ -134,7 +142,9 @@ from cosim.markets.base import (
 from cosim.markets.coalition import (
     CORE_TOL,
     VALUE_TOL,
+    CoalitionSolveError,
     LeastCoreModel,
+    PoolGame,
     SampledShapley,
     max_excess,
     shapley_exact,
@@ -147,65 +157,6 @@ from cosim.markets.uniform import merit_order_matching
 #: The coalition manager's party name (settlement's ``MARKET_OPERATOR``; not imported
 #: from cosim.sim.settlement, which imports this package).
 MANAGER = "market_operator"
-# -- coalition values on the persistent pool ---------------------------------------------------
-class CoalitionSolveError(RuntimeError):
-    """A coalition's LP did not solve (the round then fails and the loop falls back)."""
-
-
-class PoolGame:
-    """Coalition values of one round: the pool solved with P2P open to the members only."""
-
-    def __init__(self, pool: PoolModel, orders: OrderArrays, ctx: MarketContext, charges: Charges,
-                 players: list[np.ndarray]):
-        self.pool = pool
-        self.n = pool.n
-        self.demand = np.asarray(orders.demand_kwh, float)
-        self.supply = np.asarray(orders.supply_kwh, float)
-        self.eff_bid = np.asarray(orders.bid_per_kwh, float) - charges.buy
-        self.eff_ask = np.asarray(orders.ask_per_kwh, float) + charges.sell
-        self.voll, self.curtail_cost = ctx.voll_per_kwh, ctx.curtail_cost
-        self.players = players
-        self.player_matrix = np.zeros((len(players), self.n), dtype=bool)
-        for k, members in enumerate(players):
-            self.player_matrix[k, members] = True
-        self.buyer_players = np.array([bool((self.demand[m] > QTY_TOL).any()) for m in players], dtype=bool)
-        self.seller_players = np.array([bool((self.supply[m] > QTY_TOL).any()) for m in players], dtype=bool)
-        self.cache: dict[int, float] = {}
-        self.solves = 0
-        self.baseline = 0.0
-
-    def welfare(self, x: dict[str, np.ndarray]) -> float:
-        """Declared welfare of a pool solution, without the pool's tie-break [currency]."""
-        return float(
-            self.eff_bid @ x["bought_kwh"] - self.eff_ask @ x["sold_kwh"]
-            - self.voll * x["shed_kwh"].sum() - self.curtail_cost * x["curtailed_kwh"].sum()
-        )
-
-    def solve(self, member: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        """Welfare and solution with P2P open to `member` participants only."""
-        h, col, zeros = self.pool.highs, self.pool.col, np.zeros(self.n)
-        h.changeColsBounds(self.n, col["bought_kwh"], zeros, self.demand * member)
-        h.changeColsBounds(self.n, col["sold_kwh"], zeros, self.supply * member)
-        status, x, _ = self.pool.solve()
-        self.solves += 1
-        if status != "ok":
-            raise CoalitionSolveError(f"coalition value: {status}")
-        return self.welfare(x), x
-
-    def value(self, mask: int, member: np.ndarray) -> float:
-        """v of the coalition `mask` (bit k: player k), whose participants are `member`."""
-        v = self.cache.get(mask)
-        if v is not None:
-            return v
-        if not ((self.demand[member] > QTY_TOL).any() and (self.supply[member] > QTY_TOL).any()):
-            v = 0.0  # no buyer or no seller: nothing to trade
-        else:
-            w, _ = self.solve(member)
-            v = w - self.baseline
-        self.cache[mask] = v
-        return v
-
-
 # -- shares into prices --------------------------------------------------------------------
 @dataclass
 class CoalitionBills:
@@ -325,7 +276,8 @@ class ShapleyCoalition(Mechanism):
         mc_permutations: int = Field(200, ge=2)
         """Permutations sampled by the Monte-Carlo estimate."""
         mc_max_solves: int = Field(20000, ge=1)
-        """Budget of coalition LP solves per clearing in Monte-Carlo mode (checked after each permutation)."""
+        """Budget of coalition values computed per clearing in Monte-Carlo mode (LP solves or
+        closed form; checked after each permutation)."""
         mc_confidence: float = Field(0.95, gt=0.0, lt=1.0)
         """Confidence level of the reported interval (info shapley_ci_halfwidth)."""
         mc_seed: int = 0
@@ -377,7 +329,7 @@ class ShapleyCoalition(Mechanism):
             return failed_result(status, n, charges)
         active = (orders.demand_kwh > QTY_TOL) | (orders.supply_kwh > QTY_TOL)
         mode, players = self.players_of(active)
-        game = PoolGame(self.pool, orders, ctx, charges, players)
+        game = PoolGame(self.pool, orders, ctx, charges, players, cuts)
         w_grand = game.welfare(x)
         info = {"shapley_players": mode, "shapley_n_players": len(players), "allocation": self.options.allocation}
         try:
@@ -391,7 +343,8 @@ class ShapleyCoalition(Mechanism):
               orders: OrderArrays) -> tuple[np.ndarray, dict]:
         """Each participant's share of the grand coalition's saving [currency], and info."""
         n, p = self.pool.n, len(game.players)
-        info = {"coalition_value": 0.0, "coalition_solves": 0, "shapley_method": "trivial",
+        info = {"coalition_value": 0.0, "coalition_solves": 0, "coalition_values_closed_form": 0,
+                "shapley_method": "trivial",
                 "shapley_ci_halfwidth": 0.0, "shapley_permutations": 0, "in_core": True,
                 "max_excess": 0.0, "core_coalitions_checked": 0, "core_nonempty": True,
                 "least_core_epsilon": float("nan"), "player_shares": np.zeros(p)}
@@ -399,13 +352,14 @@ class ShapleyCoalition(Mechanism):
         trades_possible = ctx.p2p and p >= 1 and game.buyer_players.any() and game.seller_players.any()
         if not trades_possible:
             return shares, info
-        game.baseline, _ = game.solve(np.zeros(n, dtype=bool))
+        # nobody trades P2P: in closed form everyone trades with the outside party (welfare 0)
+        game.baseline = 0.0 if game.closed_form else game.solve(np.zeros(n, dtype=bool))[0]
         v_grand = w_grand - game.baseline
         full = (1 << p) - 1
         game.cache[full] = v_grand
         info["coalition_value"] = v_grand
         if v_grand <= VALUE_TOL:  # monotone game: every coalition is worth 0, so is every share
-            info["coalition_solves"] = game.solves
+            info.update(coalition_solves=game.solves, coalition_values_closed_form=game.closed_form_values)
             return shares, info
         if p <= self.options.exact_max_members:
             phi, values, membership = self.exact(game, p)
@@ -441,7 +395,8 @@ class ShapleyCoalition(Mechanism):
         else:
             info["core_check"] = "sampled coalitions"
         info.update(in_core=bool(excess <= CORE_TOL), max_excess=excess, core_coalitions_checked=len(values),
-                    coalition_solves=game.solves, player_shares=allocation)
+                    coalition_solves=game.solves, coalition_values_closed_form=game.closed_form_values,
+                    player_shares=allocation)
         for k, members in enumerate(game.players):
             if len(members) == 1:
                 shares[members] = allocation[k]
@@ -452,8 +407,14 @@ class ShapleyCoalition(Mechanism):
         return shares, info
 
     def exact(self, game: PoolGame, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every coalition's value (Gray-code order: consecutive LPs differ by one player)."""
+        """Every coalition's value: all at once in closed form where it holds
+        (`PoolGame.values`), else one LP each in Gray-code order (consecutive LPs differ by
+        one player)."""
         membership = subset_matrix(p)
+        if game.closed_form:
+            values = game.values(membership)
+            values[0] = 0.0
+            return shapley_exact(values), values, membership
         values = np.zeros(2**p)
         for i in range(1, 2**p):
             mask = i ^ (i >> 1)
@@ -481,7 +442,7 @@ class ShapleyCoalition(Mechanism):
             return game.value(state["mask"], state["member"])
 
         est = shapley_sampled(value, p, v_grand, o.mc_permutations, self._rng(orders), o.mc_confidence,
-                              o.mc_max_solves, lambda: game.solves)
+                              o.mc_max_solves, lambda: game.solves + game.closed_form_values)
         masks = list(sampled)
         values = np.array([game.cache[m] for m in masks] + [v_grand])
         membership = np.array([sampled[m] for m in masks] + [np.ones(p, dtype=bool)]).reshape(-1, p)

@@ -53,9 +53,11 @@ several buyers together may want more than a rival offers at a deviation, which 
 leaders' payoffs do not ration (at an equilibrium no seller is asked for more than it
 offers, see above).
 
-Leaders' equilibrium by iterated best response (Gauss-Seidel, each seller in turn, from
-every seller at its floor c_m, until no price moves more than ``price_tol_per_kwh``). A
-seller's best response is an exact 1-D search (`best_response`, `_residual_demand`): with
+Leaders' equilibrium by iterated best response (option ``sweeps``: ``jacobi``, every seller
+at once against the same prices, or ``gauss_seidel``, each seller in turn), from every
+seller at its floor c_m (or, with ``warm_start``, from the previous round's equilibrium
+prices), until no price moves more than ``price_tol_per_kwh``. A
+seller's best response is an exact 1-D search (`best_response`, `best_responses`): with
 the others' prices fixed, each buyer's x_nm is piecewise linear in p_m, with breakpoints
 where the buyer's water level passes another seller's price or the price at which it takes
 all that seller offers, where its need stops binding, where x_nm reaches 0 and where it
@@ -64,8 +66,8 @@ concave quadratic on each piece; the search evaluates it at every breakpoint, at
 crossing of X(p) = S and at each piece's stationary point, and takes the best (the lowest
 price among ties). Without binding offers, a price rise by one seller shifts demand to the
 others and makes each one's demand less price-sensitive (strategic complements), so best
-responses rise with rivals' prices and the iteration from the floors rises monotonically
-towards the smallest equilibrium (Milgrom and Roberts, 1990, "Rationalizability, learning,
+responses rise with rivals' prices and Gauss-Seidel sweeps from the floors (without
+acceleration) rise monotonically towards the smallest equilibrium (Milgrom and Roberts, 1990, "Rationalizability, learning,
 and equilibrium in games with strategic complementarities", Econometrica 58(6):1255-1277;
 Vives, 1990, "Nash equilibrium with strategic complementarities", J. Math. Econ. 19:305-321).
 With binding offers that fails: a seller's best response can jump from the residual-demand
@@ -74,7 +76,9 @@ a pure-strategy equilibrium need not exist (Edgeworth cycles: Edgeworth, 1925 [1
 pure theory of monopoly", Papers Relating to Political Economy, vol. 1, Macmillan; Dasgupta
 and Maskin, 1986, "The existence of equilibrium in discontinuous economic games, II:
 Applications", Rev. Econ. Stud. 53(1):27-41; Vives, 1999, "Oligopoly Pricing", MIT Press,
-ch. 5). The iteration then stops after ``max_sweeps`` at its last prices with info
+ch. 5). Jacobi sweeps can also alternate between two price vectors where Gauss-Seidel
+sweeps settle (each seller answering the other's last move); the Anderson mixing damps
+such cycles. The iteration then stops after ``max_sweeps`` at its last prices with info
 ``converged`` and ``is_nash`` false (the Nash check below finds the profitable deviation):
 the round still clears at those prices, individually rational for both sides.
 
@@ -91,11 +95,13 @@ Dispatch. The physical stage is the welfare pool of every mechanism (`PoolModel`
 cuts, the outside party's caps, charges): its shedding and curtailment fix each
 participant's net injection, which does not depend on who trades with whom, so the game is
 played on the needs and offers left after them and the network cuts hold whatever the
-prices. The followers' stage solves each buyer's own problem at the equilibrium prices as
-a Pyomo QP built once per run (`FollowerModel`: persistent HiGHS, one purchase variable
-per participant; per buyer only bounds, costs, the need and the Hessian change). Info
-``follower_gap_kwh`` is the largest difference between the QPs' purchases and the closed
-form the leaders anticipated (solver tolerance, ~1e-7). A seller asked for more than it
+prices. The followers' stage takes each buyer's closed-form response at the equilibrium
+prices (``followers: closed_form``, the default: the KKT conditions of its QP, exact), or
+solves each buyer's own problem as a Pyomo QP built once per run (``followers: qp``,
+`FollowerModel`: persistent HiGHS, one purchase variable per participant; per buyer only
+bounds, costs, the need and the Hessian change); info ``follower_gap_kwh`` is then the
+largest difference between the QPs' purchases and the closed form the leaders anticipated
+(solver tolerance, ~1e-7; 0 with the closed form). A seller asked for more than it
 offers (round-off only, at an equilibrium) is rationed pro rata (info ``rationed_kwh``).
 Islanded, if the equilibrium leaves more for the grid-forming unit to deliver or absorb
 than its caps allow (the sellers price some P2P trade away that the pool had counted on),
@@ -112,6 +118,8 @@ individually rational at their declared prices.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import highspy
 import numpy as np
@@ -240,12 +248,41 @@ class StackelbergPricing(Mechanism):
         """Alternative prices per seller in the Nash check (evenly spaced on its strategy interval)."""
         ne_tolerance: float = Field(1e-6, ge=0.0)
         """A seller may gain at most this by deviating for the equilibrium to pass [currency]."""
+        followers: Literal["closed_form", "qp"] = "closed_form"
+        """How the buyers' purchases at the equilibrium prices are found: their closed-form
+        response (the QP's KKT conditions, exact), or each buyer's QP solved by HiGHS (the
+        same purchases to the solver's tolerance, ~1e-7 kWh; info follower_gap_kwh)."""
+        sweeps: Literal["jacobi", "gauss_seidel"] = "jacobi"
+        """Best-response sweeps of the leaders' iteration: every seller at once against the
+        same prices (numpy over sellers, buyers and breakpoints; cheap), or each seller in
+        turn against the prices already updated (the iteration before issue 18). Both stop
+        only at a Nash equilibrium within price_tol_per_kwh; where the game has several
+        equilibria (e.g. sellers with equal costs sharing one buyer whose need binds),
+        the two paths may settle on different ones."""
+        warm_start: bool = True
+        """Start the best-response sweeps from the previous round's equilibrium prices (each
+        seller that led then, clipped to its strategy interval; the others at their floor)
+        instead of every seller at its floor. The stopping rule and the Nash check are the
+        same; where the game has several equilibria, the one reached may differ."""
 
     def __init__(self, participants, max_cuts: int = 24, options=None):
         super().__init__(participants, max_cuts, options)
         n = len(self.ids)
         self.pool = PoolModel(n, max_cuts)
-        self.followers = FollowerModel(n)
+        self.followers = FollowerModel(n) if self.options.followers == "qp" else None
+        self.last_prices = np.full(n, np.nan)
+        """The last clearing's equilibrium prices [currency/kWh] (NaN: not a leader), the
+        warm start of the next round's sweeps."""
+
+    def reset_warm_start(self) -> None:
+        super().reset_warm_start()
+        self.last_prices = np.full(len(self.ids), np.nan)
+
+    def get_state(self) -> dict:
+        return {"last_prices": self.last_prices.copy()}
+
+    def set_state(self, state: dict) -> None:
+        self.last_prices = np.asarray(state.get("last_prices", np.full(len(self.ids), np.nan)), float).copy()
 
     def clear(self, orders: OrderArrays, ctx: MarketContext, cuts: NetworkCuts | None = None,
               charges: Charges | None = None) -> ClearingResult:
@@ -279,7 +316,9 @@ class StackelbergPricing(Mechanism):
         x_closed = np.zeros((len(buyers), len(game_sellers)))
         if len(game_sellers):
             c_s, s_s = cost[game_sellers], offer[game_sellers]
-            eq = leaders_equilibrium(c_s, s_s, f, ceiling, o.price_tol_per_kwh, o.max_sweeps, o.anderson_memory)
+            start = self.last_prices[game_sellers] if o.warm_start else None
+            eq = leaders_equilibrium(c_s, s_s, f, ceiling, o.price_tol_per_kwh, o.max_sweeps, o.anderson_memory,
+                                     start, o.sweeps)
             gains = nash_gains(eq.prices, c_s, s_s, f, ceiling, o.ne_grid_points)
             worst = int(np.argmax(gains))
             price[game_sellers] = eq.prices
@@ -288,16 +327,21 @@ class StackelbergPricing(Mechanism):
             info.update(sweeps=eq.sweeps, converged=eq.converged, last_price_change=eq.last_change,
                         ne_max_gain=float(gains[worst]), ne_max_gain_seller=self.ids[game_sellers[worst]],
                         is_nash=bool(gains[worst] <= o.ne_tolerance), leaders_profit=float(payoff.sum()))
-        # followers' stage: each buyer's own QP at the equilibrium prices
+        # followers' stage: each buyer's response at the equilibrium prices
         purchase = np.zeros((n, n))
-        for b in buyers:
-            upper = np.zeros(n)
-            if len(game_sellers):
-                upper[game_sellers] = np.where(price[game_sellers] < value[b], offer[game_sellers], 0.0)
-            status, purchase[b] = self.followers.solve(price, value[b], weight[b], need[b], upper)
-            if status != "ok":
-                return failed_result(status, n, charges)
-        gap = float(np.abs(purchase[np.ix_(buyers, game_sellers)] - x_closed).max()) if x_closed.size else 0.0
+        gap = 0.0
+        if self.followers is None:
+            purchase[np.ix_(buyers, game_sellers)] = x_closed
+        else:
+            for b in buyers:
+                upper = np.zeros(n)
+                if len(game_sellers):
+                    upper[game_sellers] = np.where(price[game_sellers] < value[b], offer[game_sellers], 0.0)
+                status, purchase[b] = self.followers.solve(price, value[b], weight[b], need[b], upper)
+                if status != "ok":
+                    return failed_result(status, n, charges)
+            gap = float(np.abs(purchase[np.ix_(buyers, game_sellers)] - x_closed).max()) if x_closed.size else 0.0
+        self.last_prices = price.copy()
         purchase, rationed = ration(purchase, offer)
         bought, sold = purchase.sum(axis=1), purchase.sum(axis=0)
         imported = np.maximum(need - bought, 0.0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 
 from cosim.markets.base import (
     QTY_TOL,
@@ -98,6 +97,10 @@ class UniformDoubleAuction(Mechanism):
     def __init__(self, participants, max_cuts: int = 24, options=None):
         super().__init__(participants, max_cuts, options)
         self.pool = PoolModel(len(self.ids), max_cuts)
+        self.rows_only = False
+        """True: a clearing leaves its trade table empty and its rows in `last_trade_rows`
+        (for a caller that joins several clearings' trades, e.g. the hybrid market)."""
+        self.last_trade_rows: list[tuple] = []
 
     def clear(
         self,
@@ -148,22 +151,26 @@ class UniformDoubleAuction(Mechanism):
             price_per_kwh=price,
             welfare=welfare,
         )
-        result.trades = self.trade_table(result, eff_bid, eff_ask, ctx)
+        rows = self.trade_rows(result, eff_bid, eff_ask, ctx)
+        if self.rows_only:  # the caller builds one table from several clearings' rows
+            self.last_trade_rows = rows
+        else:
+            result.trades = trade_frame(rows)
         result.info = timing  # model update and HiGHS solve [ms], for the benchmark's breakdown
         return result
 
-    def trade_table(
+    def trade_rows(
         self, r: ClearingResult, eff_bid: np.ndarray, eff_ask: np.ndarray, ctx: MarketContext
-    ) -> pd.DataFrame:
-        """Bilateral P2P trades in merit order, plus each participant's outside trades."""
+    ) -> list[tuple]:
+        """Bilateral P2P trades in merit order, plus each participant's outside trades, as
+        rows in `TRADE_COLUMNS` order."""
         ids = np.asarray(self.ids, dtype=object)
         idx = np.arange(len(ids))
         rows = [
             (ids[s], ids[b], q, r.buy_price_per_kwh[b], r.sell_price_per_kwh[s], r.charges.sell[s] + r.charges.buy[b])
             for s, b, q in merit_order_matching(idx, r.bought_kwh, eff_bid, idx, r.sold_kwh, eff_ask)
         ]
-        rows += outside_trades(r, self.ids, ctx)
-        return trade_frame(rows)
+        return rows + outside_trades(r, self.ids, ctx)
 
 
 class NoP2P(UniformDoubleAuction):

@@ -102,7 +102,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
     bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
                initial=first, total=n)
     for t in bar:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         if t % rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
             runner.mechanism.reset_warm_start()
         outcome, book, ctx = runner.run_round(t)
@@ -121,6 +121,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         t1 = time.perf_counter()
         row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
         row["operator_bill"] = float(st[-1, BILL])  # the market operator's surplus (-) or deficit (+)
+        row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
         rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
                    outcome.attribution, rejections=gr.rejections if gr is not None else None,
                    storage=outcome.storage)
