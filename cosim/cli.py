@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; no results folder was written. The last checkpoint (if a chunk of rounds was "
                   "finished) is kept: add --resume to carry on", file=sys.stderr)
         elif getattr(args, "command", None) == "study":
-            print("interrupted; the runs that finished are kept in the study's runs/ folder: add --resume to "
-                  "carry on", file=sys.stderr)
+            print("interrupted; no results folder was written. The runs that finished are kept in the study's "
+                  "hidden partial folder: add --resume to carry on", file=sys.stderr)
         else:
             print("interrupted; no results were written", file=sys.stderr)
         return 130

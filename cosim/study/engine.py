@@ -176,12 +176,36 @@ def check_out(out: Path, resume: bool) -> None:
                                    f"{str(out)!r} with other files in it"])
 
 
+def partial_folder(out: Path) -> Path:
+    """The hidden folder beside `out` a study writes into (``.<name>.partial``, as `cosim run`)."""
+    return out.parent / f".{out.name}.partial"
+
+
 def prepare_out(out: Path, study_text: str, resume: bool) -> Path:
-    """The study's folder: kept for `resume`, else emptied (only if it is an earlier study's
-    folder or empty, never any other folder)."""
+    """The folder the study writes into: the hidden partial folder beside `out`, moved into
+    place by `commit_out` when the study is complete, so that an interrupted study leaves no
+    half-written `out`. An interruption keeps the partial folder with its finished runs;
+    `resume` carries on in it (or in a finished study's `out`, moved back to partial).
+    Without `resume` a partial folder left before is emptied; `out` is replaced only at the
+    end, and only if it is an earlier study's folder or empty (`check_out`)."""
     check_out(out, resume)
-    if out.exists() and not resume:
-        shutil.rmtree(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / STUDY_FILE).write_text(study_text)
-    return out / "runs"
+    work = partial_folder(out)
+    if resume and not work.is_dir() and out.is_dir():
+        os.replace(out, work)
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    (work / STUDY_FILE).write_text(study_text)
+    return work
+
+
+def commit_out(work: Path, out: Path) -> Path:
+    """Move the complete study folder `work` into place as `out` (replacing an earlier study's)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cosim.study.engine import Driver, check_out, make_client, prepare_out
+from cosim.study.engine import Driver, check_out, commit_out, make_client, prepare_out
 from cosim.study.expand import base_data, check_axes, hosting_groups, hosting_run, sweep_runs
 from cosim.study.hosting import Search, summarize
 from cosim.study.spec import Study, load_study
@@ -23,7 +23,11 @@ SEARCH_COLUMNS = ["setting", "hosting_capacity", "censored", "level_low", "level
 def run_study(study_path: str | Path, out: str | Path | None = None, scheduler: str | None = None,
               workers: int | None = None, resume: bool = False, progress: bool = True,
               report: bool = True) -> Path:
-    """Run a study file; returns its results folder (default ``results/studies/<name>``)."""
+    """Run a study file; returns its results folder (default ``results/studies/<name>``).
+
+    The study writes into a hidden partial folder beside it, moved into place when complete
+    (`cosim.study.engine.prepare_out`): an interrupted study (Ctrl-C, SIGTERM) leaves no
+    half-written results folder, and ``resume=True`` carries on from its finished runs."""
     study_path = Path(study_path)
     study = load_study(study_path)
     base = base_data(study, study_path)
@@ -39,7 +43,8 @@ def run_study(study_path: str | Path, out: str | Path | None = None, scheduler: 
     check_out(out, resume)
     client = make_client(scheduler, workers)  # no scheduler at that address: nothing written
     try:
-        runs_dir = prepare_out(out, study_path.read_text(), resume)
+        work = prepare_out(out, study_path.read_text(), resume)
+        runs_dir = work / "runs"
         n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
         if runs is not None:
             driver = Driver(client, runs_dir.resolve(), limits, study.transformer.model_dump(), resume,
@@ -60,21 +65,21 @@ def run_study(study_path: str | Path, out: str | Path | None = None, scheduler: 
     order = [c for c in table.columns if c not in ("run_id", "status", "error", "path")]
     table = table.sort_values(["run_id"]).reset_index(drop=True)
     table = table[["run_id", "status", "error", "path", *order]]
-    _write_parquet(table, out / "runs.parquet")
+    _write_parquet(table, work / "runs.parquet")
     info = {"study": study.name, "runs": len(table), "failed": int((table.status != "ok").sum()),
             "workers": n_workers, "wall_s": wall_s}
     if searches is not None:
-        _write_parquet(searches, out / "hosting.parquet")
+        _write_parquet(searches, work / "hosting.parquet")
         group = ["setting", *study.axes, "period"]
-        summarize(searches, group).to_csv(out / "hosting_summary.csv", index=False, float_format="%.6g")
+        summarize(searches, group).to_csv(work / "hosting_summary.csv", index=False, float_format="%.6g")
     import json
 
-    (out / "study.json").write_text(json.dumps(info, indent=2))
+    (work / "study.json").write_text(json.dumps(info, indent=2))
     if report:
         from cosim.study.report import write_study_report
 
-        write_study_report(out)
-    return out
+        write_study_report(work)
+    return commit_out(work, out)
 
 
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
