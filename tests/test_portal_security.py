@@ -31,13 +31,13 @@ from portal_support import (
     wait,
 )
 
-from cosim.portal import auth, operator, prosumer
+from cosim.portal import auth, operator, prosumer, studies
 from cosim.portal.app import create_app
 from cosim.portal.security import MAX_BODY_BYTES, MAX_FAILED_LOGINS
 from cosim.portal.serve import create_operator
 
 PUBLIC = {"/login", "/register"}
-PATH_VALUES = {"uid": "1", "run_id": "1", "name": "report.html", "table": "settlement"}
+PATH_VALUES = {"uid": "1", "run_id": "1", "study_id": "1", "name": "report.html", "table": "settlement"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def fresh(site) -> TestClient:
 
 def routes(app):
     """Every route of the portal's routers but the public ones, path parameters filled in."""
-    for r in (r for router in (auth.router, operator.router, prosumer.router) for r in router.routes):
+    for r in (r for router in (auth.router, operator.router, studies.router, prosumer.router) for r in router.routes):
         if isinstance(r, APIRoute) and r.path not in PUBLIC:
             path = r.path
             for k, v in PATH_VALUES.items():

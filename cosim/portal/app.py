@@ -23,9 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from cosim.config.errors import InputError
-from cosim.portal import auth, operator, prosumer, security
+from cosim.portal import auth, operator, prosumer, security, studies
 from cosim.portal import db as dbm
-from cosim.portal.jobs import Jobs
+from cosim.portal.jobs import Jobs, StudyJobs
 from cosim.portal.web import HERE, NeedLogin, Refused, render
 
 REPO_SCENARIOS = HERE.parents[1] / "scenarios"
@@ -40,7 +40,8 @@ def create_app(db_url: str | None = None, results: str | Path = "results",
     """The portal on database `db_url` (default SQLite under ``<results>/portal/``),
     writing runs under ``<results>/portal/runs/`` and offering the scenario files of
     `scenarios` (default ``scenarios/`` of the working directory, else of the repository)
-    as base scenarios."""
+    as base scenarios and the study files of its ``studies/`` folder as studies (studies
+    write under ``<results>/portal/studies/``)."""
     results = Path(results)
     engine = dbm.make_engine(db_url or dbm.default_url(results))
     sessions = dbm.make_sessions(engine)
@@ -49,21 +50,24 @@ def create_app(db_url: str | None = None, results: str | Path = "results",
         if secret is None:
             secret = secrets.token_urlsafe(48)
             dbm.put_setting(db, "secret_key", secret)
-    jobs = Jobs(sessions, results)
+    jobs, study_jobs = Jobs(sessions, results), StudyJobs(sessions, results)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        n = jobs.recover()
-        if n:
-            log.warning("marked %d run(s) left running by a stopped portal as failed", n)
+        for each in (jobs, study_jobs):
+            n = each.recover()
+            if n:
+                log.warning("marked %d %s(s) left running by a stopped portal as failed", n, each.kind)
         yield
         jobs.stop_all()
+        study_jobs.stop_all()
 
     app = FastAPI(title="cosim portal", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sessions, app.state.jobs, app.state.results = sessions, jobs, results
     if scenarios is None:  # the working directory's scenarios/ (make portal), else the repository's
         scenarios = Path("scenarios") if Path("scenarios").is_dir() else REPO_SCENARIOS
     app.state.scenarios = Path(scenarios).resolve()
+    app.state.studies, app.state.study_jobs = app.state.scenarios / "studies", study_jobs
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.bus_cache = {}
     app.add_middleware(SessionMiddleware, secret_key=secret, session_cookie="cosim_portal",
@@ -74,6 +78,7 @@ def create_app(db_url: str | None = None, results: str | Path = "results",
 
     app.include_router(auth.router)
     app.include_router(operator.router)
+    app.include_router(studies.router)
     app.include_router(prosumer.router)
     return app
 

@@ -1,4 +1,4 @@
-"""The portal's database: accounts, settings, runs, login attempts and the audit log.
+"""The portal's database: accounts, settings, runs, studies, login attempts and the audit log.
 
 SQLAlchemy 2 on an embedded SQLite file by default (``results/portal/portal.db``); any
 SQLAlchemy URL works (``postgresql+psycopg://user@host/cosim`` with its driver
@@ -87,6 +87,26 @@ class Run(Base):
     figures: Mapped[str] = mapped_column(Text, default="{}")  # JSON: key figures of summary.json
     ledger_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     ledger_message: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Study(Base):
+    """A study launched from the portal: a `cosim study` process writing ``out_dir``."""
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    study_file: Mapped[str] = mapped_column(String(300))  # its file name in the portal's studies folder
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # [0..1]
+    progress_text: Mapped[str] = mapped_column(String(200), default="")
+    study_yaml: Mapped[str] = mapped_column(Text)
+    out_dir: Mapped[str] = mapped_column(String(1000), default="")
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    figures: Mapped[str] = mapped_column(Text, default="{}")  # JSON: study.json (runs, failed, workers, wall_s)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

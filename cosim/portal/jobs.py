@@ -9,6 +9,12 @@ the verdict of `cosim.virtual.ledger.verify`. Cancelling sends SIGTERM, which `c
 takes like Ctrl-C (no results folder is left). When the portal starts, runs still marked
 ``queued`` or ``running`` belong to a portal that stopped: they are marked failed and
 their process, if it still runs, is stopped.
+
+Studies go the same way (`StudyJobs`): ``cosim study STUDY --out DIR``, the same folder
+as on the command line, its progress bar (``study: 37%|...| 3/8``) parsed from its log;
+on success the figures of ``study.json``. A cancelled study leaves no results folder;
+its hidden partial folder, which `cosim study --resume` would carry on from, is removed,
+since the portal does not resume studies.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +33,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cosim.portal.db import ACTIVE_STATES, Run, utcnow
+from cosim.portal.db import ACTIVE_STATES, Run, Study, utcnow
 
 #: Seconds between two looks at a running run's log [s].
 POLL_S = 0.5
@@ -34,6 +41,8 @@ POLL_S = 0.5
 CANCEL_GRACE_S = 30.0
 #: The last bar of a tqdm line: ``[variant]: NN%|...| done/total``.
 _BAR = re.compile(r"\[([A-Za-z0-9_]+)\]:\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)")
+#: The bar of `cosim study`: ``study: NN%|...| done/total [..., done=D, failed=F, left=L]``.
+_STUDY_BAR = re.compile(r"study:\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+)([^\r\n]*)")
 logger = logging.getLogger("cosim.portal")
 RESTART_MESSAGE = "the portal stopped while this run was running; its process was stopped"
 
@@ -52,6 +61,22 @@ def parse_progress(log_text: str, variants: list[str]) -> tuple[float, str]:
     k, n = variants.index(name), len(variants)
     share = (k + int(done) / max(int(total), 1)) / n
     return min(share, 1.0), f"{name}: round {done} of {total} (variant {k + 1} of {n})"
+
+
+def parse_study_progress(log_text: str) -> tuple[float, str]:
+    r"""Share of a study's runs done [0..1] and a line saying where it is, from the end of
+    its log (for a hosting-capacity study the total is the most runs the searches may need).
+
+    >>> parse_study_progress("study:  25%|##   | 1/4 [00:03<00:09, done=1, failed=0, left=3]\rstudy:  50%|#  | 2/4 [00:05<00:05, done=1, failed=1, left=2]")
+    (0.5, 'runs: 2 of 4 done (1 failed)')
+    """
+    bars = _STUDY_BAR.findall(log_text)
+    if not bars:
+        return 0.0, "starting"
+    done, total, rest = bars[-1]
+    failed = re.search(r"failed=(\d+)", rest)
+    text = f"runs: {done} of {total} done" + (f" ({failed.group(1)} failed)" if failed else "")
+    return min(int(done) / max(int(total), 1), 1.0), text
 
 
 def key_figures(out: Path) -> dict:
@@ -75,7 +100,10 @@ def key_figures(out: Path) -> dict:
 
 
 class Jobs:
-    """Launches, watches and cancels the portal's runs."""
+    """Launches, watches and cancels the portal's runs (`model` rows, ``cosim KIND``
+    processes writing `folder`)."""
+
+    model, kind = Run, "run"
 
     def __init__(self, sessions, results: Path):
         self.sessions = sessions
@@ -85,23 +113,27 @@ class Jobs:
         self.lock = threading.Lock()
 
     def folder(self, run_id: int) -> Path:
-        return self.results / "portal" / "runs" / f"run-{run_id}"
+        return self.results / "portal" / f"{self.kind}s" / f"{self.kind}-{run_id}"
 
     def launch(self, run_id: int, scenario_file: Path, variants: list[str]) -> None:
+        self.start(run_id, scenario_file, lambda text: parse_progress(text, variants))
+
+    def start(self, run_id: int, input_file: Path, progress) -> None:
+        """Start ``cosim KIND INPUT_FILE --out FOLDER``; `progress` reads its log's tail."""
         out = self.folder(run_id)
-        log = out.parent / f"run-{run_id}.log"
+        log = out.parent / f"{self.kind}-{run_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "cosim", "run", str(scenario_file), "--out", str(out)]
+        cmd = [sys.executable, "-m", "cosim", self.kind, str(input_file), "--out", str(out)]
         with log.open("wb") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         with self.lock:
             self.procs[run_id] = proc
         with self.sessions.begin() as db:
-            run = db.get(Run, run_id)
+            run = db.get(self.model, run_id)
             run.status, run.pid, run.out_dir = "running", proc.pid, str(out)
-        threading.Thread(target=self._watch, args=(run_id, proc, log, out, variants), daemon=True,
-                         name=f"portal-run-{run_id}").start()
+        threading.Thread(target=self._watch, args=(run_id, proc, log, out, progress), daemon=True,
+                         name=f"portal-{self.kind}-{run_id}").start()
 
     def cancel(self, run_id: int) -> bool:
         """Ask a running run to stop; False if it is not running here."""
@@ -114,49 +146,60 @@ class Jobs:
         threading.Thread(target=_kill_after, args=(proc, CANCEL_GRACE_S), daemon=True).start()
         return True
 
-    def _watch(self, run_id: int, proc: subprocess.Popen, log: Path, out: Path, variants: list[str]) -> None:
+    def _watch(self, run_id: int, proc: subprocess.Popen, log: Path, out: Path, progress) -> None:
         last = None
         while proc.poll() is None:
             time.sleep(POLL_S)
-            share, text = parse_progress(_tail(log), variants)
+            share, text = progress(_tail(log))
             if (share, text) != last:
                 try:
                     with self.sessions.begin() as db:
-                        run = db.get(Run, run_id)
+                        run = db.get(self.model, run_id)
                         run.progress, run.progress_text = share, text
                     last = (share, text)
                 except Exception as err:  # noqa: BLE001 - e.g. the database busy: try again next time
-                    logger.warning("run %d: progress not stored: %s", run_id, err)
+                    logger.warning("%s %d: progress not stored: %s", self.kind, run_id, err)
         self._finish(run_id, proc.returncode, log, out)
 
     def _finish(self, run_id: int, code: int, log: Path, out: Path) -> None:
         with self.lock:
             self.procs.pop(run_id, None)
             cancelled = run_id in self.cancelled
-        figures, ledger_ok, ledger_message, problem = "{}", None, "", ""
+        fields, problem = {}, ""
         if code == 0:
-            from cosim.virtual.ledger import verify
-
             try:
-                figures = json.dumps(key_figures(out))
-                ledger_ok, ledger_message = verify(out)
+                fields = self.outcome(out)
             except Exception as err:  # noqa: BLE001 - a finished run whose folder cannot be read
-                code, problem = 1, f"the run finished but its folder could not be read: {err}"
+                code, problem = 1, f"the {self.kind} finished but its folder could not be read: {err}"
+        elif cancelled:
+            self.discard(out)
         with self.sessions.begin() as db:
-            run = db.get(Run, run_id)
+            run = db.get(self.model, run_id)
             run.finished_at, run.pid = utcnow(), None
             if code == 0:
                 run.status, run.progress, run.progress_text = "finished", 1.0, "finished"
-                run.figures, run.ledger_ok, run.ledger_message = figures, bool(ledger_ok), ledger_message
+                for name, value in fields.items():
+                    setattr(run, name, value)
             elif cancelled:
                 run.status, run.message = "cancelled", "cancelled by the operator; no results folder was kept"
             else:
                 run.status, run.message = "failed", problem or _last_lines(log)
 
+    def outcome(self, out: Path) -> dict:
+        """The columns of a finished run's row: its key figures and ledger verdict."""
+        from cosim.virtual.ledger import verify
+
+        figures = json.dumps(key_figures(out))
+        ledger_ok, ledger_message = verify(out)
+        return {"figures": figures, "ledger_ok": bool(ledger_ok), "ledger_message": ledger_message}
+
+    def discard(self, out: Path) -> None:
+        """What a cancelled run leaves: `cosim run` keeps its checkpoint (nothing to do)."""
+
     def recover(self) -> int:
         """Mark the runs a stopped portal left active as failed; returns how many."""
         with self.sessions.begin() as db:
-            stale = db.scalars(select(Run).where(Run.status.in_(ACTIVE_STATES))).all()
+            stale = db.scalars(select(self.model).where(self.model.status.in_(ACTIVE_STATES))).all()
             for run in stale:
                 if run.pid:
                     _stop_stale(run.pid, run.out_dir)
@@ -167,6 +210,29 @@ class Jobs:
         """Cancel every run of this portal (on shutdown)."""
         for run_id in list(self.procs):
             self.cancel(run_id)
+
+
+class StudyJobs(Jobs):
+    """Launches, watches and cancels the portal's studies (``cosim study``)."""
+
+    model, kind = Study, "study"
+
+    def folder(self, run_id: int) -> Path:
+        return self.results / "portal" / "studies" / f"study-{run_id}"
+
+    def launch_study(self, study_id: int, study_file: Path) -> None:
+        self.start(study_id, study_file, parse_study_progress)
+
+    def outcome(self, out: Path) -> dict:
+        info = json.loads((out / "study.json").read_text())
+        if not (out / "report.html").is_file():
+            raise FileNotFoundError(f"{out / 'report.html'} is missing")
+        return {"figures": json.dumps(info)}
+
+    def discard(self, out: Path) -> None:
+        from cosim.study.engine import partial_folder
+
+        shutil.rmtree(partial_folder(out), ignore_errors=True)
 
 
 def _kill_after(proc: subprocess.Popen, grace_s: float) -> None:

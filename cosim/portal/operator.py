@@ -261,12 +261,18 @@ def run_file(request: Request, run_id: int, name: str):
     with request.app.state.sessions() as db:
         operator_user(request, db)
         run = _run(db, run_id)
+    return served_file(request, run, name, f"run {run_id}")
+
+
+def served_file(request: Request, job, name: str, what: str) -> FileResponse:
+    """A report or figure file `name` of a finished run or study `job`, only from inside
+    its results folder (itself inside the portal's results folder)."""
     root = request.app.state.results.resolve()
-    folder = Path(run.out_dir).resolve() if run.out_dir else None
+    folder = Path(job.out_dir).resolve() if job.out_dir else None
     target = (folder / name).resolve() if folder is not None and "\0" not in name else None
-    if (target is None or run.status != "finished" or not target.is_relative_to(folder)
+    if (target is None or job.status != "finished" or not target.is_relative_to(folder)
             or not folder.is_relative_to(root) or target.suffix not in SERVED_SUFFIXES or not target.is_file()):
-        raise Refused(404, f"no report file {name[:100]!r} in run {run_id}")
+        raise Refused(404, f"no report file {name[:100]!r} in {what}")
     return FileResponse(target, media_type=mimetypes.guess_type(target.name)[0])
 
 
