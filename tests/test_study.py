@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from cosim.cli import main
-from cosim.study.engine import execute
+from cosim.study.engine import execute, partial_folder
 from cosim.study.expand import base_data, hosting_groups, hosting_run
 from cosim.study.runner import run_study
 from cosim.study.spec import load_study
@@ -131,6 +131,26 @@ def test_resume_skips_finished_runs_and_redoes_the_missing_one(tmp_path, embedde
     pd.testing.assert_frame_equal(first[DETERMINISTIC], again[DETERMINISTIC], rtol=REL)
 
 
+def test_sigterm_leaves_no_results_folder_and_resume_carries_on_from_the_partial_one(tmp_path, embedded):
+    """SIGTERM stops `cosim study` like Ctrl-C (exit 130): no `--out` folder, the finished
+    runs kept in the hidden partial folder, from which ``--resume`` finishes the study."""
+    path, out = _write(tmp_path, {**SWEEP, "axes": {"prosumers.pv_kwp": [5.0, 10.0]}}), tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cosim", "study", str(path), "--out", str(out), "--workers", "1",
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((partial_folder(out) / "runs").glob("*/metrics.json")):  # one run has finished
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 130 and "no results folder was written" in proc.stderr.read()
+    assert not out.exists() and list((partial_folder(out) / "runs").glob("*/metrics.json"))
+    run_study(path, out=out, workers=1, resume=True, progress=False, report=False)
+    assert not partial_folder(out).exists()
+    again = pd.read_parquet(out / "runs.parquet").set_index("prosumers.pv_kwp").sort_index()
+    first = pd.read_parquet(embedded / "runs.parquet").set_index("prosumers.pv_kwp").loc[[5.0, 10.0]]
+    pd.testing.assert_frame_equal(again[DETERMINISTIC], first[DETERMINISTIC], rtol=REL)
+
+
 def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path):
     study = {"name": "fails", "seeds": [1], "axes": {"mode": ["grid-connected", "islanded"]},
              "set": {"islanded.grid_forming_bus": 9999}}
@@ -222,9 +242,10 @@ def test_external_scheduler_and_two_workers_give_the_embedded_results(tmp_path, 
             path, out=out, scheduler=address, progress=False, report=False)))
         thread.start()
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list((out / "runs").glob(".*.partial")):
+        runs = partial_folder(out) / "runs"  # the study writes there until it is complete
+        while time.monotonic() < deadline and not list(runs.glob(".*.partial")):
             time.sleep(0.05)
-        in_progress = list((out / "runs").glob(".*.partial"))
+        in_progress = list(runs.glob(".*.partial"))
         _stop(procs[2], signal.SIGKILL)  # a worker dies mid-study
         thread.join(timeout=120)
     finally:
