@@ -94,7 +94,8 @@ def test_a_cancelled_study_stops_its_process_and_leaves_no_folder(site):
     study_id = launch(client, "long.yaml")
     partial = studies / f".study-{study_id}.partial"
     end = time.monotonic() + RUN_TIMEOUT_S
-    while not (partial / "runs").is_dir():  # the study has started writing
+    # the study has started writing, and its progress bar is read from its log
+    while not ((partial / "runs").is_dir() and "runs: 0 of 2 done" in client.get(f"/operator/studies/{study_id}").text):
         assert time.monotonic() < end and status(client, study_id) == "running"
         time.sleep(0.2)
     pid = client.app.state.study_jobs.procs[study_id].pid
