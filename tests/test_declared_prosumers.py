@@ -44,3 +44,24 @@ def test_bad_declarations_name_the_field(tmp_path, declared, message):
 
 def test_no_declaration_is_the_default():
     assert Scenario.model_validate({"name": "x", "network": "feeder"}).prosumers.declared == []
+
+
+def test_a_declared_ev_is_charged_in_the_run(tmp_path):
+    """A household that declared an EV gets one (storage.ev's car and charger, seeded nightly
+    sessions), with no EV share drawn, and the run's asset table has its sessions."""
+    from cosim.flex.assets import build_assets
+
+    path = tmp_path / "ev.yaml"
+    path.write_text("name: s\nnetwork: feeder\nstart: 2016-06-14 00:00\nduration: 1d\n"
+                    "prosumers:\n  declared:\n    - {bus: 5, ev: true}\n    - {bus: 2, pv_kwp: 3}\n")
+    scenario = load_scenario(path)
+    assert scenario.storage.ev.share == 0.0
+    spec = load_network_spec(find_network_file("feeder"))
+    fleet = build_fleet(build_net(spec), spec, scenario)
+    evs = build_assets(scenario, fleet).evs
+    owner_bus = fleet.table.bus.to_numpy()[evs.table.owner]
+    assert owner_bus.tolist() == [5]
+    assert len(evs.table.sessions) >= 1 and (evs.table.sessions.id == fleet.ids[evs.table.owner[0]]).all()
+    # without the declaration, no EV at all
+    path.write_text(path.read_text().replace("ev: true", "pv_kwp: 1"))
+    assert build_assets(load_scenario(path), fleet).evs is None

@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
 from portal_support import RUN_TIMEOUT_S, portal, post
 
 BASE = {"name": "tiny", "network": "feeder", "start": "2016-07-21 11:00", "duration": "2h", "resolution": "1h",

@@ -82,6 +82,10 @@ class DeclaredProsumer(_Frozen):
     """Usable capacity of its home battery [kWh]; 0: none."""
     battery_kw: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
     """Charge and discharge power limit of its home battery [kW]; 0: none."""
+    ev: bool = False
+    """An EV charged at home, with ``storage.ev``'s car, charger and seeded nightly
+    sessions, besides the ``storage.ev.share`` drawn (not with ``storage.ev.sessions_csv``,
+    which names every EV itself)."""
 
     @model_validator(mode="after")
     def _battery_whole(self) -> DeclaredProsumer:

@@ -119,7 +119,7 @@ def build_assets(scenario: Scenario, fleet: Fleet, net=None, spec=None,
         if not csv.is_absolute() and scenario_path is not None:
             csv = Path(scenario_path).parent / csv
         evs = read_ev_sessions(csv, scenario, fleet, n_ext)
-    elif st.ev.share > 0:
+    elif st.ev.share > 0 or any(d.ev for d in scenario.prosumers.declared):
         evs = random_ev_sessions(scenario, fleet, n_ext)
     shiftables = shiftable_jobs(scenario, fleet, n_ext) if st.shiftable.share > 0 else None
     battery_pos = np.flatnonzero(fleet.table.battery_kwh.to_numpy(float) > 0)

@@ -195,9 +195,15 @@ def _to_round(times: np.ndarray, start: pd.Timestamp, res: pd.Timedelta) -> np.n
 
 
 def random_ev_sessions(scenario: Scenario, fleet: Fleet, n_ext: int) -> SessionTable | None:
-    """Seeded EVs: ``storage.ev.share`` of the prosumers, one charging session a night."""
+    """Seeded EVs: ``storage.ev.share`` of the prosumers, and the households that declared
+    one (``prosumers.declared``), one charging session a night."""
     ev = scenario.storage.ev
     rng, owner = _seeded_owners(scenario, fleet, EV_SEED_STREAM, ev.share)
+    declared = [d.bus for d in scenario.prosumers.declared if d.ev]
+    if declared:  # the first household at each bus, as for its declared PV and battery
+        bus = fleet.table.bus.to_numpy()
+        first = [int(np.flatnonzero(bus == b)[0]) for b in declared if (bus == b).any()]
+        owner = np.union1d(owner, np.asarray(first, dtype=owner.dtype))
     if not len(owner):
         return None
     start = pd.Timestamp(scenario.start)

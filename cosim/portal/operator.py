@@ -202,8 +202,8 @@ async def launch(request: Request):
         network = load_scenario(path).network
         people = db.scalars(select(dbm.User).where(dbm.User.role == "prosumer", dbm.User.status == "admitted",
                                                    dbm.User.network == network).order_by(dbm.User.bus)).all()
-        declared = [{"bus": p.bus, "pv_kwp": p.pv_kwp, "battery_kwh": p.battery_kwh, "battery_kw": p.battery_kw}
-                    for p in people]
+        declared = [{"bus": p.bus, "pv_kwp": p.pv_kwp, "battery_kwh": p.battery_kwh, "battery_kw": p.battery_kw,
+                     "ev": bool(p.has_ev)} for p in people]
         path = st.write_scenario(bfile, values, scratch(request), f"run-{run_id}", declared)
         try:
             scenario = load_scenario(path)
