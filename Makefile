@@ -36,7 +36,7 @@ bench: setup
 	$(BIN)/python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds 20
 	$(BIN)/python -m cosim.bench.mechanisms --rounds 96 --repeats $(or $(REPEATS),3)
 
-# the default impact study: PV hosting capacity of rural3, a summer week, 20 seeds, three settings
+# the default impact study: PV hosting capacity of rural3, a summer week, 20 seeds, four settings (passive, curtailment, P2P, flexibility market)
 # (results/studies/rural3-hosting-summer/report.html); an interrupted study carries on with RESUME=1;
 # SCHEDULER=tcp://host:port sends it to an existing Dask cluster, WORKERS=N sizes the embedded one
 STUDY ?= scenarios/studies/rural3-hosting-summer.yaml

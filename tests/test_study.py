@@ -72,6 +72,13 @@ def embedded(tmp_path_factory) -> Path:
     ({"name": "s", "axes": {"seed": [1, 2]}}, "axes.seed: expected a field other than"),
     ({"name": "s", "hosting_capacity": {"low": 0.5, "high": 0.2}}, "hosting_capacity: expected high > low, found 0.2 <= 0.5"),
     ({"name": "s", "base": "nowhere.yaml"}, "base: expected a scenario file (relative to the study file), found no such file"),
+    ({"name": "s", "hosting_capacity": {"settings": ["passive", "flex"]}}, "hosting_capacity.settings.1: expected 'passive', 'curtailment', 'p2p' or 'flexibility', found 'flex'"),
+    ({"name": "s", "hosting_capacity": {"settings": ["flexibility"], "flexibility": {"pricing": "auction"}}},
+     "hosting_capacity.flexibility.pricing: expected 'pay_as_bid' or 'uniform', found 'auction'"),
+    ({"name": "s", "hosting_capacity": {"settings": ["flexibility"], "flexibility": {"energy_market": "vcg"}}},
+     "hosting_capacity.flexibility.energy_market: expected 'uniform' or 'continuous', found 'vcg'"),
+    ({"name": "s", "hosting_capacity": {"flexibility": {"max_markups": 0.2}}},
+     "hosting_capacity.flexibility.max_markups: unknown field (typo?), found 0.2"),
 ])
 def test_bad_study_file_exits_2_naming_file_field_expected_found(tmp_path, capsys, study, found):
     path = _write(tmp_path, study)
@@ -83,6 +90,59 @@ def test_bad_study_file_exits_2_naming_file_field_expected_found(tmp_path, capsy
     assert str(path) in err and found in err, err
     assert "Traceback" not in err
     assert not out.exists()
+
+
+def test_flexibility_setting_runs_the_flexibility_market_with_the_study_options(tmp_path):
+    """The fourth setting is the scenario's market variant with mechanism ``flexibility``
+    and the study's options for it (the markup seed is the run's seed unless set); the
+    other settings keep the scenario's mechanism; the default settings are the first three."""
+    from cosim.config.scenario import Scenario
+
+    hc = {"settings": ["p2p", "flexibility"], "flexibility": {"pricing": "uniform", "max_markup": 0.2}}
+    path = _write(tmp_path, {"name": "s", "seeds": [7], "hosting_capacity": hc})
+    study = load_study(path)
+    base = base_data(study, path)
+    (values, period), = hosting_groups(study, base)
+    flex = hosting_run(base, study, values, period, "flexibility", 0.4).scenario
+    p2p = hosting_run(base, study, values, period, "p2p", 0.4).scenario
+    assert flex["variants"] == ["market"] and flex["feedback"]["enabled"] is True
+    assert flex["market"]["mechanism"] == "flexibility" and p2p.get("market", {}).get("mechanism", "uniform") == "uniform"
+    assert flex["market"]["options"]["pricing"] == "uniform" and flex["market"]["options"]["max_markup"] == 0.2
+    assert flex["market"]["options"]["seed"] == 7
+    Scenario.model_validate(flex)
+    assert load_study(_write(tmp_path, {"name": "d", "hosting_capacity": {}})).hosting_capacity.settings == [
+        "passive", "curtailment", "p2p"]
+
+
+def test_hosting_search_with_the_flexibility_market_records_the_dsos_cost(tmp_path):
+    """A tiny search in the curtailment and flexibility settings finishes; each run's
+    ``dso_flexibility_cost`` is the DSO's flexibility payments in its settlement (what the
+    providers received), zero under curtailment by feedback and positive where the
+    flexibility market curtailed; hosting.parquet and the summary carry it at the capacity."""
+    study = {"name": "flex", "seeds": [1], "hosting_capacity": {
+        "penetration": "prosumers.pv_share", "low": 0.0, "high": 1.0, "step": 0.25,
+        "settings": ["curtailment", "flexibility"], "limits": {"v_max_pu": 1.03, "max_curtailment_share": 0.5}}}
+    out = run_study(_write(tmp_path, study), out=tmp_path / "out", workers=1, progress=False, report=False)
+    searches = pd.read_parquet(out / "hosting.parquet").set_index("setting")
+    assert (searches.status == "ok").all() and searches.runs.max() <= 3
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert set(runs.status) == {"ok"}
+    assert (runs.dso_flexibility_cost[runs.setting == "curtailment"] == 0.0).all()
+    flex = runs[runs.setting == "flexibility"]
+    assert (flex.dso_flexibility_cost > 0).any()  # the market bought curtailment: the test can fail
+    for _, r in flex.iterrows():
+        settlement = pd.read_parquet(out / r.path / "settlement.parquet")
+        providers = settlement.flexibility_payments[settlement.party.str.startswith("P")]
+        assert r.dso_flexibility_cost == pytest.approx(-providers.sum(), abs=1e-9)
+        assert r.dso_flexibility_cost == 0 or r.curtailed_kwh + r.shed_kwh > 0  # paid for relief given
+    at = searches.loc["flexibility"]
+    if not pd.isna(at.hosting_capacity):
+        row = flex[flex["prosumers.pv_share"] == at.hosting_capacity].iloc[0]
+        assert at.dso_flexibility_cost_at_capacity == pytest.approx(row.dso_flexibility_cost)
+        assert at.curtailed_kwh_at_capacity == pytest.approx(row.curtailed_kwh)
+    summary = pd.read_csv(out / "hosting_summary.csv").set_index("setting")
+    assert {"curtailed_kwh_p50", "dso_flexibility_cost_p50"} <= set(summary.columns)
+    assert summary.loc["curtailment", "dso_flexibility_cost_p50"] == 0.0
 
 
 def test_no_scheduler_at_the_address_exits_2_and_writes_nothing(tmp_path, capsys):

@@ -21,7 +21,7 @@ from cosim.config.errors import InputError
 from cosim.config.files import format_validation_error, read_yaml
 from cosim.config.load import load_scenario
 from cosim.config.scenario import Scenario, format_duration
-from cosim.study.spec import PERIODS, SETTINGS, Study, axis_values, base_path
+from cosim.study.spec import PERIODS, SETTING_MECHANISMS, SETTINGS, Study, axis_values, base_path
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ def check_axes(study: Study, study_path: str | Path, base: dict) -> None:
 
 def hosting_run(base: dict, study: Study, values: dict[str, Any], period: dict, setting: str,
                 level: float | None) -> Run:
-    """A hosting-capacity run: the setting's variant only, the study's limits as the
+    """A hosting-capacity run: the setting's variant only (and its mechanism, for the
+    ``flexibility`` setting, with the study's options for it), the study's limits as the
     feedback's, the penetration at `level` (None: the reference run without PV, for the
     voltage rise)."""
     hc = study.hosting_capacity
@@ -149,6 +150,11 @@ def hosting_run(base: dict, study: Study, values: dict[str, Any], period: dict, 
     fixed = {**period, "variants": [SETTINGS[setting]], "feedback.enabled": setting != "passive",
              "feedback.v_min_pu": lim.v_min_pu, "feedback.v_max_pu": lim.v_max_pu,
              "feedback.max_loading_pct": lim.max_loading_pct}
+    if setting in SETTING_MECHANISMS:
+        options = hc.flexibility.model_dump(mode="json")
+        if "seed" not in hc.flexibility.model_fields_set:
+            options["seed"] = values["seed"]
+        fixed.update({"market.mechanism": SETTING_MECHANISMS[setting], "market.options": options})
     if level is None:
         fixed["prosumers.pv_share"] = 0.0
         fixed["variants"] = [SETTINGS["passive"]]

@@ -23,6 +23,10 @@ import pandas as pd
 
 from cosim.study.metrics import LV_MAX_KV, variant_folder
 
+#: Figures of the run at the hosting capacity that hosting.parquet carries per search, as
+#: ``<figure>_at_capacity`` [kWh; currency]: what holding the limits cost there.
+AT_CAPACITY = ("curtailed_kwh", "dso_flexibility_cost")
+
 
 def check_limits(run_dir: str | Path, limits: dict, reference_dir: str | Path | None = None) -> dict:
     """Whether a finished run kept the limits, and which limit broke first and where.
@@ -141,6 +145,11 @@ class Search:
     def first_element(self) -> str | None:
         return self.tried[self.hi][1].get("first_element") if self.hi in self.tried else None
 
+    def at_capacity(self, figure: str) -> float:
+        """A figure of the run at the hosting capacity (NaN when no level was within the limits)."""
+        value = self.tried[self.lo][1].get(figure) if self.lo in self.tried else None
+        return float(value) if value is not None else np.nan
+
 
 def quantiles(values: pd.Series) -> dict:
     """P5, P50, P95 of the capacities over seeds (linear interpolation); searches where even
@@ -154,7 +163,8 @@ def quantiles(values: pd.Series) -> dict:
 def summarize(searches: pd.DataFrame, group_columns: list[str]) -> pd.DataFrame:
     """The table a DSO pastes into a planning document: per setting (and axis values) the
     number of seeds, P5/P50/P95 of the hosting capacity, the share of censored searches,
-    and the limit that broke first most often with its share."""
+    the limit that broke first most often with its share, and the medians over seeds of
+    the curtailed energy and of the DSO's flexibility cost at the hosting capacity."""
     rows = []
     for key, g in searches.groupby(group_columns, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -162,6 +172,7 @@ def summarize(searches: pd.DataFrame, group_columns: list[str]) -> pd.DataFrame:
         limit = ok.first_limit.dropna()
         top = limit.value_counts()
         element = ok.first_element[ok.first_limit == (top.index[0] if len(top) else None)].value_counts()
+        ok = ok.rename(columns={f"{c}_at_capacity": c for c in AT_CAPACITY})
         rows.append({
             **dict(zip(group_columns, key, strict=True)),
             "seeds": int(len(ok)),
@@ -171,5 +182,7 @@ def summarize(searches: pd.DataFrame, group_columns: list[str]) -> pd.DataFrame:
             "first_limit": top.index[0] if len(top) else None,
             "first_limit_share": float(top.iloc[0] / len(ok)) if len(top) else np.nan,
             "first_element": element.index[0] if len(element) else None,
+            **{f"{c}_p50": float(ok[c].median()) if c in ok and ok[c].notna().any() else np.nan
+               for c in AT_CAPACITY},
         })
     return pd.DataFrame(rows)

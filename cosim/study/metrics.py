@@ -5,7 +5,8 @@ The figures are those of the run's first variant (``market``, unless the run sim
 fewer variants, as the hosting-capacity search does): voltages, minutes outside the band
 per customer and the share of customers affected (SARDI-like), the loading-duration
 curve's P95 and maximum for the transformer and the worst line, losses, reverse power,
-curtailed and shed energy and their fairness, the transformer's hot-spot temperature and
+curtailed and shed energy and their fairness, what the DSO paid for flexibility (the
+``flexibility`` mechanism's procurement, 0 for every other), the transformer's hot-spot temperature and
 relative ageing to IEC 60076-7 (`transformer-thermal-model`), the P2P volume, and bills
 against the baseline.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cosim.sim.settlement import DSO
 
 #: The folder of each variant inside a run's folder (`cosim.sim.setup.variants_for`).
 VARIANT_FOLDERS = {"market": "", "market_no_feedback": "no_feedback", "baseline": "baseline",
@@ -59,6 +62,7 @@ def run_metrics(run_dir: str | Path, limits: dict, ambient_c: float = 20.0, insu
         "violation_rounds": k["violation_rounds"],
         "failed_rounds": k["failed_rounds"],
     }
+    row["dso_flexibility_cost"] = dso_flexibility_cost(folder)
     row.update(_voltage_figures(run_dir, folder, limits, dt_min))
     row.update(_loading_figures(run_dir, folder))
     dt_h = dt_min / 60.0
@@ -76,6 +80,13 @@ def run_metrics(run_dir: str | Path, limits: dict, ambient_c: float = 20.0, insu
         row["welfare_gain_vs_baseline"] = base - k["prosumer_bills_total"]
     row.update(transformer_ageing(run_dir, rounds, ambient_c, insulation))
     return row
+
+
+def dso_flexibility_cost(folder: Path) -> float:
+    """What the DSO paid providers for flexibility over the run [currency]: the sum of the
+    ``dso`` party's ``flexibility_payments`` in the variant's settlement.parquet."""
+    settlement = pd.read_parquet(folder / "settlement.parquet", columns=["party", "flexibility_payments"])
+    return float(settlement.flexibility_payments[settlement.party == DSO].sum())
 
 
 def _voltage_figures(run_dir: Path, folder: Path, limits: dict, dt_min: float) -> dict:

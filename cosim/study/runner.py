@@ -12,12 +12,13 @@ import pandas as pd
 
 from cosim.study.engine import Driver, check_out, commit_out, make_client, prepare_out
 from cosim.study.expand import base_data, check_axes, hosting_groups, hosting_run, sweep_runs
-from cosim.study.hosting import Search, summarize
+from cosim.study.hosting import AT_CAPACITY, Search, summarize
 from cosim.study.spec import Study, load_study
 
 #: Columns of hosting.parquet, one row per search (seed, setting and axis values).
 SEARCH_COLUMNS = ["setting", "hosting_capacity", "censored", "level_low", "level_high", "first_limit",
-                  "first_element", "runs", "status", "error"]
+                  "first_element", "runs", "status", "error",
+                  *(f"{c}_at_capacity" for c in AT_CAPACITY)]
 
 
 def run_study(study_path: str | Path, out: str | Path | None = None, scheduler: str | None = None,
@@ -140,5 +141,6 @@ def _hosting(client, study: Study, base: dict, runs_dir: Path, limits: dict, res
         **values, "setting": setting, "hosting_capacity": s.hosting_capacity, "censored": s.censored,
         "level_low": levels[0], "level_high": levels[-1], "first_limit": s.first_limit,
         "first_element": s.first_element, "runs": len(s.tried), "status": "failed" if s.error else "ok",
-        "error": s.error} for values, setting, s in searches])
+        "error": s.error, **{f"{c}_at_capacity": s.at_capacity(c) for c in AT_CAPACITY}}
+        for values, setting, s in searches])
     return rows, table

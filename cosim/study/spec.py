@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cosim.config.errors import InputError
 from cosim.config.files import format_validation_error, read_yaml
 from cosim.config.scenario import Duration, Scenario
+from cosim.markets.flexibility import FlexibilityOptions
 
 #: Named periods [first round, local time; length]: a week per season of the profile year 2016, or the year.
 PERIODS = {
@@ -45,8 +46,12 @@ PENETRATIONS = {
 }
 #: The settings of a hosting-capacity search and the variant of a run each needs
 #: (`cosim.sim.setup.variants_for`): no P2P on a passive grid (the classic hosting
-#: capacity), no P2P with the DSO's curtailment by feedback, P2P with feedback.
-SETTINGS = {"passive": "baseline_no_feedback", "curtailment": "baseline", "p2p": "market"}
+#: capacity), no P2P with the DSO's curtailment by feedback, P2P with feedback, and the
+#: DSO's flexibility market (`cosim.markets.flexibility`) with feedback.
+SETTINGS = {"passive": "baseline_no_feedback", "curtailment": "baseline", "p2p": "market",
+            "flexibility": "market"}
+#: The mechanism each setting's runs take instead of the scenario's (the others keep it).
+SETTING_MECHANISMS = {"flexibility": "flexibility"}
 
 
 class _Frozen(BaseModel):
@@ -123,9 +128,16 @@ class HostingCapacity(_Frozen):
     """Highest penetration searched [unit of `penetration`]."""
     step: Annotated[float, Field(gt=0.0)] = 0.05
     """Resolution of the answer [unit of `penetration`], e.g. 0.05 = 5 % of households."""
-    settings: Annotated[list[Literal["passive", "curtailment", "p2p"]], Field(min_length=1)] = list(SETTINGS)
+    settings: Annotated[list[Literal["passive", "curtailment", "p2p", "flexibility"]],
+                        Field(min_length=1)] = ["passive", "curtailment", "p2p"]
     """passive: no P2P, no feedback (the classic hosting capacity); curtailment: no P2P, the
-    DSO curtails by feedback; p2p: the scenario's market with price-responsive flexibility and feedback."""
+    DSO curtails by feedback; p2p: the scenario's market with price-responsive flexibility and
+    feedback; flexibility: the DSO's flexibility market (mechanism ``flexibility``) with
+    feedback: where the grid check finds a violation, the DSO buys curtailment and import
+    reduction from offers instead of curtailing at the feed-in value."""
+    flexibility: FlexibilityOptions = FlexibilityOptions()
+    """Options of the flexibility market in the ``flexibility`` setting (the mechanism's own,
+    see docs/markets/flexibility.md); its markup ``seed`` is the run's seed unless set here."""
     limits: Limits = Limits()
 
     @model_validator(mode="after")
