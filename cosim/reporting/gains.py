@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 #: The parts of a prosumer's bill: (settlement column, label).
@@ -128,8 +127,3 @@ def gains_section(labels: list[str], tables: list[pd.DataFrame | None], cur: str
             + f"<th>why [{cur}]</th></tr>{body}</table>{more}"
         )
     return "\n".join(out)
-
-
-def worse_off_count(table: pd.DataFrame | None) -> float:
-    """Prosumers the market made worse off (NaN without a baseline)."""
-    return np.nan if table is None else float((table.total < -MONEY_EPS).sum())

@@ -39,7 +39,7 @@ from cosim.sim.feedback import (
     reduce_orders,
 )
 from cosim.sim.setup import OUTSIDE, Setup, Variant
-from cosim.sim.tariff import NetworkTariff, trade_charges_per_kwh
+from cosim.sim.tariff import NetworkTariff, charges_at_rates, trade_charges_per_kwh
 from cosim.virtual.gate import GateRound, OrderGate
 
 #: Network-cut slots in the clearing model.
@@ -142,7 +142,7 @@ class VariantRunner:
         strategy (None: nothing traded P2P, or a variant without a market)."""
         self.last_withdrawal_per_kwh: np.ndarray | None = None
         """The network charge per kWh drawn at each prosumer's bus in the last round
-        (`NetworkTariff.withdrawal_per_kwh`), added to the ``price`` strategy's signal
+        (`NetworkTariff.rates_per_kwh`), added to the ``price`` strategy's signal
         [currency/kWh]; None without charges."""
         # mechanisms clear without network charges: they follow the physics (cosim.sim.tariff)
         self.no_charges = Charges.none(self.fleet.n)
@@ -466,7 +466,7 @@ class VariantRunner:
             r.trades = r.trades.assign(network_charge_per_kwh=trade_charges_per_kwh(
                 self._id_index.get_indexer(r.trades.seller), self._id_index.get_indexer(r.trades.buyer),
                 inject, withdraw))
-        return tariff.charges(injection)
+        return charges_at_rates(injection, inject, withdraw)
 
 
 def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:

@@ -26,8 +26,9 @@ physics, not on the mechanism that cleared it (issue 19).
 
 The DSO receives every charge (`cosim.sim.settlement`). Mechanisms clear without network
 charges: since a charge does not depend on the counterparty it cannot change which trade
-is better. It steers the prosumers' flexibility instead: `NetworkTariff.withdrawal_per_kwh`
-is what a kWh drawn at each bus costs on top of the energy price, and the ``price``
+is better. It steers the prosumers' flexibility instead: the charge per kWh withdrawn
+(`NetworkTariff.rates_per_kwh`) is what a kWh drawn at each bus costs on top of the energy
+price, and the ``price``
 storage strategy compares the two together with its threshold.
 """
 
@@ -88,11 +89,7 @@ class NetworkTariff:
         array([ 0.1 , -0.01,  0.  ])
         """
         inj = np.asarray(injection_kwh, float)
-        if not self.active:
-            return np.zeros(len(inj))
-        if self.method == "sensitivity":
-            return self.rate_per_kwh * self.loss_factor * inj
-        return self.rate_per_kwh * self.local_share(inj) * np.maximum(-inj, 0.0)
+        return charges_at_rates(inj, *self.rates_per_kwh(inj))
 
     def rates_per_kwh(self, injection_kwh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(charge per kWh injected, charge per kWh withdrawn) at each prosumer's bus in a
@@ -106,13 +103,11 @@ class NetworkTariff:
             return per_kwh, -per_kwh
         return np.zeros(n), np.full(n, self.rate_per_kwh * self.local_share(injection_kwh))
 
-    def withdrawal_per_kwh(self, injection_kwh: np.ndarray | None) -> np.ndarray | None:
-        """What drawing one more kWh at each prosumer's bus adds to its network charge,
-        given a round's injections (the last one's: this steers the next round's
-        flexibility) [currency/kWh]; None when there is no charge."""
-        if not self.active or injection_kwh is None:
-            return None
-        return self.rates_per_kwh(injection_kwh)[1]
+
+def charges_at_rates(injection_kwh: np.ndarray, inject: np.ndarray, withdraw: np.ndarray) -> np.ndarray:
+    """Each prosumer's charge [currency] for its net `injection_kwh` at the per-kWh rates
+    of `NetworkTariff.rates_per_kwh` (the injected kWh at `inject`, the withdrawn at `withdraw`)."""
+    return inject * np.maximum(injection_kwh, 0.0) + withdraw * np.maximum(-injection_kwh, 0.0)
 
 
 def trade_charges_per_kwh(trades_seller: np.ndarray, trades_buyer: np.ndarray, inject: np.ndarray,
