@@ -273,11 +273,12 @@ class FlexibleAssets:
             flex = add if flex is None else flex + add
         b = self.batteries
         before = b.energy_kwh
+        before_batteries_kw = net_kw if flex is None else net_kw + flex
         cheap = None  # batteries that charge at full power from cheap P2P energy
         if self.strategy == "price" and price_per_kwh is not None:
             cheap = np.broadcast_to(np.asarray(price_per_kwh) <= self.price_threshold_per_kwh, (self.n,))
         if self.shares is not None:  # the battery auction (rule or price strategy only)
-            battery_kw = self.shares.dispatch(t, b, net_kw if flex is None else net_kw + flex, dt_h,
+            battery_kw = self.shares.dispatch(t, b, before_batteries_kw, dt_h,
                                               False if cheap is None else cheap)
         elif plan is not None:
             request = np.zeros(self.n)
@@ -285,9 +286,9 @@ class FlexibleAssets:
             battery_kw = b.follow(request, dt_h)
         elif cheap is not None and cheap.any():
             # the rule is follow(-net load); the cheap ones charge at full power
-            battery_kw = b.follow(np.where(cheap, np.inf, -(net_kw if flex is None else net_kw + flex)), dt_h)
+            battery_kw = b.follow(np.where(cheap, np.inf, -before_batteries_kw), dt_h)
         else:
-            battery_kw = b.self_consume(net_kw if flex is None else net_kw + flex, dt_h)
+            battery_kw = b.self_consume(before_batteries_kw, dt_h)
         loss = battery_kw * dt_h - (b.energy_kwh - before)
         last["battery"] = (battery_kw, loss)
         self._last = last
