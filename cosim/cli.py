@@ -16,10 +16,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from cosim.config.scenario import VARIANTS
     from cosim.sim.loop import CHUNK_ROUNDS, run_scenario
+    from cosim.sim.parallel import default_workers
 
     out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report,
-                       resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS)
+                       resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS,
+                       workers=args.workers or default_workers(len(VARIANTS)))
     summary = json.loads((out / "summary.json").read_text())
     print(f"results: {out}")
     for name, m in summary["variants"].items():
@@ -174,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-rounds", type=_positive_int, default=None, metavar="N",
                      help="rounds written to disk at a time, each chunk followed by a checkpoint "
                           "(default 672, a week at 15 min; a resumed run keeps the interrupted run's)")
+    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="processes for the variants: the main one here, the comparison variants in N-1 "
+                          "others (default one per core, at most one per variant; 1 runs them one after another)")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="validate scenario files without running them")

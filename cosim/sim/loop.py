@@ -35,6 +35,7 @@ from tqdm import tqdm
 from cosim.config.scenario import VARIANTS
 from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
+from cosim.sim.parallel import SideVariants
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
 from cosim.sim.round import MAX_CUTS, VariantRunner, round_row
 from cosim.sim.settlement import BILL, parties, settle_matrix
@@ -71,22 +72,23 @@ def open_ledger(setup: Setup, path: Path, gate: OrderGate, process: bool = True,
 
 def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: bool = True,
                      ledger: LedgerWriter | LedgerProcess | None = None, gate: OrderGate | None = None,
-                     chunk_rounds: int = CHUNK_ROUNDS, resume: Progress | None = None) -> None:
+                     chunk_rounds: int = CHUNK_ROUNDS, resume: Progress | None = None, position: int = 0) -> None:
     """Run every round of one variant and write its parquet files into `folder`.
 
     With a `ledger`, the round's orders are signed and admitted (`gate`, made here if not
     given) and each round's block is appended to it; ``ledger_ms`` in rounds.parquet is
     the time the round spent on signing, admission and the block. Results are written
     every `chunk_rounds` rounds; `resume` starts at a later round from a checkpoint.
+    `position` is the line of its progress bar (variants run in parallel each have one).
     """
     sc = setup.scenario
     if gate is None and (ledger is not None or sc.ledger.adversary != type(sc.ledger.adversary)()):
         gate = OrderGate(sc, setup.fleet)
-    _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress())
+    _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress(), position)
 
 
 def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | LedgerProcess | None,
-              gate: OrderGate | None, chunk_rounds: int, resume: Progress) -> None:
+              gate: OrderGate | None, chunk_rounds: int, resume: Progress, position: int = 0) -> None:
     sc = setup.scenario
     runner = VariantRunner(setup, variant, gate)
     if resume.runner_state is not None:
@@ -100,7 +102,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
                    with_storage=variant.folder == "" and runner.assets.records)
     rec.drop_parts_from(first // rec.chunk_rounds)
     bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
-               initial=first, total=n)
+               initial=first, total=n, position=position)
     for t in bar:
         t0, cpu0 = time.perf_counter(), time.thread_time()
         if t % rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
@@ -146,18 +148,21 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
 
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,
-                 report: bool = True, resume: bool = False, chunk_rounds: int = CHUNK_ROUNDS) -> Path:
+                 report: bool = True, resume: bool = False, chunk_rounds: int = CHUNK_ROUNDS,
+                 workers: int = 1) -> Path:
     """Run a scenario file end to end; returns the results folder.
 
     Results are written to a hidden partial folder beside `out` and moved into place only
     at the end. After each chunk of rounds a checkpoint is taken there; an interrupted run
     (Ctrl-C, SIGTERM, a kill) keeps it, and ``resume=True`` carries on from it with results
     identical to an uninterrupted run. Any other failure removes the partial folder.
+
+    With `workers` > 1 the comparison variants run in ``workers - 1`` forked processes
+    beside the main one (`cosim.sim.parallel`), with the same results.
     """
     from cosim.config.load import load_scenario
-    from cosim.io.results import RunFolder, bills_by_party, write_json
+    from cosim.io.results import RunFolder, write_json
     from cosim.reporting.fairness import fairness_summary
-    from cosim.reporting.summary import kpis, timing
 
     wall0 = time.perf_counter()
     scenario = load_scenario(scenario_path)
@@ -168,6 +173,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         check_resumable(folder, ckpt, scenario)
         chunk_rounds = ckpt.chunk_rounds
     setup = prepare(scenario, scenario_path)
+    pf_start = setup.pf.get_state()  # every variant starts its power flows from these voltages
     stack = contextlib.ExitStack()
     try:
         tmp = folder.tmp
@@ -187,11 +193,24 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             gate.set_state(ckpt.gate)
             setup.pf.set_state(ckpt.pf_voltages)
         ledger_head = None
-        for index, variant in enumerate(variants_for(scenario)):
-            if variant.name in finished:
+        variants = variants_for(scenario)
+        folders = [tmp / v.folder if v.folder else tmp for v in variants]
+        side = None
+        # the comparison variants in processes of their own, unless an adversary ties them to
+        # the main variant's gate or a checkpoint stands in one of them
+        if workers > 1 and not gate.adversary.active and (ckpt is None or ckpt.variant == 0):
+            jobs = [(v, f) for i, (v, f) in enumerate(zip(variants, folders, strict=True))
+                    if i > 0 and v.name not in finished]
+            if jobs:
+                side = SideVariants(setup, pf_start, jobs, workers - 1, chunk_rounds, progress)
+                stack.callback(side.stop)
+        for index, variant in enumerate(variants):
+            if variant.name in finished or (side is not None and index > 0):
                 continue
             main = variant.folder == ""
             here = ckpt is not None and ckpt.variant == index
+            if not here:
+                setup.pf.set_state(pf_start)
             ledger = None
             if main:
                 path = tmp / "ledger.jsonl"
@@ -211,37 +230,29 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             # the main variant (first) admits every round's orders; the others only need
             # its outcome when an adversary made some prosumers passive
             use_gate = main or gate.adversary.active
-            vfolder = tmp / variant.folder if variant.folder else tmp
+            vfolder = folders[index]
             simulate_variant(setup, variant, vfolder, progress=progress, ledger=ledger,
                              gate=gate if use_gate else None, chunk_rounds=chunk_rounds, resume=state)
             if ledger is not None:
                 ledger.close()
             if main:
                 load_kwh = profile_load_kwh + flexible_consumption_kwh(vfolder, scenario.dt_h)
-            rounds = pd.read_parquet(vfolder / "rounds.parquet")
-            bills = bills_by_party(vfolder / "settlement.parquet")
-            prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
-            variant_timing = {}
-            if index == 0:  # the first variant run (the market's, unless the scenario leaves it out)
-                variant_timing = timing(rounds)
-                variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
-                variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
-                variant_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
-                if isinstance(ledger, LedgerProcess):  # signing and sealing, beside the rounds
-                    variant_timing["ledger_process_cpu_s"] = ledger.cpu_s
-                    variant_timing["ledger_process_peak_rss_mb"] = ledger.peak_rss_mb
-            finished[variant.name] = (
-                kpis(rounds, prosumer_bills, load_kwh, pv_kwh,
-                     scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None), prosumer_bills,
-                variant_timing, ledger.head if ledger is not None else None,
-            )
+            finished[variant.name] = variant_results(index, vfolder, ledger, setup, load_kwh, pv_kwh)
             ckpt = None
-        main_name = variants_for(scenario)[0].name  # the first variant run: its folder has the fairness
-        first_folder = tmp / variants_for(scenario)[0].folder
+        if side is not None:
+            side.wait()
+            for index, variant in enumerate(variants):  # in their order, as one after another
+                if index > 0 and variant.name not in finished:
+                    finished[variant.name] = variant_results(index, folders[index], None, setup, load_kwh, pv_kwh)
+            finished = {v.name: finished[v.name] for v in variants}
+        main_name = variants[0].name  # the first variant run: its folder has the fairness
+        first_folder = folders[0]
         main_timing = dict(finished[main_name][2])
         ledger_head = finished[main_name][3]
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
         main_timing["peak_rss_mb"] = peak_rss_mb()
+        main_timing["children_peak_rss_mb"] = peak_rss_mb(children=True)  # the largest: ledger or variants
+        main_timing["variant_processes"] = 1 + (side.children if side is not None else 0)
         summary = {
             "scenario": scenario.name,
             "network": scenario.network,
@@ -292,10 +303,36 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         raise
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far [MB] (Linux reports kB)."""
+def variant_results(index: int, folder: Path, ledger: LedgerWriter | LedgerProcess | None, setup: Setup,
+                    load_kwh: float, pv_kwh: float) -> tuple:
+    """What the summary keeps of a simulated variant: (KPIs, prosumer bills, timing, ledger
+    head); timing only for the first variant (the market's, unless the scenario leaves it out)."""
+    from cosim.io.results import bills_by_party
+    from cosim.reporting.summary import kpis, timing
+
+    scenario = setup.scenario
+    rounds = pd.read_parquet(folder / "rounds.parquet")
+    bills = bills_by_party(folder / "settlement.parquet")
+    prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
+    variant_timing = {}
+    if index == 0:
+        variant_timing = timing(rounds)
+        variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
+        variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
+        variant_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
+        if isinstance(ledger, LedgerProcess):  # signing and sealing, beside the rounds
+            variant_timing["ledger_process_cpu_s"] = ledger.cpu_s
+            variant_timing["ledger_process_peak_rss_mb"] = ledger.peak_rss_mb
+    voll = scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None
+    return (kpis(rounds, prosumer_bills, load_kwh, pv_kwh, voll), prosumer_bills, variant_timing,
+            ledger.head if ledger is not None else None)
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory of this process so far [MB] (Linux reports kB); with
+    `children`, that of its largest child process that has ended."""
     import resource
     import sys
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20

@@ -1,0 +1,114 @@
+"""Variants in parallel: the comparison variants simulated in child processes beside the main one.
+
+A run simulates up to four variants on the same profiles (`cosim.sim.setup.variants_for`).
+They share nothing while they run: each has its own runner, mechanism, flexible assets and
+random generator, and each starts the power flow from the same voltages (`Setup` right
+after `prepare`). So the main variant runs in the run's own process (with the ledger's
+process beside it), and the others run in `workers - 1` forked children, which share the
+prepared network, fleet and profiles with the parent until either side writes to them.
+The results are those of the same variants run one after another, bit for bit
+(tests/test_parallel_variants.py).
+
+Why fork, not a Dask worker: a forked child starts in milliseconds with everything
+prepared, while a fresh worker process would import pandapower and Pyomo and prepare the
+scenario again (about 4 s on this machine, a third of a whole week's run). Studies keep
+Dask for their runs and simulate each run's variants one after another.
+
+A child writes only into its variants' folders. A failure in a child is raised in the
+parent when it collects the children (`SideVariants.wait`), with the child's traceback.
+On an interrupt the parent terminates the children (`SideVariants.stop`); their
+variants are not in the checkpoint, so ``--resume`` simulates them again.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from cosim.sim.setup import Setup, Variant
+from cosim.virtual.ledger.process import fork_context
+
+
+def default_workers(n_variants: int) -> int:
+    """Processes for a run's variants: one per core this process may use, at most one per variant."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_variants))
+
+
+def _serve(conn, setup: Setup, pf_start: np.ndarray, jobs: list[tuple[Variant, Path]], chunk_rounds: int,
+           progress: bool, position: int) -> None:
+    """The child: simulate each (variant, folder) in turn, then report."""
+    from cosim.sim.loop import simulate_variant
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's handler: a kill ends the child
+    try:
+        for variant, folder in jobs:
+            setup.pf.set_state(pf_start)
+            simulate_variant(setup, variant, folder, progress=progress, chunk_rounds=chunk_rounds, position=position)
+        conn.send(("ok", None))
+    except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+
+
+class SideVariantError(RuntimeError):
+    """A variant simulated in a child process failed; the message holds its traceback."""
+
+
+class SideVariants:
+    """The comparison variants, simulated in `children` forked processes.
+
+    `jobs` are (variant, folder) pairs; child k takes jobs k, k + children, ... in order.
+    """
+
+    def __init__(self, setup: Setup, pf_start: np.ndarray, jobs: list[tuple[Variant, Path]], children: int,
+                 chunk_rounds: int, progress: bool):
+        ctx = fork_context()
+        self._procs = []
+        children = max(1, min(children, len(jobs)))
+        self.children = children
+        gc.freeze()  # the children share the parent's pages: keep their collectors off them
+        try:
+            for k in range(children):
+                mine = jobs[k::children]
+                parent_end, child_end = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_serve, name=f"cosim-variants-{k + 1}", daemon=True,
+                                   args=(child_end, setup, pf_start, mine, chunk_rounds, progress, k + 1))
+                proc.start()
+                child_end.close()
+                self._procs.append((proc, parent_end, [v.name for v, _ in mine]))
+        finally:
+            gc.unfreeze()
+
+    def wait(self) -> None:
+        """Wait for every child; raise `SideVariantError` if one failed."""
+        errors = []
+        for proc, conn, names in self._procs:
+            try:
+                status, detail = conn.recv()
+            except EOFError:
+                status, detail = "error", f"the process ended with exit code {proc.exitcode} without a result"
+            proc.join()
+            conn.close()
+            if status != "ok":
+                errors.append(f"variants {', '.join(names)}:\n{detail}")
+        self._procs = []
+        if errors:
+            raise SideVariantError("a comparison variant failed in its process: " + "\n".join(errors))
+
+    def stop(self) -> None:
+        """Terminate the children that still run (an interrupt or a failure in the parent)."""
+        for proc, conn, _ in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=5.0)
+            conn.close()
+        self._procs = []
