@@ -27,8 +27,8 @@ seed: 11
 prosumers: {pv_share: 0.9, pv_kwp: 10, battery_share: 0.4}
 market: {bidding: zero-intelligence}
 feedback:
-  v_max_pu: 1.02
-  max_loading_pct: 12
+  v_max_pu: 1.004
+  max_loading_pct: 8
   charge_method: sensitivity
   charge_rate_per_kwh: 0.3
 storage: {strategy: price, ev: {share: 0.3}}
@@ -71,25 +71,33 @@ def plain(scenario) -> Path:
     return loop.run_scenario(scenario, out=scenario.parent / "plain", progress=False, report=False, workers=1)
 
 
-def test_parallel_variants_equal_one_after_another(scenario, plain, tmp_path):
+@pytest.mark.parametrize("workers", [2, 4])
+def test_parallel_variants_equal_one_after_another(scenario, plain, tmp_path, workers):
+    """2 workers: the main variant here, the other three in one child (the two baselines
+    in one pass, `PairedBaselines`); 4: the market without feedback and the paired
+    baselines in a child each. The baseline's feedback binds in some rounds, so the
+    paired pass has rounds where the two baselines part and join again."""
     rounds = pd.read_parquet(plain / "rounds.parquet")
     assert (rounds.iterations > 1).any(), "the scenario should exercise the feedback"
-    fast = loop.run_scenario(scenario, out=tmp_path / "fast", progress=False, report=False, workers=4)
+    baseline = pd.read_parquet(plain / "baseline" / "rounds.parquet")
+    assert (baseline.iterations > 1).sum() >= 3
+    fast = loop.run_scenario(scenario, out=tmp_path / "fast", progress=False, report=False, workers=workers)
     same_results(plain, fast)
-    assert json.loads((fast / "summary.json").read_text())["timing"]["variant_processes"] == 4
+    processes = json.loads((fast / "summary.json").read_text())["timing"]["variant_processes"]
+    assert processes == min(workers, 3)
 
 
 def test_a_failing_side_variant_fails_the_run_and_leaves_no_folder(scenario, tmp_path, monkeypatch):
     """A comparison variant that raises in its process fails the run with its traceback;
     no results folder and no partial folder are left, and no child process keeps running."""
-    real = loop.VariantRunner.run_round
+    real = loop.VariantRunner.controllers
 
     def broken(self, t):
         if self.variant.name == "baseline" and t == 5:
             raise ValueError("broken on purpose")
         return real(self, t)
 
-    monkeypatch.setattr(loop.VariantRunner, "run_round", broken)
+    monkeypatch.setattr(loop.VariantRunner, "controllers", broken)
     with pytest.raises(RuntimeError, match="broken on purpose"):
         loop.run_scenario(scenario, out=tmp_path / "out", progress=False, report=False, workers=2)
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()

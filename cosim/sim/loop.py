@@ -37,7 +37,7 @@ from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
 from cosim.sim.parallel import SideVariants
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
-from cosim.sim.round import MAX_CUTS, VariantRunner, round_row
+from cosim.sim.round import MAX_CUTS, PairedBaselines, VariantRunner, round_row
 from cosim.sim.settlement import BILL, parties, settle_matrix
 from cosim.sim.setup import OUTSIDE, Setup, Variant, prepare, variants_for
 from cosim.virtual.gate import OrderGate
@@ -89,62 +89,97 @@ def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: boo
 
 def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | LedgerProcess | None,
               gate: OrderGate | None, chunk_rounds: int, resume: Progress, position: int = 0) -> None:
-    sc = setup.scenario
     runner = VariantRunner(setup, variant, gate)
     if resume.runner_state is not None:
         runner.set_state(resume.runner_state)
-    n, first = sc.n_rounds, resume.start_round
+    lane = _lane(setup, runner, folder, chunk_rounds, resume.start_round)
+    _rounds(setup, [lane], lambda t: [runner.run_round(t)], f"{setup.scenario.name} [{variant.name}]", progress,
+            position, resume, ledger)
+
+
+def simulate_baselines(setup: Setup, with_feedback: Variant, without: Variant, folders: tuple[Path, Path],
+                       progress: bool = True, chunk_rounds: int = CHUNK_ROUNDS, position: int = 0) -> None:
+    """The no-P2P baseline with and without feedback in one pass (`PairedBaselines`), each
+    written into its folder as `simulate_variant` writes it, with the same results."""
+    pair = PairedBaselines(setup, with_feedback, without)
+    lanes = [_lane(setup, r, Path(f), chunk_rounds, 0) for r, f in zip((pair.fb, pair.nf), folders, strict=True)]
+    _rounds(setup, lanes, pair.run_round, f"{setup.scenario.name} [{with_feedback.name}, {without.name}]", progress,
+            position, Progress(), None)
+
+
+def _lane(setup: Setup, runner: VariantRunner, folder: Path, chunk_rounds: int, first: int) -> tuple:
+    """A variant's runner and the recorder of its folder."""
     ids = setup.fleet.ids
-    party_names = parties(ids, OUTSIDE[sc.mode])
+    party_names = parties(ids, OUTSIDE[setup.scenario.mode])
     party_buses = np.r_[setup.fleet.table.bus.to_numpy(np.int64), -1, -1, -1]
-    rec = Recorder(folder, n, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names, party_buses,
-                   chunk_rounds=chunk_rounds, first_round=first, with_attribution=variant.folder == "",
-                   with_storage=variant.folder == "" and runner.assets.records)
+    main = runner.variant.folder == ""
+    rec = Recorder(folder, setup.scenario.n_rounds, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names,
+                   party_buses, chunk_rounds=chunk_rounds, first_round=first, with_attribution=main,
+                   with_storage=main and runner.assets.records)
     rec.drop_parts_from(first // rec.chunk_rounds)
-    bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
-               initial=first, total=n, position=position)
+    return runner, rec
+
+
+def _rounds(setup: Setup, lanes: list[tuple], step, desc: str, progress: bool, position: int, resume: Progress,
+            ledger: LedgerWriter | LedgerProcess | None) -> None:
+    """Every round: `step(t)` gives each lane's outcome, which is settled, chained into the
+    `ledger` (the first lane's) and recorded; a chunk is written when the recorders fill up."""
+    n, first = setup.scenario.n_rounds, resume.start_round
+    first_rec = lanes[0][1]
+    bar = tqdm(range(first, n), desc=desc, unit="round", disable=not progress, leave=True, initial=first, total=n,
+               position=position)
     for t in bar:
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        if t % rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
-            runner.mechanism.reset_warm_start()
-        outcome, book, ctx = runner.run_round(t)
-        t1 = time.perf_counter()
-        losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
-        rent = runner.assets.rent_due(t)  # shared battery capacity (storage.battery_auction), None without
-        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent, outcome.network_charges)
-        outcome.timings["settle"] = time.perf_counter() - t1
-        gr = outcome.gate
-        if ledger is not None:
-            t1, c1 = time.perf_counter(), time.thread_time()
-            ledger.append_round(t, setup.fleet.instants[t].isoformat(), gr.submitted, gr.outcomes,
-                                trade_payload(outcome.result.trades), st[:, :N_LEDGER_SETTLEMENT])
-            outcome.timings["ledger"] += time.perf_counter() - t1
-            outcome.timings["ledger_cpu"] += time.thread_time() - c1
-        t1 = time.perf_counter()
-        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
-        row["operator_bill"] = float(st[-1, BILL])  # the market operator's surplus (-) or deficit (+)
-        row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
-        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
-                   outcome.attribution, rejections=gr.rejections if gr is not None else None,
-                   storage=outcome.storage)
-        row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
-        if gr is not None:  # the signed orders are in the block now
-            gr.submitted = gr.outcomes = None
-        if not rec.full:
+        if t % first_rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
+            for runner, _ in lanes:
+                runner.mechanism.reset_warm_start()
+        outcomes = step(t)
+        for (runner, rec), (outcome, _, ctx) in zip(lanes, outcomes, strict=True):
+            _settle_and_record(setup, runner, rec, t, outcome, ctx, t0, cpu0, ledger if rec is first_rec else None)
+        if not first_rec.full:
             continue
-        rec.flush()
+        for _, rec in lanes:
+            rec.flush()
         if resume.on_chunk is not None and t + 1 < n:
             if ledger is not None:
                 ledger.flush()  # the checkpoint counts the blocks on disk
-            resume.on_chunk(runner, t + 1)
+            resume.on_chunk(lanes[0][0], t + 1)
     bar.close()
-    rec.finish()
-    if rec.with_storage:  # EV sessions, shiftable jobs and day-ahead solves of the run
-        rec.write_table("sessions", runner.assets.sessions_table())
-        rec.write_table("dayahead", runner.assets.dayahead_table())
-        auction = runner.assets.battery_auction_table()
-        if auction is not None:
-            rec.write_table("battery_auction", auction)
+    for runner, rec in lanes:
+        rec.finish()
+        if rec.with_storage:  # EV sessions, shiftable jobs and day-ahead solves of the run
+            rec.write_table("sessions", runner.assets.sessions_table())
+            rec.write_table("dayahead", runner.assets.dayahead_table())
+            auction = runner.assets.battery_auction_table()
+            if auction is not None:
+                rec.write_table("battery_auction", auction)
+
+
+def _settle_and_record(setup: Setup, runner: VariantRunner, rec: Recorder, t: int, outcome, ctx, t0: float,
+                       cpu0: float, ledger: LedgerWriter | LedgerProcess | None) -> None:
+    """Settle one variant's round, hand its block to the ledger and record its rows."""
+    t1 = time.perf_counter()
+    losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
+    rent = runner.assets.rent_due(t)  # shared battery capacity (storage.battery_auction), None without
+    st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent, outcome.network_charges)
+    outcome.timings["settle"] = time.perf_counter() - t1
+    gr = outcome.gate
+    if ledger is not None:
+        t1, c1 = time.perf_counter(), time.thread_time()
+        ledger.append_round(t, setup.fleet.instants[t].isoformat(), gr.submitted, gr.outcomes,
+                            trade_payload(outcome.result.trades), st[:, :N_LEDGER_SETTLEMENT])
+        outcome.timings["ledger"] += time.perf_counter() - t1
+        outcome.timings["ledger_cpu"] += time.thread_time() - c1
+    t1 = time.perf_counter()
+    row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
+    row["operator_bill"] = float(st[-1, BILL])  # the market operator's surplus (-) or deficit (+)
+    row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
+    rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
+               outcome.attribution, rejections=gr.rejections if gr is not None else None,
+               storage=outcome.storage)
+    row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
+    if gr is not None:  # the signed orders are in the block now
+        gr.submitted = gr.outcomes = None
 
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,

@@ -40,17 +40,37 @@ def default_workers(n_variants: int) -> int:
     return max(1, min(cores, n_variants))
 
 
-def _serve(conn, setup: Setup, pf_start: np.ndarray, jobs: list[tuple[Variant, Path]], chunk_rounds: int,
+def units_of(setup: Setup, jobs: list[tuple[Variant, Path]]) -> list[list[tuple[Variant, Path]]]:
+    """The jobs grouped as a child simulates them: the two no-P2P baselines of a
+    grid-connected run together (`cosim.sim.round.PairedBaselines`), every other variant alone."""
+    by_name = {v.name: (v, f) for v, f in jobs}
+    units, paired = [], setup.scenario.mode == "grid-connected" and {"baseline", "baseline_no_feedback"} <= set(by_name)
+    for v, f in jobs:
+        if paired and v.name == "baseline":
+            units.append([(v, f), by_name["baseline_no_feedback"]])
+        elif not (paired and v.name == "baseline_no_feedback"):
+            units.append([(v, f)])
+    return units
+
+
+def _serve(conn, setup: Setup, pf_start: np.ndarray, units: list[list[tuple[Variant, Path]]], chunk_rounds: int,
            progress: bool, position: int) -> None:
-    """The child: simulate each (variant, folder) in turn, then report."""
-    from cosim.sim.loop import simulate_variant
+    """The child: simulate each unit in turn, then report."""
+    from cosim.sim.loop import simulate_baselines, simulate_variant
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's handler: a kill ends the child
     try:
-        for variant, folder in jobs:
+        for unit in units:
             setup.pf.set_state(pf_start)
-            simulate_variant(setup, variant, folder, progress=progress, chunk_rounds=chunk_rounds, position=position)
+            if len(unit) == 2:
+                (fb, fb_folder), (nf, nf_folder) = unit
+                simulate_baselines(setup, fb, nf, (fb_folder, nf_folder), progress=progress,
+                                   chunk_rounds=chunk_rounds, position=position)
+            else:
+                (variant, folder), = unit
+                simulate_variant(setup, variant, folder, progress=progress, chunk_rounds=chunk_rounds,
+                                 position=position)
         conn.send(("ok", None))
     except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
         try:
@@ -66,25 +86,27 @@ class SideVariantError(RuntimeError):
 class SideVariants:
     """The comparison variants, simulated in `children` forked processes.
 
-    `jobs` are (variant, folder) pairs; child k takes jobs k, k + children, ... in order.
+    `jobs` are (variant, folder) pairs, grouped into units (`units_of`); child k takes
+    units k, k + children, ... in order.
     """
 
     def __init__(self, setup: Setup, pf_start: np.ndarray, jobs: list[tuple[Variant, Path]], children: int,
                  chunk_rounds: int, progress: bool):
         ctx = fork_context()
         self._procs = []
-        children = max(1, min(children, len(jobs)))
+        units = units_of(setup, jobs)
+        children = max(1, min(children, len(units)))
         self.children = children
         gc.freeze()  # the children share the parent's pages: keep their collectors off them
         try:
             for k in range(children):
-                mine = jobs[k::children]
+                mine = units[k::children]
                 parent_end, child_end = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_serve, name=f"cosim-variants-{k + 1}", daemon=True,
                                    args=(child_end, setup, pf_start, mine, chunk_rounds, progress, k + 1))
                 proc.start()
                 child_end.close()
-                self._procs.append((proc, parent_end, [v.name for v, _ in mine]))
+                self._procs.append((proc, parent_end, [v.name for unit in mine for v, _ in unit]))
         finally:
             gc.unfreeze()
 

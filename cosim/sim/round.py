@@ -146,7 +146,7 @@ class VariantRunner:
         [currency/kWh]; None without charges."""
         # mechanisms clear without network charges: they follow the physics (cosim.sim.tariff)
         self.no_charges = Charges.none(self.fleet.n)
-        self._id_index = pd.Index(self.fleet.ids)
+        self._pos_of = {id_: i for i, id_ in enumerate(self.fleet.ids)}  # prosumer id -> position
 
     # -- checkpoints --------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -371,6 +371,10 @@ class VariantRunner:
             fees_due = getattr(self.mechanism, "fees_due", None)
             if callable(fees_due):  # a membership fee falls due even when the clearing failed
                 r.info = {**r.info, "membership_fee": fees_due(rd.t)}
+        return self.first_check(rd, r)
+
+    def first_check(self, rd: RoundState, r: ClearingResult) -> tuple[Checked, pd.DataFrame | None]:
+        """The grid check of the first clearing, its violations attributed to its trades."""
         chk = self.check(rd, r)
         attribution = None
         if chk.violations and self.sensitivities(rd, chk) is not None:
@@ -463,10 +467,64 @@ class VariantRunner:
         inject, withdraw = tariff.rates_per_kwh(injection)
         self.last_withdrawal_per_kwh = withdraw
         if len(r.trades):
-            r.trades = r.trades.assign(network_charge_per_kwh=trade_charges_per_kwh(
-                self._id_index.get_indexer(r.trades.seller), self._id_index.get_indexer(r.trades.buyer),
-                inject, withdraw))
+            pos = self._pos_of
+            seller, buyer = r.trades["seller"].to_numpy(), r.trades["buyer"].to_numpy()
+            trades = r.trades.copy(deep=False)  # the mechanism's table is left as it was
+            trades["network_charge_per_kwh"] = trade_charges_per_kwh(
+                np.fromiter((pos.get(x, -1) for x in seller), np.int64, len(seller)),
+                np.fromiter((pos.get(x, -1) for x in buyer), np.int64, len(buyer)), inject, withdraw)
+            r.trades = trades
         return charges_at_rates(injection, inject, withdraw)
+
+
+class PairedBaselines:
+    """The no-P2P baseline with feedback and without it, in one pass.
+
+    Without a market, nothing a round sends to the next depends on the feedback: the
+    batteries follow their rule on the profiles (no P2P price to react to), the
+    zero-intelligence prices draw the same numbers, and the first clearing (everyone with
+    the grid, no cuts) needs no solver. So the two variants share each round's
+    controllers, orders and first clearing; the round without feedback ends with its
+    first grid check, and only the rounds where that check finds a violation go on
+    through the feedback. Each keeps what differs: its warm-start voltages (a round after
+    feedback starts its first power flow from each variant's own), its loss factors
+    and network charges. The results are those of the two variants run apart, bit for bit
+    (tests/test_parallel_variants.py). Grid-connected only: islanded, the grid-forming
+    unit's charge follows the power flows.
+    """
+
+    def __init__(self, setup: Setup, with_feedback: Variant, without: Variant):
+        if setup.scenario.mode != "grid-connected" or with_feedback.mechanism != "none" or without.mechanism != "none":
+            raise ValueError("paired baselines: grid-connected runs of the no-P2P baseline only")
+        self.fb = VariantRunner(setup, with_feedback)
+        self.nf = VariantRunner(setup, without)
+        self.pf = setup.pf
+        self.v_fb = self.v_nf = setup.pf.get_state()
+
+    def run_round(self, t: int) -> list[tuple[RoundOutcome, OrderBook, MarketContext]]:
+        """(outcome, book, context) of the round with feedback, then without."""
+        fb, nf, pf = self.fb, self.nf, self.pf
+        rd = fb.controllers(t)
+        fb.market_inputs(rd)
+        start = self.v_nf
+        pf.set_state(start)
+        chk, attribution = fb.first_clearing(rd)
+        self.v_nf = pf.get_state()
+        # without feedback the round ends here (its own copy of the result: charges differ)
+        rd_nf = dataclasses.replace(rd, timings=dict(rd.timings))
+        chk_nf = dataclasses.replace(chk, result=dataclasses.replace(chk.result))
+        without = nf.finish(rd_nf, chk_nf, 1, len(chk.violations), attribution)
+        if not np.array_equal(self.v_fb, start):  # the last round's feedback moved its voltages
+            pf.set_state(self.v_fb)
+            chk, attribution = fb.first_check(rd, chk.result)
+        n_initial, iterations = len(chk.violations), 1
+        if fb.variant.feedback and rd.status == "ok" and chk.violations:
+            chk, iterations = fb.feedback(rd, chk)
+            if chk.violations:
+                chk = fb.force(rd, chk)
+        with_feedback = fb.finish(rd, chk, iterations, n_initial, attribution)
+        self.v_fb = pf.get_state()
+        return [with_feedback, without]
 
 
 def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
