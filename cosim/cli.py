@@ -33,7 +33,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     tm = summary["timing"]
     print(f"  median round {tm['median_round_ms']:.1f} ms, wall {tm['wall_s']:.0f} s, "
-          f"peak memory {tm.get('peak_rss_mb', float('nan')):.0f} MB")
+          f"peak memory {tm.get('peak_rss_mb', float('nan')):.0f} MB "
+          f"({tm.get('total_peak_rss_mb', float('nan')):.0f} MB over its {tm.get('variant_processes', 1)} variant "
+          f"process(es) and the ledger's)")
     if (out / "report.html").is_file() and not args.no_report:
         print(f"report: {out / 'report.html'}")
     return EXIT_OK
@@ -107,8 +109,11 @@ def _cmd_powerflow(args: argparse.Namespace) -> int:
 def _cmd_ledger(args: argparse.Namespace) -> int:
     from cosim.virtual import ledger
     if args.ledger_command == "verify":
+        import time
+
+        t0 = time.perf_counter()
         ok, message = ledger.verify(args.run_dir)
-        print(message)
+        print(f"{message} ({time.perf_counter() - t0:.1f} s)")
         return EXIT_OK if ok else EXIT_FAILURE
     block = ledger.show(args.run_dir, None if args.genesis else args.round)
     print(block)

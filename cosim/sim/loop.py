@@ -184,7 +184,7 @@ def _settle_and_record(setup: Setup, runner: VariantRunner, rec: Recorder, t: in
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,
                  report: bool = True, resume: bool = False, chunk_rounds: int = CHUNK_ROUNDS,
-                 workers: int = 1) -> Path:
+                 workers: int = 1, ledger_process: bool = True) -> Path:
     """Run a scenario file end to end; returns the results folder.
 
     Results are written to a hidden partial folder beside `out` and moved into place only
@@ -193,7 +193,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
     identical to an uninterrupted run. Any other failure removes the partial folder.
 
     With `workers` > 1 the comparison variants run in ``workers - 1`` forked processes
-    beside the main one (`cosim.sim.parallel`), with the same results.
+    beside the main one (`cosim.sim.parallel`), with the same results. Without
+    `ledger_process` the ledger is written in this process (`LedgerWriter`), with the same
+    bytes: a study's worker then keeps one core busy, not two.
     """
     from cosim.config.load import load_scenario
     from cosim.io.results import RunFolder, write_json
@@ -249,7 +251,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             ledger = None
             if main:
                 path = tmp / "ledger.jsonl"
-                ledger = open_ledger(setup, path, gate, resume=ckpt.ledger if here else None)
+                ledger = open_ledger(setup, path, gate, process=ledger_process,
+                                     resume=ckpt.ledger if here else None)
                 stack.callback(ledger.close)
 
             def on_chunk(runner, next_round, index=index, ledger=ledger):
@@ -286,8 +289,12 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         ledger_head = finished[main_name][3]
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
         main_timing["peak_rss_mb"] = peak_rss_mb()
-        main_timing["children_peak_rss_mb"] = peak_rss_mb(children=True)  # the largest: ledger or variants
         main_timing["variant_processes"] = 1 + (side.children if side is not None else 0)
+        side_peaks = side.peak_rss_mb if side is not None else []
+        main_timing["variant_processes_peak_rss_mb"] = side_peaks
+        # an upper bound on what the run held at once: every process's peak, shared pages counted in each
+        main_timing["total_peak_rss_mb"] = (main_timing["peak_rss_mb"] + sum(side_peaks)
+                                            + main_timing.get("ledger_process_peak_rss_mb", 0.0))
         summary = {
             "scenario": scenario.name,
             "network": scenario.network,
@@ -363,11 +370,10 @@ def variant_results(index: int, folder: Path, ledger: LedgerWriter | LedgerProce
             ledger.head if ledger is not None else None)
 
 
-def peak_rss_mb(children: bool = False) -> float:
-    """Peak resident memory of this process so far [MB] (Linux reports kB); with
-    `children`, that of its largest child process that has ended."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far [MB] (Linux reports kB)."""
     import resource
     import sys
 
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20

@@ -71,12 +71,19 @@ def _serve(conn, setup: Setup, pf_start: np.ndarray, units: list[list[tuple[Vari
                 (variant, folder), = unit
                 simulate_variant(setup, variant, folder, progress=progress, chunk_rounds=chunk_rounds,
                                  position=position)
-        conn.send(("ok", None))
+        conn.send(("ok", _peak_rss_mb()))
     except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
         try:
             conn.send(("error", traceback.format_exc()))
         except OSError:
             pass
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process [MB] (Linux reports kB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class SideVariantError(RuntimeError):
@@ -113,6 +120,7 @@ class SideVariants:
     def wait(self) -> None:
         """Wait for every child; raise `SideVariantError` if one failed."""
         errors = []
+        self.peak_rss_mb = []
         for proc, conn, names in self._procs:
             try:
                 status, detail = conn.recv()
@@ -122,6 +130,8 @@ class SideVariants:
             conn.close()
             if status != "ok":
                 errors.append(f"variants {', '.join(names)}:\n{detail}")
+            else:
+                self.peak_rss_mb.append(float(detail))
         self._procs = []
         if errors:
             raise SideVariantError("a comparison variant failed in its process: " + "\n".join(errors))
