@@ -287,6 +287,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         first_folder = folders[0]
         main_timing = dict(finished[main_name][2])
         ledger_head = finished[main_name][3]
+        fairness = fairness_summary(party_totals(first_folder / "settlement.parquet"),
+                                    pd.read_parquet(tmp / "prosumers.parquet"))
+        storage = summarize_storage(tmp, scenario)
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
         main_timing["peak_rss_mb"] = peak_rss_mb()
         main_timing["variant_processes"] = 1 + (side.children if side is not None else 0)
@@ -316,10 +319,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "prosumer_bills": pd.DataFrame({name: f[1] for name, f in finished.items()}).round(6).to_dict(orient="index"),
             "timing": main_timing,
             "ledger_head": ledger_head,
-            "storage": summarize_storage(tmp, scenario),
-            "fairness": fairness_summary(
-                pd.read_parquet(first_folder / "settlement.parquet", columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"]),
-                pd.read_parquet(tmp / "prosumers.parquet")),
+            "storage": storage,
+            "fairness": fairness,
         }
         write_json(tmp / "summary.json", summary)
         (tmp / CHECKPOINT).unlink(missing_ok=True)
@@ -368,6 +369,18 @@ def variant_results(index: int, folder: Path, ledger: LedgerWriter | LedgerProce
     voll = scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None
     return (kpis(rounds, prosumer_bills, load_kwh, pv_kwh, voll), prosumer_bills, variant_timing,
             ledger.head if ledger is not None else None)
+
+
+def party_totals(settlement_path: Path) -> pd.DataFrame:
+    """Each party's curtailed, shed and load energy over the run [kWh], one row per party,
+    from settlement.parquet with the party names read as a dictionary (a year holds
+    4 million rows; as text they would cost the run its peak memory)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(settlement_path, columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"],
+                          read_dictionary=["party"]).to_pandas()
+    totals = table.groupby("party", observed=True, sort=False)[["curtailed_kwh", "shed_kwh", "load_kwh"]].sum()
+    return totals.reset_index().astype({"party": str})
 
 
 def peak_rss_mb() -> float:
