@@ -24,7 +24,7 @@ from cosim.markets import (
     OrderArrays,
     get_mechanism,
 )
-from cosim.markets.base import QTY_TOL, TRADE_COLUMNS, fallback_result
+from cosim.markets.base import ASSET_CHARGE, QTY_TOL, TRADE_COLUMNS, fallback_result
 from cosim.physical.fleet import OrderBook, order_book
 from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
@@ -312,6 +312,11 @@ class VariantRunner:
         t1 = time.perf_counter()
         rd.orders = OrderArrays.from_positions(self.fleet.n, *rd.book)
         rd.ctx = rd.market_ctx = self.context(rd.t)
+        if self.mechanism.uses_charge_headroom and self.assets.records:
+            headroom = self.assets.charge_headroom_kwh(rd.t, self.dt_h)
+            if rd.passive is not None:  # a passive prosumer offers nothing
+                headroom[(rd.passive.demand_kwh > 0) | (rd.passive.supply_kwh > 0)] = 0.0
+            rd.ctx = rd.market_ctx = dataclasses.replace(rd.ctx, charge_headroom_kwh=headroom)
         if rd.passive is not None:
             rd.market_ctx = dataclasses.replace(
                 rd.ctx,
@@ -426,6 +431,9 @@ class VariantRunner:
         """The round's network charges, what it leaves for the next one (loss factors,
         the grid-forming unit's state of charge, the P2P price) and its outcome."""
         state, r, dt_h = chk.state, chk.result, self.dt_h
+        extra_kwh = r.info.get(ASSET_CHARGE) if r.info else None
+        if extra_kwh is not None:  # batteries and EVs draw what the mechanism had them draw
+            rd.battery_kw = rd.battery_kw + self.assets.add_charge(rd.t, extra_kwh, dt_h)
         if not state.converged and rd.status == "ok":
             rd.status = "power flow did not converge"
         fb = self.sc.feedback
