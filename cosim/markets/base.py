@@ -57,6 +57,10 @@ class Participants:
     """True for participants with rooftop PV (green producers)."""
     distance_km: np.ndarray | None = None
     """[n x n] length of the line path between participants' buses [km]; None if unknown."""
+    battery_kwh: np.ndarray | None = None
+    """Capacity of each participant's home battery [kWh] (0: none); None if unknown."""
+    battery_kw: np.ndarray | None = None
+    """Power limit of each participant's home battery [kW]; None if unknown."""
 
     @classmethod
     def plain(cls, ids: list[str]) -> Participants:
@@ -154,6 +158,8 @@ class MarketContext:
     a round under feedback carry the same number."""
     dt_h: float | None = None
     """Round length [h] (None outside a run)."""
+    n_rounds: int | None = None
+    """Rounds in the run (None outside a run)."""
     charge_headroom_kwh: np.ndarray | None = field(default=None, compare=False)
     """What each participant's batteries and EVs could still draw this round on top of
     their dispatch, at the meter [kWh] (`cosim.flex.assets.FlexibleAssets.charge_headroom_kwh`);

@@ -25,6 +25,7 @@ from cosim.markets import (
     get_mechanism,
 )
 from cosim.markets.base import ASSET_CHARGE, QTY_TOL, TRADE_COLUMNS, fallback_result
+from cosim.markets.community_tariff import POOL_BATTERY
 from cosim.physical.fleet import OrderBook, order_book
 from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
@@ -124,6 +125,10 @@ class VariantRunner:
         options = sc.market.options if variant.mechanism == sc.market.mechanism else None
         self.mechanism = get_mechanism(variant.mechanism)(setup.participants, max_cuts=MAX_CUTS, options=options)
         self.assets = setup.assets.fresh() if setup.assets is not None else build_assets(sc, self.fleet)
+        pooled = getattr(self.mechanism, "pooled_share", 0.0)
+        if pooled > 0:  # a virtual pool runs this share of each home battery (cosim.markets.community_tariff)
+            b = self.assets.batteries
+            self.assets.batteries = dataclasses.replace(b, e_kwh=b.e_kwh * (1.0 - pooled), p_kw=b.p_kw * (1.0 - pooled))
         self.batteries = self.assets.batteries
         self.rng = np.random.default_rng(sc.seed + 1)
         self.gfu = None
@@ -184,10 +189,13 @@ class VariantRunner:
         n_bus = len(self.pf.buses)
         p = np.bincount(self.setup.participant_pos, weights=prosumer_kw, minlength=n_bus)
         q = np.bincount(self.setup.participant_pos, weights=load_kvar * served, minlength=n_bus)
-        # a community battery run by the market operator sits at the LV busbar
-        battery_kwh = r.info.get("battery_charge_kwh", 0.0) - r.info.get("battery_discharge_kwh", 0.0) if r.info else 0.0
-        if battery_kwh:
-            p[self.setup.busbar_pos] += battery_kwh / self.dt_h
+        pool_kwh = r.info.get(POOL_BATTERY) if r.info else None
+        if pool_kwh is not None:  # a virtual pool of the members' batteries: at their buses
+            p += np.bincount(self.setup.participant_pos, weights=pool_kwh / self.dt_h, minlength=n_bus)
+        else:  # a community battery run by the market operator sits at the LV busbar
+            battery_kwh = r.info.get("battery_charge_kwh", 0.0) - r.info.get("battery_discharge_kwh", 0.0) if r.info else 0.0
+            if battery_kwh:
+                p[self.setup.busbar_pos] += battery_kwh / self.dt_h
         return p, q
 
     def limits_for(self, state: GridState) -> Limits:
@@ -207,6 +215,7 @@ class VariantRunner:
         ctx = MarketContext(
             round_no=t,
             dt_h=self.dt_h,
+            n_rounds=self.sc.n_rounds,
             retail_price_per_kwh=m.retail_price_per_kwh,
             feed_in_price_per_kwh=m.feed_in_price_per_kwh,
             k=m.k,
