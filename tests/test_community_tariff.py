@@ -211,3 +211,44 @@ market:
     fee = monthly.loc[monthly.party.isin(set(members.party)), "membership_fees"]
     assert fee.to_numpy() == pytest.approx(20.0 * 24 / (30 * 96))
     assert "Monthly bills (community tariff)" in (run / "report.html").read_text()
+
+
+def test_resume_keeps_the_allowance_and_the_pool(tmp_path, monkeypatch):
+    """Billing months of 3 h (12 rounds) in a 6 h run, checkpoints every 5 rounds,
+    interrupted in round 13 (the second month): the resumed run's settlement and monthly
+    bills equal the uninterrupted run's (allowance used so far and the pool's state of
+    charge come back from the checkpoint)."""
+    from cosim.cli import main
+
+    path = tmp_path / "tariff.yaml"
+    path.write_text("""
+name: tariff-resume
+network: feeder
+start: 2016-07-21 06:00
+duration: 6h
+seed: 3
+prosumers: {pv_share: 0.6, pv_kwp: 8, battery_share: 1.0}
+market:
+  mechanism: community_tariff
+  options: {allowance_kwh_per_month: 5, fee_per_month: 2, pool_share: 0.5, month_days: 0.125}
+""")
+    ref = loop.run_scenario(path, out=tmp_path / "ref", progress=False, report=False, chunk_rounds=5)
+    real = loop.VariantRunner.run_round
+    calls = {"n": 0}
+
+    def flaky(self, t):
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise KeyboardInterrupt
+        return real(self, t)
+
+    monkeypatch.setattr(loop.VariantRunner, "run_round", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_scenario(path, out=tmp_path / "out", progress=False, report=False, chunk_rounds=5)
+    monkeypatch.undo()
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--no-progress", "--no-report", "--resume"]) == 0
+    for name in ("settlement.parquet", "monthly_bills.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(ref / name), pd.read_parquet(tmp_path / "out" / name),
+                                      check_exact=True, obj=name)
+    monthly = pd.read_parquet(ref / "monthly_bills.parquet")
+    assert monthly.month.unique().tolist() == [0, 1]
