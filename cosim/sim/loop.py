@@ -323,6 +323,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "fairness": fairness,
         }
         write_json(tmp / "summary.json", summary)
+        if scenario.market.mechanism == "community_tariff" and (tmp / "settlement.parquet").is_file():
+            write_monthly_bills(tmp, scenario)
         (tmp / CHECKPOINT).unlink(missing_ok=True)
         if report and len(finished) == len(VARIANTS):  # the report compares all four
             from cosim.reporting.report import write_report
@@ -381,6 +383,18 @@ def party_totals(settlement_path: Path) -> pd.DataFrame:
                           read_dictionary=["party"]).to_pandas()
     totals = table.groupby("party", observed=True, sort=False)[["curtailed_kwh", "shed_kwh", "load_kwh"]].sum()
     return totals.reset_index().astype({"party": str})
+
+
+def write_monthly_bills(folder: Path, scenario) -> Path:
+    """monthly_bills.parquet of a community tariff's run: each party's bill per billing
+    month of the main variant (`cosim.markets.community_tariff.monthly_bills`)."""
+    from cosim.markets.community_tariff import CommunityTariffOptions, month_rounds, monthly_bills
+
+    options = CommunityTariffOptions.model_validate(scenario.market.options or {})
+    table = monthly_bills(pd.read_parquet(folder / "settlement.parquet"), month_rounds(options.month_days, scenario.dt_h))
+    path = folder / "monthly_bills.parquet"
+    table.to_parquet(path, index=False)
+    return path
 
 
 def peak_rss_mb() -> float:
