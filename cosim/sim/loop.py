@@ -37,7 +37,8 @@ from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
 from cosim.sim.parallel import SideVariants
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
-from cosim.sim.round import MAX_CUTS, PairedBaselines, VariantRunner, round_row
+from cosim.sim.baselines import PairedBaselines
+from cosim.sim.round import MAX_CUTS, VariantRunner, round_row
 from cosim.sim.settlement import BILL, parties, settle_matrix
 from cosim.sim.setup import OUTSIDE, Setup, Variant, prepare, variants_for
 from cosim.virtual.gate import OrderGate
@@ -239,7 +240,16 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             jobs = [(v, f) for i, (v, f) in enumerate(zip(variants, folders, strict=True))
                     if i > 0 and v.name not in finished]
             if jobs:
-                side = SideVariants(setup, pf_start, jobs, workers - 1, chunk_rounds, progress)
+                def simulate(unit: list, position: int) -> None:
+                    if len(unit) == 2:  # the two no-P2P baselines in one pass
+                        (fb, fb_folder), (nf, nf_folder) = unit
+                        simulate_baselines(setup, fb, nf, (fb_folder, nf_folder), progress, chunk_rounds, position)
+                    else:
+                        ((variant, folder),) = unit
+                        simulate_variant(setup, variant, folder, progress=progress, chunk_rounds=chunk_rounds,
+                                         position=position)
+
+                side = SideVariants(setup, pf_start, jobs, workers - 1, simulate)
                 stack.callback(side.stop)
         for index, variant in enumerate(variants):
             if variant.name in finished or (side is not None and index > 0):

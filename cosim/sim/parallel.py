@@ -26,6 +26,7 @@ import gc
 import os
 import signal
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def default_workers(n_variants: int) -> int:
 
 def units_of(setup: Setup, jobs: list[tuple[Variant, Path]]) -> list[list[tuple[Variant, Path]]]:
     """The jobs grouped as a child simulates them: the two no-P2P baselines of a
-    grid-connected run together (`cosim.sim.round.PairedBaselines`), every other variant alone."""
+    grid-connected run together (`cosim.sim.baselines.PairedBaselines`), every other variant alone."""
     by_name = {v.name: (v, f) for v, f in jobs}
     units, paired = [], setup.scenario.mode == "grid-connected" and {"baseline", "baseline_no_feedback"} <= set(by_name)
     for v, f in jobs:
@@ -53,24 +54,15 @@ def units_of(setup: Setup, jobs: list[tuple[Variant, Path]]) -> list[list[tuple[
     return units
 
 
-def _serve(conn, setup: Setup, pf_start: np.ndarray, units: list[list[tuple[Variant, Path]]], chunk_rounds: int,
-           progress: bool, position: int) -> None:
-    """The child: simulate each unit in turn, then report."""
-    from cosim.sim.loop import simulate_baselines, simulate_variant
-
+def _serve(conn, setup: Setup, pf_start: np.ndarray, units: list[list[tuple[Variant, Path]]], simulate: Callable,
+           position: int) -> None:
+    """The child: simulate each unit in turn (`simulate(unit, position)`), then report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's handler: a kill ends the child
     try:
         for unit in units:
             setup.pf.set_state(pf_start)
-            if len(unit) == 2:
-                (fb, fb_folder), (nf, nf_folder) = unit
-                simulate_baselines(setup, fb, nf, (fb_folder, nf_folder), progress=progress,
-                                   chunk_rounds=chunk_rounds, position=position)
-            else:
-                (variant, folder), = unit
-                simulate_variant(setup, variant, folder, progress=progress, chunk_rounds=chunk_rounds,
-                                 position=position)
+            simulate(unit, position)
         conn.send(("ok", _peak_rss_mb()))
     except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
         try:
@@ -94,11 +86,13 @@ class SideVariants:
     """The comparison variants, simulated in `children` forked processes.
 
     `jobs` are (variant, folder) pairs, grouped into units (`units_of`); child k takes
-    units k, k + children, ... in order.
+    units k, k + children, ... in order and calls ``simulate(unit, position)`` for each
+    (`cosim.sim.loop` simulates one variant, or the two baselines in one pass; `position`
+    is the line of the child's progress bars).
     """
 
     def __init__(self, setup: Setup, pf_start: np.ndarray, jobs: list[tuple[Variant, Path]], children: int,
-                 chunk_rounds: int, progress: bool):
+                 simulate: Callable):
         ctx = fork_context()
         self._procs = []
         units = units_of(setup, jobs)
@@ -110,7 +104,7 @@ class SideVariants:
                 mine = units[k::children]
                 parent_end, child_end = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_serve, name=f"cosim-variants-{k + 1}", daemon=True,
-                                   args=(child_end, setup, pf_start, mine, chunk_rounds, progress, k + 1))
+                                   args=(child_end, setup, pf_start, mine, simulate, k + 1))
                 proc.start()
                 child_end.close()
                 self._procs.append((proc, parent_end, [v.name for unit in mine for v, _ in unit]))
