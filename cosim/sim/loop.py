@@ -97,7 +97,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
     party_buses = np.r_[setup.fleet.table.bus.to_numpy(np.int64), -1, -1, -1]
     rec = Recorder(folder, n, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names, party_buses,
                    chunk_rounds=chunk_rounds, first_round=first, with_attribution=variant.folder == "",
-                   with_storage=variant.folder == "" and runner.assets.records)
+                   with_storage=variant.folder == "" and runner.assets.records, three_phase=setup.pf3 is not None)
     rec.drop_parts_from(first // rec.chunk_rounds)
     bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
                initial=first, total=n)
@@ -124,7 +124,7 @@ def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledg
         row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
         rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
                    outcome.attribution, rejections=gr.rejections if gr is not None else None,
-                   storage=outcome.storage)
+                   storage=outcome.storage, p_abc_kw=outcome.p_abc_kw, q_abc_kvar=outcome.q_abc_kvar)
         row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
         if gr is not None:  # the signed orders are in the block now
             gr.submitted = gr.outcomes = None
@@ -186,6 +186,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         if ckpt is not None:
             gate.set_state(ckpt.gate)
             setup.pf.set_state(ckpt.pf_voltages)
+            if setup.pf3 is not None and getattr(ckpt, "pf3_voltages", None) is not None:
+                setup.pf3.set_state(ckpt.pf3_voltages)
         ledger_head = None
         for index, variant in enumerate(variants_for(scenario)):
             if variant.name in finished:
@@ -203,6 +205,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                     scenario_yaml=scenario.to_yaml(), variant=index, next_round=next_round,
                     chunk_rounds=chunk_rounds, runner=runner.get_state(), gate=gate.get_state(),
                     pf_voltages=setup.pf.get_state(),
+                    pf3_voltages=setup.pf3.get_state() if setup.pf3 is not None else None,
                     ledger=(ledger.height, ledger.head) if ledger is not None else None,
                     finished=finished, elapsed_s=elapsed0 + time.perf_counter() - wall0,
                 ).save(tmp)

@@ -28,6 +28,7 @@ from cosim.markets.base import QTY_TOL, TRADE_COLUMNS, fallback_result
 from cosim.physical.fleet import OrderBook, order_book
 from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
+from cosim.physical.grid.threephase_flow import PhaseSensitivities, marginal_split
 from cosim.physical.islanded import GridFormingUnit
 from cosim.sim.feedback import (
     MAX_FORCED_STEPS,
@@ -58,6 +59,9 @@ class RoundOutcome:
     status: str
     attribution: pd.DataFrame | None
     timings: dict = field(default_factory=dict)
+    p_abc_kw: np.ndarray | None = None
+    """Three-phase: the per-phase net load the power flow saw [buses x 3] [kW]."""
+    q_abc_kvar: np.ndarray | None = None
     physical: dict = field(default_factory=dict)
     """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
     gate: GateRound | None = None
@@ -106,7 +110,10 @@ class Checked:
     q_kvar: np.ndarray
     state: GridState
     violations: list
-    sens: Sensitivities | None = None
+    sens: Sensitivities | PhaseSensitivities | None = None
+    p_abc_kw: np.ndarray | None = None
+    """Three-phase: net load per bus and phase [buses x 3] [kW] (load convention)."""
+    q_abc_kvar: np.ndarray | None = None
 
 
 class VariantRunner:
@@ -134,7 +141,11 @@ class VariantRunner:
                                        isl.s_kva)
             slack_limit = isl.p_kw
         self.limits = Limits.from_feedback(sc.feedback, slack_limit)
-        self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
+        self.pf3 = setup.pf3
+        # the columns of the sensitivities: buses (balanced), participants (three-phase:
+        # a participant's injection lands on its own phases)
+        self.sens_pos = setup.participant_pos if self.pf3 is None else np.arange(self.fleet.n)
+        self.bus_pos_of = dict(zip(self.fleet.ids, self.sens_pos, strict=True))
         self.last_loss_factors = None
         self.last_state: GridState | None = None
         self.last_price: float | None = None
@@ -189,6 +200,32 @@ class VariantRunner:
         if battery_kwh:
             p[self.setup.busbar_pos] += battery_kwh / self.dt_h
         return p, q
+
+    def phase_injections(self, rd: RoundState, r: ClearingResult, p_kw: np.ndarray,
+                         q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bus, per-phase net load [buses x 3] [kW], [kvar] of the dispatch: each
+        prosumer's served load (and shiftable loads) on its load's phases, its PV less
+        curtailment on the PV's, its battery and EV charger on theirs; what the clearing
+        moved beyond these (e.g. a battery's discharge sold and then curtailed) on the
+        load's phases. Each bus's phases add up to `bus_injections`' totals; what is left
+        there (the market operator's battery at the busbar) is spread evenly."""
+        sp, dt_h = self.setup.splits, self.dt_h
+        total_kw = -r.injection_kwh / dt_h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            served = np.where(rd.load_kw > 0, np.clip(1.0 - r.shed_kwh / dt_h / rd.load_kw, 0.0, 1.0), 1.0)
+        pv_kw = np.clip(rd.pv_kw - r.curtailed_kwh / dt_h, 0.0, None)
+        comps = self.assets.last_components_kw()
+        parts = ((rd.load_kw * served + comps["shiftable"])[:, None] * sp["load"] - pv_kw[:, None] * sp["pv"]
+                 + comps["battery"][:, None] * sp["battery"] + comps["ev"][:, None] * sp["ev"])
+        parts += (total_kw - parts.sum(axis=1))[:, None] * sp["load"]
+        q_parts = (rd.load_kvar * served)[:, None] * sp["load"]
+        n_bus, pos = len(self.pf.buses), self.setup.participant_pos
+        p3, q3 = np.zeros((n_bus, 3)), np.zeros((n_bus, 3))
+        np.add.at(p3, pos, parts)
+        np.add.at(q3, pos, q_parts)
+        p3 += (p_kw - p3.sum(axis=1))[:, None] / 3.0
+        q3 += (q_kvar - q3.sum(axis=1))[:, None] / 3.0
+        return p3, q3
 
     def limits_for(self, state: GridState) -> Limits:
         """The limits a power flow's outcome is checked against: islanded, the slack's
@@ -347,15 +384,30 @@ class VariantRunner:
         """The grid check: one AC power flow of the dispatch and the limits it violates."""
         t1 = time.perf_counter()
         p, q = self.bus_injections(r, rd.load_kw, rd.load_kvar)
-        s = self.pf.run(p, q)
+        p3 = q3 = None
+        if self.pf3 is None:
+            s = self.pf.run(p, q)
+        else:
+            p3, q3 = self.phase_injections(rd, r, p, q)
+            s = self.pf3.run_grid(p3, q3)
         rd.timings["pf"] += time.perf_counter() - t1
         viol = find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
-        return Checked(r, p, q, s, viol)
+        return Checked(r, p, q, s, viol, p_abc_kw=p3, q_abc_kvar=q3)
 
-    def sensitivities(self, rd: RoundState, chk: Checked) -> Sensitivities | None:
+    def phase_sensitivities(self, rd: RoundState, state: GridState) -> PhaseSensitivities:
+        """Three-phase sensitivities per participant: a participant's injection gives way
+        on its PV's phases when it exports, on its load's otherwise (`marginal_split`)."""
+        sp = self.setup.splits
+        split = marginal_split(sp["pv_phase"], sp["load_phase"], rd.net_kw < 0)
+        return PhaseSensitivities(self.pf3, state.phases, self.setup.participant_pos, split)
+
+    def sensitivities(self, rd: RoundState, chk: Checked) -> Sensitivities | PhaseSensitivities | None:
         """Sensitivities at the checked operating point (None without the fast path's voltages)."""
         t1 = time.perf_counter()
-        chk.sens = AdjointSensitivities(self.pf, chk.state) if chk.state.V is not None else None
+        if self.pf3 is not None:
+            chk.sens = self.phase_sensitivities(rd, chk.state) if chk.state.converged else None
+        else:
+            chk.sens = AdjointSensitivities(self.pf, chk.state) if chk.state.V is not None else None
         rd.timings["sens"] += time.perf_counter() - t1
         return chk.sens
 
@@ -383,7 +435,7 @@ class VariantRunner:
         the last good check and the number of clearings."""
         fb, iterations = self.sc.feedback, 1
         while chk.violations and iterations < fb.max_iterations and chk.sens is not None:
-            new = linearise(chk.violations, chk.sens, self.setup.participant_pos, chk.result.injection_kwh,
+            new = linearise(chk.violations, chk.sens, self.sens_pos, chk.result.injection_kwh,
                             self.dt_h, fb)
             if not len(new):  # a sharing curtailment rule: straight to forced curtailment
                 break
@@ -406,7 +458,7 @@ class VariantRunner:
         for _ in range(MAX_FORCED_STEPS):
             if chk.sens is None and self.sensitivities(rd, chk) is None:
                 break
-            c, s_ = forced_reduction(chk.violations, chk.sens, self.setup.participant_pos, chk.result, dt_h,
+            c, s_ = forced_reduction(chk.violations, chk.sens, self.sens_pos, chk.result, dt_h,
                                      self.sc.feedback, pv_kwh=rd.pv_kw * dt_h, load_kwh=rd.load_kw * dt_h)
             forced_c += c
             forced_s += s_
@@ -429,9 +481,14 @@ class VariantRunner:
         if not state.converged and rd.status == "ok":
             rd.status = "power flow did not converge"
         fb = self.sc.feedback
-        if fb.charge_method == "sensitivity" and state.V is not None:
+        if fb.charge_method == "sensitivity" and (state.V is not None or state.phases is not None and state.converged):
             t1 = time.perf_counter()
-            self.last_loss_factors = loss_factors(self.pf, state)  # at this round's own operating point
+            # at this round's own operating point
+            if self.pf3 is None:
+                self.last_loss_factors = loss_factors(self.pf, state)
+            else:  # the feedback's own sensitivities where it made them at this state
+                sens = chk.sens if isinstance(chk.sens, PhaseSensitivities) else self.phase_sensitivities(rd, state)
+                self.last_loss_factors = sens.dloss_dp
             rd.timings["sens"] += time.perf_counter() - t1
         charges = self.network_charges(r)
         if self.gfu is not None and state.converged:
@@ -442,7 +499,8 @@ class VariantRunner:
         self.last_price = float(r.price_per_kwh) if traded else None
         outcome = RoundOutcome(result=r, state=state, p_kw=chk.p_kw, q_kvar=chk.q_kvar, iterations=iterations,
                                violations=chk.violations, violations_initial=n_initial, status=rd.status,
-                               attribution=attribution, timings=rd.timings)
+                               attribution=attribution, timings=rd.timings, p_abc_kw=chk.p_abc_kw,
+                               q_abc_kvar=chk.q_abc_kvar)
         outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
                             "battery_kwh": rd.battery_kw * dt_h}
         outcome.gate = rd.gate
@@ -455,8 +513,7 @@ class VariantRunner:
         """Each prosumer's charge on its physical injection this round (None without
         charges); the trades show the per-kWh charges of their two ends."""
         fb = self.sc.feedback
-        tariff = NetworkTariff.of(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors,
-                                  self.setup.participant_pos)
+        tariff = NetworkTariff.of(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors, self.sens_pos)
         if not tariff.active:
             return None
         injection = r.injection_kwh
@@ -484,7 +541,8 @@ def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
 def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
               round_s: float, lv: np.ndarray | None = None) -> dict:
     r, s = o.result, o.state
-    vm_lv = s.vm_pu if lv is None else s.vm_pu[lv]
+    vm = s.vm_pu if s.phases is None else s.phases.vm_pu  # three-phase: every phase of every bus
+    vm_lv = vm if lv is None else vm[lv]
     row = {
         "round": t,
         "time": time_,
@@ -523,6 +581,10 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
     for key, value in (r.info or {}).items():  # the mechanism's own figures (VCG deficit, Nash gain, ...)
         if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
             row[f"info_{key}"] = float(value)
+    if s.phases is not None:  # three-phase: the worst unbalance and neutral current of the round
+        st = s.phases
+        row["vuf_max_pct"] = float(np.nanmax(st.vuf_pct if lv is None else st.vuf_pct[lv])) if s.converged else np.nan
+        row["max_neutral_current_ka"] = (float(np.nanmax(st.line_in_ka, initial=0.0)) if s.converged else np.nan)
     if gfu is not None:
         row["gfu_p_kw"] = s.slack_p_kw
         row["gfu_q_kvar"] = s.slack_q_kvar

@@ -27,6 +27,7 @@ import numpy as np
 import pandapower as pp
 from scipy.sparse.linalg import splu
 
+from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.threephase import add_zero_sequence_data
 
 #: Convergence: largest change of any sequence voltage between two iterations [pu].
@@ -234,6 +235,24 @@ class ThreePhasePowerFlow:
         s_src = self.source_power_pu(V012) * self.base_mva * 1000.0
         return PhaseState(converged, iterations, np.abs(v), np.rad2deg(np.angle(v)), vuf, V012, line_i, neutral,
                           line_pct, trafo_pct, s_src.real, s_src.imag)
+
+    def run_grid(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> GridState:
+        """`run`, as the round's grid check reads a power flow: a `GridState` whose
+        ``phases`` holds the per-phase outcome; ``vm_pu`` is each bus's positive-sequence
+        voltage, the loadings are the largest over the phases, the losses are the source's
+        power less the net load of all phases [kW]."""
+        st = self.run(p_kw, q_kvar)
+        if not st.converged:
+            nan = np.full(len(self.buses), np.nan)
+            return GridState(False, "failed", nan, nan, np.full(len(self.lines), np.nan),
+                             np.full(len(self.trafos), np.nan), float("nan"), float("nan"), None, float("nan"), st)
+        v1 = st.V012[1, self.bus_internal]
+        vm = np.where(self.in_service, np.abs(v1), np.nan)
+        va = np.where(self.in_service, np.angle(v1), np.nan)
+        net_kw = float(np.asarray(p_kw, float)[self.in_service].sum())
+        return GridState(True, "three-phase", vm, va, st.line_loading_pct.max(axis=1, initial=0.0),
+                         st.trafo_loading_pct.max(axis=1, initial=0.0), st.slack_p_kw, st.slack_p_kw - net_kw,
+                         None, st.slack_q_kvar, st)
 
     def mismatch_pu(self, p_kw: np.ndarray, q_kvar: np.ndarray, V012: np.ndarray) -> float:
         """Largest per-phase power mismatch of a solution at the load buses [pu]: the power
