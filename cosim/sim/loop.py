@@ -271,6 +271,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                 pd.read_parquet(first_folder / "settlement.parquet", columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"]),
                 pd.read_parquet(tmp / "prosumers.parquet")),
         }
+        if scenario.physics == "three-phase":  # a balanced run's summary keeps its keys
+            summary["physics"] = scenario.physics
+            summary["max_vuf_pct"] = scenario.feedback.max_vuf_pct
         write_json(tmp / "summary.json", summary)
         (tmp / CHECKPOINT).unlink(missing_ok=True)
         if report and len(finished) == len(VARIANTS):  # the report compares all four

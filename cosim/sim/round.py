@@ -62,6 +62,9 @@ class RoundOutcome:
     p_abc_kw: np.ndarray | None = None
     """Three-phase: the per-phase net load the power flow saw [buses x 3] [kW]."""
     q_abc_kvar: np.ndarray | None = None
+    balanced: GridState | None = None
+    """Three-phase: the balanced power flow of the same dispatch (the same per-bus totals,
+    spread over the phases), for the comparison of the two physics."""
     physical: dict = field(default_factory=dict)
     """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
     gate: GateRound | None = None
@@ -501,6 +504,10 @@ class VariantRunner:
                                violations=chk.violations, violations_initial=n_initial, status=rd.status,
                                attribution=attribution, timings=rd.timings, p_abc_kw=chk.p_abc_kw,
                                q_abc_kvar=chk.q_abc_kvar)
+        if self.pf3 is not None:  # what a balanced power flow makes of the same dispatch
+            t1 = time.perf_counter()
+            outcome.balanced = self.pf.run(chk.p_kw, chk.q_kvar)
+            rd.timings["pf"] += time.perf_counter() - t1
         outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
                             "battery_kwh": rd.battery_kw * dt_h}
         outcome.gate = rd.gate
@@ -581,10 +588,20 @@ def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: Gr
     for key, value in (r.info or {}).items():  # the mechanism's own figures (VCG deficit, Nash gain, ...)
         if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
             row[f"info_{key}"] = float(value)
-    if s.phases is not None:  # three-phase: the worst unbalance and neutral current of the round
+    if s.phases is not None:  # three-phase: each phase's extremes, the worst unbalance and neutral current
         st = s.phases
-        row["vuf_max_pct"] = float(np.nanmax(st.vuf_pct if lv is None else st.vuf_pct[lv])) if s.converged else np.nan
-        row["max_neutral_current_ka"] = (float(np.nanmax(st.line_in_ka, initial=0.0)) if s.converged else np.nan)
+        ok = s.converged
+        for k, ph in enumerate("abc"):
+            row[f"vm_{ph}_min_pu"] = float(np.nanmin(vm_lv[:, k])) if ok else np.nan
+            row[f"vm_{ph}_max_pu"] = float(np.nanmax(vm_lv[:, k])) if ok else np.nan
+        row["vuf_max_pct"] = float(np.nanmax(st.vuf_pct if lv is None else st.vuf_pct[lv])) if ok else np.nan
+        row["max_neutral_current_ka"] = float(np.nanmax(st.line_in_ka, initial=0.0)) if ok else np.nan
+        b = o.balanced
+        ok_b = b is not None and b.converged
+        b_lv = (b.vm_pu if lv is None else b.vm_pu[lv]) if ok_b else None
+        row["vm_min_balanced_pu"] = float(np.nanmin(b_lv)) if ok_b else np.nan
+        row["vm_max_balanced_pu"] = float(np.nanmax(b_lv)) if ok_b else np.nan
+        row["max_line_loading_balanced_pct"] = float(np.nanmax(b.line_loading_pct, initial=0.0)) if ok_b else np.nan
     if gfu is not None:
         row["gfu_p_kw"] = s.slack_p_kw
         row["gfu_q_kvar"] = s.slack_q_kvar
