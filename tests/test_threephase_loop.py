@@ -188,3 +188,67 @@ def test_scenario_field_errors_exit_2(tmp_path, capsys, change, words):
     for w in words:
         assert w in err
     assert "Traceback" not in err
+
+
+def test_branch_currents_and_source_power_equal_runpp_3ph():
+    """The prepared power flow's phase and neutral currents, phase loadings and source power
+    on the on-peak IEEE European LV feeder equal ``runpp_3ph``'s (res_line_3ph,
+    res_trafo_3ph, res_ext_grid_3ph) within runpp_3ph's own tolerance."""
+    from test_threephase import phase_injections
+
+    from cosim.physical import ieee_eu_lv
+    from cosim.physical.grid.threephase import add_zero_sequence_data, run_three_phase
+    from cosim.physical.grid.threephase_flow import ThreePhasePowerFlow
+
+    net = ieee_eu_lv.snapshot(566)
+    add_zero_sequence_data(net)
+    run_three_phase(net)
+    flow = ThreePhasePowerFlow(net)
+    st = flow.run(*phase_injections(net, flow))
+    lines = net.res_line_3ph.loc[flow.lines]
+    for k, ph in enumerate(PHASES):
+        np.testing.assert_allclose(st.line_i_ka[:, k], lines[f"i_{ph}_ka"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(st.line_loading_pct[:, k], lines[f"loading_{ph}_percent"], rtol=0, atol=5e-3)
+        np.testing.assert_allclose(st.trafo_loading_pct[:, k], net.res_trafo_3ph[f"loading_{ph}_percent"], rtol=0,
+                                   atol=5e-3)
+    np.testing.assert_allclose(st.line_in_ka, lines.i_n_ka, rtol=0, atol=1e-5)
+    assert float(lines.i_n_ka.max()) > 0.05, "the single-phase loads drive a neutral current"
+    src = net.res_ext_grid_3ph
+    assert st.slack_p_kw == pytest.approx(1000.0 * float(src[[f"p_{ph}_mw" for ph in PHASES]].sum(axis=1).sum()),
+                                          abs=1e-2)
+
+
+def test_participant_sensitivities_match_finite_differences(grid_rural3_net):
+    """`PhaseSensitivities` (adjoint rows per participant) against central differences of
+    the prepared power flow, for single-phase and three-phase participants on rural3:
+    phase voltages, unbalance factor, phase loading of lines and transformer, source power."""
+    from cosim.physical.grid.threephase_flow import PhaseSensitivities, ThreePhasePowerFlow
+
+    flow = ThreePhasePowerFlow(grid_rural3_net)
+    rng = np.random.default_rng(1)
+    nb = len(flow.buses)
+    lv = np.flatnonzero(grid_rural3_net.bus.vn_kv.loc[flow.buses].to_numpy() < 1.0)
+    pos = rng.choice(lv[1:], 5, replace=False)
+    split = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1 / 3, 1 / 3, 1 / 3], [1, 0, 0.0]])
+    p, q = np.zeros((nb, 3)), np.zeros((nb, 3))
+    p[lv] = rng.uniform(-4.0, 3.0, (len(lv), 3))
+    q[lv] = rng.uniform(0.0, 1.0, (len(lv), 3))
+    st = flow.run(p, q)
+    sens = PhaseSensitivities(flow, st, pos, split)
+    h = 1e-3  # kW
+    for k in range(len(pos)):
+        dp = np.zeros((nb, 3))
+        dp[pos[k]] = -split[k] * h  # +h kW injected
+        a, b = flow.run(p + dp, q), flow.run(p - dp, q)
+        fd_vm = ((a.vm_pu - b.vm_pu) / (2 * h)).ravel()
+        fd_line = ((a.line_loading_pct - b.line_loading_pct) / (2 * h)).ravel()
+        fd_trafo = ((a.trafo_loading_pct - b.trafo_loading_pct) / (2 * h)).ravel()
+        for r in (3 * lv[5], 3 * lv[20] + 2, 3 * pos[k] + 1):
+            assert abs(fd_vm[r] - sens.dvm_dp[r][k]) < 1e-8
+        fd_vuf = (a.vuf_pct[pos[k]] - b.vuf_pct[pos[k]]) / (2 * h)
+        assert abs(fd_vuf - sens.dvuf_dp[pos[k]][k]) < 1e-6
+        for r in (0, 5, 3 * 40 + 2):
+            assert abs(fd_line[r] - sens.dline_dp[r][k]) < 1e-5
+        assert abs(fd_trafo[1] - sens.dtrafo_dp[1][k]) < 1e-5
+        assert abs((a.slack_p_kw - b.slack_p_kw) / (2 * h) - sens.dslack_dp[k]) < 1e-4
+        assert abs(sens.dvm_dp[3 * pos[k]][k]) > 1e-5, "the sensitivities are not trivially zero"

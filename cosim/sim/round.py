@@ -30,6 +30,7 @@ from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
 from cosim.physical.grid.threephase_flow import PhaseSensitivities, marginal_split
 from cosim.physical.islanded import GridFormingUnit
+from cosim.physical.phases import phase_injections
 from cosim.sim.feedback import (
     MAX_FORCED_STEPS,
     Limits,
@@ -206,29 +207,12 @@ class VariantRunner:
 
     def phase_injections(self, rd: RoundState, r: ClearingResult, p_kw: np.ndarray,
                          q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-bus, per-phase net load [buses x 3] [kW], [kvar] of the dispatch: each
-        prosumer's served load (and shiftable loads) on its load's phases, its PV less
-        curtailment on the PV's, its battery and EV charger on theirs; what the clearing
-        moved beyond these (e.g. a battery's discharge sold and then curtailed) on the
-        load's phases. Each bus's phases add up to `bus_injections`' totals; what is left
-        there (the market operator's battery at the busbar) is spread evenly."""
-        sp, dt_h = self.setup.splits, self.dt_h
-        total_kw = -r.injection_kwh / dt_h
-        with np.errstate(divide="ignore", invalid="ignore"):
-            served = np.where(rd.load_kw > 0, np.clip(1.0 - r.shed_kwh / dt_h / rd.load_kw, 0.0, 1.0), 1.0)
-        pv_kw = np.clip(rd.pv_kw - r.curtailed_kwh / dt_h, 0.0, None)
-        comps = self.assets.last_components_kw()
-        parts = ((rd.load_kw * served + comps["shiftable"])[:, None] * sp["load"] - pv_kw[:, None] * sp["pv"]
-                 + comps["battery"][:, None] * sp["battery"] + comps["ev"][:, None] * sp["ev"])
-        parts += (total_kw - parts.sum(axis=1))[:, None] * sp["load"]
-        q_parts = (rd.load_kvar * served)[:, None] * sp["load"]
-        n_bus, pos = len(self.pf.buses), self.setup.participant_pos
-        p3, q3 = np.zeros((n_bus, 3)), np.zeros((n_bus, 3))
-        np.add.at(p3, pos, parts)
-        np.add.at(q3, pos, q_parts)
-        p3 += (p_kw - p3.sum(axis=1))[:, None] / 3.0
-        q3 += (q_kvar - q3.sum(axis=1))[:, None] / 3.0
-        return p3, q3
+        """Per-bus, per-phase net load [buses x 3] [kW], [kvar] of the dispatch
+        (`cosim.physical.phases.phase_injections`)."""
+        dt_h = self.dt_h
+        return phase_injections(self.setup.splits, self.setup.participant_pos, rd.load_kw, rd.load_kvar, rd.pv_kw,
+                                self.assets.last_components_kw(), -r.injection_kwh / dt_h, r.shed_kwh / dt_h,
+                                r.curtailed_kwh / dt_h, p_kw, q_kvar)
 
     def limits_for(self, state: GridState) -> Limits:
         """The limits a power flow's outcome is checked against: islanded, the slack's
