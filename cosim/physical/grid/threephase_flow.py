@@ -263,41 +263,76 @@ class ThreePhasePowerFlow:
         return float(np.max(np.abs(s - want)[:, self.pq]))
 
 
-def _linearisation(flow: ThreePhasePowerFlow, state: PhaseState):
-    """The real 2N form of the power flow's linearisation at `state` (see
-    `sequence_sensitivities`): the matrix A, which sequence unknowns it keeps (V1 at the
-    source is fixed), T^-1 as a sparse matrix, and the phase voltages [phase x bus]."""
+#: T^-1 D conj(T) couples sequence s with s' through phase p by this factor [3 x 3 x 3].
+_K_COEF = np.einsum("sp,pt->stp", PHASE_TO_SEQ, np.conj(SEQ_TO_PHASE))
+
+
+def _linearisation_pattern(flow: ThreePhasePowerFlow) -> dict:
+    """What the linearisation's matrix keeps from one operating point to the next (made
+    once per prepared flow): the constant admittance part of its real 2N form, in COO,
+    and where the operating-point part (diagonal blocks D of each sequence pair) lands."""
     import scipy.sparse as sp
 
     n = flow.n_internal
+    keep = np.ones(3 * n, bool)
+    keep[n + flow.ref] = False  # V1 at the source is fixed
+    new = np.full(3 * n, -1)
+    new[keep] = np.arange(keep.sum())
+    m = keep.sum()
+    M = sp.block_diag(flow.Y012, format="coo")
+    ok = keep[M.row] & keep[M.col]
+    r, c, v = new[M.row[ok]], new[M.col[ok]], M.data[ok]
+    # [[Re M, -Im M], [Im M, Re M]]
+    rows_m = np.concatenate([r, r, r + m, r + m])
+    cols_m = np.concatenate([c, c + m, c, c + m])
+    vals_m = np.concatenate([v.real, -v.imag, v.imag, v.real])
+    # K's entries: (s n + i, t n + i) for every pair of sequences (s, t) and bus i
+    s_idx, t_idx, bus = np.meshgrid(np.arange(3), np.arange(3), np.arange(n), indexing="ij")
+    kr, kc = (s_idx * n + bus).ravel(), (t_idx * n + bus).ravel()
+    ok_k = keep[kr] & keep[kc]
+    kr, kc = new[kr[ok_k]], new[kc[ok_k]]
+    return {"keep": keep, "m": m, "ok_k": ok_k, "rows": np.concatenate([rows_m, kr, kr, kr + m, kr + m]),
+            "cols": np.concatenate([cols_m, kc, kc + m, kc, kc + m]), "vals_m": vals_m}
+
+
+def _linearisation(flow: ThreePhasePowerFlow, state: PhaseState):
+    """The real 2N form of the power flow's linearisation at `state` (see
+    `sequence_sensitivities`): the matrix A (CSC), which sequence unknowns it keeps (V1 at
+    the source is fixed) and the phase voltages [phase x bus]."""
+    import scipy.sparse as sp
+
+    pat = getattr(flow, "_lin_pattern", None)
+    if pat is None:
+        pat = flow._lin_pattern = _linearisation_pattern(flow)
     W = state.V012
     V = SEQ_TO_PHASE @ W  # [phase x bus]
     i012 = np.stack([Y @ w for Y, w in zip(flow.Y012, W, strict=True)])
     s = V * np.conj(SEQ_TO_PHASE @ i012)  # the state's injections, recovered from the network equations
     D = -np.conj(s) / np.conj(V) ** 2
-    eye = sp.identity(n, format="csr")
-    t_inv, t_conj = sp.kron(PHASE_TO_SEQ, eye, format="csr"), sp.kron(np.conj(SEQ_TO_PHASE), eye, format="csr")
-    K = t_inv @ sp.diags(D.ravel()) @ t_conj
-    M = sp.block_diag(flow.Y012, format="csr")
-    keep = np.ones(3 * n, bool)
-    keep[n + flow.ref] = False  # V1 at the source is fixed
-    M, K = M[keep][:, keep], K[keep][:, keep]
-    A = sp.bmat([[M.real - K.real, -M.imag - K.imag], [M.imag - K.imag, M.real + K.real]], format="csc")
-    return A, keep, t_inv, V
+    K = np.einsum("stp,pi->sti", _K_COEF, D).ravel()[pat["ok_k"]]  # K's value at (s n + i, t n + i)
+    # minus [[Re K, Im K], [Im K, -Re K]]
+    vals = np.concatenate([pat["vals_m"], -K.real, -K.imag, -K.imag, K.real])
+    m = pat["m"]
+    A = sp.csc_matrix((vals, (pat["rows"], pat["cols"])), shape=(2 * m, 2 * m))
+    return A, pat["keep"], V
 
 
-def _load_rhs(flow: ThreePhasePowerFlow, V: np.ndarray, t_inv, keep: np.ndarray, load_columns: np.ndarray,
+def _load_rhs(flow: ThreePhasePowerFlow, V: np.ndarray, keep: np.ndarray, load_columns: np.ndarray,
               reactive: bool = False) -> np.ndarray:
     """Right-hand sides [2 * kept x k] (real, then imaginary parts) of a net load per unit of
-    each column (`sequence_sensitivities`)."""
+    each column (`sequence_sensitivities`): T^-1 conj(dS) / conj(V) at each bus."""
     n = flow.n_internal
     cols = np.asarray(load_columns, float)
+    k = cols.shape[2]
     unit = (1j if reactive else 1.0) * -1.0 / (1000.0 * flow.base_mva)  # +1 kW of load, pandapower's pu
-    per_bus = np.zeros((3, n, cols.shape[2]), complex)
-    keep_bus = flow.in_service
-    for ph in range(3):
-        np.add.at(per_bus[ph], flow.bus_internal[keep_bus], cols[keep_bus, ph, :])
-    rhs = (t_inv @ (per_bus * (np.conj(unit) / np.conj(V))[:, :, None]).reshape(3 * n, -1))[keep]
+    bus, col = np.nonzero(np.abs(cols).sum(axis=1) * flow.in_service[:, None])
+    b = flow.bus_internal[bus]
+    phase_val = cols[bus, :, col] * (np.conj(unit) / np.conj(V[:, b])).T  # [entries x phase]
+    seq_val = phase_val @ PHASE_TO_SEQ.T  # [entries x sequence]
+    rhs = np.zeros((3 * n, k), complex)
+    for s_ in range(3):
+        np.add.at(rhs, (s_ * n + b, col), seq_val[:, s_])
+    rhs = rhs[keep]
     return np.vstack([rhs.real, rhs.imag])
 
 
@@ -327,8 +362,8 @@ def sequence_sensitivities(flow: ThreePhasePowerFlow, state: PhaseState, load_co
     array [3 x internal buses x k]: dW per unit of each column [pu].
     """
     n = flow.n_internal
-    A, keep, t_inv, V = _linearisation(flow, state)
-    sol = splu(A).solve(_load_rhs(flow, V, t_inv, keep, load_columns, reactive))
+    A, keep, V = _linearisation(flow, state)
+    sol = splu(A).solve(_load_rhs(flow, V, keep, load_columns, reactive))
     k = sol.shape[1]
     dW = np.zeros((3 * n, k), complex)
     dW[keep] = sol[: keep.sum()] + 1j * sol[keep.sum():]
@@ -409,11 +444,11 @@ class PhaseSensitivities:
             raise ValueError("sensitivities need a converged three-phase state")
         self.flow, self.W = flow, state.V012
         n_bus, n_part = len(flow.buses), len(participant_pos)
-        A, self._keep, t_inv, self.V = _linearisation(flow, state)
+        A, self._keep, self.V = _linearisation(flow, state)
         self._lu = splu(A.T.tocsc())
         load = np.zeros((n_bus, 3, n_part))
         load[np.asarray(participant_pos, int), :, np.arange(n_part)] = -np.asarray(split, float)  # +1 kW injected
-        self._rhs = _load_rhs(flow, self.V, t_inv, self._keep, load)
+        self._rhs = _load_rhs(flow, self.V, self._keep, load)
         self.dvm_dp = _AdjointRows(self, "vm", 3 * n_bus)
         self.dvuf_dp = _AdjointRows(self, "vuf", n_bus)
         self.dline_dp = _AdjointRows(self, "line", 3 * len(flow.lines))
