@@ -252,3 +252,36 @@ def test_participant_sensitivities_match_finite_differences(grid_rural3_net):
         assert abs(fd_trafo[1] - sens.dtrafo_dp[1][k]) < 1e-5
         assert abs((a.slack_p_kw - b.slack_p_kw) / (2 * h) - sens.dslack_dp[k]) < 1e-4
         assert abs(sens.dvm_dp[3 * pos[k]][k]) > 1e-5, "the sensitivities are not trivially zero"
+
+
+def test_three_phase_run_resumes_with_identical_results(tmp_path, monkeypatch):
+    """An interrupted three-phase run resumes from its checkpoint (which carries the
+    three-phase power flow's warm start) with results equal to an uninterrupted run's."""
+    from test_resume import CHUNK, SCENARIO as RESUME_SCENARIO, _same_results
+
+    from cosim.sim import loop
+
+    path = tmp_path / "s.yaml"
+    path.write_text(RESUME_SCENARIO.replace("duration: 6h", "duration: 3h")
+                    + "physics: three-phase\n"
+                    + "variants: [market, market_no_feedback]\n")
+    text = path.read_text().replace("prosumers: {pv_share: 0.9, pv_kwp: 10, battery_share: 0.3}",
+                                    "prosumers: {pv_share: 0.9, pv_kwp: 10, battery_share: 0.3, phases: single-phase}")
+    path.write_text(text)
+    ref = loop.run_scenario(path, out=tmp_path / "ref", progress=False, report=False, chunk_rounds=CHUNK)
+    assert "vm_a_pu" in pd.read_parquet(ref / "buses.parquet").columns
+    out = tmp_path / "out"
+    real, calls = loop.VariantRunner.run_round, {"n": 0}
+
+    def flaky(self, t):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(self, t)
+
+    monkeypatch.setattr(loop.VariantRunner, "run_round", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_scenario(path, out=out, progress=False, report=False, chunk_rounds=CHUNK)
+    monkeypatch.undo()
+    assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-report", "--resume"]) == 0
+    _same_results(ref, out)
