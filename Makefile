@@ -30,9 +30,12 @@ report: setup
 	@test -n "$(RUN)" || (echo "usage: make report RUN=results/<scenario>" >&2; exit 2)
 	$(BIN)/cosim report $(RUN)
 
-# time per round against pandapower's run_timeseries (results/bench/bench.json); ROUNDS=2000;
-# then every mechanism's median round on its rural3 day (results/bench/mechanisms.json); REPEATS=3
+# the default week as whole processes: cosim run against pandapower's run_timeseries with and
+# without lightsim2grid, alternating, medians of REPEATS=3 (results/bench/week.json); then the
+# time per round against run_timeseries in one process (results/bench/bench.json); ROUNDS=2000;
+# then every mechanism's median round on its rural3 day (results/bench/mechanisms.json)
 bench: setup
+	$(BIN)/python -m cosim.bench.week --repeats $(or $(REPEATS),3)
 	$(BIN)/python -m cosim.bench.timing --rounds $(or $(ROUNDS),2000)
 	$(BIN)/python -m cosim.bench.bilateral --prosumers 100 250 500 1000 --rounds 20
 	$(BIN)/python -m cosim.bench.mechanisms --rounds 96 --repeats $(or $(REPEATS),3)
@@ -60,9 +63,11 @@ bench-study: setup
 	$(BIN)/python -m cosim.bench.study_workers --seeds $(or $(SEEDS),4) --workers 1 2
 
 # a whole year of the default scenario (35,136 rounds): wall time and peak memory in
-# results/rural3-year/summary.json; an interrupted run carries on with RESUME=1
+# results/rural3-year/summary.json, then the time to verify its ledger; an interrupted run
+# carries on with RESUME=1
 year: setup
 	$(BIN)/cosim run scenarios/year/rural3-year.yaml --no-report $(if $(RESUME),--resume)
+	$(BIN)/cosim ledger verify results/rural3-year
 
 # every market structure on the same feeder and day, side by side in results/compare
 COMPARE := uniform pay-as-bid mcafee huang vcg bilateral community-sdr community-mmr bill-sharing \

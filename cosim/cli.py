@@ -16,10 +16,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from cosim.config.scenario import VARIANTS
     from cosim.sim.loop import CHUNK_ROUNDS, run_scenario
+    from cosim.sim.parallel import default_workers
 
     out = run_scenario(args.scenario, out=args.out, progress=not args.no_progress, report=not args.no_report,
-                       resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS)
+                       resume=args.resume, chunk_rounds=args.chunk_rounds or CHUNK_ROUNDS,
+                       workers=args.workers or default_workers(len(VARIANTS)))
     summary = json.loads((out / "summary.json").read_text())
     print(f"results: {out}")
     for name, m in summary["variants"].items():
@@ -30,7 +33,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     tm = summary["timing"]
     print(f"  median round {tm['median_round_ms']:.1f} ms, wall {tm['wall_s']:.0f} s, "
-          f"peak memory {tm.get('peak_rss_mb', float('nan')):.0f} MB")
+          f"peak memory {tm.get('peak_rss_mb', float('nan')):.0f} MB "
+          f"({tm.get('total_peak_rss_mb', float('nan')):.0f} MB over its {tm.get('variant_processes', 1)} variant "
+          f"process(es) and the ledger's)")
     if (out / "report.html").is_file() and not args.no_report:
         print(f"report: {out / 'report.html'}")
     return EXIT_OK
@@ -104,8 +109,11 @@ def _cmd_powerflow(args: argparse.Namespace) -> int:
 def _cmd_ledger(args: argparse.Namespace) -> int:
     from cosim.virtual import ledger
     if args.ledger_command == "verify":
+        import time
+
+        t0 = time.perf_counter()
         ok, message = ledger.verify(args.run_dir)
-        print(message)
+        print(f"{message} ({time.perf_counter() - t0:.1f} s)")
         return EXIT_OK if ok else EXIT_FAILURE
     block = ledger.show(args.run_dir, None if args.genesis else args.round)
     print(block)
@@ -174,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-rounds", type=_positive_int, default=None, metavar="N",
                      help="rounds written to disk at a time, each chunk followed by a checkpoint "
                           "(default 672, a week at 15 min; a resumed run keeps the interrupted run's)")
+    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="processes for the variants: the main one here, the comparison variants in N-1 "
+                          "others (default one per core, at most one per variant; 1 runs them one after another)")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="validate scenario files without running them")

@@ -15,6 +15,7 @@ from cosim.virtual.signing import (
     EMPTY_ROOT,
     KDF_SALT,
     ORDER_TAG,
+    SigningKey,
     derive_key,
     encode_field,
     encode_record,
@@ -73,11 +74,7 @@ def test_hkdf_reference_matches_rfc5869():
 def test_derived_key_is_hkdf_of_the_seed(seed, role, name):
     """The private key is exactly HKDF-SHA256(seed as ASCII decimal, salt, role:name), as the
     module docstring documents, so anyone can re-derive it."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = derive_key(seed, role, name).private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
+    raw = derive_key(seed, role, name).private_bytes_raw()
     assert raw == _hkdf_sha256(str(seed).encode(), KDF_SALT, f"{role}:{name}".encode(), 32)
 
 
@@ -95,11 +92,7 @@ def test_keys_are_reproducible_and_distinct():
 def test_ed25519_matches_rfc8032():
     """Josefsson & Liusvaara (2017), RFC 8032 "Edwards-Curve Digital Signature Algorithm
     (EdDSA)", IETF, section 7.1, TEST 1 (empty message)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.from_private_bytes(
-        bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-    )
+    key = SigningKey(bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
     assert public_bytes(key).hex() == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
     signature = key.sign(b"")
     assert signature.hex() == (
@@ -122,6 +115,28 @@ def test_verify_signature_rejects_every_alteration():
     assert not verify_signature(pk, bytes([sig[0] ^ 1]) + sig[1:], msg)
     assert not verify_signature(pk, sig[:-1], msg)  # cut short
     assert not verify_signature(pk[:31], sig, msg)  # not a key
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), name=st.text(min_size=1, max_size=8), message=st.binary(max_size=300))
+def test_libsodium_and_openssl_signatures_are_interchangeable(seed, name, message):
+    """Ed25519 is deterministic (RFC 8032, section 5.1.6), so the signatures cosim makes with
+    libsodium (PyNaCl) are byte for byte those OpenSSL (the ``cryptography`` package) makes
+    with the same key, and each library verifies the other's: ledgers written before and
+    after the switch stay readable by either."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    ours = derive_key(seed, "prosumer", name)
+    theirs = Ed25519PrivateKey.from_private_bytes(ours.private_bytes_raw())
+    assert public_bytes(ours) == theirs.public_key().public_bytes_raw()
+    assert ours.sign(message) == theirs.sign(message)
+    assert verify_signature(public_bytes(ours), theirs.sign(message), message)  # OpenSSL's, checked by libsodium
+    Ed25519PublicKey.from_public_bytes(public_bytes(ours)).verify(ours.sign(message), message)  # and the reverse
+    tampered = message + b"x"
+    assert not verify_signature(public_bytes(ours), theirs.sign(message), tampered)
+    with pytest.raises(InvalidSignature):
+        Ed25519PublicKey.from_public_bytes(public_bytes(ours)).verify(ours.sign(message), tampered)
 
 
 # -- canonical encoding -----------------------------------------------------------------

@@ -257,7 +257,8 @@ def test_participant_sensitivities_match_finite_differences(grid_rural3_net):
 def test_three_phase_run_resumes_with_identical_results(tmp_path, monkeypatch):
     """An interrupted three-phase run resumes from its checkpoint (which carries the
     three-phase power flow's warm start) with results equal to an uninterrupted run's."""
-    from test_resume import CHUNK, SCENARIO as RESUME_SCENARIO, _same_results
+    from test_resume import CHUNK, _same_results
+    from test_resume import SCENARIO as RESUME_SCENARIO
 
     from cosim.sim import loop
 
@@ -285,3 +286,18 @@ def test_three_phase_run_resumes_with_identical_results(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert main(["run", str(path), "--out", str(out), "--no-progress", "--no-report", "--resume"]) == 0
     _same_results(ref, out)
+
+
+def test_three_phase_variants_in_parallel_equal_one_after_another(tmp_path):
+    """``--workers 2`` (the comparison variants in a forked process, each starting from the
+    same three-phase warm start) gives the results of the variants run one after another,
+    bit for bit; the two no-P2P baselines are simulated apart in three phases."""
+    from test_parallel_variants import same_results
+
+    from cosim.sim.loop import run_scenario
+
+    data = {**SCENARIO, "duration": "1h", "variants": ["market", "baseline", "baseline_no_feedback"]}
+    path = write(tmp_path, data)
+    one = run_scenario(path, tmp_path / "one", progress=False, report=False, workers=1)
+    two = run_scenario(path, tmp_path / "two", progress=False, report=False, workers=2)
+    same_results(one, two)

@@ -36,7 +36,9 @@ from cosim.config.scenario import VARIANTS
 from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
-from cosim.sim.round import MAX_CUTS, VariantRunner, round_row
+from cosim.sim.parallel import SideVariants
+from cosim.sim.round import MAX_CUTS, PairedBaselines, VariantRunner
+from cosim.sim.row import round_row
 from cosim.sim.settlement import BILL, parties, settle_matrix
 from cosim.sim.setup import OUTSIDE, Setup, Variant, prepare, variants_for
 from cosim.virtual.gate import OrderGate
@@ -71,93 +73,134 @@ def open_ledger(setup: Setup, path: Path, gate: OrderGate, process: bool = True,
 
 def simulate_variant(setup: Setup, variant: Variant, folder: Path, progress: bool = True,
                      ledger: LedgerWriter | LedgerProcess | None = None, gate: OrderGate | None = None,
-                     chunk_rounds: int = CHUNK_ROUNDS, resume: Progress | None = None) -> None:
+                     chunk_rounds: int = CHUNK_ROUNDS, resume: Progress | None = None, position: int = 0) -> None:
     """Run every round of one variant and write its parquet files into `folder`.
 
     With a `ledger`, the round's orders are signed and admitted (`gate`, made here if not
     given) and each round's block is appended to it; ``ledger_ms`` in rounds.parquet is
     the time the round spent on signing, admission and the block. Results are written
     every `chunk_rounds` rounds; `resume` starts at a later round from a checkpoint.
+    `position` is the line of its progress bar (variants run in parallel each have one).
     """
     sc = setup.scenario
     if gate is None and (ledger is not None or sc.ledger.adversary != type(sc.ledger.adversary)()):
         gate = OrderGate(sc, setup.fleet)
-    _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress())
+    _simulate(setup, variant, Path(folder), progress, ledger, gate, chunk_rounds, resume or Progress(), position)
 
 
 def _simulate(setup: Setup, variant: Variant, folder: Path, progress: bool, ledger: LedgerWriter | LedgerProcess | None,
-              gate: OrderGate | None, chunk_rounds: int, resume: Progress) -> None:
-    sc = setup.scenario
+              gate: OrderGate | None, chunk_rounds: int, resume: Progress, position: int = 0) -> None:
     runner = VariantRunner(setup, variant, gate)
     if resume.runner_state is not None:
         runner.set_state(resume.runner_state)
-    n, first = sc.n_rounds, resume.start_round
+    lane = _lane(setup, runner, folder, chunk_rounds, resume.start_round)
+    _rounds(setup, [lane], lambda t: [runner.run_round(t)], f"{setup.scenario.name} [{variant.name}]", progress,
+            position, resume, ledger)
+
+
+def simulate_baselines(setup: Setup, with_feedback: Variant, without: Variant, folders: tuple[Path, Path],
+                       progress: bool = True, chunk_rounds: int = CHUNK_ROUNDS, position: int = 0) -> None:
+    """The no-P2P baseline with and without feedback in one pass (`PairedBaselines`), each
+    written into its folder as `simulate_variant` writes it, with the same results."""
+    pair = PairedBaselines(setup, with_feedback, without)
+    lanes = [_lane(setup, r, Path(f), chunk_rounds, 0) for r, f in zip((pair.fb, pair.nf), folders, strict=True)]
+    _rounds(setup, lanes, pair.run_round, f"{setup.scenario.name} [{with_feedback.name}, {without.name}]", progress,
+            position, Progress(), None)
+
+
+def _lane(setup: Setup, runner: VariantRunner, folder: Path, chunk_rounds: int, first: int) -> tuple:
+    """A variant's runner and the recorder of its folder."""
     ids = setup.fleet.ids
-    party_names = parties(ids, OUTSIDE[sc.mode])
+    party_names = parties(ids, OUTSIDE[setup.scenario.mode])
     party_buses = np.r_[setup.fleet.table.bus.to_numpy(np.int64), -1, -1, -1]
-    rec = Recorder(folder, n, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names, party_buses,
-                   chunk_rounds=chunk_rounds, first_round=first, with_attribution=variant.folder == "",
-                   with_storage=variant.folder == "" and runner.assets.records, three_phase=setup.pf3 is not None)
+    main = runner.variant.folder == ""
+    rec = Recorder(folder, setup.scenario.n_rounds, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names,
+                   party_buses, chunk_rounds=chunk_rounds, first_round=first, with_attribution=main,
+                   with_storage=main and runner.assets.records, three_phase=setup.pf3 is not None)
     rec.drop_parts_from(first // rec.chunk_rounds)
-    bar = tqdm(range(first, n), desc=f"{sc.name} [{variant.name}]", unit="round", disable=not progress, leave=True,
-               initial=first, total=n)
+    return runner, rec
+
+
+def _rounds(setup: Setup, lanes: list[tuple], step, desc: str, progress: bool, position: int, resume: Progress,
+            ledger: LedgerWriter | LedgerProcess | None) -> None:
+    """Every round: `step(t)` gives each lane's outcome, which is settled, chained into the
+    `ledger` (the first lane's) and recorded; a chunk is written when the recorders fill up."""
+    n, first = setup.scenario.n_rounds, resume.start_round
+    first_rec = lanes[0][1]
+    bar = tqdm(range(first, n), desc=desc, unit="round", disable=not progress, leave=True, initial=first, total=n,
+               position=position)
     for t in bar:
         t0, cpu0 = time.perf_counter(), time.thread_time()
-        if t % rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
-            runner.mechanism.reset_warm_start()
-        outcome, book, ctx = runner.run_round(t)
-        t1 = time.perf_counter()
-        losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
-        rent = runner.assets.rent_due(t)  # shared battery capacity (storage.battery_auction), None without
-        st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent, outcome.network_charges)
-        outcome.timings["settle"] = time.perf_counter() - t1
-        gr = outcome.gate
-        if ledger is not None:
-            t1, c1 = time.perf_counter(), time.thread_time()
-            ledger.append_round(t, setup.fleet.instants[t].isoformat(), gr.submitted, gr.outcomes,
-                                trade_payload(outcome.result.trades), st[:, :N_LEDGER_SETTLEMENT])
-            outcome.timings["ledger"] += time.perf_counter() - t1
-            outcome.timings["ledger_cpu"] += time.thread_time() - c1
-        t1 = time.perf_counter()
-        row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
-        row["operator_bill"] = float(st[-1, BILL])  # the market operator's surplus (-) or deficit (+)
-        row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
-        rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
-                   outcome.attribution, rejections=gr.rejections if gr is not None else None,
-                   storage=outcome.storage, p_abc_kw=outcome.p_abc_kw, q_abc_kvar=outcome.q_abc_kvar)
-        row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
-        if gr is not None:  # the signed orders are in the block now
-            gr.submitted = gr.outcomes = None
-        if not rec.full:
+        if t % first_rec.chunk_rounds == 0:  # a resumed run starts its chunk from the same solver state
+            for runner, _ in lanes:
+                runner.mechanism.reset_warm_start()
+        outcomes = step(t)
+        for (runner, rec), (outcome, _, ctx) in zip(lanes, outcomes, strict=True):
+            _settle_and_record(setup, runner, rec, t, outcome, ctx, t0, cpu0, ledger if rec is first_rec else None)
+        if not first_rec.full:
             continue
-        rec.flush()
+        for _, rec in lanes:
+            rec.flush()
         if resume.on_chunk is not None and t + 1 < n:
             if ledger is not None:
                 ledger.flush()  # the checkpoint counts the blocks on disk
-            resume.on_chunk(runner, t + 1)
+            resume.on_chunk(lanes[0][0], t + 1)
     bar.close()
-    rec.finish()
-    if rec.with_storage:  # EV sessions, shiftable jobs and day-ahead solves of the run
-        rec.write_table("sessions", runner.assets.sessions_table())
-        rec.write_table("dayahead", runner.assets.dayahead_table())
-        auction = runner.assets.battery_auction_table()
-        if auction is not None:
-            rec.write_table("battery_auction", auction)
+    for runner, rec in lanes:
+        rec.finish()
+        if rec.with_storage:  # EV sessions, shiftable jobs and day-ahead solves of the run
+            rec.write_table("sessions", runner.assets.sessions_table())
+            rec.write_table("dayahead", runner.assets.dayahead_table())
+            auction = runner.assets.battery_auction_table()
+            if auction is not None:
+                rec.write_table("battery_auction", auction)
+
+
+def _settle_and_record(setup: Setup, runner: VariantRunner, rec: Recorder, t: int, outcome, ctx, t0: float,
+                       cpu0: float, ledger: LedgerWriter | LedgerProcess | None) -> None:
+    """Settle one variant's round, hand its block to the ledger and record its rows."""
+    t1 = time.perf_counter()
+    losses_kwh = outcome.state.losses_kw * runner.dt_h if outcome.state.converged else 0.0
+    rent = runner.assets.rent_due(t)  # shared battery capacity (storage.battery_auction), None without
+    st = settle_matrix(outcome.result, ctx, outcome.physical, losses_kwh, rent, outcome.network_charges)
+    outcome.timings["settle"] = time.perf_counter() - t1
+    gr = outcome.gate
+    if ledger is not None:
+        t1, c1 = time.perf_counter(), time.thread_time()
+        ledger.append_round(t, setup.fleet.instants[t].isoformat(), gr.submitted, gr.outcomes,
+                            trade_payload(outcome.result.trades), st[:, :N_LEDGER_SETTLEMENT])
+        outcome.timings["ledger"] += time.perf_counter() - t1
+        outcome.timings["ledger_cpu"] += time.thread_time() - c1
+    t1 = time.perf_counter()
+    row = round_row(t, setup.fleet.time[t], outcome, runner.dt_h, runner.gfu, t1 - t0, setup.lv)
+    row["operator_bill"] = float(st[-1, BILL])  # the market operator's surplus (-) or deficit (+)
+    row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
+    rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
+               outcome.attribution, rejections=gr.rejections if gr is not None else None,
+               storage=outcome.storage, p_abc_kw=outcome.p_abc_kw, q_abc_kvar=outcome.q_abc_kvar)
+    row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
+    if gr is not None:  # the signed orders are in the block now
+        gr.submitted = gr.outcomes = None
 
 
 def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progress: bool = True,
-                 report: bool = True, resume: bool = False, chunk_rounds: int = CHUNK_ROUNDS) -> Path:
+                 report: bool = True, resume: bool = False, chunk_rounds: int = CHUNK_ROUNDS,
+                 workers: int = 1, ledger_process: bool = True) -> Path:
     """Run a scenario file end to end; returns the results folder.
 
     Results are written to a hidden partial folder beside `out` and moved into place only
     at the end. After each chunk of rounds a checkpoint is taken there; an interrupted run
     (Ctrl-C, SIGTERM, a kill) keeps it, and ``resume=True`` carries on from it with results
     identical to an uninterrupted run. Any other failure removes the partial folder.
+
+    With `workers` > 1 the comparison variants run in ``workers - 1`` forked processes
+    beside the main one (`cosim.sim.parallel`), with the same results. Without
+    `ledger_process` the ledger is written in this process (`LedgerWriter`), with the same
+    bytes: a study's worker then keeps one core busy, not two.
     """
     from cosim.config.load import load_scenario
-    from cosim.io.results import RunFolder, bills_by_party, write_json
+    from cosim.io.results import RunFolder, write_json
     from cosim.reporting.fairness import fairness_summary
-    from cosim.reporting.summary import kpis, timing
 
     wall0 = time.perf_counter()
     scenario = load_scenario(scenario_path)
@@ -168,6 +211,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         check_resumable(folder, ckpt, scenario)
         chunk_rounds = ckpt.chunk_rounds
     setup = prepare(scenario, scenario_path)
+    pf_start = setup.power_flow_state()  # every variant starts its power flows from these voltages
     stack = contextlib.ExitStack()
     try:
         tmp = folder.tmp
@@ -189,15 +233,29 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             if setup.pf3 is not None and getattr(ckpt, "pf3_voltages", None) is not None:
                 setup.pf3.set_state(ckpt.pf3_voltages)
         ledger_head = None
-        for index, variant in enumerate(variants_for(scenario)):
-            if variant.name in finished:
+        variants = variants_for(scenario)
+        folders = [tmp / v.folder if v.folder else tmp for v in variants]
+        side = None
+        # the comparison variants in processes of their own, unless an adversary ties them to
+        # the main variant's gate or a checkpoint stands in one of them
+        if workers > 1 and not gate.adversary.active and (ckpt is None or ckpt.variant == 0):
+            jobs = [(v, f) for i, (v, f) in enumerate(zip(variants, folders, strict=True))
+                    if i > 0 and v.name not in finished]
+            if jobs:
+                side = SideVariants(setup, pf_start, jobs, workers - 1, chunk_rounds, progress)
+                stack.callback(side.stop)
+        for index, variant in enumerate(variants):
+            if variant.name in finished or (side is not None and index > 0):
                 continue
             main = variant.folder == ""
             here = ckpt is not None and ckpt.variant == index
+            if not here:
+                setup.set_power_flow_state(pf_start)
             ledger = None
             if main:
                 path = tmp / "ledger.jsonl"
-                ledger = open_ledger(setup, path, gate, resume=ckpt.ledger if here else None)
+                ledger = open_ledger(setup, path, gate, process=ledger_process,
+                                     resume=ckpt.ledger if here else None)
                 stack.callback(ledger.close)
 
             def on_chunk(runner, next_round, index=index, ledger=ledger):
@@ -214,37 +272,33 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             # the main variant (first) admits every round's orders; the others only need
             # its outcome when an adversary made some prosumers passive
             use_gate = main or gate.adversary.active
-            vfolder = tmp / variant.folder if variant.folder else tmp
+            vfolder = folders[index]
             simulate_variant(setup, variant, vfolder, progress=progress, ledger=ledger,
                              gate=gate if use_gate else None, chunk_rounds=chunk_rounds, resume=state)
             if ledger is not None:
                 ledger.close()
             if main:
                 load_kwh = profile_load_kwh + flexible_consumption_kwh(vfolder, scenario.dt_h)
-            rounds = pd.read_parquet(vfolder / "rounds.parquet")
-            bills = bills_by_party(vfolder / "settlement.parquet")
-            prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
-            variant_timing = {}
-            if index == 0:  # the first variant run (the market's, unless the scenario leaves it out)
-                variant_timing = timing(rounds)
-                variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
-                variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
-                variant_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
-                if isinstance(ledger, LedgerProcess):  # signing and sealing, beside the rounds
-                    variant_timing["ledger_process_cpu_s"] = ledger.cpu_s
-                    variant_timing["ledger_process_peak_rss_mb"] = ledger.peak_rss_mb
-            finished[variant.name] = (
-                kpis(rounds, prosumer_bills, load_kwh, pv_kwh,
-                     scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None), prosumer_bills,
-                variant_timing, ledger.head if ledger is not None else None,
-            )
+            finished[variant.name] = variant_results(index, vfolder, ledger, setup, load_kwh, pv_kwh)
             ckpt = None
-        main_name = variants_for(scenario)[0].name  # the first variant run: its folder has the fairness
-        first_folder = tmp / variants_for(scenario)[0].folder
+        if side is not None:
+            side.wait()
+            for index, variant in enumerate(variants):  # in their order, as one after another
+                if index > 0 and variant.name not in finished:
+                    finished[variant.name] = variant_results(index, folders[index], None, setup, load_kwh, pv_kwh)
+            finished = {v.name: finished[v.name] for v in variants}
+        main_name = variants[0].name  # the first variant run: its folder has the fairness
+        first_folder = folders[0]
         main_timing = dict(finished[main_name][2])
         ledger_head = finished[main_name][3]
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
         main_timing["peak_rss_mb"] = peak_rss_mb()
+        main_timing["variant_processes"] = 1 + (side.children if side is not None else 0)
+        side_peaks = side.peak_rss_mb if side is not None else []
+        main_timing["variant_processes_peak_rss_mb"] = side_peaks
+        # an upper bound on what the run held at once: every process's peak, shared pages counted in each
+        main_timing["total_peak_rss_mb"] = (main_timing["peak_rss_mb"] + sum(side_peaks)
+                                            + main_timing.get("ledger_process_peak_rss_mb", 0.0))
         summary = {
             "scenario": scenario.name,
             "network": scenario.network,
@@ -296,6 +350,31 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         stack.close()
         folder.abandon()
         raise
+
+
+def variant_results(index: int, folder: Path, ledger: LedgerWriter | LedgerProcess | None, setup: Setup,
+                    load_kwh: float, pv_kwh: float) -> tuple:
+    """What the summary keeps of a simulated variant: (KPIs, prosumer bills, timing, ledger
+    head); timing only for the first variant (the market's, unless the scenario leaves it out)."""
+    from cosim.io.results import bills_by_party
+    from cosim.reporting.summary import kpis, timing
+
+    scenario = setup.scenario
+    rounds = pd.read_parquet(folder / "rounds.parquet")
+    bills = bills_by_party(folder / "settlement.parquet")
+    prosumer_bills = bills[bills.index.isin(setup.fleet.ids)]
+    variant_timing = {}
+    if index == 0:
+        variant_timing = timing(rounds)
+        variant_timing["median_ledger_ms"] = float(rounds.ledger_ms.median())
+        variant_timing["median_ledger_cpu_ms"] = float(rounds.ledger_cpu_ms.median())
+        variant_timing["orders_rejected"] = int(rounds.orders_rejected.sum())
+        if isinstance(ledger, LedgerProcess):  # signing and sealing, beside the rounds
+            variant_timing["ledger_process_cpu_s"] = ledger.cpu_s
+            variant_timing["ledger_process_peak_rss_mb"] = ledger.peak_rss_mb
+    voll = scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None
+    return (kpis(rounds, prosumer_bills, load_kwh, pv_kwh, voll), prosumer_bills, variant_timing,
+            ledger.head if ledger is not None else None)
 
 
 def peak_rss_mb() -> float:

@@ -161,7 +161,7 @@ class VariantRunner:
         [currency/kWh]; None without charges."""
         # mechanisms clear without network charges: they follow the physics (cosim.sim.tariff)
         self.no_charges = Charges.none(self.fleet.n)
-        self._id_index = pd.Index(self.fleet.ids)
+        self._pos_of = {id_: i for i, id_ in enumerate(self.fleet.ids)}  # prosumer id -> position
 
     # -- checkpoints --------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -410,6 +410,10 @@ class VariantRunner:
             fees_due = getattr(self.mechanism, "fees_due", None)
             if callable(fees_due):  # a membership fee falls due even when the clearing failed
                 r.info = {**r.info, "membership_fee": fees_due(rd.t)}
+        return self.first_check(rd, r)
+
+    def first_check(self, rd: RoundState, r: ClearingResult) -> tuple[Checked, pd.DataFrame | None]:
+        """The grid check of the first clearing, its violations attributed to its trades."""
         chk = self.check(rd, r)
         attribution = None
         if chk.violations and self.sensitivities(rd, chk) is not None:
@@ -511,10 +515,65 @@ class VariantRunner:
         inject, withdraw = tariff.rates_per_kwh(injection)
         self.last_withdrawal_per_kwh = withdraw
         if len(r.trades):
-            r.trades = r.trades.assign(network_charge_per_kwh=trade_charges_per_kwh(
-                self._id_index.get_indexer(r.trades.seller), self._id_index.get_indexer(r.trades.buyer),
-                inject, withdraw))
+            pos = self._pos_of
+            seller, buyer = r.trades["seller"].to_numpy(), r.trades["buyer"].to_numpy()
+            trades = r.trades.copy(deep=False)  # the mechanism's table is left as it was
+            trades["network_charge_per_kwh"] = trade_charges_per_kwh(
+                np.fromiter((pos.get(x, -1) for x in seller), np.int64, len(seller)),
+                np.fromiter((pos.get(x, -1) for x in buyer), np.int64, len(buyer)), inject, withdraw)
+            r.trades = trades
         return charges_at_rates(injection, inject, withdraw)
+
+
+class PairedBaselines:
+    """The no-P2P baseline with feedback and without it, in one pass.
+
+    Without a market, nothing a round sends to the next depends on the feedback: the
+    batteries follow their rule on the profiles (no P2P price to react to), the
+    zero-intelligence prices draw the same numbers, and the first clearing (everyone with
+    the grid, no cuts) needs no solver. So the two variants share each round's
+    controllers, orders and first clearing; the round without feedback ends with its
+    first grid check, and only the rounds where that check finds a violation go on
+    through the feedback. Each keeps what differs: its warm-start voltages (a round after
+    feedback starts its first power flow from each variant's own), its loss factors
+    and network charges. The results are those of the two variants run apart, bit for bit
+    (tests/test_parallel_variants.py). Grid-connected only: islanded, the grid-forming
+    unit's charge follows the power flows.
+    """
+
+    def __init__(self, setup: Setup, with_feedback: Variant, without: Variant):
+        if (setup.scenario.mode != "grid-connected" or setup.pf3 is not None or with_feedback.mechanism != "none"
+                or without.mechanism != "none"):
+            raise ValueError("paired baselines: grid-connected, balanced runs of the no-P2P baseline only")
+        self.fb = VariantRunner(setup, with_feedback)
+        self.nf = VariantRunner(setup, without)
+        self.pf = setup.pf
+        self.v_fb = self.v_nf = setup.pf.get_state()
+
+    def run_round(self, t: int) -> list[tuple[RoundOutcome, OrderBook, MarketContext]]:
+        """(outcome, book, context) of the round with feedback, then without."""
+        fb, nf, pf = self.fb, self.nf, self.pf
+        rd = fb.controllers(t)
+        fb.market_inputs(rd)
+        start = self.v_nf
+        pf.set_state(start)
+        chk, attribution = fb.first_clearing(rd)
+        self.v_nf = pf.get_state()
+        # without feedback the round ends here (its own copy of the result: charges differ)
+        rd_nf = dataclasses.replace(rd, timings=dict(rd.timings))
+        chk_nf = dataclasses.replace(chk, result=dataclasses.replace(chk.result))
+        without = nf.finish(rd_nf, chk_nf, 1, len(chk.violations), attribution)
+        if not np.array_equal(self.v_fb, start):  # the last round's feedback moved its voltages
+            pf.set_state(self.v_fb)
+            chk, attribution = fb.first_check(rd, chk.result)
+        n_initial, iterations = len(chk.violations), 1
+        if fb.variant.feedback and rd.status == "ok" and chk.violations:
+            chk, iterations = fb.feedback(rd, chk)
+            if chk.violations:
+                chk = fb.force(rd, chk)
+        with_feedback = fb.finish(rd, chk, iterations, n_initial, attribution)
+        self.v_fb = pf.get_state()
+        return [with_feedback, without]
 
 
 def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
@@ -527,68 +586,3 @@ def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
     if len(cuts) <= slots:
         return cuts
     return NetworkCuts(cuts.coef[-slots:], cuts.rhs[-slots:], cuts.labels[-slots:])
-
-
-def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
-              round_s: float, lv: np.ndarray | None = None) -> dict:
-    r, s = o.result, o.state
-    vm = s.vm_pu if s.phases is None else s.phases.vm_pu  # three-phase: every phase of every bus
-    vm_lv = vm if lv is None else vm[lv]
-    row = {
-        "round": t,
-        "time": time_,
-        "iterations": o.iterations,
-        "pf_converged": bool(s.converged),
-        "cleared_kwh": r.cleared_kwh,
-        "p2p_paid": float(np.nan_to_num(r.buy_price_per_kwh) @ r.bought_kwh),
-        "price_per_kwh": r.price_per_kwh,
-        "grid_import_kwh": float(r.import_kwh.sum()) + r.operator_import_kwh,
-        "grid_export_kwh": float(r.export_kwh.sum()) + r.operator_export_kwh,
-        "curtailed_kwh": float(r.curtailed_kwh.sum()),
-        "shed_kwh": float(r.shed_kwh.sum()),
-        "losses_kwh": s.losses_kw * dt_h,
-        "vm_min_pu": float(np.nanmin(vm_lv)) if s.converged else np.nan,
-        "vm_max_pu": float(np.nanmax(vm_lv)) if s.converged else np.nan,
-        "max_line_loading_pct": float(np.nanmax(s.line_loading_pct, initial=0.0)) if s.converged else np.nan,
-        "max_trafo_loading_pct": float(np.nanmax(s.trafo_loading_pct, initial=0.0)) if s.converged else np.nan,
-        "violations": len(o.violations),
-        "violations_initial": o.violations_initial,
-        "violation_kinds": ",".join(sorted({v.kind for v in o.violations})),
-        "network_charges": 0.0 if o.network_charges is None else float(o.network_charges.sum()),
-        "slack_p_kw": s.slack_p_kw,
-        "status": o.status,
-        "pf_method": s.method,
-        "round_ms": round_s * 1000.0,
-        "orders_ms": o.timings["orders"] * 1000.0,
-        "clear_ms": o.timings["clear"] * 1000.0,
-        "pf_ms": o.timings["pf"] * 1000.0,
-        "sens_ms": o.timings["sens"] * 1000.0,
-        "settle_ms": o.timings.get("settle", 0.0) * 1000.0,
-        "ledger_ms": o.timings.get("ledger", 0.0) * 1000.0,
-        "ledger_cpu_ms": o.timings.get("ledger_cpu", 0.0) * 1000.0,
-        "orders_submitted": len(o.gate.submitted) if o.gate is not None and o.gate.submitted is not None else 0,
-        "orders_rejected": len(o.gate.rejections) if o.gate is not None and o.gate.rejections is not None else 0,
-    }
-    for key, value in (r.info or {}).items():  # the mechanism's own figures (VCG deficit, Nash gain, ...)
-        if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
-            row[f"info_{key}"] = float(value)
-    if s.phases is not None:  # three-phase: each phase's extremes, the worst unbalance and neutral current
-        st = s.phases
-        ok = s.converged
-        for k, ph in enumerate("abc"):
-            row[f"vm_{ph}_min_pu"] = float(np.nanmin(vm_lv[:, k])) if ok else np.nan
-            row[f"vm_{ph}_max_pu"] = float(np.nanmax(vm_lv[:, k])) if ok else np.nan
-        row["vuf_max_pct"] = float(np.nanmax(st.vuf_pct if lv is None else st.vuf_pct[lv])) if ok else np.nan
-        row["max_neutral_current_ka"] = float(np.nanmax(st.line_in_ka, initial=0.0)) if ok else np.nan
-        b = o.balanced
-        ok_b = b is not None and b.converged
-        b_lv = (b.vm_pu if lv is None else b.vm_pu[lv]) if ok_b else None
-        row["vm_min_balanced_pu"] = float(np.nanmin(b_lv)) if ok_b else np.nan
-        row["vm_max_balanced_pu"] = float(np.nanmax(b_lv)) if ok_b else np.nan
-        row["max_line_loading_balanced_pct"] = float(np.nanmax(b.line_loading_pct, initial=0.0)) if ok_b else np.nan
-    if gfu is not None:
-        row["gfu_p_kw"] = s.slack_p_kw
-        row["gfu_q_kvar"] = s.slack_q_kvar
-        row["gfu_s_kva"] = float(np.hypot(s.slack_p_kw, s.slack_q_kvar))
-        row["gfu_soc"] = gfu.soc
-    return row

@@ -82,6 +82,17 @@ class Setup:
     ``battery`` and ``ev`` (`cosim.physical.grid.threephase.phase_split`; a missing system
     on its load's phase) and the raw connections ``pv_phase`` and ``load_phase``."""
 
+    def power_flow_state(self) -> tuple:
+        """The warm starts of the power flows (the balanced one's voltages, the three-phase
+        one's sequence voltages or None): every variant starts from the same ones."""
+        return self.pf.get_state(), self.pf3.get_state() if self.pf3 is not None else None
+
+    def set_power_flow_state(self, state: tuple) -> None:
+        """Restore `power_flow_state`."""
+        self.pf.set_state(state[0])
+        if self.pf3 is not None and state[1] is not None:
+            self.pf3.set_state(state[1])
+
 
 def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setup:
     spec = load_network_spec(find_network_file(scenario.network, scenario_path))

@@ -112,6 +112,10 @@ class PowerFlow:
         self._slack_weights = np.zeros(self.n_internal)
         self._slack_weights[self.ref] = 1.0
         self._compiled = None
+        self._lu_at = None  # (V, LU factors of the Jacobian at V): `jacobian_lu`
+        self._bus_columns = None
+        self._slack_rows_cache = None  # `sensitivities.loss_factors`
+        self._at_ref = self.in_service & np.isin(self.bus_internal, self.ref)  # buses at the slack
         if NRSing_KLU is not None and len(self.ref) == 1:
             self._compiled = NRSing_KLU() if KLU_solver_available else NRSing_SparseLU()
 
@@ -211,6 +215,27 @@ class PowerFlow:
         data = np.concatenate(values)[self._jac_order]
         return sp.csc_matrix((data, self._jac_indices, self._jac_indptr), shape=self._jac_shape)
 
+    def jacobian_lu(self, V: np.ndarray):
+        """The sparse LU factors of the Jacobian at V (scipy's SuperLU; ``solve(g, trans="T")``
+        solves with its transpose). The factors of the last V asked for are kept: a round
+        asks for them at its own operating point for the feedback's sensitivities and again
+        for the loss factors."""
+        if self._lu_at is not None and self._lu_at[0] is V:
+            return self._lu_at[1]
+        lu = splu(self.jacobian(V), permc_spec="MMD_AT_PLUS_A")
+        self._lu_at = (V, lu)
+        return lu
+
+    @property
+    def bus_columns(self) -> np.ndarray:
+        """Per bus (aligned with `buses`), its position among the pv/pq buses' angles in
+        the state vector; -1 for the slack bus and buses out of service."""
+        if self._bus_columns is None:
+            col_of_internal = np.full(self.n_internal, -1)
+            col_of_internal[self.pvpq] = np.arange(len(self.pvpq))
+            self._bus_columns = np.where(self.in_service, col_of_internal[self.bus_internal], -1)
+        return self._bus_columns
+
     def _newton(self, Sbus: np.ndarray, V0: np.ndarray) -> tuple[bool, np.ndarray]:
         V = V0.copy()
         Vm, Va = np.abs(V), np.angle(V)
@@ -265,7 +290,7 @@ class PowerFlow:
             trafo = np.where(self._trafo_active, trafo, 0.0)
         S = V * np.conj(self.Ybus @ V)
         # the slack's own output is the net injection at its bus plus the load there
-        at_ref = self.in_service & np.isin(self.bus_internal, self.ref)
+        at_ref = self._at_ref
         slack_kw = float(S[self.ref].real.sum() * self.baseMVA * 1000.0 + p_kw[at_ref].sum())
         # slack supplies the net load of in-service buses plus the losses
         losses_kw = slack_kw - float(p_kw[self.in_service].sum())

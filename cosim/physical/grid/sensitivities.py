@@ -107,35 +107,49 @@ def loss_factors(pf: PowerFlow, state: GridState) -> np.ndarray:
     ``dP_ref/dF = g^T J^-1`` where g = dP_ref/dx. So one transposed solve
     ``J^T y = g`` gives the slack sensitivity to every injection at once (instead of one
     solve per bus), and losses = P_ref + sum of injections gives ``lambda = 1 + y``.
-    Equal to `compute_sensitivities(...).dloss_dp`.
+    Equal to `compute_sensitivities(...).dloss_dp`. The factorised Jacobian is shared
+    with the feedback's sensitivities at the same operating point (`PowerFlow.jacobian_lu`).
     """
     if state.V is None:
         raise ValueError("loss factors need the internal voltages of a fast-path power flow")
     V = state.V
-    # dP_ref/dx from the slack bus's row of Ybus: d/dVa_j and d/dVm_j of Re(V_r conj(I_r))
-    g = np.zeros(len(pf.pvpq) + len(pf.pq))
+    # dP_ref/dx from the slack buses' rows of Ybus: d/dVa_j and d/dVm_j of Re(V_r conj(I_r))
+    r, j, y, va_at, va_j, vm_at, vm_j = _slack_rows(pf)
+    Vr, Vj = V[r], V[j]
+    d_va = (1j * Vr * np.conj(-y * Vj)).real
+    d_vm = (Vr * np.conj(y * Vj / np.abs(Vj))).real
+    n = len(pf.pvpq) + len(pf.pq)
+    g = np.bincount(va_at, weights=d_va[va_j], minlength=n) + np.bincount(vm_at, weights=d_vm[vm_j], minlength=n)
+    y_adj = pf.jacobian_lu(V).solve(g, trans="T")
+    cols = pf.bus_columns
+    lam = np.where(cols >= 0, y_adj[np.maximum(cols, 0)], -1.0) + 1.0
+    lam[~pf.in_service] = 0.0
+    return lam
+
+
+def _slack_rows(pf: PowerFlow) -> tuple:
+    """The off-diagonal entries of the slack buses' rows of Ybus and where their
+    derivatives go in the state vector (Va of pv/pq buses first, then Vm of pq buses);
+    computed once per power flow."""
+    cached = pf._slack_rows_cache
+    if cached is not None:
+        return cached
     npvpq = len(pf.pvpq)
     pos_va = np.full(pf.n_internal, -1)
     pos_va[pf.pvpq] = np.arange(npvpq)
     pos_vm = np.full(pf.n_internal, -1)
     pos_vm[pf.pq] = npvpq + np.arange(len(pf.pq))
+    rs, js, ys = [], [], []
     for r in pf.ref:
         row = pf.Ybus.getrow(r)
-        j, y = row.indices, row.data
-        off = j != r
-        j, y = j[off], y[off]
-        d_va = (1j * V[r] * np.conj(-y * V[j])).real
-        d_vm = (V[r] * np.conj(y * V[j] / np.abs(V[j]))).real
-        np.add.at(g, pos_va[j][pos_va[j] >= 0], d_va[pos_va[j] >= 0])
-        np.add.at(g, pos_vm[j][pos_vm[j] >= 0], d_vm[pos_vm[j] >= 0])
-    y = splu(pf.jacobian(V).T.tocsc()).solve(g)
-    col_of_internal = np.full(pf.n_internal, -1)
-    col_of_internal[pf.pvpq] = np.arange(npvpq)
-    cols = np.where(pf.in_service, col_of_internal[pf.bus_internal], -1)
-    dslack = np.where(cols >= 0, y[np.maximum(cols, 0)], -1.0)
-    lam = dslack + 1.0
-    lam[~pf.in_service] = 0.0
-    return lam
+        off = row.indices != r
+        rs.append(np.full(off.sum(), r))
+        js.append(row.indices[off])
+        ys.append(row.data[off])
+    r, j, y = np.concatenate(rs), np.concatenate(js), np.concatenate(ys)
+    va_j, vm_j = np.flatnonzero(pos_va[j] >= 0), np.flatnonzero(pos_vm[j] >= 0)
+    pf._slack_rows_cache = (r, j, y, pos_va[j][va_j], va_j, pos_vm[j][vm_j], vm_j)
+    return pf._slack_rows_cache
 
 
 class _AdjointRows:
@@ -169,7 +183,7 @@ class AdjointSensitivities:
         if state.V is None:
             raise ValueError("sensitivities need the internal voltages of a fast-path power flow")
         self.pf, self.V = pf, state.V
-        self._lu = splu(pf.jacobian(state.V).T.tocsc())
+        self._lu = pf.jacobian_lu(state.V)
         npvpq = len(pf.pvpq)
         self._npvpq = npvpq
         self._va_pos = np.full(pf.n_internal, -1)
@@ -226,4 +240,4 @@ class AdjointSensitivities:
             lf, gf = self._branch_gradient(pf.Yf, rows[position], scale[position, 0])
             lt, gt = self._branch_gradient(pf.Yt, rows[position], scale[position, 1])
             g = gf if lf >= lt else gt
-        return self._to_buses(self._lu.solve(g))
+        return self._to_buses(self._lu.solve(g, trans="T"))

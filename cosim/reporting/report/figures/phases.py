@@ -15,7 +15,14 @@ from collections.abc import Callable
 import numpy as np
 
 from cosim.reporting.report.aggregate import envelope
-from cosim.reporting.report.figures.common import COLOURS, finite, legend_below, save, subplots, time_axis
+from cosim.reporting.report.figures.common import (
+    COLOURS,
+    finite,
+    legend_below,
+    save,
+    subplots,
+    time_axis,
+)
 from cosim.reporting.report.load import Run
 from cosim.reporting.report.numbers import as_float, fmt
 
