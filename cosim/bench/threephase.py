@@ -13,8 +13,8 @@ single-phase households.
 
 ``python -m cosim.bench.threephase --week`` times instead the whole default week, balanced
 (scenarios/rural3-summer-pv.yaml) and in three phases (scenarios/rural3-summer-pv-3ph.yaml),
-one ``cosim run`` each in a fresh process (four variants, ledger, no report), alternating
-RUNS times: wall time [s] and the median round of the main variant [ms] with its power
+one ``cosim run`` each in a fresh process (four variants, ledger, no report; ``--workers``
+passed on when given), alternating RUNS times: wall time [s] and the median round of the main variant [ms] with its power
 flow and sensitivity parts, with the machine's load average before each run; written to
 results/bench/threephase_week.json.
 """
@@ -144,8 +144,10 @@ def measure(repeats: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def time_week(runs: int, out_dir: Path = Path("results") / "bench" / "threephase-week") -> pd.DataFrame:
-    """`runs` alternating ``cosim run`` processes of each of `WEEK_SCENARIOS`: one row per run."""
+def time_week(runs: int, workers: int | None = None,
+              out_dir: Path = Path("results") / "bench" / "threephase-week") -> pd.DataFrame:
+    """`runs` alternating ``cosim run`` processes of each of `WEEK_SCENARIOS` (with
+    ``--workers`` when given, else cosim's default): one row per run."""
     import os
     import subprocess
     import sys
@@ -156,8 +158,9 @@ def time_week(runs: int, out_dir: Path = Path("results") / "bench" / "threephase
             load = os.getloadavg()[0]
             folder = out_dir / physics
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "cosim", "run", str(scenario), "--out", str(folder), "--no-report"],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            extra = ["--workers", str(workers)] if workers else []
+            subprocess.run([sys.executable, "-m", "cosim", "run", str(scenario), "--out", str(folder), "--no-report",
+                            *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wall = time.perf_counter() - t0
             rounds = pd.read_parquet(folder / "rounds.parquet")
             rows.append({"run": k, "physics": physics, "wall_s": wall, "rounds": len(rounds),
@@ -173,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="calls per measurement (median) [-]")
     parser.add_argument("--week", action="store_true", help="time the default week, balanced and three-phase")
     parser.add_argument("--runs", type=int, default=1, help="with --week: runs of each (alternating) [-]")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --week: cosim run --workers (default: cosim's, one process per core)")
     args = parser.parse_args(argv)
     if args.week:
-        table = time_week(args.runs)
+        table = time_week(args.runs, args.workers)
         print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
         med = table.groupby("physics")[["wall_s", "median_round_ms", "mean_round_ms"]].median()
         print(med.to_string(float_format=lambda x: f"{x:.2f}"))
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"three-phase week {med.loc['three-phase', 'wall_s']:.1f} s "
               f"({'within' if ok else 'over'} the {WEEK_LIMIT_S:.0f} s bound)")
         WEEK_OUT.parent.mkdir(parents=True, exist_ok=True)
-        WEEK_OUT.write_text(json.dumps({"machine": platform.platform(), "runs": args.runs,
+        WEEK_OUT.write_text(json.dumps({"machine": platform.platform(), "runs": args.runs, "workers": args.workers,
                                         "rows": table.to_dict(orient="records"),
                                         "median": med.reset_index().to_dict(orient="records")}, indent=2))
         print(f"written: {WEEK_OUT}")
