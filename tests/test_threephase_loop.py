@@ -301,3 +301,17 @@ def test_three_phase_variants_in_parallel_equal_one_after_another(tmp_path):
     one = run_scenario(path, tmp_path / "one", progress=False, report=False, workers=1)
     two = run_scenario(path, tmp_path / "two", progress=False, report=False, workers=2)
     same_results(one, two)
+
+
+def test_report_of_a_three_phase_run_draws_the_phase_figures(run3):
+    """The report of a three-phase run gains the per-phase voltage envelopes with the
+    unbalance factor and the three-phase against balanced comparison, titled on the page."""
+    from cosim.reporting.report import write_report
+
+    page = write_report(run3).read_text()
+    for name, title in (("phase_voltages", "Voltages per phase and unbalance"),
+                        ("physics_comparison", "Three-phase against balanced power flow")):
+        assert (run3 / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert title in page and f"figures/{name}.png" in page
+    rounds = pd.read_parquet(run3 / "no_feedback" / "rounds.parquet")
+    assert (rounds.vm_max_pu > rounds.vm_max_balanced_pu + 0.01).any(), "single-phase PV raises a phase above the balanced"
