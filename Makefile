@@ -137,15 +137,16 @@ initiatives: setup
 	  $(BIN)/cosim run scenarios/initiatives/$$n.yaml --out results/initiatives/$$n || exit $$?; done
 	$(BIN)/python -m cosim.reporting.initiatives --presets scenarios/initiatives --runs results/initiatives
 
-# the DSO flexibility market against curtailment by feedback on the summer day of piclo-flex
-# (rural3, 70 % loading limit), side by side in results/compare-flexibility
+# the DSO flexibility market against curtailment by feedback on the default week
+# (scenarios/rural3-summer-pv.yaml: rural3, 7 summer days, 100 % loading limit), the same
+# scenario with mechanism flexibility on the same uniform energy market, side by side in
+# results/compare-flexibility (docs/initiatives.md)
 compare-flexibility: setup
 	@mkdir -p results/compare-runs
-	sed -e 's/^name: .*/name: rural3-flex-curtailment/' -e 's/^  mechanism: flexibility/  mechanism: uniform/' \
-	  -e '/^  options:/,/^feedback:/{/^  options:/d;/^    /d}' \
-	  scenarios/initiatives/piclo-flex.yaml > results/compare-runs/flex-curtailment.yaml
-	$(BIN)/cosim run results/compare-runs/flex-curtailment.yaml --out results/compare-runs/flex-curtailment --no-report
-	$(BIN)/cosim run scenarios/initiatives/piclo-flex.yaml --out results/compare-runs/flex-market --no-report
+	sed -e 's/^name: .*/name: rural3-summer-flexibility/' -e 's/^  mechanism: uniform/  mechanism: flexibility/' \
+	  scenarios/rural3-summer-pv.yaml > results/compare-runs/flex-market.yaml
+	$(BIN)/cosim run scenarios/rural3-summer-pv.yaml --out results/compare-runs/flex-curtailment --no-report
+	$(BIN)/cosim run results/compare-runs/flex-market.yaml --out results/compare-runs/flex-market --no-report
 	$(BIN)/cosim compare results/compare-runs/flex-curtailment results/compare-runs/flex-market --out results/compare-flexibility
 
 # the documentation site (docs/, mkdocs.yml) into site/; strict: a warning, a broken link or

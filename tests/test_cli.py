@@ -242,7 +242,7 @@ def test_python_m_cosim_bad_input_exits_2(tmp_path):
 # -- cosim clear edge cases, through the installed command (issue 10, item 8) -------------
 #: The `cosim` command of the interpreter running the tests (the project's .venv/bin/cosim).
 COSIM = Path(sys.executable).parent / "cosim"
-COMMUNITY_MECHANISMS = ["community_sdr", "community_mmr", "bill_sharing", "fixed_price"]
+COMMUNITY_MECHANISMS = ["community_sdr", "community_mmr", "bill_sharing", "fixed_price", "community_tariff"]
 
 
 def cosim_clear(tmp_path: Path, *argv, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:

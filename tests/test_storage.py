@@ -386,3 +386,40 @@ def test_shared_batteries_resume_from_a_checkpoint(fleet):
         assert np.array_equal(kw, out[t][0]) and np.array_equal(resumed.rent_due(t), out[t][1])
     assert resumed.battery_auction_table().equals(whole.battery_auction_table())
     assert pd.DataFrame(resumed.storage_columns(sc.n_rounds - 1)).equals(pd.DataFrame(whole.storage_columns(sc.n_rounds - 1)))
+
+
+def test_charge_headroom_and_add_charge(fleet):
+    """What batteries and EVs can draw on top of their dispatch, by hand for one battery:
+    10 kWh / 5 kW at state of charge 0.5, efficiency 0.95, one-hour rounds, made to
+    discharge 2 kW: it can stop and charge at its full 5 kW (room 5 kWh / 0.95 allows
+    more), a headroom of 7 kWh. Drawing 4 kWh more runs it at +2 kW: state of charge
+    0.5 + 2 x 0.95 / 10 = 0.69. EVs take what batteries cannot, within their chargers;
+    every prosumer's added power stays within its headroom, and the storage rows follow."""
+    sc = scenario({"ev": {"share": 0.5}})
+    assets = build_assets(sc, fleet)
+    net = fleet.load_kw - fleet.pv_kw
+    t = 18  # evening: EVs at home
+    b = assets.batteries
+    owners = set(assets.evs.table.owner.tolist())
+    i = next(int(n) for n in assets.spec.battery_pos if n not in owners)  # a battery, no EV
+    b.soc[i] = 0.5
+    load = net[t].copy()
+    load[i] = 2.0  # a deficit of 2 kW: the battery discharges 2 kW
+    flex = assets.dispatch(t, load, 1.0)
+    assert assets._last["battery"][0][i] == pytest.approx(-2.0)
+    headroom = assets.charge_headroom_kwh(t, 1.0)
+    assert headroom[i] == pytest.approx(7.0)
+    no_battery = np.array([o for o in assets.evs.table.owner if o not in set(assets.spec.battery_pos.tolist())])
+    ev_owner = int(no_battery[np.argmax(headroom[no_battery])])
+    assert headroom[ev_owner] > 0, "an EV at home with room to charge"
+    extra = np.zeros(fleet.n)
+    extra[i] = 4.0
+    extra[ev_owner] = headroom[ev_owner] + 1.0  # more than its EVs can take
+    added_kw = assets.add_charge(t, extra, 1.0)
+    np.testing.assert_allclose(added_kw, np.minimum(extra, headroom), atol=KWH_TOL)
+    assert assets._last["battery"][0][i] == pytest.approx(2.0)
+    assert b.soc[i] == pytest.approx(0.5 + 2.0 * 0.95 / 10.0)
+    rows = assets.storage_rows(t)
+    power = rows.groupby("id").power_kw.sum().reindex(fleet.ids, fill_value=0.0).to_numpy()
+    np.testing.assert_allclose(power, flex + added_kw, atol=1e-9)
+    assert assets.charge_headroom_kwh(t, 1.0)[ev_owner] == pytest.approx(0.0, abs=1e-9)

@@ -334,3 +334,43 @@ def test_shipped_studies_are_valid_and_expand(path):
     else:
         check_axes(study, path, base)
         assert len(study.seed_list) >= 20 and len(study.hosting_capacity.levels) == 21
+
+
+def test_voltage_rise_limit_breaks_before_the_band_and_names_the_bus(tmp_path):
+    """VDE-AR-N 4105 (2018), 5.3.2: generation may raise the voltage at any point of the LV
+    network by at most 3 % against the network without it. With the band wide open
+    (1.10 pu) and a rise limit of 0.8 %, the search stops at the rise limit. Checked by
+    hand from the runs' buses.parquet against the reference run without PV: each run is
+    within the limits exactly when its rise stays within 0.8 % at every LV bus in every
+    round, a run that breaks names the bus where the rise first exceeds it, and the
+    capacity is the largest PV share found within."""
+    study = {"name": "rise", "seeds": [1], "hosting_capacity": {
+        "penetration": "prosumers.pv_share", "low": 0.0, "high": 1.0, "step": 0.1, "settings": ["passive"],
+        "limits": {"v_max_pu": 1.10, "voltage_rise_pct": 0.8}}}
+    path = _write(tmp_path, study)
+    out = run_study(path, out=tmp_path / "out", workers=1, progress=False, report=False)
+    search = pd.read_parquet(out / "hosting.parquet").iloc[0]
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert (runs.status == "ok").all()
+    reference, tried = runs[runs.setting == "reference"], runs[runs.setting == "passive"]
+    assert len(reference) == 1 and len(tried) >= 2
+    ref_dir = out / reference.path.iloc[0]
+    grid = pd.read_parquet(ref_dir / "grid_buses.parquet")
+    lv = set(grid.bus[grid.vn_kv < 1.0])
+    ref = pd.read_parquet(ref_dir / "baseline_no_feedback" / "buses.parquet")
+    largest_rise = {}
+    for _, run in tried.iterrows():
+        buses = pd.read_parquet(out / run.path / "baseline_no_feedback" / "buses.parquet")
+        joined = buses[buses.bus.isin(lv)].merge(ref, on=["round", "bus"], suffixes=("", "_ref"))
+        rise_pct = (joined.vm_pu - joined.vm_pu_ref) * 100.0
+        largest_rise[run["prosumers.pv_share"]] = rise_pct.max()
+        assert run.vm_max_pu < 1.10  # the band holds: only the rise can break
+        assert bool(run.within_limits) == bool((rise_pct <= 0.8).all())
+        if not run.within_limits:
+            first = joined[rise_pct > 0.8].iloc[0]
+            assert run.first_limit == "voltage_rise"
+            assert run.first_element == grid.set_index("bus").name.loc[int(first.bus)]
+    within = tried[tried.within_limits.astype(bool)]
+    assert len(within) and not tried.within_limits.astype(bool).all(), largest_rise  # the limit breaks inside
+    assert search.status == "ok" and search.first_limit == "voltage_rise"
+    assert search.hosting_capacity == pytest.approx(within["prosumers.pv_share"].max())

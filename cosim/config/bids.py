@@ -38,7 +38,7 @@ SIDE_MAX_KWH = 1e6
 #: Largest price in absolute value, of an order and of --retail/--feed-in [currency/kWh].
 PRICE_MAX_PER_KWH = 1e3
 #: Mechanisms whose prices are set by the outside grid's tariffs: they need --retail and --feed-in.
-NEEDS_GRID = ("community_sdr", "community_mmr", "bill_sharing", "fixed_price")
+NEEDS_GRID = ("community_sdr", "community_mmr", "bill_sharing", "fixed_price", "community_tariff")
 #: Iteration cap on the HiGHS QPs of Stackelberg's followers in `cosim clear`. HiGHS's QP
 #: solver cycles without end when a follower's curvature (curvature x tariff spread / need)
 #: is tiny, e.g. 1e4 kWh against a 0.0005 spread; capped, such a book is a failed clearing

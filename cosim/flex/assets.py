@@ -267,12 +267,14 @@ class FlexibleAssets:
                 continue
             act = state.open(t)
             request = plan[f"{name}_kw"] if plan is not None else state.uncontrolled_kw(act, dt_h)
+            last[f"{name}_before_kwh"] = state.energy_kwh.copy()
             power, loss = state.apply(t, act, request, dt_h)
             last[name] = (act, power, loss)
             add = np.bincount(state.table.owner, weights=power, minlength=self.n)
             flex = add if flex is None else flex + add
         b = self.batteries
         before = b.energy_kwh
+        last["battery_soc_before"] = b.soc.copy()
         before_batteries_kw = net_kw if flex is None else net_kw + flex
         cheap = None  # batteries that charge at full power from cheap P2P energy
         if self.strategy == "price" and price_per_kwh is not None:
@@ -305,6 +307,76 @@ class FlexibleAssets:
             out[name] = (np.bincount(state.table.owner, weights=last[name][1], minlength=self.n)
                          if state is not None and name in last else np.zeros(self.n))
         return out
+
+    # -- flexibility beyond the dispatch (cosim.markets.flexibility) --------------------------
+    def charge_headroom_kwh(self, t: int, dt_h: float) -> np.ndarray:
+        """What each prosumer's battery and EVs could still draw in round t on top of
+        their dispatch, at the meter [kWh] (after `dispatch` of round t).
+
+        A battery's headroom is what its power limit and its room before the round
+        (state of charge up to ``soc_max``) leave beside the power it was dispatched at
+        (a discharging battery can stop discharging and charge instead); an EV's is what
+        its charger and its room leave while it is plugged in. Shiftable loads have none
+        (their energy is fixed), nor do batteries whose capacity is shared by the
+        battery auction or that follow a day-ahead schedule (their dispatch is not their
+        owner's to change).
+        """
+        headroom_kw = np.zeros(self.n)
+        last = self._last
+        if last.get("t") != t:
+            raise ValueError(f"charge_headroom_kwh({t}) expected after dispatch of round {t}, found {last.get('t')}")
+        if self.shares is None and last["plan"] is None:
+            most_kw = self._battery_before(last).power_range_kw(dt_h)[0]
+            headroom_kw += np.maximum(most_kw - last["battery"][0], 0.0)
+        if self.evs is not None:
+            act, power, _ = last["ev"]
+            most_kw = self._sessions_before(self.evs, last["ev_before_kwh"]).power_range_kw(act, dt_h)[0]
+            headroom_kw += np.bincount(self.evs.table.owner, weights=np.maximum(most_kw - power, 0.0), minlength=self.n)
+        return headroom_kw * dt_h
+
+    def add_charge(self, t: int, extra_kwh: np.ndarray, dt_h: float) -> np.ndarray:
+        """Draw `extra_kwh` more at each prosumer's meter in round t than its dispatch
+        did (an accepted offer to increase import), batteries first, then the EVs in slot
+        order, within `charge_headroom_kwh`; the states of charge and the round's
+        storage rows follow. Returns the power added to each prosumer's net load [kW]."""
+        last = self._last
+        extra_kw = np.minimum(np.maximum(np.asarray(extra_kwh, float), 0.0), self.charge_headroom_kwh(t, dt_h)) / dt_h
+        left_kw = extra_kw.copy()
+        if self.shares is None and last["plan"] is None and left_kw.any():
+            b = self._battery_before(last)
+            power_kw = last["battery"][0]
+            add_kw = np.minimum(left_kw, np.maximum(b.power_range_kw(dt_h)[0] - power_kw, 0.0))
+            if add_kw.any():
+                new_kw = b.follow(power_kw + add_kw, dt_h)
+                self.batteries.soc = b.soc
+                loss = new_kw * dt_h - (b.energy_kwh - self._battery_before(last).energy_kwh)
+                last["battery"] = (new_kw, loss)
+                left_kw -= new_kw - power_kw
+        if self.evs is not None and left_kw.max(initial=0.0) > ENERGY_TOL:
+            act, power, _ = last["ev"]
+            state = self.evs
+            most_kw = self._sessions_before(state, last["ev_before_kwh"]).power_range_kw(act, dt_h)[0]
+            room_kw = np.maximum(most_kw - power, 0.0)
+            owner = state.table.owner
+            add_kw = np.zeros(len(owner))
+            for j in np.flatnonzero(room_kw > 0):  # each owner's remainder to its slots in order
+                add_kw[j] = min(left_kw[owner[j]], room_kw[j])
+                left_kw[owner[j]] -= add_kw[j]
+            if add_kw.any():
+                state.energy_kwh = last["ev_before_kwh"].copy()
+                new_power, loss = state.apply(t, act, power + add_kw, dt_h)
+                last["ev"] = (act, new_power, loss)
+                left_kw += np.bincount(owner, weights=add_kw - (new_power - power), minlength=self.n)
+        return extra_kw - np.maximum(left_kw, 0.0)
+
+    def _battery_before(self, last: dict) -> Batteries:
+        """The batteries as they were before this round's dispatch."""
+        return dataclasses.replace(self.batteries, soc=last["battery_soc_before"].copy())
+
+    @staticmethod
+    def _sessions_before(state: SessionState, energy_kwh: np.ndarray) -> SessionState:
+        """`state` with the energy its slots held before this round's dispatch."""
+        return dataclasses.replace(state, energy_kwh=energy_kwh.copy())
 
     def limits_kwh(self, t: int, load_kw: np.ndarray, pv_kw: np.ndarray, dt_h: float) -> tuple[np.ndarray, np.ndarray]:
         """Most each prosumer can deliver and absorb in round t, before dispatch [kWh]

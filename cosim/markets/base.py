@@ -32,6 +32,10 @@ TRADE_COLUMNS = [
 EMPTY_TRADES = pd.DataFrame({c: pd.Series(dtype=object if c in ("seller", "buyer") else float) for c in TRADE_COLUMNS})
 #: Numerical tolerance on quantities [kWh].
 QTY_TOL = 1e-7
+#: Key of `ClearingResult.info` with the energy each participant's batteries and EVs draw
+#: on top of their dispatch this round, at the meter [kWh] (already in the result's
+#: quantities: the round applies it to the assets' state of charge).
+ASSET_CHARGE = "asset_charge_kwh"
 #: Curtailing a kWh costs this much above the feed-in tariff when the scenario sets no
 #: curtailment cost, so that exporting always beats curtailing [currency/kWh].
 CURTAIL_PREMIUM_PER_KWH = 0.01
@@ -53,6 +57,10 @@ class Participants:
     """True for participants with rooftop PV (green producers)."""
     distance_km: np.ndarray | None = None
     """[n x n] length of the line path between participants' buses [km]; None if unknown."""
+    battery_kwh: np.ndarray | None = None
+    """Capacity of each participant's home battery [kWh] (0: none); None if unknown."""
+    battery_kw: np.ndarray | None = None
+    """Power limit of each participant's home battery [kW]; None if unknown."""
 
     @classmethod
     def plain(cls, ids: list[str]) -> Participants:
@@ -80,6 +88,10 @@ class Mechanism:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[MechanismOptions]] = MechanismOptions
+    uses_charge_headroom: ClassVar[bool] = False
+    """True if `clear` uses ``ctx.charge_headroom_kwh`` (the round then computes it) and may
+    return ``info[ASSET_CHARGE]``: energy each participant's batteries and EVs draw on top
+    of their dispatch [kWh], which the round applies to the assets."""
 
     def __init__(self, participants: Participants | list[str], max_cuts: int = 24,
                  options: MechanismOptions | dict | None = None):
@@ -146,6 +158,12 @@ class MarketContext:
     a round under feedback carry the same number."""
     dt_h: float | None = None
     """Round length [h] (None outside a run)."""
+    n_rounds: int | None = None
+    """Rounds in the run (None outside a run)."""
+    charge_headroom_kwh: np.ndarray | None = field(default=None, compare=False)
+    """What each participant's batteries and EVs could still draw this round on top of
+    their dispatch, at the meter [kWh] (`cosim.flex.assets.FlexibleAssets.charge_headroom_kwh`);
+    None: unknown, or no mechanism asks for it (see `Mechanism.uses_charge_headroom`)."""
 
     @property
     def curtail_cost(self) -> float:

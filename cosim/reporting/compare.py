@@ -65,6 +65,9 @@ TABLE_ROWS = [
     ("shed [kWh]", lambda r: r.kpi("shed_kwh")),
     ("shedding per kWh of load, Jain's index [-]", lambda r: r.fairness("shedding", "jain_index")),
     ("largest share of the shedding [%]", lambda r: 100 * r.fairness("shedding", "largest_share")),
+    ("DSO: flexibility bought [{cur}]", lambda r: r.flexibility_bought()),
+    ("DSO cost: losses + flexibility - network charges [{cur}]", lambda r: r.dso_cost()),
+    ("prosumer revenue: energy sold + flexibility sold [{cur}]", lambda r: r.prosumer_revenue()),
     ("network charges [{cur}]", lambda r: r.kpi("network_charges")),
     ("network charges, no P2P [{cur}]", lambda r: r.baseline("network_charges")),
     ("batteries charged [kWh]", lambda r: r.battery_charged_kwh()),
@@ -162,6 +165,36 @@ class Run:
         st = self.settlement
         surplus = float(-st[st.party == "market_operator"].bill.sum())
         return 0.0 if abs(surplus) < MONEY_EPS else surplus
+
+    def dso_cost(self) -> float:
+        """What the DSO pays over the run, net: the network's losses it buys at retail less
+        the network charges it collects, plus the flexibility it buys (its settlement bill)
+        [currency]."""
+        st = self.settlement
+        return float(st.loc[st.party == "dso", "bill"].sum())
+
+    def flexibility_bought(self) -> float:
+        """What the DSO paid providers for flexibility over the run [currency]."""
+        st = self.settlement
+        if "flexibility_payments" not in st.columns:
+            return 0.0
+        return float(st.loc[st.party == "dso", "flexibility_payments"].sum())
+
+    def prosumer_revenue(self) -> float:
+        """What the prosumers received over the run for energy they sold (P2P and to the
+        outside party, at the seller's price) and for flexibility sold to the DSO
+        [currency]."""
+        st = self.settlement
+        prosumers = st.loc[st.bus >= 0]
+        path = self.path / "trades.parquet"
+        sales = 0.0
+        if path.is_file():
+            trades = pd.read_parquet(path)
+            price = trades["seller_price_per_kwh"] if "seller_price_per_kwh" in trades else trades["price_per_kwh"]
+            sold = trades.seller.isin(set(prosumers.party))
+            sales = float((trades.energy_kwh * price)[sold].sum())
+        flex = -float(prosumers["flexibility_payments"].sum()) if "flexibility_payments" in st.columns else 0.0
+        return sales + flex
 
     def welfare(self) -> float:
         """Gains from P2P trade: what the prosumers save against the no-P2P baseline plus

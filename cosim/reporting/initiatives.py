@@ -31,18 +31,10 @@ COLUMNS = [
     ("mean P2P price [{cur}/kWh]", lambda r: r.kpi("mean_price_per_kwh")),
     ("saving against no P2P [{cur}]", lambda r: r.baseline("prosumer_bills_total") - r.kpi("prosumer_bills_total")),
     ("curtailed [kWh]", lambda r: r.kpi("curtailed_kwh")),
-    ("DSO cost [{cur}]", lambda r: dso_cost(r)),
+    ("DSO cost [{cur}]", lambda r: r.dso_cost()),
     ("market operator surplus (+) / deficit (-) [{cur}]", lambda r: r.operator_surplus()),
     ("rounds with violations, no feedback [-]", lambda r: r.variant("market_no_feedback", "violation_rounds")),
 ]
-
-
-def dso_cost(run: Run) -> float:
-    """What the DSO pays over the run, net: the network's losses it buys at retail less
-    the network charges it collects, plus the flexibility it buys (its settlement bill)
-    [currency]."""
-    st = run.settlement
-    return float(st.loc[st.party == "dso", "bill"].sum())
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         first_folder = folders[0]
         main_timing = dict(finished[main_name][2])
         ledger_head = finished[main_name][3]
+        fairness = fairness_summary(party_totals(first_folder / "settlement.parquet"),
+                                    pd.read_parquet(tmp / "prosumers.parquet"))
+        storage = summarize_storage(tmp, scenario)
         main_timing["wall_s"] = elapsed0 + time.perf_counter() - wall0
         main_timing["peak_rss_mb"] = peak_rss_mb()
         main_timing["variant_processes"] = 1 + (side.children if side is not None else 0)
@@ -320,15 +323,15 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "prosumer_bills": pd.DataFrame({name: f[1] for name, f in finished.items()}).round(6).to_dict(orient="index"),
             "timing": main_timing,
             "ledger_head": ledger_head,
-            "storage": summarize_storage(tmp, scenario),
-            "fairness": fairness_summary(
-                pd.read_parquet(first_folder / "settlement.parquet", columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"]),
-                pd.read_parquet(tmp / "prosumers.parquet")),
+            "storage": storage,
+            "fairness": fairness,
         }
         if scenario.physics == "three-phase":  # a balanced run's summary keeps its keys
             summary["physics"] = scenario.physics
             summary["max_vuf_pct"] = scenario.feedback.max_vuf_pct
         write_json(tmp / "summary.json", summary)
+        if scenario.market.mechanism == "community_tariff" and (tmp / "settlement.parquet").is_file():
+            write_monthly_bills(tmp, scenario)
         (tmp / CHECKPOINT).unlink(missing_ok=True)
         if report and len(finished) == len(VARIANTS):  # the report compares all four
             from cosim.reporting.report import write_report
@@ -375,6 +378,30 @@ def variant_results(index: int, folder: Path, ledger: LedgerWriter | LedgerProce
     voll = scenario.islanded.voll_per_kwh if scenario.mode == "islanded" else None
     return (kpis(rounds, prosumer_bills, load_kwh, pv_kwh, voll), prosumer_bills, variant_timing,
             ledger.head if ledger is not None else None)
+
+
+def party_totals(settlement_path: Path) -> pd.DataFrame:
+    """Each party's curtailed, shed and load energy over the run [kWh], one row per party,
+    from settlement.parquet with the party names read as a dictionary (a year holds
+    4 million rows; as text they would cost the run its peak memory)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(settlement_path, columns=["party", "curtailed_kwh", "shed_kwh", "load_kwh"],
+                          read_dictionary=["party"]).to_pandas()
+    totals = table.groupby("party", observed=True, sort=False)[["curtailed_kwh", "shed_kwh", "load_kwh"]].sum()
+    return totals.reset_index().astype({"party": str})
+
+
+def write_monthly_bills(folder: Path, scenario) -> Path:
+    """monthly_bills.parquet of a community tariff's run: each party's bill per billing
+    month of the main variant (`cosim.markets.community_tariff.monthly_bills`)."""
+    from cosim.markets.community_tariff import CommunityTariffOptions, month_rounds, monthly_bills
+
+    options = CommunityTariffOptions.model_validate(scenario.market.options or {})
+    table = monthly_bills(pd.read_parquet(folder / "settlement.parquet"), month_rounds(options.month_days, scenario.dt_h))
+    path = folder / "monthly_bills.parquet"
+    table.to_parquet(path, index=False)
+    return path
 
 
 def peak_rss_mb() -> float:

@@ -24,7 +24,8 @@ from cosim.markets import (
     OrderArrays,
     get_mechanism,
 )
-from cosim.markets.base import QTY_TOL, TRADE_COLUMNS, fallback_result
+from cosim.markets.base import ASSET_CHARGE, QTY_TOL, TRADE_COLUMNS, fallback_result
+from cosim.markets.community_tariff import POOL_BATTERY
 from cosim.physical.fleet import OrderBook, order_book
 from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
@@ -135,6 +136,10 @@ class VariantRunner:
         options = sc.market.options if variant.mechanism == sc.market.mechanism else None
         self.mechanism = get_mechanism(variant.mechanism)(setup.participants, max_cuts=MAX_CUTS, options=options)
         self.assets = setup.assets.fresh() if setup.assets is not None else build_assets(sc, self.fleet)
+        pooled = getattr(self.mechanism, "pooled_share", 0.0)
+        if pooled > 0:  # a virtual pool runs this share of each home battery (cosim.markets.community_tariff)
+            b = self.assets.batteries
+            self.assets.batteries = dataclasses.replace(b, e_kwh=b.e_kwh * (1.0 - pooled), p_kw=b.p_kw * (1.0 - pooled))
         self.batteries = self.assets.batteries
         self.rng = np.random.default_rng(sc.seed + 1)
         self.gfu = None
@@ -199,20 +204,14 @@ class VariantRunner:
         n_bus = len(self.pf.buses)
         p = np.bincount(self.setup.participant_pos, weights=prosumer_kw, minlength=n_bus)
         q = np.bincount(self.setup.participant_pos, weights=load_kvar * served, minlength=n_bus)
-        # a community battery run by the market operator sits at the LV busbar
-        battery_kwh = r.info.get("battery_charge_kwh", 0.0) - r.info.get("battery_discharge_kwh", 0.0) if r.info else 0.0
-        if battery_kwh:
-            p[self.setup.busbar_pos] += battery_kwh / self.dt_h
+        pool_kwh = r.info.get(POOL_BATTERY) if r.info else None
+        if pool_kwh is not None:  # a virtual pool of the members' batteries: at their buses
+            p += np.bincount(self.setup.participant_pos, weights=pool_kwh / self.dt_h, minlength=n_bus)
+        else:  # a community battery run by the market operator sits at the LV busbar
+            battery_kwh = r.info.get("battery_charge_kwh", 0.0) - r.info.get("battery_discharge_kwh", 0.0) if r.info else 0.0
+            if battery_kwh:
+                p[self.setup.busbar_pos] += battery_kwh / self.dt_h
         return p, q
-
-    def phase_injections(self, rd: RoundState, r: ClearingResult, p_kw: np.ndarray,
-                         q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-bus, per-phase net load [buses x 3] [kW], [kvar] of the dispatch
-        (`cosim.physical.phases.phase_injections`)."""
-        dt_h = self.dt_h
-        return phase_injections(self.setup.splits, self.setup.participant_pos, rd.load_kw, rd.load_kvar, rd.pv_kw,
-                                self.assets.last_components_kw(), -r.injection_kwh / dt_h, r.shed_kwh / dt_h,
-                                r.curtailed_kwh / dt_h, p_kw, q_kvar)
 
     def limits_for(self, state: GridState) -> Limits:
         """The limits a power flow's outcome is checked against: islanded, the slack's
@@ -231,6 +230,7 @@ class VariantRunner:
         ctx = MarketContext(
             round_no=t,
             dt_h=self.dt_h,
+            n_rounds=self.sc.n_rounds,
             retail_price_per_kwh=m.retail_price_per_kwh,
             feed_in_price_per_kwh=m.feed_in_price_per_kwh,
             k=m.k,
@@ -336,6 +336,11 @@ class VariantRunner:
         t1 = time.perf_counter()
         rd.orders = OrderArrays.from_positions(self.fleet.n, *rd.book)
         rd.ctx = rd.market_ctx = self.context(rd.t)
+        if self.mechanism.uses_charge_headroom and self.assets.records:
+            headroom = self.assets.charge_headroom_kwh(rd.t, self.dt_h)
+            if rd.passive is not None:  # a passive prosumer offers nothing
+                headroom[(rd.passive.demand_kwh > 0) | (rd.passive.supply_kwh > 0)] = 0.0
+            rd.ctx = rd.market_ctx = dataclasses.replace(rd.ctx, charge_headroom_kwh=headroom)
         if rd.passive is not None:
             rd.market_ctx = dataclasses.replace(
                 rd.ctx,
@@ -375,7 +380,9 @@ class VariantRunner:
         if self.pf3 is None:
             s = self.pf.run(p, q)
         else:
-            p3, q3 = self.phase_injections(rd, r, p, q)
+            p3, q3 = phase_injections(self.setup.splits, self.setup.participant_pos, rd.load_kw, rd.load_kvar,
+                                      rd.pv_kw, self.assets.last_components_kw(), -r.injection_kwh / self.dt_h,
+                                      r.shed_kwh / self.dt_h, r.curtailed_kwh / self.dt_h, p, q)
             s = self.pf3.run_grid(p3, q3)
         rd.timings["pf"] += time.perf_counter() - t1
         viol = find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
@@ -469,6 +476,9 @@ class VariantRunner:
         """The round's network charges, what it leaves for the next one (loss factors,
         the grid-forming unit's state of charge, the P2P price) and its outcome."""
         state, r, dt_h = chk.state, chk.result, self.dt_h
+        extra_kwh = r.info.get(ASSET_CHARGE) if r.info else None
+        if extra_kwh is not None:  # batteries and EVs draw what the mechanism had them draw
+            rd.battery_kw = rd.battery_kw + self.assets.add_charge(rd.t, extra_kwh, dt_h)
         if not state.converged and rd.status == "ok":
             rd.status = "power flow did not converge"
         fb = self.sc.feedback

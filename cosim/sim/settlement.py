@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 
 from cosim.markets import ClearingResult, MarketContext
+from cosim.markets.community_tariff import ALLOWANCE_USED, POOL_REVENUE_SHARE
 from cosim.markets.flexibility import FLEXIBILITY_PAYMENT
 
 SETTLEMENT_COLUMNS = [
     "round", "party", "bus", "bought_kwh", "sold_kwh", "grid_import_kwh", "grid_export_kwh",
     "curtailed_kwh", "shed_kwh", "energy_cost", "network_charges", "bill", "membership_fees",
-    "losses_kwh", "losses_cost", "storage_rent", "flexibility_payments",
+    "losses_kwh", "losses_cost", "storage_rent", "flexibility_payments", "allowance_used_kwh",
+    "pool_revenue_share",
 ]
 #: Physical columns of prosumer rows (zero for other parties): consumption, PV
 #: generation, battery charging (negative: discharging) and the resulting net load
@@ -36,6 +38,11 @@ DSO, MARKET_OPERATOR = "dso", "market_operator"
 NUMERIC_COLUMNS = SETTLEMENT_COLUMNS[3:] + PHYSICAL_COLUMNS
 #: Column of the bill in `settle_matrix`'s matrix (the market operator's row is the last).
 BILL = NUMERIC_COLUMNS.index("bill")
+#: Column of each other numeric column in `settle_matrix`'s matrix.
+_COL = {name: j for j, name in enumerate(NUMERIC_COLUMNS)}
+#: The cost columns that make up the bill.
+BILL_PARTS = ["energy_cost", "network_charges", "membership_fees", "losses_cost", "storage_rent",
+              "flexibility_payments", "pool_revenue_share"]
 
 
 def parties(ids: list[str], outside_party: str) -> list[str]:
@@ -66,8 +73,12 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     prosumer's payment for shared battery capacity this round (``storage_rent``
     [currency], positive = pays, summing to zero). What the DSO pays providers for
     flexibility (``info["flexibility_payment"]``, `cosim.markets.flexibility`) is in
-    ``flexibility_payments`` (negative for the provider, positive for the DSO). Every
-    cost column enters the bill.
+    ``flexibility_payments`` (negative for the provider, positive for the DSO). A
+    community tariff (`cosim.markets.community_tariff`) reports the free kWh each member
+    used this round (``info["allowance_used_kwh"]``, column ``allowance_used_kwh``) and
+    each member's share of its virtual pool's revenue (``info["pool_revenue_share"]``,
+    negative = received; the operator pays the sum). Every cost column (`BILL_PARTS`)
+    enters the bill.
     """
     retail, feed_in = ctx.retail_price_per_kwh, ctx.feed_in_price_per_kwh
     n = len(r.bought_kwh)
@@ -83,33 +94,47 @@ def settle_matrix(r: ClearingResult, ctx: MarketContext, physical: dict[str, np.
     # columns: bought, sold, grid_import, grid_export, curtailed, shed, energy_cost,
     # network_charges, bill, membership_fees, losses_kwh, losses_cost, storage_rent,
     # flexibility_payments, load, pv, battery, net_load
-    m[:n, 0], m[:n, 1], m[:n, 2], m[:n, 3] = r.bought_kwh, r.sold_kwh, r.import_kwh, r.export_kwh
-    m[:n, 4], m[:n, 5] = r.curtailed_kwh, r.shed_kwh
-    m[:n, 6] = p2p_paid - p2p_received + retail * r.import_kwh - feed_in * r.export_kwh
-    m[:n, 7] = charges
-    m[n, 0], m[n, 1] = exported, imported
-    m[n, 6] = -retail * imported + feed_in * exported
-    m[n + 1, 7] = -charges.sum()
-    m[n + 2, 0], m[n + 2, 1], m[n + 2, 2], m[n + 2, 3] = op_export, op_import, op_import, op_export
-    m[n + 2, 6] = -(p2p_paid.sum() - p2p_received.sum()) + retail * op_import - feed_in * op_export
-    fees = r.info.get(MEMBERSHIP_FEE) if r.info else None
+    c = _COL
+    outside, dso, operator = n, n + 1, n + 2
+    m[:n, c["bought_kwh"]], m[:n, c["sold_kwh"]] = r.bought_kwh, r.sold_kwh
+    m[:n, c["grid_import_kwh"]], m[:n, c["grid_export_kwh"]] = r.import_kwh, r.export_kwh
+    m[:n, c["curtailed_kwh"]], m[:n, c["shed_kwh"]] = r.curtailed_kwh, r.shed_kwh
+    m[:n, c["energy_cost"]] = p2p_paid - p2p_received + retail * r.import_kwh - feed_in * r.export_kwh
+    m[:n, c["network_charges"]] = charges
+    m[outside, c["bought_kwh"]], m[outside, c["sold_kwh"]] = exported, imported
+    m[outside, c["energy_cost"]] = -retail * imported + feed_in * exported
+    m[dso, c["network_charges"]] = -charges.sum()
+    m[operator, c["bought_kwh"]], m[operator, c["sold_kwh"]] = op_export, op_import
+    m[operator, c["grid_import_kwh"]], m[operator, c["grid_export_kwh"]] = op_import, op_export
+    m[operator, c["energy_cost"]] = -(p2p_paid.sum() - p2p_received.sum()) + retail * op_import - feed_in * op_export
+    info = r.info or {}
+    fees = info.get(MEMBERSHIP_FEE)
     if fees is not None:  # members pay the operator (e.g. fixed_price's periodic fee)
-        m[:n, 9] = fees
-        m[n + 2, 9] = -float(np.sum(fees))
+        m[:n, c["membership_fees"]] = fees
+        m[operator, c["membership_fees"]] = -float(np.sum(fees))
     if losses_kwh:
-        m[n, 1] += losses_kwh
-        m[n, 10], m[n, 11] = losses_kwh, -retail * losses_kwh
-        m[n + 1, 2], m[n + 1, 10], m[n + 1, 11] = losses_kwh, losses_kwh, retail * losses_kwh
+        m[outside, c["sold_kwh"]] += losses_kwh
+        m[outside, c["losses_kwh"]], m[outside, c["losses_cost"]] = losses_kwh, -retail * losses_kwh
+        m[dso, c["grid_import_kwh"]], m[dso, c["losses_kwh"]] = losses_kwh, losses_kwh
+        m[dso, c["losses_cost"]] = retail * losses_kwh
     if rent is not None:
-        m[:n, 12] = rent
-    flex = r.info.get(FLEXIBILITY_PAYMENT) if r.info else None
+        m[:n, c["storage_rent"]] = rent
+    flex = info.get(FLEXIBILITY_PAYMENT)
     if flex is not None:  # the DSO pays the flexibility it bought
-        m[:n, 13] = -np.asarray(flex, float)
-        m[n + 1, 13] = float(np.sum(flex))
-    m[:, 8] = m[:, 6] + m[:, 7] + m[:, 9] + m[:, 11] + m[:, 12] + m[:, 13]
+        m[:n, c["flexibility_payments"]] = -np.asarray(flex, float)
+        m[dso, c["flexibility_payments"]] = float(np.sum(flex))
+    allowance = info.get(ALLOWANCE_USED)
+    if allowance is not None:
+        m[:n, c["allowance_used_kwh"]] = allowance
+    pool = info.get(POOL_REVENUE_SHARE)
+    if pool is not None:  # the operator pays the members their share of the pool's revenue
+        m[:n, c["pool_revenue_share"]] = pool
+        m[operator, c["pool_revenue_share"]] = -float(np.sum(pool))
+    m[:, BILL] = m[:, [c[name] for name in BILL_PARTS]].sum(axis=1)
     if physical is not None:
-        m[:n, 14], m[:n, 15], m[:n, 16] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
-        m[:n, 17] = m[:n, 14] - m[:n, 15] + m[:n, 16] + r.curtailed_kwh - r.shed_kwh
+        load, pv, battery = c["load_kwh"], c["pv_kwh"], c["battery_kwh"]
+        m[:n, load], m[:n, pv], m[:n, battery] = physical["load_kwh"], physical["pv_kwh"], physical["battery_kwh"]
+        m[:n, c["net_load_kwh"]] = m[:n, load] - m[:n, pv] + m[:n, battery] + r.curtailed_kwh - r.shed_kwh
     return m
 
 

@@ -102,7 +102,7 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     bus = fleet.table.bus.to_numpy()
     participants = Participants(
         fleet.ids, bus, feeder_of_buses(net).loc[bus].to_numpy(), fleet.table.pv_kwp.to_numpy() > 0,
-        line_distance_km(net, bus),
+        line_distance_km(net, bus), fleet.table.battery_kwh.to_numpy(float), fleet.table.battery_kw.to_numpy(float),
     )
     gfu_bus = None
     if scenario.mode == "islanded":

@@ -54,7 +54,7 @@ def execute(run_id: str, scenario: dict, values: dict, runs_dir: str, limits: di
     row = {"run_id": run_id, "status": "ok", "error": None, "path": f"runs/{run_id}", **values}
     done = finished_row(run_dir)
     if done is not None:  # finished before its worker died, or by an earlier study
-        return done
+        return checked(done, runs, limits, reference_dir) if check else done
     scenario_file = runs / ".scenarios" / f"{run_id}.yaml"
     try:
         scenario_file.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +78,17 @@ def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def checked(row: dict, runs_dir: Path, limits: dict, reference_dir: str | None) -> dict:
+    """A finished run's row with the limits checked: a run made first as a reference,
+    without the check (the search's lowest level is the run without PV that the
+    voltage-rise limit compares against), gets it now."""
+    from cosim.study.hosting import check_limits
+
+    if row.get("status") != "ok" or "within_limits" in row:
+        return row
+    return {**row, **check_limits(Path(runs_dir) / row["run_id"], limits, reference_dir)}
 
 
 def finished_row(run_dir: Path) -> dict | None:
@@ -129,6 +140,8 @@ class Driver:
                 reference_dir: str | None = None) -> None:
         rid = run.run_id
         if rid in self.rows:
+            if check:
+                self.rows[rid] = checked(self.rows[rid], self.runs_dir, self.limits, reference_dir)
             if callback is not None:
                 callback(self.rows[rid])
             return
@@ -137,6 +150,8 @@ class Driver:
         if rid in self.futures.values():
             return
         done = finished_row(self.runs_dir / rid) if self.resume else None
+        if done is not None and check:
+            done = checked(done, self.runs_dir, self.limits, reference_dir)
         if done is not None:
             self.futures[rid] = rid
             self._complete(rid, done)

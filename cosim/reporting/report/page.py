@@ -12,7 +12,12 @@ from cosim.reporting.report.aggregate import same_physics
 from cosim.reporting.report.figures import FIGURE_TITLES
 from cosim.reporting.report.load import VARIANTS, Run
 from cosim.reporting.report.numbers import MISSING, as_float, fmt
-from cosim.reporting.report.sections import battery_auction_html, fairness_section, storage_html
+from cosim.reporting.report.sections import (
+    battery_auction_html,
+    fairness_section,
+    monthly_bills_html,
+    storage_html,
+)
 
 __all__ = ["render_page"]
 
@@ -282,7 +287,7 @@ def render_page(run: Run, captions: dict[str, str]) -> str:
             + "</ul></div>"
         )
     parts += ["<h2>Key figures</h2>", _market_effect_html(run), _kpi_table(run), storage_html(run),
-              battery_auction_html(run), fairness_section(run), "<h2>Figures</h2>"]
+              battery_auction_html(run), monthly_bills_html(run), fairness_section(run), "<h2>Figures</h2>"]
     for i, (name, caption) in enumerate(captions.items(), start=1):
         heading = FIGURE_TITLES[name].format(grid=run.grid_name)
         parts.append(

@@ -17,7 +17,7 @@ from cosim.reporting.report.figures.fairness import FAIRNESS_FIGURE, draw_fairne
 from cosim.reporting.report.load import VARIANTS, Run, curtailment_rule, read_table
 from cosim.reporting.report.numbers import MISSING, as_float, fmt
 
-__all__ = ["storage_html", "battery_auction_html", "fairness_section"]
+__all__ = ["storage_html", "battery_auction_html", "fairness_section", "monthly_bills_html"]
 
 #: Rows of the flexible-assets table: (summary.json storage key, label, unit, format).
 _STORAGE_ROWS = (
@@ -96,6 +96,64 @@ def battery_auction_html(run: Run) -> str:
         "<th>Winners</th><th>Offered</th><th>Asked</th><th>Shared</th><th>Price</th><th>Rent</th></tr></thead>"
         "<tbody>" + "".join(rows) + "</tbody></table>"
         + (f"<p>Largest winners of the run: {top}. Every party's row is in battery_auction.parquet.</p>" if top else "")
+    )
+
+
+#: Settlement parties that are not members of a community tariff.
+_NOT_MEMBERS = ("grid", "grid_forming", "dso", "market_operator")
+#: Columns of the members' monthly bills table: (monthly_bills.parquet column, heading, format).
+_MONTHLY_COLUMNS = (
+    ("membership_fees", "Fee", "{:,.2f}"),
+    ("community_kwh", "Bought [kWh]", "{:,.1f}"),
+    ("allowance_used_kwh", "Free [kWh]", "{:,.1f}"),
+    ("charged_kwh", "Charged [kWh]", "{:,.1f}"),
+    ("sold_kwh", "Sold [kWh]", "{:,.1f}"),
+    ("energy_cost", "Energy", "{:,.2f}"),
+    ("pool_revenue_share", "Pool share", "{:,.2f}"),
+    ("network_charges", "Network charges", "{:,.2f}"),
+    ("bill", "Bill", "{:,.2f}"),
+)
+
+
+def monthly_bills_html(run: Run) -> str:
+    """A community tariff's bills per member and billing month (monthly_bills.parquet,
+    `cosim.markets.community_tariff.MONTHLY_BILL_COLUMNS`), if the run has them: one summary
+    row per month, then every member's row."""
+    path = run.run_dir / "monthly_bills.parquet"
+    if not path.is_file():
+        return ""
+    bills = pd.read_parquet(path)
+    members = bills[~bills.party.isin(_NOT_MEMBERS)]
+    if members.empty:
+        return ""
+    esc = html.escape
+    cur = esc(run.currency)
+    operator = bills[bills.party == "market_operator"].set_index("month").bill
+    summary = []
+    for month, m in members.groupby("month", sort=True):
+        summary.append(
+            f"<tr><td>{int(month) + 1}</td><td class='num'>{int(m.rounds.max())}</td><td class='num'>{len(m)}</td>"
+            f"<td class='num'>{m.membership_fees.sum():,.2f}</td><td class='num'>{m.allowance_used_kwh.sum():,.1f}</td>"
+            f"<td class='num'>{m.charged_kwh.sum():,.1f}</td><td class='num'>{-m.pool_revenue_share.sum():,.2f}</td>"
+            f"<td class='num'>{m.bill.mean():,.2f}</td><td class='num'>{m.bill.min():,.2f}</td>"
+            f"<td class='num'>{m.bill.max():,.2f}</td><td class='num'>{-operator.get(month, 0.0):,.2f}</td></tr>")
+    head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in _MONTHLY_COLUMNS)
+    rows = []
+    for _, row in members.sort_values(["month", "party"]).iterrows():
+        cells = "".join(f"<td class='num'>{f.format(row[c])}</td>" for c, _, f in _MONTHLY_COLUMNS)
+        rows.append(f"<tr><td>{int(row.month) + 1}</td><td>{esc(str(row.party))}</td>{cells}</tr>")
+    return (
+        "<h2>Monthly bills (community tariff)</h2><p>Main run (P2P + feedback). Billing months count from the "
+        "run's start; a month the run covers only in part has its fee and free allowance prorated. Amounts in "
+        f"{cur}, positive = the member pays; the pool share is the members' part of the virtual battery pool's "
+        "revenue (cosim.markets.community_tariff). Every party's row is in monthly_bills.parquet.</p>"
+        "<table class='kpi'><thead><tr><th>Month</th><th>Rounds</th><th>Members</th><th>Fees</th>"
+        "<th>Free energy used [kWh]</th><th>Charged energy [kWh]</th><th>Pool revenue shared</th>"
+        "<th>Mean bill</th><th>Lowest bill</th><th>Highest bill</th><th>Operator surplus</th></tr></thead><tbody>"
+        + "".join(summary) + "</tbody></table>"
+        f"<details><summary>Every member's bill per month ({len(members)} rows)</summary>"
+        f"<table class='kpi'><thead><tr><th>Month</th><th>Member</th>{head}</tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table></details>"
     )
 
 
