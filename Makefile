@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 SCENARIO ?= scenarios/rural3-summer-pv.yaml
 
 .PHONY: setup run test scenarios report lint clean bench year compare compare-storage compare-curtailment compare-charges docs \
-	portal portal-screenshots initiatives compare-flexibility study studies bench-study
+	portal portal-screenshots initiatives compare-flexibility study studies bench-study \
+	bench-threephase compare-physics
 
 setup: $(STAMP)
 
@@ -51,6 +52,12 @@ study: setup
 studies: setup
 	@for f in scenarios/studies/*.yaml; do echo "== $$f"; $(BIN)/cosim study $$f || exit $$?; done
 
+# the default week balanced against three-phase, RUNS alternating cosim runs each
+# (results/bench/threephase_week.json); then one power flow of each kind (threephase.json)
+bench-threephase: setup
+	$(BIN)/python -m cosim.bench.threephase --week --runs $(or $(RUNS),1)
+	$(BIN)/python -m cosim.bench.threephase --repeats $(or $(REPEATS),20)
+
 # 1 against 2 Dask workers on the default study with SEEDS seeds (results/bench/study_workers.json)
 bench-study: setup
 	$(BIN)/python -m cosim.bench.study_workers --seeds $(or $(SEEDS),4) --workers 1 2
@@ -65,6 +72,13 @@ year: setup
 # every market structure on the same feeder and day, side by side in results/compare
 COMPARE := uniform pay-as-bid mcafee huang vcg bilateral community-sdr community-mmr bill-sharing \
 	fixed-price hybrid shapley stackelberg
+# the default week balanced and in three phases, side by side in results/compare-physics
+compare-physics: setup
+	$(BIN)/cosim run scenarios/rural3-summer-pv.yaml --out results/compare-runs/physics-balanced --no-report
+	$(BIN)/cosim run scenarios/rural3-summer-pv-3ph.yaml --out results/compare-runs/physics-three-phase --no-report
+	$(BIN)/cosim compare results/compare-runs/physics-balanced results/compare-runs/physics-three-phase \
+	  --out results/compare-physics
+
 compare: setup
 	@for m in $(COMPARE); do echo "== scenarios/rural3-$$m.yaml"; \
 	  $(BIN)/cosim run scenarios/rural3-$$m.yaml --out results/compare-runs/$$m --no-report || exit $$?; done

@@ -10,6 +10,13 @@ the snapshot's and 0.7 times them, so that every call iterates). Medians over
 N calls [ms], printed and written to results/bench/threephase.json. Networks: the IEEE
 European LV feeder at its on-peak minute (55 single-phase loads) and rural3 with seeded
 single-phase households.
+
+``python -m cosim.bench.threephase --week`` times instead the whole default week, balanced
+(scenarios/rural3-summer-pv.yaml) and in three phases (scenarios/rural3-summer-pv-3ph.yaml),
+one ``cosim run`` each in a fresh process (four variants, ledger, no report; ``--workers``
+passed on when given), alternating RUNS times: wall time [s] and the median round of the main variant [ms] with its power
+flow and sensitivity parts, with the machine's load average before each run; written to
+results/bench/threephase_week.json.
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ from cosim.physical.networks import REPO_NETWORKS, build_net, load_network_spec
 from cosim.physical.phases import allocate_phases
 
 OUT = Path("results") / "bench" / "threephase.json"
+WEEK_OUT = Path("results") / "bench" / "threephase_week.json"
+#: The default week, balanced and in three phases.
+WEEK_SCENARIOS = {"balanced": Path("scenarios") / "rural3-summer-pv.yaml",
+                  "three-phase": Path("scenarios") / "rural3-summer-pv-3ph.yaml"}
+#: The issue's bound on the default week in three phases [s].
+WEEK_LIMIT_S = 300.0
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -131,10 +144,55 @@ def measure(repeats: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def time_week(runs: int, workers: int | None = None,
+              out_dir: Path = Path("results") / "bench" / "threephase-week") -> pd.DataFrame:
+    """`runs` alternating ``cosim run`` processes of each of `WEEK_SCENARIOS` (with
+    ``--workers`` when given, else cosim's default): one row per run."""
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    for k in range(runs):
+        for physics, scenario in WEEK_SCENARIOS.items():
+            load = os.getloadavg()[0]
+            folder = out_dir / physics
+            t0 = time.perf_counter()
+            extra = ["--workers", str(workers)] if workers else []
+            subprocess.run([sys.executable, "-m", "cosim", "run", str(scenario), "--out", str(folder), "--no-report",
+                            *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wall = time.perf_counter() - t0
+            rounds = pd.read_parquet(folder / "rounds.parquet")
+            rows.append({"run": k, "physics": physics, "wall_s": wall, "rounds": len(rounds),
+                         "median_round_ms": float(rounds.round_ms.median()),
+                         "median_pf_ms": float(rounds.pf_ms.median()),
+                         "median_sens_ms": float(rounds.sens_ms.median()),
+                         "mean_round_ms": float(rounds.round_ms.mean()), "load_avg_1min": load})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosim.bench.threephase", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20, help="calls per measurement (median) [-]")
+    parser.add_argument("--week", action="store_true", help="time the default week, balanced and three-phase")
+    parser.add_argument("--runs", type=int, default=1, help="with --week: runs of each (alternating) [-]")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --week: cosim run --workers (default: cosim's, one process per core)")
     args = parser.parse_args(argv)
+    if args.week:
+        table = time_week(args.runs, args.workers)
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        med = table.groupby("physics")[["wall_s", "median_round_ms", "mean_round_ms"]].median()
+        print(med.to_string(float_format=lambda x: f"{x:.2f}"))
+        ok = bool(med.loc["three-phase", "wall_s"] <= WEEK_LIMIT_S)
+        print(f"three-phase week {med.loc['three-phase', 'wall_s']:.1f} s "
+              f"({'within' if ok else 'over'} the {WEEK_LIMIT_S:.0f} s bound)")
+        WEEK_OUT.parent.mkdir(parents=True, exist_ok=True)
+        WEEK_OUT.write_text(json.dumps({"machine": platform.platform(), "runs": args.runs, "workers": args.workers,
+                                        "rows": table.to_dict(orient="records"),
+                                        "median": med.reset_index().to_dict(orient="records")}, indent=2))
+        print(f"written: {WEEK_OUT}")
+        return 0
     table = measure(args.repeats)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -189,6 +189,9 @@ class Feedback(_Frozen):
     """Voltage margin the linearised constraints aim inside the band [pu]."""
     margin_pct: Annotated[float, Field(ge=0.0, le=20.0)] = 1.0
     """Loading margin the linearised constraints aim below the limit [%]."""
+    max_vuf_pct: Annotated[float, Field(gt=0.0, le=100.0)] = 2.0
+    """Limit of every bus's voltage unbalance factor |V2| / |V1| [%] (EN 50160: 2 %);
+    checked only with ``physics: three-phase`` (a balanced power flow has no unbalance)."""
     curtailment_rule: Literal["sensitivity", "pro_rata", "equal_share"] = "sensitivity"
     """Who is curtailed (or shed) when the re-clearings leave a violation:
     ``sensitivity``: the prosumers where a kWh helps most (least energy);
@@ -493,6 +496,11 @@ class Scenario(_Frozen):
     duration: Duration = dt.timedelta(days=7)
     resolution: Duration = dt.timedelta(minutes=15)
     seed: int = 42
+    physics: Literal["balanced", "three-phase"] = "balanced"
+    """The grid check's power flow: ``balanced`` (positive sequence, every prosumer's power
+    spread over the three phases) or ``three-phase`` (unbalanced, each load, PV system,
+    battery and EV charger on its phases, `prosumers.phases`; limits per phase and on the
+    voltage unbalance factor, `feedback.max_vuf_pct`). See docs/three-phase.md."""
     prosumers: Prosumers = Prosumers()
     market: Market = Market()
     feedback: Feedback = Feedback()
@@ -509,6 +517,13 @@ class Scenario(_Frozen):
     def _variants_distinct(self) -> Scenario:
         if not self.variants or len(set(self.variants)) != len(self.variants):
             raise ValueError(f"expected one or more distinct variants of {list(VARIANTS)}, found {self.variants}")
+        return self
+
+    @model_validator(mode="after")
+    def _three_phase_grid_connected(self) -> Scenario:
+        if self.physics == "three-phase" and self.mode != "grid-connected":
+            raise ValueError(f"expected mode grid-connected with physics three-phase (the three-phase power flow "
+                             f"needs the external grid's source), found mode {self.mode}")
         return self
 
     @model_validator(mode="after")

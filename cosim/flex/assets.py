@@ -296,6 +296,18 @@ class FlexibleAssets:
         self._last = last
         return battery_kw if flex is None else flex + battery_kw
 
+    def last_components_kw(self) -> dict[str, np.ndarray]:
+        """What the last `dispatch` added to each prosumer's net load, by system [kW]
+        (positive = consuming): ``battery``, ``ev`` (its chargers) and ``shiftable``; they
+        add up to `dispatch`'s return value. The three-phase grid check puts each on the
+        phases of its own connection."""
+        last = self._last
+        out = {"battery": np.array(last["battery"][0], float) if "battery" in last else np.zeros(self.n)}
+        for name, state in (("ev", self.evs), ("shiftable", self.shiftables)):
+            out[name] = (np.bincount(state.table.owner, weights=last[name][1], minlength=self.n)
+                         if state is not None and name in last else np.zeros(self.n))
+        return out
+
     # -- flexibility beyond the dispatch (cosim.markets.flexibility) --------------------------
     def charge_headroom_kwh(self, t: int, dt_h: float) -> np.ndarray:
         """What each prosumer's battery and EVs could still draw in round t on top of

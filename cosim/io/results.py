@@ -77,8 +77,9 @@ class Recorder:
 
     def __init__(self, folder: Path, n_rounds: int, buses: np.ndarray, lines: np.ndarray, trafos: np.ndarray,
                  parties: list[str], party_buses: np.ndarray, chunk_rounds: int = 672, first_round: int = 0,
-                 with_attribution: bool = True, with_storage: bool = False):
+                 with_attribution: bool = True, with_storage: bool = False, three_phase: bool = False):
         self.folder = Path(folder)
+        self.three_phase = three_phase
         self.n_rounds = n_rounds
         self.buses, self.lines, self.trafos = buses, lines, trafos
         self.parties = list(parties)
@@ -98,6 +99,13 @@ class Recorder:
         self.bus_vm = np.full((size, len(self.buses)), np.nan)
         self.line_loading = np.full((size, len(self.lines)), np.nan)
         self.trafo_loading = np.full((size, len(self.trafos)), np.nan)
+        if self.three_phase:  # per bus and phase, per line and phase, per transformer and phase
+            nb, nl, nt = len(self.buses), len(self.lines), len(self.trafos)
+            self.bus_p_abc, self.bus_q_abc, self.bus_vm_abc = (np.full((size, nb, 3), np.nan) for _ in range(3))
+            self.bus_vuf = np.full((size, nb), np.nan)
+            self.line_i_abc, self.line_loading_abc = np.full((size, nl, 3), np.nan), np.full((size, nl, 3), np.nan)
+            self.line_in = np.full((size, nl), np.nan)
+            self.trafo_loading_abc = np.full((size, nt, 3), np.nan)
         self.settlement = np.zeros((size, len(self.parties), len(NUMERIC_COLUMNS)))
         self.trades: list[pd.DataFrame] = []
         self.trade_rounds: list[int] = []
@@ -112,9 +120,11 @@ class Recorder:
 
     def record(self, row: dict, p_kw, q_kvar, state, trades: pd.DataFrame, settlement: np.ndarray,
                attribution: pd.DataFrame | None = None, rejections: pd.DataFrame | None = None,
-               storage: pd.DataFrame | dict[str, np.ndarray] | None = None) -> None:
+               storage: pd.DataFrame | dict[str, np.ndarray] | None = None,
+               p_abc_kw: np.ndarray | None = None, q_abc_kvar: np.ndarray | None = None) -> None:
         """Add one round (`settlement`: `cosim.sim.settlement.settle_matrix`). Once `full`, the
-        caller writes the chunk with `flush`."""
+        caller writes the chunk with `flush`. A three-phase recorder also keeps the round's
+        per-phase injections (`p_abc_kw`, `q_abc_kvar` [buses x 3]) and ``state.phases``."""
         i = row["round"] - self.first
         if i != len(self.rows):
             raise ValueError(f"round {row['round']} recorded out of order (expected {self.next_round})")
@@ -123,6 +133,12 @@ class Recorder:
         self.bus_vm[i] = state.vm_pu
         self.line_loading[i] = state.line_loading_pct
         self.trafo_loading[i] = state.trafo_loading_pct
+        if self.three_phase:
+            ph = state.phases
+            self.bus_p_abc[i], self.bus_q_abc[i] = p_abc_kw, q_abc_kvar
+            self.bus_vm_abc[i], self.bus_vuf[i] = ph.vm_pu, ph.vuf_pct
+            self.line_i_abc[i], self.line_in[i], self.line_loading_abc[i] = ph.line_i_ka, ph.line_in_ka, ph.line_loading_pct
+            self.trafo_loading_abc[i] = ph.trafo_loading_pct
         self.settlement[i] = settlement
         if trades is not None and len(trades):
             self.trades.append(trades)  # the round column is added when the chunk is written
@@ -160,13 +176,31 @@ class Recorder:
         table = self._long(self.bus_p, self.buses, "bus", "p_kw")
         table["q_kvar"] = self.bus_q[:n_t].ravel()
         table["vm_pu"] = self.bus_vm[:n_t].ravel()
+        if self.three_phase:
+            for k, ph in enumerate("abc"):
+                table[f"p_{ph}_kw"] = self.bus_p_abc[:n_t, :, k].ravel()
+            for k, ph in enumerate("abc"):
+                table[f"q_{ph}_kvar"] = self.bus_q_abc[:n_t, :, k].ravel()
+            for k, ph in enumerate("abc"):
+                table[f"vm_{ph}_pu"] = self.bus_vm_abc[:n_t, :, k].ravel()
+            table["vuf_pct"] = self.bus_vuf[:n_t].ravel()
         return table
 
     def branches_table(self) -> pd.DataFrame:
+        n_t = len(self.rows)
         lines = self._long(self.line_loading, self.lines, "branch", "loading_pct").assign(kind="line")
         trafos = self._long(self.trafo_loading, self.trafos, "branch", "loading_pct").assign(kind="trafo")
-        table = pd.concat([lines, trafos], ignore_index=True)
-        return table[["round", "branch", "kind", "loading_pct"]].sort_values(["round", "kind", "branch"], kind="stable")
+        columns = ["round", "branch", "kind", "loading_pct"]
+        if self.three_phase:
+            for k, ph in enumerate("abc"):
+                lines[f"loading_{ph}_pct"] = self.line_loading_abc[:n_t, :, k].ravel()
+                trafos[f"loading_{ph}_pct"] = self.trafo_loading_abc[:n_t, :, k].ravel()
+            for k, ph in enumerate("abc"):  # transformers: their loading per phase only
+                lines[f"i_{ph}_ka"] = self.line_i_abc[:n_t, :, k].ravel()
+            lines["i_n_ka"] = self.line_in[:n_t].ravel()
+            columns += [f"loading_{ph}_pct" for ph in "abc"] + [f"i_{ph}_ka" for ph in "abc"] + ["i_n_ka"]
+        table = pd.concat([lines, trafos], ignore_index=True).reindex(columns=columns)
+        return table.sort_values(["round", "kind", "branch"], kind="stable")
 
     def trades_table(self) -> pd.DataFrame:
         cols = ["round", *TRADE_COLUMNS]

@@ -92,3 +92,50 @@ def allocate_phases(
         "battery_phase": connect(battery_kw, battery_kw > 0),
         "ev_phase": connect(np.full(n, float(ev_charger_kw)), ones),
     })
+
+
+def phase_injections(splits: dict[str, np.ndarray], participant_pos: np.ndarray, load_kw: np.ndarray,
+                     load_kvar: np.ndarray, pv_kw: np.ndarray, flex_kw: dict[str, np.ndarray], net_kw: np.ndarray,
+                     shed_kw: np.ndarray, curtailed_kw: np.ndarray, bus_p_kw: np.ndarray,
+                     bus_q_kvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bus, per-phase net load [buses x 3] [kW], [kvar] of a round's dispatch.
+
+    Each prosumer's served load (and its shiftable loads) goes on its load's phases, its
+    PV less curtailment on the PV's, its battery and EV charger on theirs; what its net
+    load `net_kw` holds beyond these (e.g. a battery's discharge that was sold and then
+    curtailed) on the load's phases. Each bus's phases then add up to `bus_p_kw`,
+    `bus_q_kvar` (the balanced power flow's injections); what is left there (the market
+    operator's battery at the busbar) is spread evenly over the phases.
+
+    Parameters
+    ----------
+    splits : phase shares [prosumers x 3] of ``load``, ``pv``, ``battery``, ``ev``
+        (`cosim.sim.setup.phase_splits`).
+    participant_pos : each prosumer's bus position.
+    load_kw, load_kvar, pv_kw : the profiles' load and PV of each prosumer [kW], [kvar].
+    flex_kw : ``battery``, ``ev``, ``shiftable`` power of each prosumer, positive when
+        consuming [kW] (`cosim.flex.assets.FlexibleAssets.last_components_kw`).
+    net_kw : each prosumer's net load after the clearing (load convention) [kW].
+    shed_kw, curtailed_kw : each prosumer's shed load and curtailed generation [kW].
+    bus_p_kw, bus_q_kvar : the per-bus net load [kW], [kvar].
+
+    >>> one = {k: np.array([[1.0, 0.0, 0.0]]) for k in ("load", "battery", "ev")}
+    >>> p, q = phase_injections({**one, "pv": np.array([[0.0, 1.0, 0.0]])}, np.array([1]), np.array([2.0]),
+    ...     np.array([0.5]), np.array([5.0]), {k: np.zeros(1) for k in ("battery", "ev", "shiftable")},
+    ...     np.array([-3.0]), np.zeros(1), np.zeros(1), np.array([0.0, -3.0]), np.array([0.0, 0.5]))
+    >>> p.tolist(), q[1].tolist()
+    ([[0.0, 0.0, 0.0], [2.0, -5.0, 0.0]], [0.5, 0.0, 0.0])
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        served = np.where(load_kw > 0, np.clip(1.0 - shed_kw / load_kw, 0.0, 1.0), 1.0)
+    pv_left = np.clip(pv_kw - curtailed_kw, 0.0, None)
+    parts = ((load_kw * served + flex_kw["shiftable"])[:, None] * splits["load"] - pv_left[:, None] * splits["pv"]
+             + flex_kw["battery"][:, None] * splits["battery"] + flex_kw["ev"][:, None] * splits["ev"])
+    parts += (net_kw - parts.sum(axis=1))[:, None] * splits["load"]
+    q_parts = (load_kvar * served)[:, None] * splits["load"]
+    p3, q3 = np.zeros((len(bus_p_kw), 3)), np.zeros((len(bus_p_kw), 3))
+    np.add.at(p3, participant_pos, parts)
+    np.add.at(q3, participant_pos, q_parts)
+    p3 += (bus_p_kw - p3.sum(axis=1))[:, None] / 3.0
+    q3 += (bus_q_kvar - q3.sum(axis=1))[:, None] / 3.0
+    return p3, q3

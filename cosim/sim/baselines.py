@@ -24,13 +24,15 @@ class PairedBaselines:
     through the feedback. Each keeps what differs: its warm-start voltages (a round after
     feedback starts its first power flow from each variant's own), its loss factors
     and network charges. The results are those of the two variants run apart, bit for bit
-    (tests/test_parallel_variants.py). Grid-connected only: islanded, the grid-forming
-    unit's charge follows the power flows.
+    (tests/test_parallel_variants.py). Grid-connected and balanced only: islanded, the
+    grid-forming unit's charge follows the power flows; in three phases the pairing would
+    have to carry the three-phase solver's warm start too.
     """
 
     def __init__(self, setup: Setup, with_feedback: Variant, without: Variant):
-        if setup.scenario.mode != "grid-connected" or with_feedback.mechanism != "none" or without.mechanism != "none":
-            raise ValueError("paired baselines: grid-connected runs of the no-P2P baseline only")
+        if (setup.scenario.mode != "grid-connected" or setup.pf3 is not None or with_feedback.mechanism != "none"
+                or without.mechanism != "none"):
+            raise ValueError("paired baselines: grid-connected, balanced runs of the no-P2P baseline only")
         self.fb = VariantRunner(setup, with_feedback)
         self.nf = VariantRunner(setup, without)
         self.pf = setup.pf

@@ -35,6 +35,8 @@ class Checkpoint:
     finished: dict = field(default_factory=dict)
     """Variant name -> (kpis, prosumer bills, timing) of the variants already done."""
     elapsed_s: float = 0.0
+    pf3_voltages: np.ndarray | None = None
+    """The three-phase power flow's warm start (``physics: three-phase``), else None."""
 
     def save(self, folder: Path) -> None:
         import pickle

@@ -46,6 +46,17 @@ BEHIND_REL_TOL = 0.10
 WEIGHT_TOL_KWH = 1e-12
 #: Tolerances under which a limit counts as kept (pu, %, kW).
 VM_TOL, LOADING_TOL, SLACK_TOL = 1e-6, 1e-4, 1e-3
+#: Tolerance under which the unbalance limit counts as kept [%].
+VUF_TOL = 1e-6
+#: Unbalance margin the linearised constraints aim below ``feedback.max_vuf_pct`` [%]:
+#: what about 2 kW of single-phase injection moves the unbalance at a rural3 feeder end
+#: (up to 0.03 %/kW, measured with `PhaseSensitivities`), so that a cut lands inside the
+#: limit despite the linearisation error.
+VUF_MARGIN_PCT = 0.05
+#: Excess on the common scale of `Violation.severity`: 0.2 % of unbalance counts as much
+#: as 0.01 pu of voltage (per kW of single-phase injection at a rural3 feeder end, a bus's
+#: VUF moves about 20-25 times as much, in %, as its phase voltage, in pu).
+VUF_SEVERITY_PCT = 0.2
 ATTRIBUTION_COLUMNS = [
     "round", "iteration", "violation", "kind", "element", "value", "limit",
     "seller", "buyer", "energy_kwh", "sensitivity", "contribution",
@@ -57,7 +68,7 @@ class Violation:
     """A quantity outside its limit. `sign` is +1 for an upper limit, -1 for a lower."""
 
     kind: str
-    """vm_max, vm_min, line, trafo, slack_max, slack_min"""
+    """vm_max, vm_min, vuf, line, trafo, slack_max, slack_min"""
     element: int
     """pandapower index of the bus, line or transformer (-1 for the slack)."""
     position: int
@@ -65,6 +76,9 @@ class Violation:
     value: float
     limit: float
     sign: int
+    phase: str = ""
+    """The phase (``a``, ``b``, ``c``) of a three-phase power flow's voltage or current
+    limit; empty for a balanced one and for the unbalance factor."""
 
     @property
     def excess(self) -> float:
@@ -72,13 +86,14 @@ class Violation:
 
     @property
     def label(self) -> str:
-        where = {"vm_max": "bus", "vm_min": "bus", "line": "line", "trafo": "trafo"}.get(self.kind)
-        return f"{self.kind} {where} {self.element}" if where else self.kind
+        where = {"vm_max": "bus", "vm_min": "bus", "vuf": "bus", "line": "line", "trafo": "trafo"}.get(self.kind)
+        label = f"{self.kind} {where} {self.element}" if where else self.kind
+        return f"{label} {self.phase}" if self.phase else label
 
     @property
     def severity(self) -> float:
-        """Excess on a common scale: 0.01 pu ~ 1 % loading ~ 10 kW."""
-        scale = {"vm_max": 0.01, "vm_min": 0.01, "line": 1.0, "trafo": 1.0}.get(self.kind, 10.0)
+        """Excess on a common scale: 0.01 pu ~ 1 % loading ~ 10 kW ~ 0.2 % unbalance."""
+        scale = {"vm_max": 0.01, "vm_min": 0.01, "vuf": VUF_SEVERITY_PCT, "line": 1.0, "trafo": 1.0}.get(self.kind, 10.0)
         return self.excess / scale
 
 
@@ -91,17 +106,22 @@ class Limits:
     max_loading_pct: float
     slack_p_kw: float | None = None
     """Power limit of an islanded grid-forming unit [kW]; None when grid-connected."""
+    max_vuf_pct: float | None = None
+    """Limit of the voltage unbalance factor [%], checked on a three-phase power flow."""
 
     @classmethod
     def from_feedback(cls, fb: Feedback, slack_p_kw: float | None = None) -> Limits:
-        return cls(fb.v_min_pu, fb.v_max_pu, fb.max_loading_pct, slack_p_kw)
+        return cls(fb.v_min_pu, fb.v_max_pu, fb.max_loading_pct, slack_p_kw, fb.max_vuf_pct)
 
 
 def find_violations(state: GridState, limits: Limits, buses: np.ndarray, lines: np.ndarray,
                     trafos: np.ndarray) -> list[Violation]:
-    """Every violated limit, worst first. A non-converged power flow has none to report."""
+    """Every violated limit, worst first. A non-converged power flow has none to report.
+    A three-phase power flow (``state.phases``) is checked per phase (`phase_violations`)."""
     if not state.converged:
         return []
+    if state.phases is not None:
+        return phase_violations(state.phases, limits, buses, lines, trafos)
     found: list[Violation] = []
     vm = np.nan_to_num(state.vm_pu, nan=1.0)
     for i in np.flatnonzero(vm > limits.v_max_pu + VM_TOL):
@@ -119,10 +139,40 @@ def find_violations(state: GridState, limits: Limits, buses: np.ndarray, lines: 
     return sorted(found, key=lambda v: -v.severity)
 
 
+def phase_violations(st, limits: Limits, buses: np.ndarray, lines: np.ndarray,
+                     trafos: np.ndarray) -> list[Violation]:
+    """Every violated limit of a three-phase power flow (`PhaseState`), worst first: each
+    phase's voltage against the band, each bus's unbalance factor against
+    ``limits.max_vuf_pct``, each phase current of a line or transformer against the
+    loading limit. A phase quantity's position is ``3 * row + phase`` (the rows of
+    `cosim.physical.grid.threephase_flow.PhaseSensitivities`)."""
+    from cosim.physical.grid.threephase import PHASES
+
+    found: list[Violation] = []
+    vm = np.nan_to_num(st.vm_pu, nan=1.0)
+    for kind, bad, limit, sign in (("vm_max", vm > limits.v_max_pu + VM_TOL, limits.v_max_pu, +1),
+                                   ("vm_min", vm < limits.v_min_pu - VM_TOL, limits.v_min_pu, -1)):
+        for i, ph in zip(*np.nonzero(bad), strict=True):
+            found.append(Violation(kind, int(buses[i]), int(3 * i + ph), float(vm[i, ph]), limit, sign, PHASES[ph]))
+    if limits.max_vuf_pct is not None:
+        vuf = np.nan_to_num(st.vuf_pct)
+        for i in np.flatnonzero(vuf > limits.max_vuf_pct + VUF_TOL):
+            found.append(Violation("vuf", int(buses[i]), int(i), float(vuf[i]), limits.max_vuf_pct, +1))
+    for kind, arr, idx in (("line", st.line_loading_pct, lines), ("trafo", st.trafo_loading_pct, trafos)):
+        arr = np.nan_to_num(arr)
+        for i, ph in zip(*np.nonzero(arr > limits.max_loading_pct + LOADING_TOL), strict=True):
+            found.append(Violation(kind, int(idx[i]), int(3 * i + ph), float(arr[i, ph]), limits.max_loading_pct, +1,
+                                   PHASES[ph]))
+    return sorted(found, key=lambda v: -v.severity)
+
+
 def gradient(v: Violation, sens: Sensitivities) -> np.ndarray:
-    """d(quantity)/d(injection) per bus [unit per kW]."""
+    """d(quantity)/d(injection) per sensitivity column (bus; participant for a
+    three-phase power flow) [unit per kW]."""
     if v.kind in ("vm_max", "vm_min"):
         return sens.dvm_dp[v.position]
+    if v.kind == "vuf":
+        return sens.dvuf_dp[v.position]
     if v.kind == "line":
         return sens.dline_dp[v.position]
     if v.kind == "trafo":
@@ -133,6 +183,8 @@ def gradient(v: Violation, sens: Sensitivities) -> np.ndarray:
 def margin_for(v: Violation, fb: Feedback) -> float:
     if v.kind in ("vm_max", "vm_min"):
         return fb.margin_pu
+    if v.kind == "vuf":
+        return VUF_MARGIN_PCT
     if v.kind in ("line", "trafo"):
         return fb.margin_pct
     return 0.01 * abs(v.limit)

@@ -35,10 +35,11 @@ from tqdm import tqdm
 from cosim.config.scenario import VARIANTS
 from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
-from cosim.sim.parallel import SideVariants
 from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
 from cosim.sim.baselines import PairedBaselines
-from cosim.sim.round import MAX_CUTS, VariantRunner, round_row
+from cosim.sim.parallel import SideVariants
+from cosim.sim.round import MAX_CUTS, VariantRunner
+from cosim.sim.row import round_row
 from cosim.sim.settlement import BILL, parties, settle_matrix
 from cosim.sim.setup import OUTSIDE, Setup, Variant, prepare, variants_for
 from cosim.virtual.gate import OrderGate
@@ -116,7 +117,7 @@ def _lane(setup: Setup, runner: VariantRunner, folder: Path, chunk_rounds: int, 
     main = runner.variant.folder == ""
     rec = Recorder(folder, setup.scenario.n_rounds, setup.pf.buses, setup.pf.lines, setup.pf.trafos, party_names,
                    party_buses, chunk_rounds=chunk_rounds, first_round=first, with_attribution=main,
-                   with_storage=main and runner.assets.records)
+                   with_storage=main and runner.assets.records, three_phase=setup.pf3 is not None)
     rec.drop_parts_from(first // rec.chunk_rounds)
     return runner, rec
 
@@ -177,7 +178,7 @@ def _settle_and_record(setup: Setup, runner: VariantRunner, rec: Recorder, t: in
     row["round_cpu_ms"] = (time.thread_time() - cpu0) * 1000.0  # the loop's CPU time in the round
     rec.record(row, outcome.p_kw, outcome.q_kvar, outcome.state, outcome.result.trades, st,
                outcome.attribution, rejections=gr.rejections if gr is not None else None,
-               storage=outcome.storage)
+               storage=outcome.storage, p_abc_kw=outcome.p_abc_kw, q_abc_kvar=outcome.q_abc_kvar)
     row["record_ms"] = (time.perf_counter() - t1) * 1000.0  # buffering; writing a chunk is not counted
     if gr is not None:  # the signed orders are in the block now
         gr.submitted = gr.outcomes = None
@@ -211,7 +212,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         check_resumable(folder, ckpt, scenario)
         chunk_rounds = ckpt.chunk_rounds
     setup = prepare(scenario, scenario_path)
-    pf_start = setup.pf.get_state()  # every variant starts its power flows from these voltages
+    pf_start = setup.power_flow_state()  # every variant starts its power flows from these voltages
     stack = contextlib.ExitStack()
     try:
         tmp = folder.tmp
@@ -230,6 +231,8 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
         if ckpt is not None:
             gate.set_state(ckpt.gate)
             setup.pf.set_state(ckpt.pf_voltages)
+            if setup.pf3 is not None and getattr(ckpt, "pf3_voltages", None) is not None:
+                setup.pf3.set_state(ckpt.pf3_voltages)
         ledger_head = None
         variants = variants_for(scenario)
         folders = [tmp / v.folder if v.folder else tmp for v in variants]
@@ -257,7 +260,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             main = variant.folder == ""
             here = ckpt is not None and ckpt.variant == index
             if not here:
-                setup.pf.set_state(pf_start)
+                setup.set_power_flow_state(pf_start)
             ledger = None
             if main:
                 path = tmp / "ledger.jsonl"
@@ -270,6 +273,7 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
                     scenario_yaml=scenario.to_yaml(), variant=index, next_round=next_round,
                     chunk_rounds=chunk_rounds, runner=runner.get_state(), gate=gate.get_state(),
                     pf_voltages=setup.pf.get_state(),
+                    pf3_voltages=setup.pf3.get_state() if setup.pf3 is not None else None,
                     ledger=(ledger.height, ledger.head) if ledger is not None else None,
                     finished=finished, elapsed_s=elapsed0 + time.perf_counter() - wall0,
                 ).save(tmp)
@@ -332,6 +336,9 @@ def run_scenario(scenario_path: str | Path, out: str | Path | None = None, progr
             "storage": storage,
             "fairness": fairness,
         }
+        if scenario.physics == "three-phase":  # a balanced run's summary keeps its keys
+            summary["physics"] = scenario.physics
+            summary["max_vuf_pct"] = scenario.feedback.max_vuf_pct
         write_json(tmp / "summary.json", summary)
         if scenario.market.mechanism == "community_tariff" and (tmp / "settlement.parquet").is_file():
             write_monthly_bills(tmp, scenario)

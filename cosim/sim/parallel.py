@@ -29,8 +29,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from cosim.sim.setup import Setup, Variant
 from cosim.virtual.ledger.process import fork_context
 
@@ -45,7 +43,9 @@ def units_of(setup: Setup, jobs: list[tuple[Variant, Path]]) -> list[list[tuple[
     """The jobs grouped as a child simulates them: the two no-P2P baselines of a
     grid-connected run together (`cosim.sim.baselines.PairedBaselines`), every other variant alone."""
     by_name = {v.name: (v, f) for v, f in jobs}
-    units, paired = [], setup.scenario.mode == "grid-connected" and {"baseline", "baseline_no_feedback"} <= set(by_name)
+    # (three-phase runs simulate the baselines apart: the pairing carries only the balanced warm start)
+    units, paired = [], (setup.scenario.mode == "grid-connected" and setup.pf3 is None
+                         and {"baseline", "baseline_no_feedback"} <= set(by_name))
     for v, f in jobs:
         if paired and v.name == "baseline":
             units.append([(v, f), by_name["baseline_no_feedback"]])
@@ -54,14 +54,14 @@ def units_of(setup: Setup, jobs: list[tuple[Variant, Path]]) -> list[list[tuple[
     return units
 
 
-def _serve(conn, setup: Setup, pf_start: np.ndarray, units: list[list[tuple[Variant, Path]]], simulate: Callable,
+def _serve(conn, setup: Setup, pf_start: tuple, units: list[list[tuple[Variant, Path]]], simulate: Callable,
            position: int) -> None:
     """The child: simulate each unit in turn (`simulate(unit, position)`), then report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt does
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the run's handler: a kill ends the child
     try:
         for unit in units:
-            setup.pf.set_state(pf_start)
+            setup.set_power_flow_state(pf_start)
             simulate(unit, position)
         conn.send(("ok", _peak_rss_mb()))
     except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
@@ -91,7 +91,7 @@ class SideVariants:
     is the line of the child's progress bars).
     """
 
-    def __init__(self, setup: Setup, pf_start: np.ndarray, jobs: list[tuple[Variant, Path]], children: int,
+    def __init__(self, setup: Setup, pf_start: tuple, jobs: list[tuple[Variant, Path]], children: int,
                  simulate: Callable):
         ctx = fork_context()
         self._procs = []

@@ -29,7 +29,9 @@ from cosim.markets.community_tariff import POOL_BATTERY
 from cosim.physical.fleet import OrderBook, order_book
 from cosim.physical.grid.powerflow import GridState
 from cosim.physical.grid.sensitivities import AdjointSensitivities, Sensitivities, loss_factors
+from cosim.physical.grid.threephase_flow import PhaseSensitivities, marginal_split
 from cosim.physical.islanded import GridFormingUnit
+from cosim.physical.phases import phase_injections
 from cosim.sim.feedback import (
     MAX_FORCED_STEPS,
     Limits,
@@ -59,6 +61,12 @@ class RoundOutcome:
     status: str
     attribution: pd.DataFrame | None
     timings: dict = field(default_factory=dict)
+    p_abc_kw: np.ndarray | None = None
+    """Three-phase: the per-phase net load the power flow saw [buses x 3] [kW]."""
+    q_abc_kvar: np.ndarray | None = None
+    balanced: GridState | None = None
+    """Three-phase: the balanced power flow of the same dispatch (the same per-bus totals,
+    spread over the phases), for the comparison of the two physics."""
     physical: dict = field(default_factory=dict)
     """Per prosumer: load_kwh, pv_kwh, battery_kwh (charging positive)."""
     gate: GateRound | None = None
@@ -107,7 +115,10 @@ class Checked:
     q_kvar: np.ndarray
     state: GridState
     violations: list
-    sens: Sensitivities | None = None
+    sens: Sensitivities | PhaseSensitivities | None = None
+    p_abc_kw: np.ndarray | None = None
+    """Three-phase: net load per bus and phase [buses x 3] [kW] (load convention)."""
+    q_abc_kvar: np.ndarray | None = None
 
 
 class VariantRunner:
@@ -139,7 +150,11 @@ class VariantRunner:
                                        isl.s_kva)
             slack_limit = isl.p_kw
         self.limits = Limits.from_feedback(sc.feedback, slack_limit)
-        self.bus_pos_of = dict(zip(self.fleet.ids, setup.participant_pos, strict=True))
+        self.pf3 = setup.pf3
+        # the columns of the sensitivities: buses (balanced), participants (three-phase:
+        # a participant's injection lands on its own phases)
+        self.sens_pos = setup.participant_pos if self.pf3 is None else np.arange(self.fleet.n)
+        self.bus_pos_of = dict(zip(self.fleet.ids, self.sens_pos, strict=True))
         self.last_loss_factors = None
         self.last_state: GridState | None = None
         self.last_price: float | None = None
@@ -361,15 +376,32 @@ class VariantRunner:
         """The grid check: one AC power flow of the dispatch and the limits it violates."""
         t1 = time.perf_counter()
         p, q = self.bus_injections(r, rd.load_kw, rd.load_kvar)
-        s = self.pf.run(p, q)
+        p3 = q3 = None
+        if self.pf3 is None:
+            s = self.pf.run(p, q)
+        else:
+            p3, q3 = phase_injections(self.setup.splits, self.setup.participant_pos, rd.load_kw, rd.load_kvar,
+                                      rd.pv_kw, self.assets.last_components_kw(), -r.injection_kwh / self.dt_h,
+                                      r.shed_kwh / self.dt_h, r.curtailed_kwh / self.dt_h, p, q)
+            s = self.pf3.run_grid(p3, q3)
         rd.timings["pf"] += time.perf_counter() - t1
         viol = find_violations(s, self.limits_for(s), self.pf.buses, self.pf.lines, self.pf.trafos)
-        return Checked(r, p, q, s, viol)
+        return Checked(r, p, q, s, viol, p_abc_kw=p3, q_abc_kvar=q3)
 
-    def sensitivities(self, rd: RoundState, chk: Checked) -> Sensitivities | None:
+    def phase_sensitivities(self, rd: RoundState, state: GridState) -> PhaseSensitivities:
+        """Three-phase sensitivities per participant: a participant's injection gives way
+        on its PV's phases when it exports, on its load's otherwise (`marginal_split`)."""
+        sp = self.setup.splits
+        split = marginal_split(sp["pv_phase"], sp["load_phase"], rd.net_kw < 0)
+        return PhaseSensitivities(self.pf3, state.phases, self.setup.participant_pos, split)
+
+    def sensitivities(self, rd: RoundState, chk: Checked) -> Sensitivities | PhaseSensitivities | None:
         """Sensitivities at the checked operating point (None without the fast path's voltages)."""
         t1 = time.perf_counter()
-        chk.sens = AdjointSensitivities(self.pf, chk.state) if chk.state.V is not None else None
+        if self.pf3 is not None:
+            chk.sens = self.phase_sensitivities(rd, chk.state) if chk.state.converged else None
+        else:
+            chk.sens = AdjointSensitivities(self.pf, chk.state) if chk.state.V is not None else None
         rd.timings["sens"] += time.perf_counter() - t1
         return chk.sens
 
@@ -401,7 +433,7 @@ class VariantRunner:
         the last good check and the number of clearings."""
         fb, iterations = self.sc.feedback, 1
         while chk.violations and iterations < fb.max_iterations and chk.sens is not None:
-            new = linearise(chk.violations, chk.sens, self.setup.participant_pos, chk.result.injection_kwh,
+            new = linearise(chk.violations, chk.sens, self.sens_pos, chk.result.injection_kwh,
                             self.dt_h, fb)
             if not len(new):  # a sharing curtailment rule: straight to forced curtailment
                 break
@@ -424,7 +456,7 @@ class VariantRunner:
         for _ in range(MAX_FORCED_STEPS):
             if chk.sens is None and self.sensitivities(rd, chk) is None:
                 break
-            c, s_ = forced_reduction(chk.violations, chk.sens, self.setup.participant_pos, chk.result, dt_h,
+            c, s_ = forced_reduction(chk.violations, chk.sens, self.sens_pos, chk.result, dt_h,
                                      self.sc.feedback, pv_kwh=rd.pv_kw * dt_h, load_kwh=rd.load_kw * dt_h)
             forced_c += c
             forced_s += s_
@@ -450,9 +482,14 @@ class VariantRunner:
         if not state.converged and rd.status == "ok":
             rd.status = "power flow did not converge"
         fb = self.sc.feedback
-        if fb.charge_method == "sensitivity" and state.V is not None:
+        if fb.charge_method == "sensitivity" and (state.V is not None or state.phases is not None and state.converged):
             t1 = time.perf_counter()
-            self.last_loss_factors = loss_factors(self.pf, state)  # at this round's own operating point
+            # at this round's own operating point
+            if self.pf3 is None:
+                self.last_loss_factors = loss_factors(self.pf, state)
+            else:  # the feedback's own sensitivities where it made them at this state
+                sens = chk.sens if isinstance(chk.sens, PhaseSensitivities) else self.phase_sensitivities(rd, state)
+                self.last_loss_factors = sens.dloss_dp
             rd.timings["sens"] += time.perf_counter() - t1
         charges = self.network_charges(r)
         if self.gfu is not None and state.converged:
@@ -463,7 +500,12 @@ class VariantRunner:
         self.last_price = float(r.price_per_kwh) if traded else None
         outcome = RoundOutcome(result=r, state=state, p_kw=chk.p_kw, q_kvar=chk.q_kvar, iterations=iterations,
                                violations=chk.violations, violations_initial=n_initial, status=rd.status,
-                               attribution=attribution, timings=rd.timings)
+                               attribution=attribution, timings=rd.timings, p_abc_kw=chk.p_abc_kw,
+                               q_abc_kvar=chk.q_abc_kvar)
+        if self.pf3 is not None:  # what a balanced power flow makes of the same dispatch
+            t1 = time.perf_counter()
+            outcome.balanced = self.pf.run(chk.p_kw, chk.q_kvar)
+            rd.timings["pf"] += time.perf_counter() - t1
         outcome.physical = {"load_kwh": rd.load_kw * dt_h, "pv_kwh": rd.pv_kw * dt_h,
                             "battery_kwh": rd.battery_kw * dt_h}
         outcome.gate = rd.gate
@@ -476,8 +518,7 @@ class VariantRunner:
         """Each prosumer's charge on its physical injection this round (None without
         charges); the trades show the per-kWh charges of their two ends."""
         fb = self.sc.feedback
-        tariff = NetworkTariff.of(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors,
-                                  self.setup.participant_pos)
+        tariff = NetworkTariff.of(fb.charge_method, fb.charge_rate_per_kwh, self.last_loss_factors, self.sens_pos)
         if not tariff.active:
             return None
         injection = r.injection_kwh
@@ -504,53 +545,3 @@ def newest_cuts(cuts: NetworkCuts, slots: int) -> NetworkCuts:
     if len(cuts) <= slots:
         return cuts
     return NetworkCuts(cuts.coef[-slots:], cuts.rhs[-slots:], cuts.labels[-slots:])
-
-
-def round_row(t: int, time_: pd.Timestamp, o: RoundOutcome, dt_h: float, gfu: GridFormingUnit | None,
-              round_s: float, lv: np.ndarray | None = None) -> dict:
-    r, s = o.result, o.state
-    vm_lv = s.vm_pu if lv is None else s.vm_pu[lv]
-    row = {
-        "round": t,
-        "time": time_,
-        "iterations": o.iterations,
-        "pf_converged": bool(s.converged),
-        "cleared_kwh": r.cleared_kwh,
-        "p2p_paid": float(np.nan_to_num(r.buy_price_per_kwh) @ r.bought_kwh),
-        "price_per_kwh": r.price_per_kwh,
-        "grid_import_kwh": float(r.import_kwh.sum()) + r.operator_import_kwh,
-        "grid_export_kwh": float(r.export_kwh.sum()) + r.operator_export_kwh,
-        "curtailed_kwh": float(r.curtailed_kwh.sum()),
-        "shed_kwh": float(r.shed_kwh.sum()),
-        "losses_kwh": s.losses_kw * dt_h,
-        "vm_min_pu": float(np.nanmin(vm_lv)) if s.converged else np.nan,
-        "vm_max_pu": float(np.nanmax(vm_lv)) if s.converged else np.nan,
-        "max_line_loading_pct": float(np.nanmax(s.line_loading_pct, initial=0.0)) if s.converged else np.nan,
-        "max_trafo_loading_pct": float(np.nanmax(s.trafo_loading_pct, initial=0.0)) if s.converged else np.nan,
-        "violations": len(o.violations),
-        "violations_initial": o.violations_initial,
-        "violation_kinds": ",".join(sorted({v.kind for v in o.violations})),
-        "network_charges": 0.0 if o.network_charges is None else float(o.network_charges.sum()),
-        "slack_p_kw": s.slack_p_kw,
-        "status": o.status,
-        "pf_method": s.method,
-        "round_ms": round_s * 1000.0,
-        "orders_ms": o.timings["orders"] * 1000.0,
-        "clear_ms": o.timings["clear"] * 1000.0,
-        "pf_ms": o.timings["pf"] * 1000.0,
-        "sens_ms": o.timings["sens"] * 1000.0,
-        "settle_ms": o.timings.get("settle", 0.0) * 1000.0,
-        "ledger_ms": o.timings.get("ledger", 0.0) * 1000.0,
-        "ledger_cpu_ms": o.timings.get("ledger_cpu", 0.0) * 1000.0,
-        "orders_submitted": len(o.gate.submitted) if o.gate is not None and o.gate.submitted is not None else 0,
-        "orders_rejected": len(o.gate.rejections) if o.gate is not None and o.gate.rejections is not None else 0,
-    }
-    for key, value in (r.info or {}).items():  # the mechanism's own figures (VCG deficit, Nash gain, ...)
-        if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
-            row[f"info_{key}"] = float(value)
-    if gfu is not None:
-        row["gfu_p_kw"] = s.slack_p_kw
-        row["gfu_q_kvar"] = s.slack_q_kvar
-        row["gfu_s_kva"] = float(np.hypot(s.slack_p_kw, s.slack_q_kvar))
-        row["gfu_soc"] = gfu.soc
-    return row

@@ -14,6 +14,8 @@ from cosim.flex.assets import FlexibleAssets, build_assets
 from cosim.markets import Participants
 from cosim.physical.fleet import Fleet, build_fleet
 from cosim.physical.grid.powerflow import PowerFlow
+from cosim.physical.grid.threephase import phase_split
+from cosim.physical.grid.threephase_flow import ThreePhasePowerFlow
 from cosim.physical.networks import (
     build_net,
     feeder_of_buses,
@@ -73,6 +75,23 @@ class Setup:
     assets: FlexibleAssets | None = None
     """Batteries, EVs, shiftable loads and their day-ahead planner; each variant runs a
     `FlexibleAssets.fresh` copy (the planner and its schedules are shared)."""
+    pf3: ThreePhasePowerFlow | None = None
+    """The prepared three-phase power flow (``physics: three-phase``), buses as `pf.buses`."""
+    splits: dict[str, np.ndarray] | None = None
+    """Three-phase: phase shares [prosumers x 3] of each prosumer's ``load``, ``pv``,
+    ``battery`` and ``ev`` (`cosim.physical.grid.threephase.phase_split`; a missing system
+    on its load's phase) and the raw connections ``pv_phase`` and ``load_phase``."""
+
+    def power_flow_state(self) -> tuple:
+        """The warm starts of the power flows (the balanced one's voltages, the three-phase
+        one's sequence voltages or None): every variant starts from the same ones."""
+        return self.pf.get_state(), self.pf3.get_state() if self.pf3 is not None else None
+
+    def set_power_flow_state(self, state: tuple) -> None:
+        """Restore `power_flow_state`."""
+        self.pf.set_state(state[0])
+        if self.pf3 is not None and state[1] is not None:
+            self.pf3.set_state(state[1])
 
 
 def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setup:
@@ -96,6 +115,27 @@ def prepare(scenario: Scenario, scenario_path: str | Path | None = None) -> Setu
     pos = pd.Series(np.arange(len(pf.buses)), index=pf.buses)
     participant_pos = pos.loc[fleet.table.bus].to_numpy()
     lv = net.bus.vn_kv.loc[pf.buses].to_numpy(float) < LV_MAX_KV
+    pf3 = splits = None
+    if scenario.physics == "three-phase":
+        pf3 = ThreePhasePowerFlow(net)
+        if not np.array_equal(pf3.buses, pf.buses):
+            raise ValueError("the three-phase and balanced power flows disagree on the buses")
+        splits = phase_splits(fleet.table)
     return Setup(scenario=scenario, net=net, fleet=fleet, pf=pf, participant_pos=participant_pos,
                  grid_buses=grid_buses, grid_branches=grid_branches, participants=participants, gfu_bus=gfu_bus,
-                 busbar_pos=int(pos.loc[lv_busbar(net)]), assets=assets, lv=lv)
+                 busbar_pos=int(pos.loc[lv_busbar(net)]), assets=assets, lv=lv, pf3=pf3, splits=splits)
+
+
+def phase_splits(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Phase shares [prosumers x 3] of each prosumer's systems (`Setup.splits`) from the
+    connections in the fleet table (`cosim.physical.phases.PHASE_COLUMNS`)."""
+    load = table.load_phase.to_numpy(object)
+
+    def shares(column: str) -> np.ndarray:
+        conn = np.where(pd.isna(table[column]).to_numpy(), load, table[column].to_numpy(object))
+        return np.array([phase_split(c) for c in conn]).reshape(-1, 3)
+
+    out = {name: shares(f"{name}_phase") for name in ("load", "pv", "battery", "ev")}
+    out["pv_phase"] = np.where(pd.isna(table.pv_phase).to_numpy(), None, table.pv_phase.to_numpy(object))
+    out["load_phase"] = load
+    return out

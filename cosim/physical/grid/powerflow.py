@@ -56,6 +56,10 @@ class GridState:
     """Internal complex voltages (fast path only), for sensitivities."""
     slack_q_kvar: float = 0.0
     """Reactive power the slack supplies [kvar]."""
+    phases: object | None = None
+    """A three-phase power flow's own outcome (`cosim.physical.grid.threephase_flow.PhaseState`,
+    per bus and phase); None for a balanced one. With it, ``vm_pu`` is each bus's
+    positive-sequence voltage and the loadings are the largest over the phases."""
 
 
 class PowerFlow:

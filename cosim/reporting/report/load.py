@@ -60,7 +60,10 @@ ROUNDS_COLUMNS = (
     "max_line_loading_pct",
     "max_trafo_loading_pct",
 )
-ROUNDS_OPTIONAL_COLUMNS = ("network_charges", "status", "violations", "gfu_soc", "gfu_p_kw")
+ROUNDS_OPTIONAL_COLUMNS = ("network_charges", "status", "violations", "gfu_soc", "gfu_p_kw",
+                           # a three-phase run's (cosim.reporting.report.figures.phases.PHASE_COLUMNS)
+                           *(f"vm_{ph}_{end}_pu" for ph in "abc" for end in ("min", "max")), "vuf_max_pct",
+                           "vm_min_balanced_pu", "vm_max_balanced_pu")
 TRADES_COLUMNS = ("seller", "buyer", "energy_kwh")
 SETTLEMENT_COLUMNS = ("round", "party", "bus", "bill")
 BUSES_COLUMNS = ("bus", "vm_pu")

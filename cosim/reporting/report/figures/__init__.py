@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 
-from cosim.reporting.report.figures import grid, market, storage
+from cosim.reporting.report.figures import grid, market, phases, storage
 from cosim.reporting.report.figures.common import RC_PARAMS
 from cosim.reporting.report.load import Run
 
-__all__ = ["FIGURES", "STORAGE_FIGURES", "FIGURE_TITLES", "DRAW", "figures_for", "draw_figures"]
+__all__ = ["FIGURES", "PHASE_FIGURES", "STORAGE_FIGURES", "FIGURE_TITLES", "DRAW", "figures_for", "draw_figures"]
 
 #: Figures in the order they appear in the report; ``grid_forming`` only when islanded.
 FIGURES = (
@@ -29,18 +29,24 @@ FIGURES = (
     "grid_forming",
 )
 
+#: Figures of a three-phase run, after the voltage envelope (only when rounds.parquet has
+#: the per-phase columns, `cosim.reporting.report.figures.phases.PHASE_COLUMNS`).
+PHASE_FIGURES = ("phase_voltages", "physics_comparison")
+
 #: Figures of the flexible assets, after `FIGURES`, only when the run has storage.parquet;
 #: ``schedule_dispatch`` only when the assets followed a day-ahead schedule.
 STORAGE_FIGURES = ("storage_soc", "ev_charging", "schedule_dispatch")
 
 #: The function that draws each figure into a PNG file and returns its caption.
-DRAW: dict[str, Callable[[Run, pathlib.Path], str]] = {**market.DRAW, **grid.DRAW, **storage.DRAW}
+DRAW: dict[str, Callable[[Run, pathlib.Path], str]] = {**market.DRAW, **grid.DRAW, **phases.DRAW, **storage.DRAW}
 
 #: Heading of each figure on the page; "{grid}" is the run's `Run.grid_name`.
 FIGURE_TITLES = {
     "price_volume": "P2P price and traded volume",
     "grid_exchange": "Exchange with the {grid}",
     "voltage_envelope": "Bus voltages",
+    "phase_voltages": "Voltages per phase and unbalance",
+    "physics_comparison": "Three-phase against balanced power flow",
     "loading": "Line and transformer loading",
     "curtailment_shedding": "Curtailment and load shedding",
     "bills": "Prosumer bills: P2P against no P2P",
@@ -66,9 +72,12 @@ def figures_for(run: Run) -> list[str]:
     -------
     list of str
         `FIGURES` (``grid_forming`` only when the rounds record the unit's state of
-        charge), then the `STORAGE_FIGURES` the run's storage.parquet supports.
+        charge; `PHASE_FIGURES` after the voltage envelope in a three-phase run), then the `STORAGE_FIGURES` the run's storage.parquet supports.
     """
     names = [n for n in FIGURES if n != "grid_forming"]
+    if all(c in run.market.rounds.columns for c in phases.PHASE_COLUMNS):
+        at = names.index("voltage_envelope") + 1
+        names[at:at] = list(PHASE_FIGURES)
     if "gfu_soc" in run.market.rounds.columns:
         names.append("grid_forming")
     st = run.storage
