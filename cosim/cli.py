@@ -179,10 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip drawing the report")
     run.add_argument("--resume", action="store_true",
                      help="carry on an interrupted run of the same scenario from its last checkpoint")
-    run.add_argument("--chunk-rounds", type=_positive_int, default=None, metavar="N",
+    run.add_argument("--chunk-rounds", type=_positive_int_of("rounds"), default=None, metavar="N",
                      help="rounds written to disk at a time, each chunk followed by a checkpoint "
                           "(default 672, a week at 15 min; a resumed run keeps the interrupted run's)")
-    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    run.add_argument("--workers", type=_positive_int_of("processes"), default=None, metavar="N",
                      help="processes for the variants: the main one here, the comparison variants in N-1 "
                           "others (default one per core, at most one per variant; 1 runs them one after another)")
     run.set_defaults(func=_cmd_run)
@@ -262,16 +262,6 @@ def number(text: str) -> float:
     a message says ``found 1e9``, as typed, not ``found 1000000000.0``."""
     value = _Written(text)
     value.text = text.strip()
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of rounds, at least 1, found {text!r}")
     return value
 
 

@@ -143,3 +143,12 @@ def test_the_ledger_written_in_the_run_s_process_is_the_same(scenario, plain, tm
     same = loop.run_scenario(scenario, out=tmp_path / "inline", progress=False, report=False, ledger_process=False)
     same_results(plain, same, parallel=False)
     assert "ledger_process_cpu_s" not in json.loads((same / "summary.json").read_text())["timing"]
+
+
+def test_workers_below_one_is_bad_input(scenario, tmp_path, capsys):
+    """`--workers 0` exits 2, says what was expected and found, and writes nothing."""
+    with pytest.raises(SystemExit) as stop:
+        main(["run", str(scenario), "--out", str(tmp_path / "out"), "--workers", "0"])
+    assert stop.value.code == 2
+    assert "--workers: expected a whole number of processes, at least 1, found '0'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
