@@ -113,6 +113,7 @@ class PowerFlow:
         self._slack_weights[self.ref] = 1.0
         self._compiled = None
         self._lu_at = None  # (V, LU factors of the Jacobian at V): `jacobian_lu`
+        self._state_positions = None  # `state_positions`
         self._bus_columns = None
         self._slack_rows_cache = None  # `sensitivities.loss_factors`
         self._at_ref = self.in_service & np.isin(self.bus_internal, self.ref)  # buses at the slack
@@ -227,13 +228,25 @@ class PowerFlow:
         return lu
 
     @property
+    def state_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per internal bus, where its angle and its magnitude stand in the Newton-Raphson
+        state vector (angles of the pv/pq buses first, then magnitudes of the pq buses);
+        -1 where the bus has none (the slack's angle, fixed magnitudes)."""
+        if self._state_positions is None:
+            npvpq = len(self.pvpq)
+            va = np.full(self.n_internal, -1)
+            va[self.pvpq] = np.arange(npvpq)
+            vm = np.full(self.n_internal, -1)
+            vm[self.pq] = npvpq + np.arange(len(self.pq))
+            self._state_positions = (va, vm)
+        return self._state_positions
+
+    @property
     def bus_columns(self) -> np.ndarray:
         """Per bus (aligned with `buses`), its position among the pv/pq buses' angles in
         the state vector; -1 for the slack bus and buses out of service."""
         if self._bus_columns is None:
-            col_of_internal = np.full(self.n_internal, -1)
-            col_of_internal[self.pvpq] = np.arange(len(self.pvpq))
-            self._bus_columns = np.where(self.in_service, col_of_internal[self.bus_internal], -1)
+            self._bus_columns = np.where(self.in_service, self.state_positions[0][self.bus_internal], -1)
         return self._bus_columns
 
     def _newton(self, Sbus: np.ndarray, V0: np.ndarray) -> tuple[bool, np.ndarray]:

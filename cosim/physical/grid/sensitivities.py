@@ -65,9 +65,7 @@ def compute_sensitivities(pf: PowerFlow, state: GridState) -> Sensitivities:
     per_kw = 1.0 / (1000.0 * pf.baseMVA)
 
     # map columns (pv/pq internal buses) to pandapower buses; the slack bus has none
-    col_of_internal = np.full(n_int, -1)
-    col_of_internal[pf.pvpq] = np.arange(npvpq)
-    cols = np.where(pf.in_service, col_of_internal[pf.bus_internal], -1)
+    cols = pf.bus_columns
     has_col = cols >= 0
 
     def to_buses(mat: np.ndarray) -> np.ndarray:
@@ -134,11 +132,7 @@ def _slack_rows(pf: PowerFlow) -> tuple:
     cached = pf._slack_rows_cache
     if cached is not None:
         return cached
-    npvpq = len(pf.pvpq)
-    pos_va = np.full(pf.n_internal, -1)
-    pos_va[pf.pvpq] = np.arange(npvpq)
-    pos_vm = np.full(pf.n_internal, -1)
-    pos_vm[pf.pq] = npvpq + np.arange(len(pf.pq))
+    pos_va, pos_vm = pf.state_positions
     rs, js, ys = [], [], []
     for r in pf.ref:
         row = pf.Ybus.getrow(r)
@@ -184,14 +178,9 @@ class AdjointSensitivities:
             raise ValueError("sensitivities need the internal voltages of a fast-path power flow")
         self.pf, self.V = pf, state.V
         self._lu = pf.jacobian_lu(state.V)
-        npvpq = len(pf.pvpq)
-        self._npvpq = npvpq
-        self._va_pos = np.full(pf.n_internal, -1)
-        self._va_pos[pf.pvpq] = np.arange(npvpq)
-        self._vm_pos = np.full(pf.n_internal, -1)
-        self._vm_pos[pf.pq] = npvpq + np.arange(len(pf.pq))
-        cols = np.where(pf.in_service, self._va_pos[pf.bus_internal], -1)
-        self._bus_cols = cols
+        self._npvpq = len(pf.pvpq)
+        self._va_pos, self._vm_pos = pf.state_positions
+        self._bus_cols = pf.bus_columns
         self._per_kw = 1.0 / (1000.0 * pf.baseMVA)
         self.dvm_dp = _AdjointRows(self, "vm", len(pf.buses))
         self.dline_dp = _AdjointRows(self, "line", len(pf.lines))
