@@ -125,7 +125,10 @@ def test_libsodium_and_openssl_signatures_are_interchangeable(seed, name, messag
     with the same key, and each library verifies the other's: ledgers written before and
     after the switch stay readable by either."""
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
     ours = derive_key(seed, "prosumer", name)
     theirs = Ed25519PrivateKey.from_private_bytes(ours.private_bytes_raw())

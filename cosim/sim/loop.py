@@ -35,9 +35,9 @@ from tqdm import tqdm
 from cosim.config.scenario import VARIANTS
 from cosim.flex.assets import flexible_consumption_kwh, summarize_storage
 from cosim.io.results import Recorder
-from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
 from cosim.sim.baselines import PairedBaselines
-from cosim.sim.parallel import SideVariants
+from cosim.sim.checkpoint import CHECKPOINT, CHUNK_ROUNDS, Checkpoint, Progress, check_resumable
+from cosim.sim.parallel import SideVariants, peak_rss_mb
 from cosim.sim.round import MAX_CUTS, VariantRunner
 from cosim.sim.row import round_row
 from cosim.sim.settlement import BILL, parties, settle_matrix
@@ -412,12 +412,3 @@ def write_monthly_bills(folder: Path, scenario) -> Path:
     path = folder / "monthly_bills.parquet"
     table.to_parquet(path, index=False)
     return path
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far [MB] (Linux reports kB)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20

@@ -23,7 +23,6 @@ variants are not in the checkpoint, so ``--resume`` simulates them again.
 from __future__ import annotations
 
 import gc
-import os
 import signal
 import traceback
 from collections.abc import Callable
@@ -31,12 +30,12 @@ from pathlib import Path
 
 from cosim.sim.setup import Setup, Variant
 from cosim.virtual.ledger.process import fork_context
+from cosim.virtual.ledger.workers import cpus
 
 
 def default_workers(n_variants: int) -> int:
     """Processes for a run's variants: one per core this process may use, at most one per variant."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n_variants))
+    return max(1, min(cpus(), n_variants))
 
 
 def units_of(setup: Setup, jobs: list[tuple[Variant, Path]]) -> list[list[tuple[Variant, Path]]]:
@@ -63,7 +62,7 @@ def _serve(conn, setup: Setup, pf_start: tuple, units: list[list[tuple[Variant, 
         for unit in units:
             setup.set_power_flow_state(pf_start)
             simulate(unit, position)
-        conn.send(("ok", _peak_rss_mb()))
+        conn.send(("ok", peak_rss_mb()))
     except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
         try:
             conn.send(("error", traceback.format_exc()))
@@ -71,11 +70,13 @@ def _serve(conn, setup: Setup, pf_start: tuple, units: list[list[tuple[Variant, 
             pass
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process [MB] (Linux reports kB)."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far [MB] (Linux reports kB)."""
     import resource
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
 
 
 class SideVariantError(RuntimeError):
