@@ -225,3 +225,24 @@ def report_row(page: dict, label: str, table: int | None = None) -> list[tuple[s
             if row and row[0][0].startswith(label):
                 return row[1:]
     raise KeyError(f"no row {label!r} in {[r[0][0] for rows in tables for r in rows if r]}")
+
+
+def interrupt_round(monkeypatch, at: int, only_pid: int | None = None) -> None:
+    """Ctrl-C at the `at`-th round that `VariantRunner.run_round` simulates (counted over
+    the variants, one after another); with `only_pid`, only rounds simulated by that
+    process count and are interrupted (the run's own, not its variant processes).
+    Undo with ``monkeypatch.undo()``."""
+    import os
+
+    from cosim.sim import loop
+
+    real, calls = loop.VariantRunner.run_round, {"n": 0}
+
+    def interrupted(self, t):
+        if only_pid is None or os.getpid() == only_pid:
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise KeyboardInterrupt
+        return real(self, t)
+
+    monkeypatch.setattr(loop.VariantRunner, "run_round", interrupted)

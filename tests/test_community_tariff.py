@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import market_books
+from conftest import interrupt_round, market_books
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -233,16 +233,7 @@ market:
   options: {allowance_kwh_per_month: 5, fee_per_month: 2, pool_share: 0.5, month_days: 0.125}
 """)
     ref = loop.run_scenario(path, out=tmp_path / "ref", progress=False, report=False, chunk_rounds=5)
-    real = loop.VariantRunner.run_round
-    calls = {"n": 0}
-
-    def flaky(self, t):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise KeyboardInterrupt
-        return real(self, t)
-
-    monkeypatch.setattr(loop.VariantRunner, "run_round", flaky)
+    interrupt_round(monkeypatch, 14)
     with pytest.raises(KeyboardInterrupt):
         loop.run_scenario(path, out=tmp_path / "out", progress=False, report=False, chunk_rounds=5)
     monkeypatch.undo()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import interrupt_round
 
 from cosim.cli import main
 from cosim.sim import loop
@@ -114,17 +115,7 @@ def test_an_interrupted_parallel_run_resumes_to_the_same_results(scenario, plain
     To 1e-9, not to the last bit: with EVs, a resumed clearing can differ from the
     uninterrupted one in the last bit (1.8e-15 kW here), one after another as well as in
     parallel, where HiGHS starts a chunk from a fresh solver."""
-    real = loop.VariantRunner.run_round
-    calls = {"n": 0, "pid": os.getpid()}
-
-    def interrupted(self, t):
-        if os.getpid() == calls["pid"]:
-            calls["n"] += 1
-            if calls["n"] == 100:
-                raise KeyboardInterrupt
-        return real(self, t)
-
-    monkeypatch.setattr(loop.VariantRunner, "run_round", interrupted)
+    interrupt_round(monkeypatch, 100, only_pid=os.getpid())
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         loop.run_scenario(scenario, out=out, progress=False, report=False, chunk_rounds=24, workers=2)

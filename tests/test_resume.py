@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import interrupt_round
 
 from cosim.cli import main
 from cosim.sim import loop
@@ -79,16 +80,7 @@ def test_resume_gives_identical_results(reference, tmp_path, monkeypatch, interr
     in the ledger, and the ledger verifies."""
     path, ref = reference
     out = tmp_path / "out"
-    real = loop.VariantRunner.run_round
-    calls = {"n": 0}
-
-    def flaky(self, t):
-        calls["n"] += 1
-        if calls["n"] == interrupt_at:
-            raise KeyboardInterrupt
-        return real(self, t)
-
-    monkeypatch.setattr(loop.VariantRunner, "run_round", flaky)
+    interrupt_round(monkeypatch, interrupt_at)
     with pytest.raises(KeyboardInterrupt):
         loop.run_scenario(path, out=out, progress=False, report=False, chunk_rounds=CHUNK)
     monkeypatch.undo()
@@ -112,16 +104,7 @@ def test_resume_without_checkpoint_is_bad_input(reference, tmp_path, capsys):
 def test_resume_refuses_a_changed_scenario(reference, tmp_path, monkeypatch, capsys):
     path, _ = reference
     out = tmp_path / "out"
-    real = loop.VariantRunner.run_round
-    calls = {"n": 0}
-
-    def flaky(self, t):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise KeyboardInterrupt
-        return real(self, t)
-
-    monkeypatch.setattr(loop.VariantRunner, "run_round", flaky)
+    interrupt_round(monkeypatch, 9)
     with pytest.raises(KeyboardInterrupt):
         loop.run_scenario(path, out=out, progress=False, report=False, chunk_rounds=CHUNK)
     monkeypatch.undo()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import interrupt_round
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -275,15 +276,7 @@ def test_three_phase_run_resumes_with_identical_results(tmp_path, monkeypatch):
     ref = loop.run_scenario(path, out=tmp_path / "ref", progress=False, report=False, chunk_rounds=CHUNK)
     assert "vm_a_pu" in pd.read_parquet(ref / "buses.parquet").columns
     out = tmp_path / "out"
-    real, calls = loop.VariantRunner.run_round, {"n": 0}
-
-    def flaky(self, t):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real(self, t)
-
-    monkeypatch.setattr(loop.VariantRunner, "run_round", flaky)
+    interrupt_round(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         loop.run_scenario(path, out=out, progress=False, report=False, chunk_rounds=CHUNK)
     monkeypatch.undo()
